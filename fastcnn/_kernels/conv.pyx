@@ -1,0 +1,415 @@
+"""Direct 2-D convolution: forward, input gradient and weight gradient (no im2col).
+
+Shapes (NCHW, C-contiguous, validated by ``fastcnn.functional``):
+
+    x  (N, C, H, W)      w  (F, C, KH, KW)      b  (F,)      y, dy  (N, F, OH, OW)
+    OH = (H + 2*ph - KH) // sh + 1              OW = (W + 2*pw - KW) // sw + 1
+
+``xp`` is ``x`` zero-padded by ``ph`` rows and ``pw`` columns on every side (``HP x WP``).
+
+Stride-1 layers (all of LeNet-5) take the "wide row" fast path: a padded plane of width ``WP`` is
+read as one flat vector, and output position ``(i, j)`` is computed at flat index ``t = i*WP + j``.
+Then tap ``(p, q)`` of the kernel reads the input at ``t + p*WP + q`` for every output at once, so
+the innermost loop runs over ``T = (OH-1)*WP + OW`` contiguous elements and vectorises; the
+``WP - OW`` positions per row that are not real outputs are computed and dropped (they never read
+outside the plane). Strided layers use the plain definition.
+
+Every reduction runs in an order fixed by the shapes alone, never by the thread count, so results
+are bitwise identical for any number of threads.
+"""
+
+from cython.parallel cimport parallel, prange
+from cython cimport floating
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+cdef enum:
+    OB = 4    # output channels computed together: each input element loaded feeds OB accumulators
+    TT = 16   # output positions per register tile (two AVX vectors of float32)
+    LANES = 16  # independent partial sums in a dot product, added in a fixed order at the end
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers. All of them assume valid sizes and non-overlapping buffers.
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void _pad_planes(const floating* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
+                             Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw,
+                             floating* dst, Py_ssize_t DH, Py_ssize_t DW) noexcept nogil:
+    """dst[c] (DH x DW) = zeros with src[c, i, j] placed at (top + i*sh, left + j*sw).
+
+    With sh = sw = 1 this is zero padding; with larger steps it also dilates (zeros between rows
+    and columns), as the input gradient of a strided convolution needs.
+    """
+    cdef Py_ssize_t c, i, j
+    cdef const floating* s
+    cdef floating* d
+    memset(dst, 0, C * DH * DW * sizeof(floating))
+    for c in range(C):
+        for i in range(H):
+            s = src + (c * H + i) * W
+            d = dst + (c * DH + top + i * sh) * DW + left
+            for j in range(W):
+                d[j * sw] = s[j]
+
+
+cdef inline void _corr_tile4(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                             const floating* w, Py_ssize_t ws_o, Py_ssize_t ws_i,
+                             Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW,
+                             floating* out, Py_ssize_t ostride) noexcept nogil:
+    """out[o*ostride + u] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + u], o < 4, u < TT.
+
+    ``w(o, c, p, q) = w[o*ws_o + c*ws_i + p*ws_p + q*ws_q]``: negative strides read the kernel
+    rotated by 180 degrees. The 4 x TT accumulators stay in registers for the whole sum.
+    """
+    cdef floating a0[TT]
+    cdef floating a1[TT]
+    cdef floating a2[TT]
+    cdef floating a3[TT]
+    cdef floating w0, w1, w2, w3, v
+    cdef const floating* xs
+    cdef const floating* wp
+    cdef Py_ssize_t c, p, q, u
+    for u in range(TT):
+        a0[u] = 0
+        a1[u] = 0
+        a2[u] = 0
+        a3[u] = 0
+    for c in range(Cin):
+        for p in range(KH):
+            for q in range(KW):
+                xs = inp + c * plane + p * row + q
+                wp = w + c * ws_i + p * ws_p + q * ws_q
+                w0 = wp[0]
+                w1 = wp[ws_o]
+                w2 = wp[2 * ws_o]
+                w3 = wp[3 * ws_o]
+                for u in range(TT):
+                    v = xs[u]
+                    a0[u] = a0[u] + w0 * v
+                    a1[u] = a1[u] + w1 * v
+                    a2[u] = a2[u] + w2 * v
+                    a3[u] = a3[u] + w3 * v
+    for u in range(TT):
+        out[u] = a0[u]
+        out[ostride + u] = a1[u]
+        out[2 * ostride + u] = a2[u]
+        out[3 * ostride + u] = a3[u]
+
+
+cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                             const floating* w, Py_ssize_t ws_i, Py_ssize_t ws_p, Py_ssize_t ws_q,
+                             Py_ssize_t KH, Py_ssize_t KW, floating* out,
+                             Py_ssize_t n) noexcept nogil:
+    """out[u] = sum_{c,p,q} w(c,p,q) * inp[c*plane + p*row + q + u] for u < n (n <= TT)."""
+    cdef floating a[TT]
+    cdef floating wv
+    cdef const floating* xs
+    cdef Py_ssize_t c, p, q, u
+    for u in range(n):
+        a[u] = 0
+    for c in range(Cin):
+        for p in range(KH):
+            for q in range(KW):
+                xs = inp + c * plane + p * row + q
+                wv = w[c * ws_i + p * ws_p + q * ws_q]
+                for u in range(n):
+                    a[u] = a[u] + wv * xs[u]
+    for u in range(n):
+        out[u] = a[u]
+
+
+cdef inline void _corr_wide(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                            const floating* w, Py_ssize_t ws_o, Py_ssize_t ws_i,
+                            Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t n_out,
+                            Py_ssize_t KH, Py_ssize_t KW,
+                            floating* out, Py_ssize_t T) noexcept nogil:
+    """Stride-1 correlation over flat "wide" rows, for n_out output channels.
+
+    out[o*T + t] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + t],  0 <= t < T.
+
+    Tiles of TT positions; the last tile is shifted back to end at T and recomputes a few
+    positions with exactly the same operations, so no separate remainder loop is needed.
+    """
+    cdef Py_ssize_t o, t0, t
+    o = 0
+    while o + OB <= n_out:
+        if T >= TT:
+            t0 = 0
+            while t0 < T:
+                t = min(t0, T - TT)
+                _corr_tile4(inp + t, plane, row, Cin, w + o * ws_o, ws_o, ws_i, ws_p, ws_q,
+                            KH, KW, out + o * T + t, T)
+                t0 = t0 + TT
+        else:
+            for t in range(OB):
+                _corr_tile1(inp, plane, row, Cin, w + (o + t) * ws_o, ws_i, ws_p, ws_q,
+                            KH, KW, out + (o + t) * T, T)
+        o = o + OB
+    while o < n_out:
+        t0 = 0
+        while t0 < T:
+            t = min(TT, T - t0)
+            _corr_tile1(inp + t0, plane, row, Cin, w + o * ws_o, ws_i, ws_p, ws_q,
+                        KH, KW, out + o * T + t0, t)
+            t0 = t0 + TT
+        o = o + 1
+
+
+cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    """sum_k a[k] * b[k], as LANES independent partial sums added in a fixed order.
+
+    The split lets the compiler vectorise without -ffast-math and does not depend on threads.
+    """
+    cdef floating acc[LANES]
+    cdef floating s = 0
+    cdef Py_ssize_t k, l, nb = n - n % LANES
+    for l in range(LANES):
+        acc[l] = 0
+    k = 0
+    while k < nb:
+        for l in range(LANES):
+            acc[l] = acc[l] + a[k + l] * b[k + l]
+        k = k + LANES
+    for l in range(n - nb):
+        acc[l] = acc[l] + a[nb + l] * b[nb + l]
+    for l in range(LANES):
+        s = s + acc[l]
+    return s
+
+
+cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    """sum_k a[k] with the same fixed LANES split as _dot."""
+    cdef floating acc[LANES]
+    cdef floating s = 0
+    cdef Py_ssize_t k, l, nb = n - n % LANES
+    for l in range(LANES):
+        acc[l] = 0
+    k = 0
+    while k < nb:
+        for l in range(LANES):
+            acc[l] = acc[l] + a[k + l]
+        k = k + LANES
+    for l in range(n - nb):
+        acc[l] = acc[l] + a[nb + l]
+    for l in range(LANES):
+        s = s + acc[l]
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
+
+def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                   const floating[:, :, :, ::1] w,   # IN  (F, C, KH, KW)
+                   const floating[::1] b,            # IN  (F,)  (zeros when there is no bias)
+                   floating[:, :, :, ::1] y,         # OUT (N, F, OH, OW)
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                   bint relu, int n_threads):
+    """y[n,f,i,j] = b[f] + sum_{c,p,q} w[f,c,p,q] * xp[n,c, i*sh+p, j*sw+q]  (then max(., 0) if relu).
+
+    Parallel over (n, block of OB filters): each task owns y[n, f0:f0+OB].
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
+    cdef bint padded = ph > 0 or pw > 0
+    cdef bint wide = sh == 1 and sw == 1
+    cdef Py_ssize_t T = (OH - 1) * WP + OW
+    cdef Py_ssize_t n_fb = (F + OB - 1) // OB
+    cdef Py_ssize_t task, n, f0, nb, o, i, j, c, p, q
+    cdef floating* scratch
+    cdef floating* acc
+    cdef const floating* xin
+    cdef floating* yp
+    cdef floating v, bias
+    cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
+
+    cdef int fail = 0
+    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    with nogil, parallel(num_threads=n_threads):
+        scratch = <floating*> malloc((pad_size + OB * T + 1) * sizeof(floating))
+        if scratch == NULL:
+            failed[0] = 1
+        acc = scratch + pad_size
+        # Race-free: task (n, f-block) writes only y[n, f0:f0+nb]; scratch is per thread.
+        for task in prange(N * n_fb, schedule='static'):
+            if scratch == NULL:
+                continue
+            n = task // n_fb
+            f0 = (task % n_fb) * OB
+            nb = min(<Py_ssize_t> OB, F - f0)
+            if padded:
+                _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
+                xin = scratch
+            else:
+                xin = &x[n, 0, 0, 0]
+            if wide:
+                _corr_wide(xin, HP * WP, WP, C, &w[f0, 0, 0, 0], C * KH * KW,
+                           KH * KW, KW, 1, nb, KH, KW, acc, T)
+            for o in range(nb):
+                bias = b[f0 + o]
+                yp = &y[n, f0 + o, 0, 0]
+                for i in range(OH):
+                    for j in range(OW):
+                        if wide:
+                            v = acc[o * T + i * WP + j]
+                        else:
+                            v = 0
+                            for c in range(C):
+                                for p in range(KH):
+                                    for q in range(KW):
+                                        v = v + w[f0 + o, c, p, q] * xin[
+                                            (c * HP + i * sh + p) * WP + j * sw + q]
+                        v = v + bias
+                        if relu and v < 0:
+                            v = 0
+                        yp[i * OW + j] = v
+        free(scratch)
+    if fail:
+        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+
+
+# ---------------------------------------------------------------------------------------------
+# Input gradient
+# ---------------------------------------------------------------------------------------------
+
+def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
+                          const floating[:, :, :, ::1] w,   # IN  (F, C, KH, KW)
+                          floating[:, :, :, ::1] dx,        # OUT (N, C, H, W)
+                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                          int n_threads):
+    """dx = full correlation of the zero-dilated, zero-padded dy with w rotated 180 degrees.
+
+    gpad[n,f] (GH x GW, GH = HP + KH - 1) holds dy[n,f,i,j] at (KH-1 + i*sh, KW-1 + j*sw) and
+    zeros elsewhere (sh-1 zeros between rows, KH-1 rows of padding on top, and at the bottom also
+    the rows of xp that no window reached). Then, with f and c swapping roles,
+
+        dxp[n,c,u,v] = sum_{f,p,q} gpad[n,f,u+p,v+q] * w[f,c,KH-1-p,KW-1-q]
+        dx = dxp cropped by (ph, pw)
+
+    computed only for the kept (u, v), as a stride-1 wide-row correlation. Parallel over
+    (n, block of OB input channels): each task owns dx[n, c0:c0+OB].
+    """
+    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t C = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t GH = H + 2 * ph + KH - 1, GW = W + 2 * pw + KW - 1
+    cdef Py_ssize_t T = (H - 1) * GW + W
+    cdef Py_ssize_t t0 = ph * GW + pw
+    cdef Py_ssize_t n_cb = (C + OB - 1) // OB
+    cdef Py_ssize_t gsize = F * GH * GW
+    cdef Py_ssize_t task, n, c0, nb, o, i, j
+    cdef floating* scratch
+    cdef floating* acc
+    cdef floating* dxp
+
+    cdef int fail = 0
+    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    with nogil, parallel(num_threads=n_threads):
+        scratch = <floating*> malloc((gsize + OB * T + 1) * sizeof(floating))
+        if scratch == NULL:
+            failed[0] = 1
+        acc = scratch + gsize
+        # Race-free: task (n, c-block) writes only dx[n, c0:c0+nb]; scratch is per thread.
+        for task in prange(N * n_cb, schedule='static'):
+            if scratch == NULL:
+                continue
+            n = task // n_cb
+            c0 = (task % n_cb) * OB
+            nb = min(<Py_ssize_t> OB, C - c0)
+            _pad_planes(&dy[n, 0, 0, 0], F, OH, OW, KH - 1, KW - 1, sh, sw,
+                        scratch, GH, GW)
+            # Output channel c reads w[f, c, KH-1-p, KW-1-q]: start at w[0, c0, KH-1, KW-1]
+            # and walk p, q with negative strides (the 180-degree rotation).
+            _corr_wide(scratch + t0, GH * GW, GW, F, &w[0, c0, KH - 1, KW - 1],
+                       KH * KW, C * KH * KW, -KW, -1, nb, KH, KW, acc, T)
+            for o in range(nb):
+                dxp = &dx[n, c0 + o, 0, 0]
+                for i in range(H):
+                    for j in range(W):
+                        dxp[i * W + j] = acc[o * T + i * GW + j]
+        free(scratch)
+    if fail:
+        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight gradient
+# ---------------------------------------------------------------------------------------------
+
+def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                           const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
+                           floating[:, :, :, ::1] dw,        # OUT (F, C, KH, KW)
+                           floating[::1] db,                 # OUT (F,)
+                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                           int n_threads):
+    """dw[f,c,p,q] = sum_{n,i,j} dy[n,f,i,j] * xp[n,c, i*sh+p, j*sw+q]; db[f] = sum_{n,i,j} dy[n,f,i,j].
+
+    The correlation of the padded input with the output gradient. Parallel over f: each task
+    owns dw[f] and db[f] and adds the batch up in the order n = 0, 1, ..., N-1, so the result
+    does not depend on the thread count.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t KH = dw.shape[2], KW = dw.shape[3]
+    cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
+    cdef bint padded = ph > 0 or pw > 0
+    cdef bint wide = sh == 1 and sw == 1
+    cdef Py_ssize_t T = (OH - 1) * WP + OW
+    cdef Py_ssize_t pad_size = HP * WP if padded else 0
+    cdef Py_ssize_t f, n, c, p, q, i, j
+    cdef floating* scratch
+    cdef floating* gw
+    cdef floating* dwf
+    cdef const floating* g
+    cdef const floating* xin
+    cdef floating s, dbf
+
+    cdef int fail = 0
+    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    with nogil, parallel(num_threads=n_threads):
+        scratch = <floating*> malloc((pad_size + OH * WP + 1) * sizeof(floating))
+        if scratch == NULL:
+            failed[0] = 1
+        gw = scratch + pad_size
+        # Race-free: task f writes only dw[f] and db[f]; scratch is per thread.
+        for f in prange(F, schedule='static'):
+            if scratch == NULL:
+                continue
+            dwf = &dw[f, 0, 0, 0]
+            memset(dwf, 0, C * KH * KW * sizeof(floating))
+            dbf = 0
+            for n in range(N):
+                g = &dy[n, f, 0, 0]
+                dbf = dbf + _sum(g, OH * OW)
+                if wide:
+                    # dy[n, f] laid out on rows of width WP, zeros in the unused columns,
+                    # so that it lines up with the wide rows of the input plane.
+                    memset(gw, 0, OH * WP * sizeof(floating))
+                    for i in range(OH):
+                        for j in range(OW):
+                            gw[i * WP + j] = g[i * OW + j]
+                for c in range(C):
+                    if padded:
+                        _pad_planes(&x[n, c, 0, 0], 1, H, W, ph, pw, 1, 1, scratch, HP, WP)
+                        xin = scratch
+                    else:
+                        xin = &x[n, c, 0, 0]
+                    for p in range(KH):
+                        for q in range(KW):
+                            if wide:
+                                s = _dot(gw, xin + p * WP + q, T)
+                            else:
+                                s = 0
+                                for i in range(OH):
+                                    for j in range(OW):
+                                        s = s + g[i * OW + j] * xin[(i * sh + p) * WP
+                                                                    + j * sw + q]
+                            dwf[(c * KH + p) * KW + q] = dwf[(c * KH + p) * KW + q] + s
+            db[f] = dbf
+        free(scratch)
+    if fail:
+        raise MemoryError("fastcnn: could not allocate kernel scratch memory")

@@ -1,0 +1,81 @@
+"""Max-pooling forward (caching the argmax) and backward (scattering through it).
+
+Shapes (NCHW, C-contiguous, validated by ``fastcnn.functional``):
+
+    x, dx  (N, C, H, W)      y, dy, argmax  (N, C, OH, OW)
+    OH = (H + 2*ph - kh) // sh + 1            OW = (W + 2*pw - kw) // sw + 1
+
+Padding acts as -inf, so it is never the maximum; padding of at most half the window guarantees
+every window holds at least one real element.
+"""
+
+from cython.parallel cimport prange
+from cython cimport floating
+from libc.stdint cimport int64_t
+from libc.string cimport memset
+
+
+def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                      floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
+                      int64_t[:, :, :, ::1] argmax,    # OUT (N, C, OH, OW) flat index u*W+v
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t ph, Py_ssize_t pw, int n_threads):
+    """y[n,c,i,j] = max of the window; argmax[n,c,i,j] = u*W + v of that maximum in x[n,c].
+
+    Ties go to the first element in row-major order; a NaN is the maximum (the first NaN wins).
+    Parallel over (n, c) planes: each task owns y[n, c] and argmax[n, c].
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t plane, n, c, i, j, u, v, u0, u1, v0, v1, best_k
+    cdef const floating* xp
+    cdef floating best, val
+    # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c].
+    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        n = plane // C
+        c = plane % C
+        xp = &x[n, c, 0, 0]
+        for i in range(OH):
+            u0 = max(i * sh - ph, 0)
+            u1 = min(i * sh - ph + kh, H)
+            for j in range(OW):
+                v0 = max(j * sw - pw, 0)
+                v1 = min(j * sw - pw + kw, W)
+                best_k = u0 * W + v0
+                best = xp[best_k]
+                for u in range(u0, u1):
+                    for v in range(v0, v1):
+                        val = xp[u * W + v]
+                        # Strict '>' keeps the first of equal values; once best is NaN nothing
+                        # replaces it, and a NaN replaces any number.
+                        if val > best or (val != val and best == best):
+                            best = val
+                            best_k = u * W + v
+                y[n, c, i, j] = best
+                argmax[n, c, i, j] = best_k
+
+
+def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
+                       const int64_t[:, :, :, ::1] argmax,  # IN  (N, C, OH, OW), each in [0, H*W)
+                       floating[:, :, :, ::1] dx,          # OUT (N, C, H, W)
+                       int n_threads):
+    """dx[n,c].flat[argmax[n,c,i,j]] += dy[n,c,i,j]; overlapping windows add up.
+
+    Parallel over (n, c) planes: each task owns dx[n, c] and adds in row-major order of (i, j).
+    """
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t plane, n, c, k
+    cdef floating* d
+    cdef const floating* g
+    cdef const int64_t* a
+    # Race-free: plane (n, c) writes only dx[n, c].
+    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        n = plane // C
+        c = plane % C
+        d = &dx[n, c, 0, 0]
+        g = &dy[n, c, 0, 0]
+        a = &argmax[n, c, 0, 0]
+        memset(d, 0, H * W * sizeof(floating))
+        for k in range(OH * OW):
+            d[a[k]] = d[a[k]] + g[k]

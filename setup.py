@@ -1,0 +1,125 @@
+"""Build the fastcnn kernels.
+
+Every kernel module in ``fastcnn/_kernels`` is compiled twice from the same ``.pyx`` source:
+
+* ``fastcnn._kernels._generic.*`` with the compiler's default target (baseline x86-64: SSE2),
+  which runs on any CPU the wheel can be installed on;
+* ``fastcnn._kernels._avx2.*`` with ``-mavx2 -mfma`` (x86-64 + GCC/Clang only), which is picked at
+  import time when the CPU reports both AVX2 and FMA (see ``fastcnn/_kernels/__init__.py``).
+
+Environment variables read here:
+
+``FASTCNN_NO_OPENMP=1``    build serial kernels (no ``-fopenmp``).
+``FASTCNN_NO_AVX2=1``      build only the generic variant.
+``FASTCNN_CYTHON_DEBUG=1`` turn bounds/wraparound/initialisation checks back on.
+"""
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import warnings
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+KERNELS = ["conv", "pool", "elementwise", "_openmp"]
+VARIANT_FLAGS = {"generic": [], "avx2": ["-mavx2", "-mfma"]}
+
+OPENMP_PROBE = r"""
+#include <omp.h>
+#include <stdio.h>
+int main(void) {
+    int n = 0;
+    #pragma omp parallel reduction(+:n)
+    n += 1;
+    printf("%d\n", n > 0);
+    return n > 0 ? 0 : 1;
+}
+"""
+
+
+def _env_flag(name):
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _compiler_command():
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    return cc.split()
+
+
+def openmp_works():
+    """Compile, link and run a tiny OpenMP program with the compiler Python was built with."""
+    if sys.platform == "win32":
+        return True  # MSVC's /openmp needs no runtime probe
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "probe.c")
+        exe = os.path.join(tmp, "probe")
+        with open(src, "w") as fh:
+            fh.write(OPENMP_PROBE)
+        try:
+            subprocess.run(_compiler_command() + ["-fopenmp", src, "-o", exe],
+                           check=True, capture_output=True, timeout=120)
+            subprocess.run([exe], check=True, capture_output=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return False
+    return True
+
+
+def avx2_buildable():
+    machine = platform.machine().lower()
+    if machine not in {"x86_64", "amd64", "i686", "x86"} or sys.platform == "win32":
+        return False
+    return not _env_flag("FASTCNN_NO_AVX2")
+
+
+def extensions():
+    use_openmp = False
+    if _env_flag("FASTCNN_NO_OPENMP"):
+        print("fastcnn: FASTCNN_NO_OPENMP is set: building serial kernels")
+    elif openmp_works():
+        use_openmp = True
+    else:
+        warnings.warn("fastcnn: the C compiler cannot build and run an OpenMP program; "
+                      "building serial kernels (install libgomp / libomp to get threads)")
+
+    omp_compile = (["/openmp"] if sys.platform == "win32" else ["-fopenmp"]) if use_openmp else []
+    omp_link = ([] if sys.platform == "win32" else ["-fopenmp"]) if use_openmp else []
+    base_compile = ["/O2"] if sys.platform == "win32" else ["-O3", "-fno-strict-aliasing"]
+
+    directives = {
+        "language_level": 3,
+        "boundscheck": False,
+        "wraparound": False,
+        "initializedcheck": False,
+        "cdivision": True,
+    }
+    if _env_flag("FASTCNN_CYTHON_DEBUG"):
+        directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
+
+    variants = ["generic"] + (["avx2"] if avx2_buildable() else [])
+    modules = []
+    for variant in variants:
+        exts = [
+            Extension(
+                f"fastcnn._kernels._{variant}.{name}",
+                [f"fastcnn/_kernels/{name}.pyx"],
+                include_dirs=[np.get_include()],
+                define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+                extra_compile_args=base_compile + VARIANT_FLAGS[variant] + omp_compile,
+                extra_link_args=omp_link,
+            )
+            for name in KERNELS
+        ]
+        # Each variant gets its own directory for the generated C, since both come from one .pyx.
+        modules += cythonize(exts, compiler_directives=directives,
+                             build_dir=os.path.join("build", "cython", variant), quiet=True)
+    return modules
+
+
+setup(ext_modules=extensions())
