@@ -1,1 +1,26 @@
-"""fastcnn"""
+"""fastcnn: fast CPU training of small convolutional networks.
+
+Cython + OpenMP kernels (``fastcnn.functional``) under PyTorch-style layers, a LeNet-5 model,
+optimisers and a trainer.
+"""
+
+from . import functional
+from ._kernels import VARIANT as _VARIANT
+from ._kernels import _openmp as _omp
+from ._threads import get_num_threads, set_num_threads
+
+__version__ = "0.1.0"
+
+
+def openmp_enabled():
+    """True when the installed kernels were compiled with OpenMP (multithreaded)."""
+    return _omp.openmp_enabled()
+
+
+def kernel_isa():
+    """The instruction set of the kernels in use: 'avx2+fma' or 'sse2' (or 'generic')."""
+    return _omp.compiled_isa()
+
+
+__all__ = ["functional", "get_num_threads", "set_num_threads", "openmp_enabled", "kernel_isa",
+           "__version__"]
