@@ -23,10 +23,26 @@ from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
+cdef extern from "_microkernels.h" nogil:
+    # Register-blocked inner loops (GCC/Clang vector extensions), documented in the header.
+    const int FC_TILE_F  # output positions per tile, float32
+    const int FC_TILE_D  # output positions per tile, float64
+    void fc_tile4_f(const float* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                    const float* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
+                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, float* out, Py_ssize_t ostride)
+    void fc_tile4_d(const double* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                    const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
+                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
+                    Py_ssize_t ostride)
+    void fc_dot4_f(const float* g, const float* x, Py_ssize_t n, float* out)
+    void fc_dot4_d(const double* g, const double* x, Py_ssize_t n, double* out)
+    float fc_dot1_f(const float* g, const float* x, Py_ssize_t n)
+    double fc_dot1_d(const double* g, const double* x, Py_ssize_t n)
+
 cdef enum:
-    OB = 4    # output channels computed together: each input element loaded feeds OB accumulators
-    TT = 16   # output positions per register tile (two AVX vectors of float32)
-    LANES = 16  # independent partial sums in a dot product, added in a fixed order at the end
+    OB = 4        # output channels per tile: each input vector loaded feeds OB accumulators
+    MAX_TILE = 16  # the larger of FC_TILE_F and FC_TILE_D
+    LANES = 16    # independent partial sums in _sum, added in a fixed order at the end
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,52 +73,23 @@ cdef inline void _corr_tile4(const floating* inp, Py_ssize_t plane, Py_ssize_t r
                              const floating* w, Py_ssize_t ws_o, Py_ssize_t ws_i,
                              Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW,
                              floating* out, Py_ssize_t ostride) noexcept nogil:
-    """out[o*ostride + u] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + u], o < 4, u < TT.
+    """out[o*ostride + u] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + u], o < 4, u < tile.
 
     ``w(o, c, p, q) = w[o*ws_o + c*ws_i + p*ws_p + q*ws_q]``: negative strides read the kernel
-    rotated by 180 degrees. The 4 x TT accumulators stay in registers for the whole sum.
+    rotated by 180 degrees. The 4 x tile accumulators stay in registers for the whole sum.
     """
-    cdef floating a0[TT]
-    cdef floating a1[TT]
-    cdef floating a2[TT]
-    cdef floating a3[TT]
-    cdef floating w0, w1, w2, w3, v
-    cdef const floating* xs
-    cdef const floating* wp
-    cdef Py_ssize_t c, p, q, u
-    for u in range(TT):
-        a0[u] = 0
-        a1[u] = 0
-        a2[u] = 0
-        a3[u] = 0
-    for c in range(Cin):
-        for p in range(KH):
-            for q in range(KW):
-                xs = inp + c * plane + p * row + q
-                wp = w + c * ws_i + p * ws_p + q * ws_q
-                w0 = wp[0]
-                w1 = wp[ws_o]
-                w2 = wp[2 * ws_o]
-                w3 = wp[3 * ws_o]
-                for u in range(TT):
-                    v = xs[u]
-                    a0[u] = a0[u] + w0 * v
-                    a1[u] = a1[u] + w1 * v
-                    a2[u] = a2[u] + w2 * v
-                    a3[u] = a3[u] + w3 * v
-    for u in range(TT):
-        out[u] = a0[u]
-        out[ostride + u] = a1[u]
-        out[2 * ostride + u] = a2[u]
-        out[3 * ostride + u] = a3[u]
+    if floating is float:
+        fc_tile4_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+    else:
+        fc_tile4_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
 
 
 cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
                              const floating* w, Py_ssize_t ws_i, Py_ssize_t ws_p, Py_ssize_t ws_q,
                              Py_ssize_t KH, Py_ssize_t KW, floating* out,
                              Py_ssize_t n) noexcept nogil:
-    """out[u] = sum_{c,p,q} w(c,p,q) * inp[c*plane + p*row + q + u] for u < n (n <= TT)."""
-    cdef floating a[TT]
+    """out[u] = sum_{c,p,q} w(c,p,q) * inp[c*plane + p*row + q + u] for u < n (n <= MAX_TILE)."""
+    cdef floating a[MAX_TILE]
     cdef floating wv
     cdef const floating* xs
     cdef Py_ssize_t c, p, q, u
@@ -128,9 +115,10 @@ cdef inline void _corr_wide(const floating* inp, Py_ssize_t plane, Py_ssize_t ro
 
     out[o*T + t] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + t],  0 <= t < T.
 
-    Tiles of TT positions; the last tile is shifted back to end at T and recomputes a few
+    Tiles of FC_TILE positions; the last tile is shifted back to end at T and recomputes a few
     positions with exactly the same operations, so no separate remainder loop is needed.
     """
+    cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
     cdef Py_ssize_t o, t0, t
     o = 0
     while o + OB <= n_out:
@@ -156,30 +144,25 @@ cdef inline void _corr_wide(const floating* inp, Py_ssize_t plane, Py_ssize_t ro
         o = o + 1
 
 
-cdef inline floating _dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
-    """sum_k a[k] * b[k], as LANES independent partial sums added in a fixed order.
+cdef inline void _dot4(const floating* g, const floating* x, Py_ssize_t n,
+                       floating* out) noexcept nogil:
+    """out[k] += sum_{t<n} g[t] * x[t + k] for k < 4, in a fixed lane order (see the header)."""
+    if floating is float:
+        fc_dot4_f(g, x, n, out)
+    else:
+        fc_dot4_d(g, x, n, out)
 
-    The split lets the compiler vectorise without -ffast-math and does not depend on threads.
-    """
-    cdef floating acc[LANES]
-    cdef floating s = 0
-    cdef Py_ssize_t k, l, nb = n - n % LANES
-    for l in range(LANES):
-        acc[l] = 0
-    k = 0
-    while k < nb:
-        for l in range(LANES):
-            acc[l] = acc[l] + a[k + l] * b[k + l]
-        k = k + LANES
-    for l in range(n - nb):
-        acc[l] = acc[l] + a[nb + l] * b[nb + l]
-    for l in range(LANES):
-        s = s + acc[l]
-    return s
+
+cdef inline floating _dot1(const floating* g, const floating* x, Py_ssize_t n) noexcept nogil:
+    """sum_{t<n} g[t] * x[t], in the same lane order as _dot4."""
+    if floating is float:
+        return fc_dot1_f(g, x, n)
+    else:
+        return fc_dot1_d(g, x, n)
 
 
 cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
-    """sum_k a[k] with the same fixed LANES split as _dot."""
+    """sum_k a[k] as LANES partial sums added in a fixed order (vectorises without -ffast-math)."""
     cdef floating acc[LANES]
     cdef floating s = 0
     cdef Py_ssize_t k, l, nb = n - n % LANES
@@ -219,9 +202,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef bint wide = sh == 1 and sw == 1
     cdef Py_ssize_t T = (OH - 1) * WP + OW
     cdef Py_ssize_t n_fb = (F + OB - 1) // OB
-    cdef Py_ssize_t task, n, f0, nb, o, i, j, c, p, q
+    cdef Py_ssize_t task, n, f0, fb, nb, o, i, j, c, p, q
     cdef floating* scratch
     cdef floating* acc
+    cdef floating* acc0
     cdef const floating* xin
     cdef floating* yp
     cdef floating v, bias
@@ -247,15 +231,19 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
             else:
                 xin = &x[n, 0, 0, 0]
             if wide:
-                _corr_wide(xin, HP * WP, WP, C, &w[f0, 0, 0, 0], C * KH * KW,
-                           KH * KW, KW, 1, nb, KH, KW, acc, T)
+                # A short last block (F % OB != 0) recomputes the OB channels ending at F, so
+                # it too runs on the 4-channel tiles; only its own last nb rows are kept.
+                fb = F - OB if nb < OB and F >= OB else f0
+                _corr_wide(xin, HP * WP, WP, C, &w[fb, 0, 0, 0], C * KH * KW,
+                           KH * KW, KW, 1, min(<Py_ssize_t> OB, F - fb), KH, KW, acc, T)
+                acc0 = acc + (f0 - fb) * T
             for o in range(nb):
                 bias = b[f0 + o]
                 yp = &y[n, f0 + o, 0, 0]
                 for i in range(OH):
                     for j in range(OW):
                         if wide:
-                            v = acc[o * T + i * WP + j]
+                            v = acc0[o * T + i * WP + j]
                         else:
                             v = 0
                             for c in range(C):
@@ -301,7 +289,7 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
     cdef Py_ssize_t t0 = ph * GW + pw
     cdef Py_ssize_t n_cb = (C + OB - 1) // OB
     cdef Py_ssize_t gsize = F * GH * GW
-    cdef Py_ssize_t task, n, c0, nb, o, i, j
+    cdef Py_ssize_t task, n, c0, cb, nb, o, i, j
     cdef floating* scratch
     cdef floating* acc
     cdef floating* dxp
@@ -324,13 +312,16 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
                         scratch, GH, GW)
             # Output channel c reads w[f, c, KH-1-p, KW-1-q]: start at w[0, c0, KH-1, KW-1]
             # and walk p, q with negative strides (the 180-degree rotation).
-            _corr_wide(scratch + t0, GH * GW, GW, F, &w[0, c0, KH - 1, KW - 1],
-                       KH * KW, C * KH * KW, -KW, -1, nb, KH, KW, acc, T)
+            # As in the forward pass, a short last block recomputes the OB channels ending at C.
+            cb = C - OB if nb < OB and C >= OB else c0
+            _corr_wide(scratch + t0, GH * GW, GW, F, &w[0, cb, KH - 1, KW - 1],
+                       KH * KW, C * KH * KW, -KW, -1, min(<Py_ssize_t> OB, C - cb), KH, KW,
+                       acc, T)
             for o in range(nb):
                 dxp = &dx[n, c0 + o, 0, 0]
                 for i in range(H):
                     for j in range(W):
-                        dxp[i * W + j] = acc[o * T + i * GW + j]
+                        dxp[i * W + j] = acc[(c0 - cb + o) * T + i * GW + j]
         free(scratch)
     if fail:
         raise MemoryError("fastcnn: could not allocate kernel scratch memory")
@@ -364,6 +355,7 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef floating* scratch
     cdef floating* gw
     cdef floating* dwf
+    cdef floating* dwc
     cdef const floating* g
     cdef const floating* xin
     cdef floating s, dbf
@@ -398,17 +390,25 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                         xin = scratch
                     else:
                         xin = &x[n, c, 0, 0]
+                    dwc = dwf + c * KH * KW
                     for p in range(KH):
-                        for q in range(KW):
-                            if wide:
-                                s = _dot(gw, xin + p * WP + q, T)
-                            else:
+                        if wide:
+                            # Four taps q..q+3 at a time share the loads of gw.
+                            q = 0
+                            while q + 4 <= KW:
+                                _dot4(gw, xin + p * WP + q, T, dwc + p * KW + q)
+                                q = q + 4
+                            while q < KW:
+                                s = _dot1(gw, xin + p * WP + q, T)
+                                dwc[p * KW + q] = dwc[p * KW + q] + s
+                                q = q + 1
+                        else:
+                            for q in range(KW):
                                 s = 0
                                 for i in range(OH):
                                     for j in range(OW):
-                                        s = s + g[i * OW + j] * xin[(i * sh + p) * WP
-                                                                    + j * sw + q]
-                            dwf[(c * KH + p) * KW + q] = dwf[(c * KH + p) * KW + q] + s
+                                        s = s + g[i * OW + j] * xin[(i * sh + p) * WP + j * sw + q]
+                                dwc[p * KW + q] = dwc[p * KW + q] + s
             db[f] = dbf
         free(scratch)
     if fail:
