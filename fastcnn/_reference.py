@@ -20,23 +20,23 @@ Notation (DESIGN.md section 2): ``x`` is ``(N, C, H, W)``, ``weight`` is ``(F, C
 import numpy as np
 
 __all__ = [
-    "conv2d_loops",
+    "col2im",
+    "conv2d_backward_input_im2col",
     "conv2d_backward_input_loops",
+    "conv2d_backward_weight_im2col",
     "conv2d_backward_weight_loops",
     "conv2d_im2col",
-    "conv2d_backward_input_im2col",
-    "conv2d_backward_weight_im2col",
+    "conv2d_loops",
     "im2col",
-    "col2im",
-    "max_pool2d_loops",
-    "max_pool2d_numpy",
-    "max_pool2d_backward_ref",
-    "relu_ref",
-    "relu_backward_ref",
-    "linear_ref",
-    "softmax_cross_entropy_ref",
     "lenet5_init_params",
     "lenet5_train_step_numpy",
+    "linear_ref",
+    "max_pool2d_backward_ref",
+    "max_pool2d_loops",
+    "max_pool2d_numpy",
+    "relu_backward_ref",
+    "relu_ref",
+    "softmax_cross_entropy_ref",
 ]
 
 
@@ -81,7 +81,7 @@ def conv2d_loops(x, weight, bias=None, stride=1, padding=0):
     """
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
-    N, C, H, W = x.shape
+    N, _, H, W = x.shape
     F, _, KH, KW = weight.shape
     OH, OW = _out_size(H, KH, sh, ph), _out_size(W, KW, sw, pw)
     xp = _pad(x, ph, pw)
@@ -151,7 +151,7 @@ def conv2d_backward_weight_loops(x, grad_y, kernel_size, stride=1, padding=0):
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     KH, KW = _pair(kernel_size)
-    N, C, H, W = x.shape
+    N, C = x.shape[:2]
     _, F, OH, OW = grad_y.shape
     xp = _pad(x, ph, pw)
     dw = np.zeros((F, C, KH, KW), dtype=x.dtype)
