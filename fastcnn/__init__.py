@@ -4,10 +4,13 @@ Cython + OpenMP kernels (``fastcnn.functional``) under PyTorch-style layers, a L
 optimisers and a trainer.
 """
 
-from . import functional
-from ._kernels import VARIANT as _VARIANT
+from . import datasets, functional, io
 from ._kernels import _openmp as _omp
 from ._threads import get_num_threads, set_num_threads
+from .layers import (Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU,
+                     Sequential)
+from .model import LeNet5
+from .optim import SGD, Adam
 
 __version__ = "0.1.0"
 
@@ -22,5 +25,8 @@ def kernel_isa():
     return _omp.compiled_isa()
 
 
-__all__ = ["functional", "get_num_threads", "set_num_threads", "openmp_enabled", "kernel_isa",
-           "__version__"]
+__all__ = [
+    "functional", "datasets", "io", "get_num_threads", "set_num_threads", "openmp_enabled",
+    "kernel_isa", "Module", "Parameter", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear",
+    "Sequential", "CrossEntropyLoss", "LeNet5", "SGD", "Adam", "__version__",
+]

@@ -1,0 +1,531 @@
+"""Layers with PyTorch's names and layouts, on top of ``fastcnn.functional``.
+
+Every layer has ``forward(x)`` (also ``__call__``), ``backward(grad_y) -> grad_x``, ``params`` and
+``grads`` dicts with the same keys (``"weight"``, ``"bias"``), a ``dtype`` (float32 by default,
+float64 allowed) and a ``__repr__`` showing its hyper-parameters. ``backward`` *writes* the
+parameter gradients (it does not add to them, unlike PyTorch's ``.grad``) and needs the cache of
+the most recent ``forward``.
+
+Buffers: a layer on its own returns fresh arrays. Inside a ``Sequential`` the layers reuse their
+output and gradient buffers from one step to the next (``reuse_buffers``), so a training step
+allocates nothing once the batch shape is known; ``Sequential`` still hands its caller fresh
+arrays.
+"""
+
+from collections import OrderedDict
+
+import numpy as np
+
+from . import functional as F
+from .functional import _array, _int, _pair
+
+__all__ = ["Module", "Parameter", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear",
+           "Sequential", "CrossEntropyLoss"]
+
+
+class Parameter:
+    """A trainable array and its gradient, as handed to optimisers by ``model.parameters()``.
+
+    ``data`` and ``grad`` are the layer's own arrays (``layer.params[key]``,
+    ``layer.grads[key]``): optimisers update ``data`` in place.
+    """
+
+    __slots__ = ("name", "data", "grad")
+
+    def __init__(self, name, data, grad):
+        self.name = name
+        self.data = data
+        self.grad = grad
+
+    @property
+    def is_weight(self):
+        """True for weights (regularised by L2 / weight decay), False for biases."""
+        return self.name.rsplit(".", 1)[-1] == "weight"
+
+    def __repr__(self):
+        return f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype})"
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+class Module:
+    """Base class: parameters, buffer management and the call protocol."""
+
+    def __init__(self, dtype=np.float32):
+        self.dtype = _check_dtype(dtype)
+        self.params = {}
+        self.grads = {}
+        self.reuse_buffers = False
+        self._cache = None
+        self._buffers = {}
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def backward(self, grad_y):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def parameters(self, prefix=""):
+        """The layer's parameters as a list of ``Parameter`` (weight first, then bias)."""
+        return [Parameter(prefix + key, self.params[key], self.grads[key]) for key in self.params]
+
+    def _buffer(self, key, shape, dtype=None):
+        """An uninitialised array of this shape: reused from the last call when allowed."""
+        dtype = self.dtype if dtype is None else dtype
+        buf = self._buffers.get(key) if self.reuse_buffers else None
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype=dtype)
+            if self.reuse_buffers:
+                self._buffers[key] = buf
+        return buf
+
+    def _input(self, x, channels=None, ndim=4):
+        """Check an input array against this layer (ndim, channels, dtype); C-contiguous."""
+        x = _array(x, "x")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{type(self).__name__} has dtype {self.dtype} but x has dtype "
+                            f"{x.dtype}; convert with x.astype(np.{self.dtype})")
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(f"{type(self).__name__} expects a {ndim}-D input, got shape {x.shape}")
+        if channels is not None and x.shape[1] != channels:
+            raise ValueError(f"{type(self).__name__} expects {channels} input channels, got x of "
+                             f"shape {x.shape}")
+        return x
+
+    def _grad_input(self, grad_y, shape):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        grad_y = _array(grad_y, "grad_y", None, self.dtype)
+        if grad_y.shape != tuple(shape):
+            raise ValueError(f"grad_y has shape {grad_y.shape}, expected {tuple(shape)} "
+                             "(the shape of the last forward output)")
+        return grad_y
+
+    def _init_uniform(self, shape, fan_in, gain, rng):
+        bound = gain * np.sqrt(3.0 / fan_in)
+        return rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+
+
+class Conv2d(Module):
+    """2-D convolution layer, ``y = conv2d(x, weight, bias, stride, padding)``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+    bias : bool, default True
+    dtype : float32 (default) or float64
+    seed : int or None
+        Seed of the Kaiming (He) uniform fan-in initialisation of the weight (biases start at 0).
+
+    Shape
+    -----
+    Input ``(N, in_channels, H, W)``, output ``(N, out_channels, OH, OW)`` with
+    ``OH = (H + 2*padding - KH) // stride + 1``. ``weight`` is ``(out_channels, in_channels, KH, KW)``.
+
+    Attributes
+    ----------
+    compute_input_grad : bool
+        False makes ``backward`` skip the input gradient and return None (for a first layer).
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
+                 dtype=np.float32, seed=None):
+        super().__init__(dtype)
+        self.in_channels = _positive(in_channels, "in_channels")
+        self.out_channels = _positive(out_channels, "out_channels")
+        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
+        self.stride = _pair(stride, "stride", 1)
+        self.padding = _pair(padding, "padding", 0)
+        self.compute_input_grad = True
+        self.fuse_relu = False  # set by Sequential when a ReLU follows
+        shape = (self.out_channels, self.in_channels) + self.kernel_size
+        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        rng = np.random.default_rng(seed)
+        self.params["weight"] = self._init_uniform(shape, fan_in, np.sqrt(2.0), rng)
+        self.grads["weight"] = np.zeros(shape, dtype=self.dtype)
+        if bias:
+            self.params["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
+            self.grads["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
+        self._zero_bias = np.zeros(self.out_channels, dtype=self.dtype)
+
+    def output_shape(self, input_shape):
+        """``(N, out_channels, OH, OW)`` for an input of shape ``(N, C, H, W)``."""
+        OH, OW = F.conv2d_output_size(input_shape[2:], self.kernel_size, self.stride,
+                                      self.padding)
+        return (input_shape[0], self.out_channels, OH, OW)
+
+    def macs(self, input_shape):
+        """Multiply-adds per image: ``OH*OW*KH*KW*C*F``."""
+        _, Fo, OH, OW = self.output_shape(input_shape)
+        return OH * OW * self.kernel_size[0] * self.kernel_size[1] * self.in_channels * Fo
+
+    def forward(self, x):
+        x = self._input(x, self.in_channels)
+        y = self._buffer("y", self.output_shape(x.shape))
+        bias = self.params.get("bias", self._zero_bias)
+        F._conv2d_into(x, self.params["weight"], bias, y, self.stride, self.padding,
+                       self.fuse_relu)
+        self._cache = (x, y.shape)
+        return y
+
+    def backward(self, grad_y):
+        """Fill ``grads`` and return the input gradient (None if ``compute_input_grad`` is off)."""
+        x, y_shape = self._cache if self._cache is not None else (None, None)
+        grad_y = self._grad_input(grad_y, y_shape)
+        grad_b = self.grads.get("bias", self._buffer("db", (self.out_channels,)))
+        F._conv2d_backward_weight_into(x, grad_y, self.grads["weight"], grad_b, self.stride,
+                                       self.padding)
+        if not self.compute_input_grad:
+            return None
+        grad_x = self._buffer("dx", x.shape)
+        return F._conv2d_backward_input_into(grad_y, self.params["weight"], grad_x, self.stride,
+                                             self.padding)
+
+    def __repr__(self):
+        extra = "" if "bias" in self.params else ", bias=False"
+        return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, padding={self.padding}{extra})")
+
+
+class MaxPool2d(Module):
+    """2-D max-pooling; the forward pass caches the argmax that the backward pass scatters through.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional (default: kernel_size)
+    padding : int or (int, int), default 0 (implicit -inf, at most half the kernel)
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, dtype=np.float32):
+        super().__init__(dtype)
+        self.kernel_size, self.stride, self.padding = F._pool_args(kernel_size, stride, padding)
+
+    def output_shape(self, input_shape):
+        OH, OW = F.conv2d_output_size(input_shape[2:], self.kernel_size, self.stride,
+                                      self.padding)
+        return tuple(input_shape[:2]) + (OH, OW)
+
+    def forward(self, x):
+        x = self._input(x)
+        shape = self.output_shape(x.shape)
+        y = self._buffer("y", shape)
+        argmax = self._buffer("argmax", shape, np.int64)
+        F._max_pool2d_into(x, y, argmax, self.kernel_size, self.stride, self.padding)
+        self._cache = (x.shape, argmax)
+        return y
+
+    def backward(self, grad_y):
+        x_shape, argmax = self._cache if self._cache is not None else (None, None)
+        grad_y = self._grad_input(grad_y, None if argmax is None else argmax.shape)
+        grad_x = self._buffer("dx", x_shape)
+        return F._max_pool2d_backward_into(grad_y, argmax, grad_x)
+
+    def __repr__(self):
+        return (f"MaxPool2d(kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding})")
+
+
+class ReLU(Module):
+    """``y = max(x, 0)``; keeps its output for the backward pass (``y > 0`` iff ``x > 0``)."""
+
+    def forward(self, x):
+        x = self._input(x, ndim=None)
+        y = self._buffer("y", x.shape)
+        F._relu_into(x, y)
+        self._cache = y
+        return y
+
+    def _forward_fused(self, y):
+        """The preceding layer already applied the ReLU to y: just remember y for backward."""
+        self._cache = y
+        return y
+
+    def backward(self, grad_y):
+        y = self._cache
+        grad_y = self._grad_input(grad_y, None if y is None else y.shape)
+        grad_x = self._buffer("dx", y.shape)
+        return F._relu_backward_into(grad_y, y, grad_x)
+
+    def __repr__(self):
+        return "ReLU()"
+
+
+class Flatten(Module):
+    """Flatten every axis after the first: ``(N, C, H, W) -> (N, C*H*W)`` (a view, no copy)."""
+
+    def forward(self, x):
+        x = self._input(x, ndim=None)
+        if x.ndim < 2:
+            raise ValueError(f"Flatten expects at least 2-D input, got shape {x.shape}")
+        self._cache = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, grad_y):
+        shape = self._cache
+        grad_y = self._grad_input(grad_y, None if shape is None else
+                                  (shape[0], int(np.prod(shape[1:]))))
+        return grad_y.reshape(shape)
+
+    def __repr__(self):
+        return "Flatten()"
+
+
+class Linear(Module):
+    """Fully connected layer, ``y = x @ weight.T + bias`` (BLAS, within the thread budget).
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default True
+    dtype : float32 (default) or float64
+    seed : int or None
+        Seed of the Kaiming (He) uniform fan-in initialisation (biases start at 0).
+
+    Shape
+    -----
+    Input ``(N, in_features)``, output ``(N, out_features)``; ``weight`` is
+    ``(out_features, in_features)``.
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32, seed=None):
+        super().__init__(dtype)
+        self.in_features = _positive(in_features, "in_features")
+        self.out_features = _positive(out_features, "out_features")
+        self.compute_input_grad = True
+        shape = (self.out_features, self.in_features)
+        rng = np.random.default_rng(seed)
+        self.params["weight"] = self._init_uniform(shape, self.in_features, np.sqrt(2.0), rng)
+        self.grads["weight"] = np.zeros(shape, dtype=self.dtype)
+        if bias:
+            self.params["bias"] = np.zeros(self.out_features, dtype=self.dtype)
+            self.grads["bias"] = np.zeros(self.out_features, dtype=self.dtype)
+
+    def output_shape(self, input_shape):
+        return (input_shape[0], self.out_features)
+
+    def macs(self, input_shape):
+        return self.in_features * self.out_features
+
+    def forward(self, x):
+        x = self._input(x, self.in_features, ndim=2)
+        y = self._buffer("y", (x.shape[0], self.out_features))
+        np.matmul(x, self.params["weight"].T, out=y)
+        if "bias" in self.params:
+            y += self.params["bias"]
+        self._cache = x
+        return y
+
+    def backward(self, grad_y):
+        x = self._cache
+        grad_y = self._grad_input(grad_y, None if x is None else (x.shape[0], self.out_features))
+        np.matmul(grad_y.T, x, out=self.grads["weight"])
+        if "bias" in self.grads:
+            np.sum(grad_y, axis=0, out=self.grads["bias"])
+        if not self.compute_input_grad:
+            return None
+        grad_x = self._buffer("dx", x.shape)
+        return np.matmul(grad_y, self.params["weight"], out=grad_x)
+
+    def __repr__(self):
+        extra = "" if "bias" in self.params else ", bias=False"
+        return f"Linear(in_features={self.in_features}, out_features={self.out_features}{extra})"
+
+
+class Sequential(Module):
+    """Layers applied in order; parameters named like PyTorch's ``nn.Sequential`` ("0.weight").
+
+    Inside a Sequential, a Conv2d directly followed by a ReLU applies the ReLU in the
+    convolution's output loop (one pass over memory less); the ReLU layer then only keeps the
+    output for its backward pass. Intermediate buffers are reused across steps; the output
+    returned by ``forward`` and the gradient returned by ``backward`` are fresh arrays.
+    """
+
+    def __init__(self, *layers):
+        dtypes = {layer.dtype for layer in layers}
+        if len(dtypes) > 1:
+            raise TypeError(f"all layers of a Sequential must share one dtype, got {dtypes}")
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(f"layer {i} is not a fastcnn layer: {layer!r}")
+        super().__init__(dtypes.pop() if dtypes else np.float32)
+        self.layers = list(layers)
+        for layer in self.layers:
+            layer.reuse_buffers = True
+        for layer, nxt in zip(self.layers, self.layers[1:]):
+            if isinstance(layer, Conv2d) and isinstance(nxt, ReLU):
+                layer.fuse_relu = True
+
+    def __getitem__(self, index):
+        return self.layers[index]
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __iter__(self):
+        return iter(self.layers)
+
+    def forward(self, x, copy=True):
+        """Run every layer. ``copy=False`` returns the last layer's reused buffer instead of a
+        fresh array (the trainer does this; the array is overwritten by the next forward)."""
+        out = x
+        fused = False
+        for layer in self.layers:
+            out = layer._forward_fused(out) if fused else layer.forward(out)
+            fused = getattr(layer, "fuse_relu", False)
+        self._cache = True
+        return np.array(out, copy=True) if copy else out
+
+    def backward(self, grad_y, copy=True):
+        """Backpropagate through every layer; returns the input gradient (None if skipped)."""
+        if self._cache is None:
+            raise RuntimeError("Sequential.backward called before forward")
+        grad = grad_y
+        for layer in reversed(self.layers):
+            grad = layer.backward(grad)
+            if grad is None:
+                return None
+        return np.array(grad, copy=True) if copy else grad
+
+    def parameters(self, prefix=""):
+        return [p for i, layer in enumerate(self.layers)
+                for p in layer.parameters(f"{prefix}{i}.")]
+
+    def state_dict(self):
+        """Copies of all parameters, keyed and ordered as in PyTorch's ``nn.Sequential``."""
+        return OrderedDict((p.name, p.data.copy()) for p in self.parameters())
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters in place (arrays, or anything with ``.numpy()`` such as torch tensors).
+
+        Raises ``KeyError`` listing missing or unexpected keys (when ``strict``) and
+        ``ValueError`` on a shape mismatch. Values are cast to the model's dtype.
+        """
+        params = {p.name: p for p in self.parameters()}
+        missing = [k for k in params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in params]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict does not match the model: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        converted = {}
+        for name, p in params.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            value = np.asarray(value)
+            if value.shape != p.data.shape:
+                raise ValueError(f"{name}: shape {value.shape} in state_dict, model has "
+                                 f"{p.data.shape}")
+            converted[name] = value
+        for name, value in converted.items():  # only after every check passed
+            np.copyto(params[name].data, value, casting="unsafe")
+
+    def __repr__(self):
+        body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"{type(self).__name__}({body}\n)"
+
+
+class CrossEntropyLoss(Module):
+    """Softmax + cross-entropy, fused and stable for logits of any size, mean over the batch.
+
+    ``L = -(1/N) sum_n log softmax(z)[n, t_n] + 0.5 * l2 * sum ||W||^2`` where the L2 sum runs over
+    the weights (not biases) of the parameters passed to ``forward``.
+
+    Parameters
+    ----------
+    l2 : float, default 0
+        L2 regularisation strength.
+
+    Methods
+    -------
+    forward(logits, labels, params=()) -> float
+    backward() -> grad_logits, ``(softmax(z) - onehot(t)) / N``
+    backward_l2()
+        Add ``l2 * W`` to the ``.grad`` of each weight given to ``forward``; call it after the
+        model's backward pass (which writes the gradients). Equivalent to SGD's
+        ``weight_decay=l2`` applied to weights only.
+    """
+
+    def __init__(self, l2=0.0, dtype=np.float32):
+        super().__init__(dtype)
+        l2 = float(l2)
+        if not np.isfinite(l2) or l2 < 0:
+            raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
+        self.l2 = l2
+
+    def forward(self, logits, labels, params=()):
+        z = _array(logits, "logits", 2)
+        if z.shape[0] < 1 or z.shape[1] < 1:
+            raise ValueError(f"logits must be (N, num_classes) with N, num_classes >= 1, got "
+                             f"shape {z.shape}")
+        labels = _labels(labels, z.shape)
+        N = z.shape[0]
+        shifted = z - z.max(axis=1, keepdims=True)
+        exp = np.exp(shifted)
+        sum_exp = exp.sum(axis=1, keepdims=True)
+        log_p = shifted[np.arange(N), labels] - np.log(sum_exp[:, 0])
+        loss = -float(np.mean(log_p, dtype=np.float64))
+        weights = [p for p in params if isinstance(p, Parameter) and p.is_weight]
+        if self.l2 > 0 and weights:
+            loss += 0.5 * self.l2 * sum(float(np.vdot(p.data, p.data)) for p in weights)
+        grad = exp / sum_exp
+        grad[np.arange(N), labels] -= 1
+        grad /= N
+        self._cache = (grad, weights)
+        return loss
+
+    def backward(self):
+        if self._cache is None:
+            raise RuntimeError("CrossEntropyLoss.backward called before forward")
+        return self._cache[0]
+
+    def backward_l2(self):
+        if self._cache is None:
+            raise RuntimeError("CrossEntropyLoss.backward_l2 called before forward")
+        if self.l2 > 0:
+            for p in self._cache[1]:
+                p.grad += self.l2 * p.data
+
+    def __repr__(self):
+        return f"CrossEntropyLoss(l2={self.l2})"
+
+
+def _positive(value, name):
+    value = _int(value, name)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _labels(labels, logits_shape):
+    """Integer class labels in range, one per row of the logits."""
+    labels = np.asarray(labels)
+    N, K = logits_shape
+    if labels.dtype.kind == "f":
+        if not np.all(np.isfinite(labels)):
+            raise ValueError("labels contain NaN or inf")
+        if not np.all(labels == np.round(labels)):
+            raise ValueError("labels must be whole numbers (class indices)")
+        labels = labels.astype(np.int64)
+    elif labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+    if labels.shape != (N,):
+        raise ValueError(f"labels must have shape ({N},) to match logits {logits_shape}, got "
+                         f"{labels.shape}")
+    if N and (labels.min() < 0 or labels.max() >= K):
+        bad = labels.min() if labels.min() < 0 else labels.max()
+        raise ValueError(f"label {bad} is out of range for {K} classes [0, {K})")
+    return labels.astype(np.intp, copy=False)
