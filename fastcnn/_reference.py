@@ -53,6 +53,11 @@ def _out_size(size, kernel, stride, padding):
     return (size + 2 * padding - kernel) // stride + 1
 
 
+def _c(*arrays):
+    """C-contiguous copies where needed, so that results do not depend on the input layout."""
+    return tuple(None if a is None else np.ascontiguousarray(a) for a in arrays)
+
+
 def _pad(x, ph, pw, value=0.0):
     """Pad the last two axes of ``x`` by ``ph`` rows and ``pw`` columns on each side."""
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), mode="constant", constant_values=value)
@@ -79,6 +84,7 @@ def conv2d_loops(x, weight, bias=None, stride=1, padding=0):
     -------
     y : ndarray, shape (N, F, OH, OW)
     """
+    x, weight, bias = _c(x, weight, bias)
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     N, _, H, W = x.shape
@@ -115,6 +121,7 @@ def conv2d_backward_input_loops(grad_y, weight, input_size, stride=1, padding=0)
     -------
     grad_x : ndarray, shape (N, C, H, W)
     """
+    grad_y, weight = _c(grad_y, weight)
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     H, W = _pair(input_size)
@@ -148,6 +155,7 @@ def conv2d_backward_weight_loops(x, grad_y, kernel_size, stride=1, padding=0):
     grad_weight : ndarray, shape (F, C, KH, KW)
     grad_bias : ndarray, shape (F,)
     """
+    x, grad_y = _c(x, grad_y)
     sh, sw = _pair(stride)
     ph, pw = _pair(padding)
     KH, KW = _pair(kernel_size)
@@ -239,6 +247,7 @@ def conv2d_im2col(x, weight, bias=None, stride=1, padding=0):
     -------
     y : ndarray, shape (N, F, OH, OW)
     """
+    x, weight, bias = _c(x, weight, bias)
     F, C, KH, KW = weight.shape
     cols = im2col(x, (KH, KW), stride, padding)
     N, OH, OW = cols.shape[0], cols.shape[4], cols.shape[5]
@@ -263,6 +272,7 @@ def conv2d_backward_input_im2col(grad_y, weight, input_size, stride=1, padding=0
     -------
     grad_x : ndarray, shape (N, C, H, W)
     """
+    grad_y, weight = _c(grad_y, weight)
     N, F, OH, OW = grad_y.shape
     _, C, KH, KW = weight.shape
     dcols = np.matmul(weight.reshape(F, C * KH * KW).T, grad_y.reshape(N, F, OH * OW))
@@ -285,6 +295,7 @@ def conv2d_backward_weight_im2col(x, grad_y, kernel_size, stride=1, padding=0):
     grad_weight : ndarray, shape (F, C, KH, KW)
     grad_bias : ndarray, shape (F,)
     """
+    x, grad_y = _c(x, grad_y)
     KH, KW = _pair(kernel_size)
     N, C = x.shape[:2]
     _, F, OH, OW = grad_y.shape
@@ -390,6 +401,7 @@ def max_pool2d_backward_ref(grad_y, argmax, input_size):
     -------
     grad_x : ndarray, shape (N, C, H, W)
     """
+    grad_y, argmax = _c(grad_y, argmax)
     H, W = _pair(input_size)
     N, C, OH, OW = grad_y.shape
     dx = np.zeros((N * C, H * W), dtype=grad_y.dtype)
