@@ -1,0 +1,97 @@
+"""The installed build: OpenMP, the kernel variant in use, and float behaviour left intact."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import _kernels
+
+
+@pytest.mark.skipif(os.environ.get("FASTCNN_SKIP_OPENMP_TEST") == "1",
+                    reason="FASTCNN_SKIP_OPENMP_TEST=1: a serial build is expected")
+def test_openmp_enabled():
+    assert fastcnn.openmp_enabled(), (
+        "fastcnn was built without OpenMP (the kernels run on one thread); install a compiler "
+        "with OpenMP support or set FASTCNN_SKIP_OPENMP_TEST=1 for a deliberately serial build")
+
+
+def test_every_kernel_module_comes_from_one_variant():
+    for name in ("conv", "pool", "elementwise", "_openmp"):
+        module = getattr(_kernels, name)
+        assert module.__name__ == f"fastcnn._kernels._{_kernels.VARIANT}.{name}"
+
+
+def test_avx2_variant_used_when_cpu_supports_it():
+    from fastcnn._kernels._generic import _openmp as generic
+    try:
+        from fastcnn._kernels._avx2 import _openmp as avx2  # noqa: F401
+    except ImportError:
+        pytest.skip("the AVX2 variant was not built on this machine")
+    expected = "avx2" if generic.cpu_has_avx2_fma() else "generic"
+    if os.environ.get("FASTCNN_KERNELS") in ("generic", "avx2"):
+        expected = os.environ["FASTCNN_KERNELS"]
+    assert _kernels.VARIANT == expected
+    assert fastcnn.kernel_isa() == ("avx2+fma" if expected == "avx2" else "sse2")
+
+
+def test_generic_variant_agrees_with_the_default(tmp_path):
+    """FASTCNN_KERNELS=generic loads the baseline build, which computes the same convolution."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 12, 12))
+    w = rng.standard_normal((5, 3, 3, 3))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "w.npy", w)
+    code = ("import numpy as np, fastcnn, fastcnn.functional as F; "
+            f"x = np.load({str(tmp_path / 'x.npy')!r}); w = np.load({str(tmp_path / 'w.npy')!r}); "
+            f"np.save({str(tmp_path / 'y.npy')!r}, F.conv2d(x, w, padding=1)); "
+            "print(fastcnn._kernels.VARIANT)")
+    env = dict(os.environ, FASTCNN_KERNELS="generic")
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "generic"
+    y_generic = np.load(tmp_path / "y.npy")
+    np.testing.assert_allclose(y_generic, fastcnn.functional.conv2d(x, w, padding=1),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_bad_kernel_override_is_a_clear_error(tmp_path):
+    env = dict(os.environ, FASTCNN_KERNELS="avx9000")
+    out = subprocess.run([sys.executable, "-c", "import fastcnn"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "FASTCNN_KERNELS must be 'generic', 'avx2' or 'auto'" in out.stderr
+
+
+def test_importing_does_not_flush_subnormals():
+    """Built without -ffast-math: loading the kernels must not switch on flush-to-zero."""
+    tiny = np.float32(1e-38)
+    assert tiny / np.float32(1e4) != 0
+
+
+def test_thread_setting_round_trip():
+    before = fastcnn.get_num_threads()
+    try:
+        fastcnn.set_num_threads(3)
+        assert fastcnn.get_num_threads() == 3
+    finally:
+        fastcnn.set_num_threads(None)
+    assert fastcnn.get_num_threads() == before
+
+
+@pytest.mark.parametrize("bad, exc", [(0, ValueError), (-2, ValueError), (1.5, TypeError),
+                                      ("2", TypeError), (True, TypeError)],
+                         ids=["zero", "negative", "float", "str", "bool"])
+def test_bad_thread_counts_rejected(bad, exc):
+    with pytest.raises(exc, match="number of threads"):
+        fastcnn.set_num_threads(bad)
+
+
+def test_default_threads_honour_omp_num_threads(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="3")
+    out = subprocess.run([sys.executable, "-c", "import fastcnn; print(fastcnn.get_num_threads())"],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "3"
