@@ -111,7 +111,7 @@ def assert_close():
 
 
 def _numerical_gradient(f, x, h=1e-5):
-    """Central differences ``(f(x + h e_k) - f(x - h e_k)) / 2h`` of a scalar ``f``; ``x`` float64."""
+    """Central differences ``(f(x + h e_k) - f(x - h e_k)) / 2h`` of scalar ``f`` (float64 x)."""
     grad = np.zeros_like(x)
     flat, gflat = x.reshape(-1), grad.reshape(-1)
     for k in range(flat.size):
