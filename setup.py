@@ -90,7 +90,7 @@ def extensions():
 
     omp_compile = (["/openmp"] if sys.platform == "win32" else ["-fopenmp"]) if use_openmp else []
     omp_link = ([] if sys.platform == "win32" else ["-fopenmp"]) if use_openmp else []
-    base_compile = ["/O2"] if sys.platform == "win32" else ["-O3", "-fno-strict-aliasing"]
+    base_compile = ["/O2"] if sys.platform == "win32" else ["-O3"]
 
     directives = {
         "language_level": 3,

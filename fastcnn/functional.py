@@ -109,19 +109,39 @@ def _covers_input(H, W, KH, KW, padding):
 # Convolution
 # ---------------------------------------------------------------------------------------------
 
-def _conv2d_into(x, weight, bias, y, stride, padding, relu=False):
+def _gemm_into(a, b, c):
+    """c = a @ b with the kernels' matrix product (deterministic, on the kernels' threads).
+
+    ``b`` and ``c`` are C-contiguous; ``a`` is C-contiguous or the transpose of a C-contiguous
+    array (read through strides, not copied).
+    """
+    M, K = a.shape
+    if a.flags.c_contiguous:
+        flat, sa_m, sa_k = a.reshape(-1), K, 1
+    elif a.T.flags.c_contiguous:
+        flat, sa_m, sa_k = a.T.reshape(-1), 1, M
+    else:
+        flat, sa_m, sa_k = np.ascontiguousarray(a).reshape(-1), K, 1
+    _kernels.conv.gemm(flat, sa_m, sa_k, M, K, b, c, get_num_threads())
+    return c
+
+
+def _conv2d_into(x, weight, bias, y, stride, padding, relu=False, weight_t=None):
     """y = conv2d(x, weight, bias) [then ReLU]; arguments already validated, y preallocated.
 
     When one window covers the whole input (LeNet's C5), the convolution is exactly the matrix
-    product ``x.reshape(N, C*H*W) @ weight.reshape(F, C*H*W).T`` and goes to BLAS.
+    product ``x.reshape(N, C*H*W) @ weight.reshape(F, C*H*W).T``; ``weight_t`` may hold that
+    transposed weight, else it is made here.
     """
     N, C, H, W = x.shape
     F, _, KH, KW = weight.shape
     if bias is None:
         bias = np.zeros(F, dtype=x.dtype)
-    if _covers_input(H, W, KH, KW, padding) and N > 0:
+    if _covers_input(H, W, KH, KW, padding):
+        if weight_t is None:
+            weight_t = np.ascontiguousarray(weight.reshape(F, -1).T)
         y2 = y.reshape(N, F)
-        np.matmul(x.reshape(N, -1), weight.reshape(F, -1).T, out=y2)
+        _gemm_into(x.reshape(N, -1), weight_t, y2)
         y2 += bias
         if relu:
             np.maximum(y2, 0, out=y2)  # NaN stays NaN
@@ -135,8 +155,8 @@ def _conv2d_backward_input_into(grad_y, weight, grad_x, stride, padding):
     """grad_x = input gradient; arguments already validated, grad_x preallocated."""
     N, C, H, W = grad_x.shape
     F, _, KH, KW = weight.shape
-    if _covers_input(H, W, KH, KW, padding) and N > 0:
-        np.matmul(grad_y.reshape(N, F), weight.reshape(F, -1), out=grad_x.reshape(N, -1))
+    if _covers_input(H, W, KH, KW, padding):
+        _gemm_into(grad_y.reshape(N, F), weight.reshape(F, -1), grad_x.reshape(N, -1))
         return grad_x
     _kernels.conv.conv2d_backward_input(grad_y, weight, grad_x, stride[0], stride[1],
                                         padding[0], padding[1], get_num_threads())
@@ -147,9 +167,9 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, stride, padding):
     """(grad_w, grad_b) = weight and bias gradients; arguments validated, outputs preallocated."""
     N, C, H, W = x.shape
     F, _, KH, KW = grad_w.shape
-    if _covers_input(H, W, KH, KW, padding) and N > 0:
+    if _covers_input(H, W, KH, KW, padding):
         g2 = grad_y.reshape(N, F)
-        np.matmul(g2.T, x.reshape(N, -1), out=grad_w.reshape(F, -1))
+        _gemm_into(g2.T, x.reshape(N, -1), grad_w.reshape(F, -1))
         np.sum(g2, axis=0, out=grad_b)
         return grad_w, grad_b
     _kernels.conv.conv2d_backward_weight(x, grad_y, grad_w, grad_b, stride[0], stride[1],

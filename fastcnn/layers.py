@@ -174,8 +174,13 @@ class Conv2d(Module):
         x = self._input(x, self.in_channels)
         y = self._buffer("y", self.output_shape(x.shape))
         bias = self.params.get("bias", self._zero_bias)
-        F._conv2d_into(x, self.params["weight"], bias, y, self.stride, self.padding,
-                       self.fuse_relu)
+        weight = self.params["weight"]
+        weight_t = None
+        if F._covers_input(x.shape[2], x.shape[3], *self.kernel_size, self.padding):
+            # A matrix product: keep the transposed weight in a reused buffer.
+            weight_t = self._buffer("weight_t", (weight[0].size, self.out_channels))
+            np.copyto(weight_t, weight.reshape(self.out_channels, -1).T)
+        F._conv2d_into(x, weight, bias, y, self.stride, self.padding, self.fuse_relu, weight_t)
         self._cache = (x, y.shape)
         return y
 
@@ -283,7 +288,10 @@ class Flatten(Module):
 
 
 class Linear(Module):
-    """Fully connected layer, ``y = x @ weight.T + bias`` (BLAS, within the thread budget).
+    """Fully connected layer, ``y = x @ weight.T + bias``.
+
+    The matrix products run on the kernels' own threads (not BLAS), in a fixed order, so they
+    are reproducible for any thread count.
 
     Parameters
     ----------
@@ -321,7 +329,9 @@ class Linear(Module):
     def forward(self, x):
         x = self._input(x, self.in_features, ndim=2)
         y = self._buffer("y", (x.shape[0], self.out_features))
-        np.matmul(x, self.params["weight"].T, out=y)
+        weight_t = self._buffer("weight_t", (self.in_features, self.out_features))
+        np.copyto(weight_t, self.params["weight"].T)
+        F._gemm_into(x, weight_t, y)
         if "bias" in self.params:
             y += self.params["bias"]
         self._cache = x
@@ -330,13 +340,13 @@ class Linear(Module):
     def backward(self, grad_y):
         x = self._cache
         grad_y = self._grad_input(grad_y, None if x is None else (x.shape[0], self.out_features))
-        np.matmul(grad_y.T, x, out=self.grads["weight"])
+        F._gemm_into(grad_y.T, x, self.grads["weight"])
         if "bias" in self.grads:
             np.sum(grad_y, axis=0, out=self.grads["bias"])
         if not self.compute_input_grad:
             return None
         grad_x = self._buffer("dx", x.shape)
-        return np.matmul(grad_y, self.params["weight"], out=grad_x)
+        return F._gemm_into(grad_y, self.params["weight"], grad_x)
 
     def __repr__(self):
         extra = "" if "bias" in self.params else ", bias=False"
@@ -480,7 +490,9 @@ class CrossEntropyLoss(Module):
         loss = -float(np.mean(log_p, dtype=np.float64))
         weights = [p for p in params if isinstance(p, Parameter) and p.is_weight]
         if self.l2 > 0 and weights:
-            loss += 0.5 * self.l2 * sum(float(np.vdot(p.data, p.data)) for p in weights)
+            # einsum, not BLAS dot: no extra threads, no temporary
+            loss += 0.5 * self.l2 * sum(float(np.einsum("i,i->", p.data.ravel(), p.data.ravel()))
+                                        for p in weights)
         grad = exp / sum_exp
         grad[np.arange(N), labels] -= 1
         grad /= N

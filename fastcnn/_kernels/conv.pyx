@@ -413,3 +413,45 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
         free(scratch)
     if fail:
         raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix product (dense layers, and a convolution whose kernel covers its whole input)
+# ---------------------------------------------------------------------------------------------
+
+def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + k*sa_k]
+         Py_ssize_t sa_m, Py_ssize_t sa_k, Py_ssize_t M, Py_ssize_t K,
+         const floating[:, ::1] b,  # IN  B (K, N)
+         floating[:, ::1] c,        # OUT C (M, N)
+         int n_threads):
+    """C = A @ B, with A read through strides so that A may be a transposed view.
+
+    ``C[m, j] = sum_k A[m, k] * B[k, j]``, summed in the order k = 0, 1, ..., K-1 for every
+    element. It is the wide-row correlation again: rows of B play the input rows and entries of
+    A the kernel taps, so the same register tiles (4 rows of C x one tile of columns) do the
+    work. Parallel over blocks of 4 rows of C: each task owns those rows.
+    """
+    cdef Py_ssize_t N = b.shape[1]
+    cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
+    cdef Py_ssize_t n_blocks = (M + OB - 1) // OB
+    cdef Py_ssize_t blk, m0, m, j0, j, nj
+    if M == 0 or N == 0:
+        return
+    # Race-free: block blk writes only rows m0 .. m0+3 of C.
+    for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):
+        m0 = blk * OB
+        if m0 + OB <= M and N >= TT:
+            j0 = 0
+            while j0 < N:
+                j = min(j0, N - TT)  # the last tile ends at N, recomputing a few columns
+                _corr_tile4(&b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K, 1,
+                            &c[m0, j], N)
+                j0 = j0 + TT
+        else:
+            for m in range(m0, min(m0 + OB, M)):
+                j0 = 0
+                while j0 < N:
+                    nj = min(TT, N - j0)
+                    _corr_tile1(&b[0, j0], 0, N, 1, &a[m * sa_m], 0, sa_k, 0, K, 1,
+                                &c[m, j0], nj)
+                    j0 = j0 + TT

@@ -15,6 +15,35 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 
+cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
+    """Max-pool one (H, W) plane into (OH, OW), with the flat index of each maximum."""
+    cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1, best_k
+    cdef floating best, val
+    cdef bint take
+    for i in range(OH):
+        u0 = max(i * sh - ph, 0)
+        u1 = min(i * sh - ph + kh, H)
+        for j in range(OW):
+            v0 = max(j * sw - pw, 0)
+            v1 = min(j * sw - pw + kw, W)
+            best_k = u0 * W + v0
+            best = x[best_k]
+            for u in range(u0, u1):
+                for v in range(v0, v1):
+                    val = x[u * W + v]
+                    # Strict '>' keeps the first of equal values; once best is NaN nothing
+                    # replaces it, and a NaN replaces any number. Written as selects (not a
+                    # branch) so random data costs no mispredictions.
+                    take = (val > best) | ((val != val) & (best == best))
+                    best_k = u * W + v if take else best_k
+                    best = val if take else best
+            y[i * OW + j] = best
+            am[i * OW + j] = best_k
+
+
 def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
                       int64_t[:, :, :, ::1] argmax,    # OUT (N, C, OH, OW) flat index u*W+v
@@ -27,32 +56,11 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t plane, n, c, i, j, u, v, u0, u1, v0, v1, best_k
-    cdef const floating* xp
-    cdef floating best, val
+    cdef Py_ssize_t plane
     # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c].
     for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        n = plane // C
-        c = plane % C
-        xp = &x[n, c, 0, 0]
-        for i in range(OH):
-            u0 = max(i * sh - ph, 0)
-            u1 = min(i * sh - ph + kh, H)
-            for j in range(OW):
-                v0 = max(j * sw - pw, 0)
-                v1 = min(j * sw - pw + kw, W)
-                best_k = u0 * W + v0
-                best = xp[best_k]
-                for u in range(u0, u1):
-                    for v in range(v0, v1):
-                        val = xp[u * W + v]
-                        # Strict '>' keeps the first of equal values; once best is NaN nothing
-                        # replaces it, and a NaN replaces any number.
-                        if val > best or (val != val and best == best):
-                            best = val
-                            best_k = u * W + v
-                y[n, c, i, j] = best
-                argmax[n, c, i, j] = best_k
+        _pool_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
+                    &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw, ph, pw)
 
 
 def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
