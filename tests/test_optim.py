@@ -1,0 +1,296 @@
+"""Tests of the optimisers (``fastcnn.optim``): SGD and Adam match ``torch.optim`` step by step
+on a float64 LeNet-5, reject bad hyper-parameters, resume identically from ``state_dict`` and do
+not allocate per step."""
+
+import json
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from fastcnn import SGD, Adam, CrossEntropyLoss, LeNet5
+
+F32, F64 = np.float32, np.float64
+
+
+def _batch(n, dtype=F64, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 1, 32, 32)).astype(dtype), rng.integers(0, 10, n)
+
+
+def _torch_lenet(torch):
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Conv2d(16, 120, 5), nn.ReLU(), nn.Flatten(), nn.Linear(120, 84),
+        nn.ReLU(), nn.Linear(84, 10)).to(torch.float64)
+
+
+def _step(model, loss_fn, opt, x, labels, copy=True):
+    loss = loss_fn.forward(model.forward(x, copy=copy), labels)
+    model.backward(loss_fn.backward())
+    opt.step()
+    return loss
+
+
+# name: (fastcnn class, torch.optim class name, keyword arguments shared by both)
+CONFIGS = {
+    "sgd": (SGD, "SGD", dict(lr=0.1)),
+    "sgd-momentum": (SGD, "SGD", dict(lr=0.05, momentum=0.9)),
+    "sgd-nesterov": (SGD, "SGD", dict(lr=0.05, momentum=0.8, nesterov=True)),
+    "sgd-weight-decay": (SGD, "SGD", dict(lr=0.1, weight_decay=0.05)),
+    "sgd-momentum-weight-decay": (SGD, "SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+    "sgd-nesterov-weight-decay": (SGD, "SGD", dict(lr=0.05, momentum=0.7, nesterov=True,
+                                                   weight_decay=0.02)),
+    "adam": (Adam, "Adam", dict(lr=1e-3)),
+    "adam-betas-eps": (Adam, "Adam", dict(lr=5e-3, betas=(0.8, 0.99), eps=1e-6)),
+    "adam-weight-decay": (Adam, "Adam", dict(lr=2e-3, weight_decay=0.05)),
+}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_matches_torch_optim_over_several_steps(config):
+    torch = pytest.importorskip("torch")
+    cls, torch_name, kwargs = CONFIGS[config]
+    model = LeNet5(dtype=F64, seed=1)
+    rng = np.random.default_rng(2)
+    for p in model.parameters():  # non-zero biases: they must not be decayed
+        if not p.is_weight:
+            p.data[...] = 0.05 * rng.standard_normal(p.data.shape)
+    tmodel = _torch_lenet(torch)
+    tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
+    # fastcnn decays weights only: give torch the same split with parameter groups.
+    kwargs = dict(kwargs)
+    decay = kwargs.pop("weight_decay", 0.0)
+    named = list(tmodel.named_parameters())
+    groups = [{"params": [p for n, p in named if n.endswith("weight")], "weight_decay": decay},
+              {"params": [p for n, p in named if not n.endswith("weight")], "weight_decay": 0.0}]
+    topt = getattr(torch.optim, torch_name)(groups, **kwargs)
+    opt = cls(model.parameters(), weight_decay=decay, **kwargs)
+    loss_fn = CrossEntropyLoss(dtype=F64)
+    for step in range(5):
+        x, labels = _batch(8, seed=10 + step)
+        loss = _step(model, loss_fn, opt, x, labels)
+        topt.zero_grad()
+        tloss = torch.nn.functional.cross_entropy(tmodel(torch.from_numpy(x)),
+                                                  torch.from_numpy(labels))
+        tloss.backward()
+        topt.step()
+        assert loss == pytest.approx(tloss.item(), rel=1e-10), f"step {step}"
+    tparams = dict(tmodel.named_parameters())
+    for p in model.parameters():
+        expected = tparams[p.name].detach().numpy()
+        np.testing.assert_allclose(p.data, expected, rtol=1e-9, atol=1e-11, err_msg=p.name)
+
+
+def test_sgd_plain_step_is_w_minus_lr_grad():
+    model = LeNet5(dtype=F64, seed=3)
+    x, labels = _batch(4, seed=4)
+    loss_fn = CrossEntropyLoss(dtype=F64)
+    loss_fn.forward(model.forward(x), labels)
+    model.backward(loss_fn.backward())
+    expected = {p.name: p.data - 0.1 * p.grad for p in model.parameters()}
+    SGD(model.parameters(), lr=0.1).step()
+    for p in model.parameters():
+        np.testing.assert_array_equal(p.data, expected[p.name], err_msg=p.name)
+
+
+def test_weight_decay_equals_cross_entropy_l2():
+    # SGD(weight_decay=l2) and CrossEntropyLoss(l2=l2) + backward_l2() give the same update.
+    a, b = LeNet5(dtype=F64, seed=5), LeNet5(dtype=F64, seed=5)
+    x, labels = _batch(4, seed=6)
+    opt_a = SGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=0.03)
+    opt_b = SGD(b.parameters(), lr=0.1, momentum=0.9)
+    loss_a, loss_b = CrossEntropyLoss(dtype=F64), CrossEntropyLoss(l2=0.03, dtype=F64)
+    for _ in range(2):
+        _step(a, loss_a, opt_a, x, labels)
+        loss_b.forward(b.forward(x), labels, params=b.parameters())
+        b.backward(loss_b.backward())
+        loss_b.backward_l2()
+        opt_b.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        np.testing.assert_allclose(p.data, q.data, rtol=1e-13, atol=1e-15, err_msg=p.name)
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+
+def _params():
+    return LeNet5(seed=0).parameters()
+
+
+BAD_OPTIMIZERS = [
+    pytest.param(lambda: SGD(_params(), lr=0), ValueError, r"lr must be .*got 0\.0", id="sgd-lr-0"),
+    pytest.param(lambda: SGD(_params(), lr=-0.1), ValueError, r"lr .*got -0\.1",
+                 id="sgd-lr-negative"),
+    pytest.param(lambda: SGD(_params(), lr=float("nan")), ValueError, r"lr .*got nan",
+                 id="sgd-lr-nan"),
+    pytest.param(lambda: SGD(_params(), lr="fast"), TypeError, r"lr must be a number.*'fast'",
+                 id="sgd-lr-string"),
+    pytest.param(lambda: SGD(_params(), lr=0.1, momentum=1.0), ValueError,
+                 r"momentum must be in \[0\.0, 1\.0\), got 1\.0", id="sgd-momentum-1"),
+    pytest.param(lambda: SGD(_params(), lr=0.1, momentum=-0.5), ValueError, r"momentum .*-0\.5",
+                 id="sgd-momentum-negative"),
+    pytest.param(lambda: SGD(_params(), lr=0.1, weight_decay=-1e-4), ValueError,
+                 r"weight_decay .*got -0\.0001", id="sgd-weight-decay-negative"),
+    pytest.param(lambda: SGD(_params(), lr=0.1, nesterov=True), ValueError,
+                 r"nesterov=True needs momentum > 0", id="sgd-nesterov-without-momentum"),
+    pytest.param(lambda: Adam(_params(), lr=0), ValueError, r"lr .*got 0\.0", id="adam-lr-0"),
+    pytest.param(lambda: Adam(_params(), betas=(1.0, 0.999)), ValueError,
+                 r"betas\[0\] must be in \[0\.0, 1\.0\), got 1\.0", id="adam-beta1-1"),
+    pytest.param(lambda: Adam(_params(), betas=(0.9, 1.0)), ValueError, r"betas\[1\] .*got 1\.0",
+                 id="adam-beta2-1"),
+    pytest.param(lambda: Adam(_params(), betas=(-0.1, 0.999)), ValueError,
+                 r"betas\[0\] .*got -0\.1", id="adam-beta1-negative"),
+    pytest.param(lambda: Adam(_params(), betas=(0.9,)), ValueError, r"betas must be a pair",
+                 id="adam-betas-not-a-pair"),
+    pytest.param(lambda: Adam(_params(), eps=0.0), ValueError, r"eps .*got 0\.0", id="adam-eps-0"),
+    pytest.param(lambda: Adam(_params(), weight_decay=-1.0), ValueError, r"weight_decay .*-1\.0",
+                 id="adam-weight-decay-negative"),
+    pytest.param(lambda: SGD([np.zeros(3)], lr=0.1), TypeError, r"list of Parameter",
+                 id="params-arrays"),
+    pytest.param(lambda: SGD([], lr=0.1), TypeError, r"non-empty list of Parameter",
+                 id="params-empty"),
+    pytest.param(lambda: Adam(LeNet5(), lr=0.1), TypeError, r"list of Parameter",
+                 id="params-model-instead-of-parameters"),
+    pytest.param(lambda: SGD(_params() + [None], lr=0.1), TypeError, r"list of Parameter",
+                 id="params-with-none"),
+]
+
+
+@pytest.mark.parametrize("make, exc, match", BAD_OPTIMIZERS)
+def test_invalid_hyper_parameters_raise(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_params_may_be_any_iterable_of_parameters():
+    model = LeNet5(seed=0)
+    opt = SGD((p for p in model.parameters()), lr=0.1)
+    assert len(opt.params) == 10
+
+
+# --- state_dict / load_state_dict --------------------------------------------------------------
+
+
+RESUME_CONFIGS = {
+    "sgd": (SGD, dict(lr=0.1)),
+    "sgd-momentum": (SGD, dict(lr=0.05, momentum=0.9)),
+    "sgd-nesterov-weight-decay": (SGD, dict(lr=0.05, momentum=0.9, nesterov=True,
+                                            weight_decay=0.01)),
+    "adam": (Adam, dict(lr=1e-3)),
+    "adam-weight-decay": (Adam, dict(lr=2e-3, betas=(0.8, 0.99), weight_decay=0.01)),
+}
+
+
+def _train(model, opt, steps, first):
+    loss_fn = CrossEntropyLoss(dtype=F64)
+    for step in range(first, first + steps):
+        x, labels = _batch(4, seed=100 + step)
+        _step(model, loss_fn, opt, x, labels)
+
+
+@pytest.mark.parametrize("config", list(RESUME_CONFIGS))
+def test_state_dict_round_trip_continues_identically(config):
+    cls, kwargs = RESUME_CONFIGS[config]
+    straight = LeNet5(dtype=F64, seed=7)
+    _train(straight, cls(straight.parameters(), **kwargs), 5, first=0)
+
+    model = LeNet5(dtype=F64, seed=7)
+    opt = cls(model.parameters(), **kwargs)
+    _train(model, opt, 3, first=0)
+    arrays, info = opt.state_dict()
+    info = json.loads(json.dumps(info))  # checkpoints store the settings as JSON
+    # Resume in a fresh model and optimiser, as from a checkpoint file.
+    resumed = LeNet5(dtype=F64, seed=99)
+    resumed.load_state_dict(model.state_dict())
+    opt2 = cls(resumed.parameters(), **kwargs)
+    opt2.load_state_dict(arrays, info)
+    assert opt2.steps == 3
+    _train(resumed, opt2, 2, first=3)
+    for (k, v), expected in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        np.testing.assert_array_equal(v, expected, err_msg=k)
+
+
+def test_state_dict_holds_copies_of_the_slots():
+    model = LeNet5(dtype=F64, seed=8)
+    opt = Adam(model.parameters())
+    _train(model, opt, 1, first=0)
+    arrays, info = opt.state_dict()
+    assert set(arrays) == {f"{p.name}.{slot}" for p in model.parameters()
+                           for slot in ("exp_avg", "exp_avg_sq")}
+    assert info["type"] == "Adam" and info["steps"] == 1
+    saved = {k: v.copy() for k, v in arrays.items()}
+    for v in arrays.values():
+        v[...] = 0
+    again, _ = opt.state_dict()
+    for k, v in again.items():
+        np.testing.assert_array_equal(v, saved[k], err_msg=k)
+
+
+def test_load_state_dict_of_another_optimizer_type_raises():
+    model = LeNet5(seed=0)
+    arrays, info = SGD(model.parameters(), lr=0.1, momentum=0.9).state_dict()
+    with pytest.raises(ValueError, match=r"optimizer state is for SGD, not Adam"):
+        Adam(model.parameters()).load_state_dict(arrays, info)
+
+
+def test_load_state_dict_with_wrong_shape_raises():
+    model = LeNet5(seed=0)
+    opt = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    _, info = opt.state_dict()
+    with pytest.raises(ValueError, match=r"'0\.weight\.momentum' does not match"):
+        opt.load_state_dict({"0.weight.momentum": np.zeros((6, 1, 3, 3), dtype=F32)}, info)
+
+
+# --- allocation --------------------------------------------------------------------------------
+
+
+ALLOC_CONFIGS = {
+    "sgd-nesterov-weight-decay": lambda p: SGD(p, lr=0.01, momentum=0.9, nesterov=True,
+                                               weight_decay=1e-4),
+    "adam-weight-decay": lambda p: Adam(p, lr=1e-3, weight_decay=1e-4),
+}
+
+
+def _alloc_setup(config):
+    model = LeNet5(seed=0)
+    x, labels = _batch(32, F32, seed=9)
+    loss_fn = CrossEntropyLoss()
+    opt = ALLOC_CONFIGS[config](model.parameters())
+    return lambda: _step(model, loss_fn, opt, x, labels, copy=False)
+
+
+@pytest.mark.parametrize("config", list(ALLOC_CONFIGS))
+def test_no_allocation_growth_over_training_steps(config):
+    step = _alloc_setup(config)
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            step()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            step()
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert after - before < 64 * 1024, f"traced memory grew by {after - before} bytes"
+
+
+@pytest.mark.parametrize("config", list(ALLOC_CONFIGS))
+def test_steady_state_step_allocates_no_activation_sized_arrays(config):
+    # DESIGN.md section 7: buffers are reused once the batch shape is known. The smallest
+    # activation at batch 32 is 15 KiB (F6) and C1's output is 588 KiB; 64 KiB of slack covers
+    # the loss's (32, 10) temporaries and the Python objects of a step.
+    step = _alloc_setup(config)
+    tracemalloc.start()
+    try:
+        for _ in range(3):
+            step()
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        step()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - before < 64 * 1024, f"a step allocated up to {peak - before} bytes at once"
