@@ -720,3 +720,36 @@ def test_any_input_layout_gives_the_contiguous_result(api, kernel, layout, dtype
         assert np.array_equal(e, r) and e.tobytes() == r.tobytes()
     for before, after in zip(copies, moved):  # inputs are left untouched
         np.testing.assert_array_equal(before, after)
+
+
+# --- empty batch ---------------------------------------------------------------------------------
+# The API accepts N = 0 (only C, H, W must be non-empty): every kernel must return empty outputs
+# of the right shape, and zero weight and bias gradients.
+
+EMPTY_BATCH_CASES = [
+    pytest.param((0, 3, 6, 6, 4, 3, 3, 1, 0), id="k3"),
+    pytest.param((0, 3, 7, 6, 4, 3, 2, (2, 1), (1, 0)), id="k3x2-s(2,1)-pad(1,0)"),
+    pytest.param((0, 16, 5, 5, 120, 5, 5, 1, 0), id="kernel=input-lenet-C5"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", EMPTY_BATCH_CASES)
+def test_conv_kernels_accept_an_empty_batch(api, case, dtype):
+    x, w, b, g, stride, padding = _conv_data(case, dtype)
+    y = api.conv2d(x, w, b, stride, padding)
+    assert y.shape == g.shape and y.dtype == dtype
+    dx = api.conv2d_backward_input(g, w, x.shape[2:], stride, padding)
+    assert dx.shape == x.shape and dx.dtype == dtype
+    dw, db = api.conv2d_backward_weight(x, g, w.shape[2:], stride, padding)
+    np.testing.assert_array_equal(dw, np.zeros(w.shape))
+    np.testing.assert_array_equal(db, np.zeros(b.shape))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_pool_and_relu_accept_an_empty_batch(api, dtype):
+    x = np.zeros((0, 3, 6, 6), dtype=dtype)
+    y, argmax = api.max_pool2d(x, 2)
+    assert y.shape == argmax.shape == (0, 3, 3, 3)
+    assert api.max_pool2d_backward(y, argmax, (6, 6)).shape == x.shape
+    assert api.relu(x).shape == api.relu_backward(x, x).shape == x.shape
