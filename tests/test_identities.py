@@ -12,7 +12,7 @@ import pytest
 
 F64 = np.float64
 
-# (N, C, H, W, F, KH, KW, stride, padding), small: C has (N*F*OH*OW) x (N*C*H*W) entries.
+# (N, C, H, W, F, KH, KW, stride, padding), small: C has (F*OH*OW) x (C*H*W) entries.
 TRANSPOSE_CASES = [
     pytest.param((1, 2, 4, 5, 3, 3, 2, (2, 1), (1, 0)), id="k3x2-s(2,1)-pad(1,0)"),
     pytest.param((2, 2, 6, 6, 2, 3, 3, 2, 1), id="k3-s2-pad1-remainder"),
@@ -30,36 +30,40 @@ def _transpose_data(case, seed):
     return x, w, stride, padding
 
 
-def _conv_matrix(api, w, x_shape, stride, padding):
-    """The matrix C with vec(conv2d(x, w)) = C vec(x), built column by column from unit vectors."""
-    columns = []
-    for k in range(int(np.prod(x_shape))):
-        e = np.zeros(int(np.prod(x_shape)))
-        e[k] = 1.0
-        columns.append(api.conv2d(e.reshape(x_shape), w, None, stride, padding).reshape(-1))
-    return np.stack(columns, axis=1)
+def _conv_matrix(api, w, input_size, stride, padding):
+    """The matrix C with vec(conv2d(x, w)[n]) = C vec(x[n]), one column per unit vector.
+
+    The unit vectors of the (C, H, W) input space go through conv2d as one batch, sample k giving
+    column k. With a batch, C acts on each sample alone (the full matrix is block-diagonal).
+    """
+    C, H, W = w.shape[1], *input_size
+    units = np.eye(C * H * W).reshape(C * H * W, C, H, W)
+    return api.conv2d(units, w, None, stride, padding).reshape(C * H * W, -1).T
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES)
 def test_conv2d_is_the_linear_map_C(api, case):
     x, w, stride, padding = _transpose_data(case, seed=0)
-    C = _conv_matrix(api, w, x.shape, stride, padding)
+    C = _conv_matrix(api, w, x.shape[2:], stride, padding)
     b = np.random.default_rng(1).standard_normal(w.shape[0])
     y = api.conv2d(x, w, b, stride, padding)
-    np.testing.assert_allclose((y - b.reshape(1, -1, 1, 1)).reshape(-1), C @ x.reshape(-1),
-                               rtol=1e-12, atol=1e-12)
+    N = x.shape[0]
+    np.testing.assert_allclose((y - b.reshape(1, -1, 1, 1)).reshape(N, -1),
+                               x.reshape(N, -1) @ C.T, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES)
 def test_input_gradient_is_C_transpose(api, case):
     x, w, stride, padding = _transpose_data(case, seed=2)
-    C = _conv_matrix(api, w, x.shape, stride, padding)
-    g = np.random.default_rng(3).standard_normal(C.shape[0])
+    C = _conv_matrix(api, w, x.shape[2:], stride, padding)
+    N = x.shape[0]
+    g = np.random.default_rng(3).standard_normal((N, C.shape[0]))
     y_shape = api.conv2d(x, w, None, stride, padding).shape
     dx = api.conv2d_backward_input(g.reshape(y_shape), w, x.shape[2:], stride, padding)
-    # Each entry of C is one weight or zero, so C^T g is accurate to a few ulps of sum |terms|.
-    bound = np.abs(C).T @ np.abs(g)
-    assert np.all(np.abs(dx.reshape(-1) - C.T @ g) <= 1e-12 * bound + 1e-300)
+    # vec(dx[n]) = C^T vec(g[n]). Each entry of C is one weight or zero, so C^T g is accurate to
+    # a few ulps of sum |terms|.
+    bound = np.abs(g) @ np.abs(C)
+    assert np.all(np.abs(dx.reshape(N, -1) - g @ C) <= 1e-12 * bound + 1e-300)
 
 
 @pytest.mark.parametrize("case", TRANSPOSE_CASES)
