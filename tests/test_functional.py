@@ -397,6 +397,30 @@ def test_max_pool2d_float32_equals_float64(api, case):
     np.testing.assert_array_equal(a32, a64)
 
 
+@pytest.mark.parametrize("case", POOL_CASES)
+def test_max_pool2d_backward_float32_close_to_float64(api, case, assert_close):
+    shape, kernel, stride, padding = case
+    rng = np.random.default_rng(25)
+    x = rng.integers(0, 3, shape).astype(F32)  # ties: overlapping windows share maxima
+    _, argmax = api.max_pool2d(x, kernel, stride, padding)
+    g = rng.standard_normal(argmax.shape).astype(F32)
+    dx32 = api.max_pool2d_backward(g, argmax, shape[2:])
+    dx64 = api.max_pool2d_backward(g.astype(F64), argmax, shape[2:])
+    assert_close(dx32, dx64, ref.max_pool2d_backward_ref(np.abs(g).astype(F64), argmax,
+                                                         shape[2:]), dtype=F32)
+
+
+@pytest.mark.parametrize("shape", RELU_SHAPES)
+def test_relu_float32_equals_float64(api, shape):
+    # max(x, 0) and the select g * (x > 0) involve no rounding: float32 must match exactly.
+    rng = np.random.default_rng(26)
+    x = rng.standard_normal(shape).astype(F32)
+    g = rng.standard_normal(shape).astype(F32)
+    np.testing.assert_array_equal(api.relu(x), api.relu(x.astype(F64)).astype(F32))
+    np.testing.assert_array_equal(api.relu_backward(g, x),
+                                  api.relu_backward(g.astype(F64), x.astype(F64)).astype(F32))
+
+
 # --- max-pool semantics --------------------------------------------------------------------------
 
 
