@@ -42,7 +42,7 @@ def _train_step(model, loss_fn, opt, x, labels):
     return loss
 
 
-# --- structure -------------------------------------------------------------------------------------
+# --- structure -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -137,7 +137,7 @@ def test_first_conv_skips_input_gradient():
     assert np.any(model.layers[0].grads["weight"] != 0)
 
 
-# --- PyTorch compatibility -------------------------------------------------------------------------
+# --- PyTorch compatibility -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -169,12 +169,14 @@ def test_our_weights_in_torch_give_same_logits_and_gradients(dtype):
                                    atol=rtol * np.abs(expected).max(), err_msg=p.name)
 
 
-def test_load_state_dict_from_torch_tensors():
+@pytest.mark.parametrize("source", ["state_dict", "named_parameters-requires-grad"])
+def test_load_state_dict_from_torch_tensors(source):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     tmodel = _torch_lenet(torch, F32)
     model = LeNet5(seed=5)
-    model.load_state_dict(tmodel.state_dict())
+    model.load_state_dict(tmodel.state_dict() if source == "state_dict" else
+                          dict(tmodel.named_parameters()))
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(v, tmodel.state_dict()[k].numpy(), err_msg=k)
     x, _ = _batch(4, seed=3)
@@ -232,7 +234,7 @@ def test_load_state_dict_non_strict_loads_the_keys_present():
     np.testing.assert_array_equal(after["0.weight"], state["0.weight"])
 
 
-# --- prediction ------------------------------------------------------------------------------------
+# --- prediction ----------------------------------------------------------------------------------
 
 
 def test_predict_proba_rows_are_softmax_of_logits():

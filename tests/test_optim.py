@@ -35,16 +35,16 @@ def _step(model, loss_fn, opt, x, labels, copy=True):
 
 # name: (fastcnn class, torch.optim class name, keyword arguments shared by both)
 CONFIGS = {
-    "sgd": (SGD, "SGD", dict(lr=0.1)),
-    "sgd-momentum": (SGD, "SGD", dict(lr=0.05, momentum=0.9)),
-    "sgd-nesterov": (SGD, "SGD", dict(lr=0.05, momentum=0.8, nesterov=True)),
-    "sgd-weight-decay": (SGD, "SGD", dict(lr=0.1, weight_decay=0.05)),
-    "sgd-momentum-weight-decay": (SGD, "SGD", dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
-    "sgd-nesterov-weight-decay": (SGD, "SGD", dict(lr=0.05, momentum=0.7, nesterov=True,
-                                                   weight_decay=0.02)),
-    "adam": (Adam, "Adam", dict(lr=1e-3)),
-    "adam-betas-eps": (Adam, "Adam", dict(lr=5e-3, betas=(0.8, 0.99), eps=1e-6)),
-    "adam-weight-decay": (Adam, "Adam", dict(lr=2e-3, weight_decay=0.05)),
+    "sgd": (SGD, "SGD", {"lr": 0.1}),
+    "sgd-momentum": (SGD, "SGD", {"lr": 0.05, "momentum": 0.9}),
+    "sgd-nesterov": (SGD, "SGD", {"lr": 0.05, "momentum": 0.8, "nesterov": True}),
+    "sgd-weight-decay": (SGD, "SGD", {"lr": 0.1, "weight_decay": 0.05}),
+    "sgd-momentum-weight-decay": (SGD, "SGD", {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.01}),
+    "sgd-nesterov-weight-decay": (SGD, "SGD", {"lr": 0.05, "momentum": 0.7, "nesterov": True,
+                                                   "weight_decay": 0.02}),
+    "adam": (Adam, "Adam", {"lr": 1e-3}),
+    "adam-betas-eps": (Adam, "Adam", {"lr": 5e-3, "betas": (0.8, 0.99), "eps": 1e-6}),
+    "adam-weight-decay": (Adam, "Adam", {"lr": 2e-3, "weight_decay": 0.05}),
 }
 
 
@@ -112,7 +112,7 @@ def test_weight_decay_equals_cross_entropy_l2():
         np.testing.assert_allclose(p.data, q.data, rtol=1e-13, atol=1e-15, err_msg=p.name)
 
 
-# --- validation ------------------------------------------------------------------------------------
+# --- validation ----------------------------------------------------------------------------------
 
 
 def _params():
@@ -174,12 +174,12 @@ def test_params_may_be_any_iterable_of_parameters():
 
 
 RESUME_CONFIGS = {
-    "sgd": (SGD, dict(lr=0.1)),
-    "sgd-momentum": (SGD, dict(lr=0.05, momentum=0.9)),
-    "sgd-nesterov-weight-decay": (SGD, dict(lr=0.05, momentum=0.9, nesterov=True,
-                                            weight_decay=0.01)),
-    "adam": (Adam, dict(lr=1e-3)),
-    "adam-weight-decay": (Adam, dict(lr=2e-3, betas=(0.8, 0.99), weight_decay=0.01)),
+    "sgd": (SGD, {"lr": 0.1}),
+    "sgd-momentum": (SGD, {"lr": 0.05, "momentum": 0.9}),
+    "sgd-nesterov-weight-decay": (SGD, {"lr": 0.05, "momentum": 0.9, "nesterov": True,
+                                            "weight_decay": 0.01}),
+    "adam": (Adam, {"lr": 1e-3}),
+    "adam-weight-decay": (Adam, {"lr": 2e-3, "betas": (0.8, 0.99), "weight_decay": 0.01}),
 }
 
 
