@@ -36,6 +36,7 @@ CONV_CASES = [
     pytest.param((1, 3, 8, 7, 5, (2, 3), (2, 1), (1, 0), False), id="k2x3-s(2,1)-pad(1,0)-nobias"),
     pytest.param((1, 1, 12, 12, 6, 5, 1, 0, True), id="N1-C1-5x5"),
     pytest.param((3, 4, 5, 5, 7, 5, 1, 0, True), id="kernel=input-matmul-path"),
+    pytest.param((1, 2, 3, 3, 1, 3, 1, 0, True), id="N1-F1-kernel=input-matmul-path"),
     pytest.param((2, 5, 4, 6, 3, 1, 1, 0, False), id="1x1-nobias"),
     pytest.param((2, 2, 6, 6, 3, 3, 3, 2, True), id="s3-pad2"),
 ]
@@ -53,6 +54,9 @@ LINEAR_CASES = [
     pytest.param((4, 7, 5, True), id="7->5"),
     pytest.param((1, 3, 9, False), id="N1-3->9-nobias"),
     pytest.param((6, 120, 84, True), id="lenet-F6"),
+    pytest.param((5, 4, 1, True), id="out_features=1"),
+    pytest.param((3, 1, 4, True), id="in_features=1"),
+    pytest.param((1, 1, 1, False), id="N1-1->1-nobias"),
 ]
 
 
@@ -651,7 +655,7 @@ def test_repr_shows_hyper_parameters(kind):
         assert part in text, f"{part!r} not in {text!r}"
 
 
-def test_conv2d_without_bias_reports_no_bias_in_repr_of_biased_layer():
+def test_repr_of_biased_layers_does_not_mention_bias():
     assert "bias" not in repr(Conv2d(2, 3, 3)) and "bias" not in repr(Linear(2, 3))
 
 
@@ -917,13 +921,14 @@ def test_sequential_copy_false_reuses_the_buffer_and_gives_the_same_values():
     np.testing.assert_array_equal(y_buf2, model.forward(x2))
 
 
-def test_sequential_matches_layers_run_one_by_one_over_two_steps():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sequential_matches_layers_run_one_by_one_over_two_steps(dtype):
     # Buffer reuse must not leak one step's values into the next (two different batches).
-    model, layers = _small_net(F64), _small_layers(F64)  # layers: no fusion, no buffer reuse
+    model, layers = _small_net(dtype), _small_layers(dtype)  # layers: no fusion, no reuse
     rng = np.random.default_rng(15)
     for step in range(2):
-        x = rng.standard_normal((3, 2, 6, 6))
-        g = rng.standard_normal((3, 5))
+        x = rng.standard_normal((3, 2, 6, 6)).astype(dtype)
+        g = rng.standard_normal((3, 5)).astype(dtype)
         y, out = model.forward(x), x
         for layer in layers:
             out = layer.forward(out)
