@@ -180,6 +180,39 @@ cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
     return s
 
 
+cdef inline void _store_rows(const floating* acc, Py_ssize_t row, floating bias, bint relu,
+                             floating* y, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """y[i, j] = acc[i*row + j] + bias (then max(., 0) if relu): keep the real outputs of a
+    wide-row result, dropping the row - OW columns that are not outputs."""
+    cdef Py_ssize_t i, j
+    cdef floating v
+    for i in range(OH):
+        for j in range(OW):
+            v = acc[i * row + j] + bias
+            y[i * OW + j] = 0 if relu and v < 0 else v  # NaN < 0 is false: NaN is kept
+
+
+cdef inline void _conv_plane_strided(const floating* xp, Py_ssize_t C, Py_ssize_t HP,
+                                     Py_ssize_t WP, const floating* w, Py_ssize_t KH,
+                                     Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, floating bias,
+                                     bint relu, floating* y, Py_ssize_t OH,
+                                     Py_ssize_t OW) noexcept nogil:
+    """One output plane straight from the definition (any stride), on padded input planes:
+    y[i, j] = bias + sum_{c,p,q} w[c, p, q] * xp[c, i*sh + p, j*sw + q]."""
+    cdef Py_ssize_t i, j, c, p, q
+    cdef floating v
+    for i in range(OH):
+        for j in range(OW):
+            v = 0
+            for c in range(C):
+                for p in range(KH):
+                    for q in range(KW):
+                        v = v + w[(c * KH + p) * KW + q] * xp[(c * HP + i * sh + p) * WP
+                                                             + j * sw + q]
+            v = v + bias
+            y[i * OW + j] = 0 if relu and v < 0 else v
+
+
 # ---------------------------------------------------------------------------------------------
 # Forward
 # ---------------------------------------------------------------------------------------------
@@ -202,13 +235,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef bint wide = sh == 1 and sw == 1
     cdef Py_ssize_t T = (OH - 1) * WP + OW
     cdef Py_ssize_t n_fb = (F + OB - 1) // OB
-    cdef Py_ssize_t task, n, f0, fb, nb, o, i, j, c, p, q
+    cdef Py_ssize_t task, n, f0, fb, nb, o
     cdef floating* scratch
     cdef floating* acc
     cdef floating* acc0
     cdef const floating* xin
-    cdef floating* yp
-    cdef floating v, bias
     cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
 
     cdef int fail = 0
@@ -238,23 +269,11 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                            KH * KW, KW, 1, min(<Py_ssize_t> OB, F - fb), KH, KW, acc, T)
                 acc0 = acc + (f0 - fb) * T
             for o in range(nb):
-                bias = b[f0 + o]
-                yp = &y[n, f0 + o, 0, 0]
-                for i in range(OH):
-                    for j in range(OW):
-                        if wide:
-                            v = acc0[o * T + i * WP + j]
-                        else:
-                            v = 0
-                            for c in range(C):
-                                for p in range(KH):
-                                    for q in range(KW):
-                                        v = v + w[f0 + o, c, p, q] * xin[
-                                            (c * HP + i * sh + p) * WP + j * sw + q]
-                        v = v + bias
-                        if relu and v < 0:
-                            v = 0
-                        yp[i * OW + j] = v
+                if wide:
+                    _store_rows(acc0 + o * T, WP, b[f0 + o], relu, &y[n, f0 + o, 0, 0], OH, OW)
+                else:
+                    _conv_plane_strided(xin, C, HP, WP, &w[f0 + o, 0, 0, 0], KH, KW, sh, sw,
+                                        b[f0 + o], relu, &y[n, f0 + o, 0, 0], OH, OW)
         free(scratch)
     if fail:
         raise MemoryError("fastcnn: could not allocate kernel scratch memory")

@@ -15,6 +15,31 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 
+cdef inline void _pick(floating val, Py_ssize_t k, floating* best,
+                       Py_ssize_t* best_k) noexcept nogil:
+    """Replace (best, best_k) by (val, k) when val is larger, or val is the first NaN."""
+    cdef bint take = (val > best[0]) | ((val != val) & (best[0] == best[0]))
+    best_k[0] = k if take else best_k[0]
+    best[0] = val if take else best[0]
+
+
+cdef inline void _pool_plane_2x2(const floating* x, floating* y, int64_t* am, Py_ssize_t W,
+                                 Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """The common 2x2 window with stride 2 and no padding, unrolled (same rules as below)."""
+    cdef Py_ssize_t i, j, k, best_k
+    cdef floating best
+    for i in range(OH):
+        for j in range(OW):
+            k = 2 * i * W + 2 * j
+            best = x[k]
+            best_k = k
+            _pick(x[k + 1], k + 1, &best, &best_k)
+            _pick(x[k + W], k + W, &best, &best_k)
+            _pick(x[k + W + 1], k + W + 1, &best, &best_k)
+            y[i * OW + j] = best
+            am[i * OW + j] = best_k
+
+
 cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
@@ -22,7 +47,9 @@ cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
     """Max-pool one (H, W) plane into (OH, OW), with the flat index of each maximum."""
     cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1, best_k
     cdef floating best, val
-    cdef bint take
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
+        _pool_plane_2x2(x, y, am, W, OH, OW)
+        return
     for i in range(OH):
         u0 = max(i * sh - ph, 0)
         u1 = min(i * sh - ph + kh, H)
@@ -35,11 +62,9 @@ cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
                 for v in range(v0, v1):
                     val = x[u * W + v]
                     # Strict '>' keeps the first of equal values; once best is NaN nothing
-                    # replaces it, and a NaN replaces any number. Written as selects (not a
-                    # branch) so random data costs no mispredictions.
-                    take = (val > best) | ((val != val) & (best == best))
-                    best_k = u * W + v if take else best_k
-                    best = val if take else best
+                    # replaces it, and a NaN replaces any number. Selects, not branches, so
+                    # random data costs no mispredictions.
+                    _pick(val, u * W + v, &best, &best_k)
             y[i * OW + j] = best
             am[i * OW + j] = best_k
 
