@@ -381,7 +381,7 @@ class Trainer:
             n_test = 0 if self.test_labels is None else self.test_labels.shape[0]
             self._log(f"training on {self.train_labels.shape[0]} images ({self.steps_per_epoch} "
                       f"batches of {self.batch_size}), testing on {n_test}, for {self.epochs} "
-                      f"epochs{where}")
+                      f"epoch{'s' if self.epochs != 1 else ''}{where}")
             while self.epoch < self.epochs:
                 self._run_epoch()
         finally:
@@ -503,7 +503,8 @@ class Trainer:
         model, optim_arrays, header = load_checkpoint(path)
         saved = header.get("trainer")
         if not isinstance(saved, dict):
-            raise ValueError(f"{path}: the checkpoint has no trainer settings")  # noqa: TRY004  # noqa: TRY004
+            raise ValueError(  # noqa: TRY004 (bad file content)
+                f"{path}: the checkpoint has no trainer settings")
         mine = self.config()
         diffs = [f"{key}={saved.get(key)!r} (this trainer: {mine[key]!r})"
                  for key in mine if key != "epochs" and saved.get(key) != mine[key]]

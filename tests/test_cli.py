@@ -1,0 +1,466 @@
+"""Tests for the ``fastcnn`` command line (fastcnn.cli): train, evaluate, predict, info, summary,
+help, one-line errors, Ctrl-C and resume, thread-count reproducibility.
+
+Most commands run in-process through ``main(argv)``; Ctrl-C and ``python -m fastcnn`` run in a
+subprocess. Training uses small IDX directories written from the embedded digits.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import optim
+from fastcnn.checkpoint import load_checkpoint, load_model
+from fastcnn.cli import main, train_main
+from fastcnn.datasets import load_mnist5k
+
+REPO = Path(fastcnn.__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def restore_threads():
+    previous = fastcnn.get_num_threads()
+    fastcnn.set_num_threads(1)
+    yield
+    fastcnn.set_num_threads(previous)
+
+
+def write_idx(path, array):
+    """Write a uint8 array as an IDX file (magic 0x000008DD, big-endian sizes, the bytes)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(
+        int(n).to_bytes(4, "big") for n in array.shape)
+    Path(path).write_bytes(header + array.tobytes())
+
+
+def raw_digits(split):
+    """The embedded digits as (N, 28, 28) uint8 and (N,) labels."""
+    images, labels = getattr(load_mnist5k(), split)
+    return np.rint(images[:, 0, 2:30, 2:30] * 255).astype(np.uint8), labels
+
+
+def make_idx_dir(root, n_train, n_test):
+    root.mkdir()
+    train_x, train_y = raw_digits("train")
+    test_x, test_y = raw_digits("test")
+    write_idx(root / "train-images-idx3-ubyte", train_x[:n_train])
+    write_idx(root / "train-labels-idx1-ubyte", train_y[:n_train])
+    write_idx(root / "t10k-images-idx3-ubyte", test_x[:n_test])
+    write_idx(root / "t10k-labels-idx1-ubyte", test_y[:n_test])
+    return root
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    """256 training and 100 test digits."""
+    return make_idx_dir(tmp_path_factory.mktemp("data") / "digits", 256, 100)
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err, *fragments):
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fastcnn: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+    return lines[0]
+
+
+def train(capsys, idx_dir, out, *extra, epochs=2):
+    code, stdout, err = run(capsys, "train", "--data", idx_dir, "--epochs", epochs,
+                            "--batch-size", 32, "--out", out, "--no-progress", *extra)
+    assert code == 0, err
+    return stdout
+
+
+def same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(np.array_equal(sa[k], sb[k]) for k in sa)
+
+
+# --------------------------------------------------------------------------------------------
+# train -> evaluate -> predict
+
+
+@pytest.mark.parametrize("normalize", [False, True], ids=["raw", "normalized"])
+def test_train_evaluate_predict(capsys, tmp_path, idx_dir, normalize):
+    model_path = tmp_path / "m.npz"
+    extra = ["--history", tmp_path / "h.json"] + (["--normalize"] if normalize else [])
+    out = train(capsys, idx_dir, model_path, *extra).splitlines()
+    assert out[0].startswith("training on 256 images (8 batches of 32), testing on 100")
+    assert out[1].startswith("epoch 1/2  loss") and out[2].startswith("epoch 2/2  loss")
+    assert out[3].startswith("test accuracy ") and "on 100 images; trained 2 epochs in " in out[3]
+    assert out[3].endswith(f"model saved to {model_path}")
+    assert len(out) == 4
+
+    model, header = load_model(model_path, return_header=True)
+    assert header["kind"] == "model" and header["epoch"] == 2 and len(header["history"]) == 2
+    assert header["metadata"]["data"]["path"] == str(idx_dir)
+    assert (header["normalization"] is not None) == normalize
+    test_acc = header["history"][-1]["test_acc"]
+    assert f"test accuracy {100 * test_acc:.2f}%" in out[3]
+
+    # evaluate finds the data set recorded in the file and normalises it the same way
+    code, text, err = run(capsys, "evaluate", model_path)
+    assert code == 0, err
+    lines = text.splitlines()
+    assert f"accuracy {100 * test_acc:.2f}%" in lines[0] and "(100 images)" in lines[0]
+    assert lines[2].startswith("true \\ predicted") and lines[2].endswith("recall")
+    rows = lines[3:]
+    assert [r.split()[0] for r in rows] == [str(k) for k in range(10)]
+    counts = np.array([[int(v) for v in r.split()[2:12]] for r in rows])
+    _, labels = raw_digits("test")
+    np.testing.assert_array_equal(counts.sum(axis=1), np.bincount(labels[:100], minlength=10))
+    assert np.trace(counts) == round(test_acc * 100)
+
+    # predict on PNGs of test digits gives the model's own predictions
+    from PIL import Image
+    images, _ = raw_digits("test")
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(images[i]).save(paths[-1])
+    code, text, err = run(capsys, "predict", model_path, *paths)
+    assert code == 0, err
+    x = images[:6].astype(np.float32)[:, None] / np.float32(255)
+    x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    if normalize:
+        x = (x - np.float32(header["normalization"]["mean"])) / np.float32(
+            header["normalization"]["std"])
+    proba = model.predict_proba(x)
+    expected = [f"{p}: {np.argmax(q)} ({q.max():.3f})" for p, q in zip(paths, proba)]
+    assert text.splitlines() == expected
+
+
+@pytest.fixture(scope="module")
+def trained_model(tmp_path_factory, idx_dir):
+    path = tmp_path_factory.mktemp("model") / "model.npz"
+    assert main(["train", "--data", str(idx_dir), "--epochs", "1", "--out", str(path),
+                 "--no-progress", "--threads", "1"]) == 0
+    return path
+
+
+def _predict(capsys, model_path, *paths):
+    code, text, err = run(capsys, "predict", model_path, *paths)
+    assert code == 0, err
+    return [line.rsplit(": ", 1)[1] for line in text.splitlines()]
+
+
+def test_predict_converts_colour_alpha_and_size(capsys, tmp_path, trained_model):
+    from PIL import Image
+    digits, _ = raw_digits("test")
+    gray = Image.fromarray(digits[3])
+    variants = {
+        "gray.png": gray,
+        "rgb.png": gray.convert("RGB"),
+        # opaque digit on a transparent background: transparent becomes black
+        "rgba.png": Image.merge("RGBA", [gray, gray, gray, gray.point(lambda v: 255 * (v > 0))]),
+        "big.png": gray.resize((56, 56), Image.Resampling.NEAREST),
+    }
+    paths = []
+    for name, img in variants.items():
+        paths.append(tmp_path / name)
+        img.save(paths[-1])
+    results = _predict(capsys, trained_model, *paths)
+    assert results[0] == results[1] == results[2]
+    assert results[3].split()[0] == results[0].split()[0]
+
+
+def test_predict_invert(capsys, tmp_path, trained_model):
+    from PIL import Image
+    digits, _ = raw_digits("test")
+    Image.fromarray(digits[7]).save(tmp_path / "light.png")
+    Image.fromarray(255 - digits[7]).save(tmp_path / "dark.png")
+    plain = _predict(capsys, trained_model, tmp_path / "light.png")
+    inverted = _predict(capsys, trained_model, "--invert", tmp_path / "dark.png")
+    assert plain == inverted
+
+
+def test_evaluate_other_data_and_train_split(capsys, tmp_path, trained_model):
+    data = make_idx_dir(tmp_path / "other", 30, 20)
+    code, text, err = run(capsys, "evaluate", trained_model, "--data", data, "--split", "train",
+                          "--batch-size", 7, "--threads", 2)
+    assert code == 0, err
+    assert "on the train split of other (30 images)" in text
+
+
+def test_train_defaults_to_model_npz_in_the_current_directory(capsys, tmp_path, monkeypatch,
+                                                              idx_dir):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "train", "--data", idx_dir, "--epochs", 1, "--no-progress")
+    assert code == 0, err
+    assert out.rstrip().endswith("model saved to model.npz")
+    assert load_model(tmp_path / "model.npz").num_classes == 10
+    assert not (tmp_path / "model.ckpt.npz").exists()  # only written on Ctrl-C
+
+
+def test_train_options_reach_the_model_file(capsys, tmp_path, idx_dir):
+    path = tmp_path / "m.npz"
+    train(capsys, idx_dir, path, "--optimizer", "adam", "--lr", "0.002", "--weight-decay",
+          "1e-4", "--schedule", "step", "--step-size", "1", "--gamma", "0.5", "--seed", "3",
+          "--checkpoint", tmp_path / "c.npz", "--plot", tmp_path / "curve.png")
+    _, header = load_model(path, return_header=True)
+    assert header["optimizer"]["type"] == "Adam"
+    assert header["optimizer"]["weight_decay"] == 1e-4
+    assert [h["lr"] for h in header["history"]] == [0.002, 0.001]
+    assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    _, _, ckpt = load_checkpoint(tmp_path / "c.npz")  # written after every epoch
+    assert ckpt["trainer"]["seed"] == 3 and ckpt["epoch"] == 2
+
+
+def test_thread_count_gives_bitwise_identical_weights(capsys, tmp_path, idx_dir):
+    for threads in (1, 2):
+        train(capsys, idx_dir, tmp_path / f"t{threads}.npz", "--threads", threads, epochs=1)
+    assert same_weights(load_model(tmp_path / "t1.npz"), load_model(tmp_path / "t2.npz"))
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C and --resume
+
+
+def test_interrupt_and_resume_in_process(capsys, tmp_path, idx_dir, monkeypatch):
+    straight = tmp_path / "straight.npz"
+    train(capsys, idx_dir, straight)
+
+    real_step = optim.SGD.step
+    calls = []
+
+    def step(self):
+        real_step(self)
+        calls.append(1)
+        if len(calls) == 11:  # batch 3 of epoch 2
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(optim.SGD, "step", step)
+    out = tmp_path / "m.npz"
+    code, _, err = run(capsys, "train", "--data", idx_dir, "--epochs", 2, "--batch-size", 32,
+                       "--out", out, "--no-progress")
+    ckpt = tmp_path / "m.ckpt.npz"
+    assert code == 130
+    assert err.strip() == (f"fastcnn: interrupted in epoch 2 after batch 3/8; checkpoint saved "
+                           f"to {ckpt}; resume with: fastcnn train --resume {ckpt}")
+    assert not out.exists()
+    monkeypatch.setattr(optim.SGD, "step", real_step)
+
+    code, _, err = run(capsys, "train", "--resume", ckpt, "--lr", "0.1")
+    assert code == 2
+    one_line_error(err, "--lr cannot be combined with --resume")
+
+    code, text, err = run(capsys, "train", "--resume", ckpt, "--out", out, "--no-progress")
+    assert code == 0, err
+    assert "resuming at epoch 2 batch 4" in text
+    assert same_weights(load_model(out), load_model(straight))
+
+
+@pytest.fixture(scope="module")
+def big_idx_dir(tmp_path_factory):
+    """All 4,000 embedded training digits: long enough to be interrupted."""
+    return make_idx_dir(tmp_path_factory.mktemp("big") / "digits", 4000, 200)
+
+
+def _subprocess_env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def test_ctrl_c_in_a_real_process(tmp_path, big_idx_dir):
+    cmd = [sys.executable, "-m", "fastcnn", "train", "--data", str(big_idx_dir), "--epochs", "3",
+           "--batch-size", "16", "--threads", "1", "--out", "model.npz"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_subprocess_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # printed once the Ctrl-C handler is in place
+        assert first.startswith("training on 4000 images"), proc.stderr.read()
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    message = err.strip().splitlines()[-1]
+    assert message.startswith("fastcnn: interrupted in epoch ")
+    assert message.endswith("checkpoint saved to model.ckpt.npz; resume with: fastcnn train "
+                            "--resume model.ckpt.npz")
+    assert "Traceback" not in err
+    _, _, header = load_checkpoint(tmp_path / "model.ckpt.npz")
+    epoch, step = header["epoch"], header["step"]
+    assert f"interrupted in epoch {epoch + 1} after batch {step}/250;" in message
+    assert not (tmp_path / "model.npz").exists()
+
+    done = subprocess.run([sys.executable, "-m", "fastcnn", "train", "--resume",
+                           "model.ckpt.npz", "--threads", "1"], check=False, cwd=tmp_path,
+                          env=_subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "model saved to model.npz" in done.stdout
+    _, final = load_model(tmp_path / "model.npz", return_header=True)
+    assert final["epoch"] == 3 and len(final["history"]) == 3
+
+
+def test_python_m_fastcnn(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fastcnn", "summary"], check=False,
+                          cwd=tmp_path,
+                          env=_subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "61,706" in done.stdout
+
+
+# --------------------------------------------------------------------------------------------
+# info, summary, help
+
+
+def test_info(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0
+    assert f"fastcnn {fastcnn.__version__}" in out
+    assert f"numpy {np.__version__}" in out
+    assert f"openmp {'on' if fastcnn.openmp_enabled() else 'off'}" in out
+    assert f"kernel isa {fastcnn.kernel_isa()}" in out
+    assert "threads 1" in out
+
+
+def test_summary(capsys):
+    code, out, _ = run(capsys, "summary")
+    assert code == 0
+    assert "61,706" in out and "416,520" in out
+    code, out, _ = run(capsys, "summary", "--num-classes", 3)
+    assert "61,706" not in out and "(3,)" in out
+
+
+def test_version(capsys):
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"fastcnn {fastcnn.__version__}"
+
+
+TRAIN_OPTIONS = ["--data", "--normalize", "--epochs", "--batch-size", "--optimizer", "--lr",
+                 "--momentum", "--weight-decay", "--schedule", "--step-size", "--gamma",
+                 "--seed", "--out", "--checkpoint", "--resume", "--plot", "--history",
+                 "--no-progress", "--threads"]
+
+
+@pytest.mark.parametrize("command, options", [
+    ([], ["train", "evaluate", "predict", "info", "summary"]),
+    (["train"], TRAIN_OPTIONS),
+    (["evaluate"], ["model", "--data", "--split", "--batch-size", "--threads"]),
+    (["predict"], ["model", "IMAGE", "--invert", "--threads"]),
+    (["info"], []),
+    (["summary"], ["--num-classes"]),
+], ids=["fastcnn", "train", "evaluate", "predict", "info", "summary"])
+def test_help(capsys, command, options):
+    code, out, _ = run(capsys, *command, "--help")
+    assert code == 0
+    assert out.startswith(f"usage: fastcnn {' '.join(command)}".rstrip())
+    for option in options:
+        assert option in out
+
+
+def test_fastcnn_train_script(capsys, tmp_path, idx_dir):
+    assert train_main(["--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: fastcnn-train")
+    path = tmp_path / "m.npz"
+    assert train_main(["--data", str(idx_dir), "--epochs", "1", "--out", str(path),
+                       "--no-progress"]) == 0
+    assert load_model(path).num_classes == 10
+    assert train_main(["--epochs", "x"]) == 2
+    one_line_error(capsys.readouterr().err, "--epochs")
+
+
+# --------------------------------------------------------------------------------------------
+# Errors: one line, no traceback
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    ([], "required: COMMAND"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["train", "--epochs", "0"], "argument --epochs: expected an integer >= 1, got 0"),
+    (["train", "--epochs", "ten"], "expected an integer >= 1, got 'ten'"),
+    (["train", "--lr", "-1"], "argument --lr: expected a number in (0.0, inf), got -1"),
+    (["train", "--lr", "nan"], "argument --lr"),
+    (["train", "--momentum", "1"], "argument --momentum"),
+    (["train", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+    (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
+    (["train", "--gamma", "2"], "--gamma must be <= 1"),
+    (["train", "--threads", "0"], "argument --threads"),
+    (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to"),
+    (["train", "--resume", "x.npz", "--seed", "1", "--batch-size", "8"],
+     "--batch-size, --seed cannot be combined with --resume"),
+    (["train", "--bogus"], "unrecognized arguments: --bogus"),
+    (["evaluate"], "required: model"),
+    (["predict", "model.npz"], "required: IMAGE"),
+    (["evaluate", "m.npz", "--split", "val"], "invalid choice: 'val'"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_bad_arguments(capsys, argv, fragment):
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    one_line_error(err, fragment, "--help")
+
+
+def test_bad_files(capsys, tmp_path, trained_model, idx_dir):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    truncated = tmp_path / "truncated.npz"
+    truncated.write_bytes(trained_model.read_bytes()[:2000])
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    cases = [
+        (["evaluate", tmp_path / "missing.npz"], "missing.npz: no such file or directory"),
+        (["evaluate", text], "not a zip archive"),
+        (["evaluate", truncated], "damaged or truncated"),
+        (["predict", trained_model, text], "notes.txt: cannot read the image"),
+        (["predict", trained_model, tmp_path / "missing.png"], "missing.png: no such file"),
+        (["predict", text, text], "not a zip archive"),
+        (["train", "--data", tmp_path / "nowhere"], "data set directory not found"),
+        (["train", "--data", empty_dir], "missing IDX file(s)"),
+        (["train", "--resume", trained_model], "a model file, not a checkpoint"),
+        (["train", "--data", idx_dir, "--epochs", 1, "--out", tmp_path / "no" / "m.npz"],
+         "--out " + str(tmp_path / "no" / "m.npz") + ": the folder"),
+    ]
+    for argv, fragment in cases:
+        code, _, err = run(capsys, *argv)
+        assert code == 1, (argv, err)
+        one_line_error(err, fragment)
+        assert "Traceback" not in err
+
+
+def test_evaluate_refuses_data_with_more_classes(capsys, tmp_path):
+    from fastcnn.checkpoint import save_model
+    path = tmp_path / "three.npz"
+    save_model(path, fastcnn.LeNet5(num_classes=3))
+    code, _, err = run(capsys, "evaluate", path, "--data", make_idx_dir(tmp_path / "d", 10, 30))
+    assert code == 1
+    one_line_error(err, "labels up to 9 but the model has 3 classes")
+
+
+def test_predict_without_pillow(capsys, monkeypatch, trained_model):
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    code, _, err = run(capsys, "predict", trained_model, "x.png")
+    assert code == 1
+    one_line_error(err, "predict needs Pillow", "pip install 'fastcnn[image]'")
+
+
+def test_plot_without_matplotlib(capsys, monkeypatch, tmp_path, idx_dir):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    code, out, err = run(capsys, "train", "--data", idx_dir, "--plot", tmp_path / "c.png")
+    assert code == 1 and out == ""  # refused before training
+    one_line_error(err, "--plot needs matplotlib")
+
+
+def test_divergence_is_one_line(capsys, tmp_path, idx_dir):
+    with np.errstate(all="ignore"):
+        code, _, err = run(capsys, "train", "--data", idx_dir, "--lr", "1e4", "--epochs", 1,
+                           "--out", tmp_path / "m.npz", "--no-progress")
+    assert code == 1
+    one_line_error(err, "training diverged")
