@@ -517,10 +517,15 @@ def _worker_env(threads):
     for key in THREAD_ENV:
         env[key] = str(threads)
     env.update(MALLOC_ENV)
-    # An in-place build (a checkout) is not on the default path of a fresh interpreter.
+    # An in-place build (a checkout) is not on the default path of a fresh interpreter; an
+    # installed package is, and its site-packages must not move ahead of the standard library.
+    import site
+
     root = str(Path(__file__).resolve().parents[1])
+    installed = {str(Path(p).resolve()) for p in site.getsitepackages()}
+    installed.add(str(Path(site.getusersitepackages()).resolve()))
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in path:
+    if root not in installed and root not in path:
         env["PYTHONPATH"] = os.pathsep.join([root] + path)
     return env
 
@@ -735,7 +740,13 @@ def _fmt_ratio(r):
 
 
 def _mib(b):
-    return "n/a" if b is None else f"{b / 2**20:,.1f} MiB"
+    if b is None:
+        return "n/a"
+    return f"{b / 2**10:,.1f} KiB" if abs(b) < 2**20 else f"{b / 2**20:,.1f} MiB"
+
+
+def _threads(n):
+    return f"{n} thread{'' if n == 1 else 's'}"
 
 
 def _header(args, command, machine, infos, cfg):
@@ -883,7 +894,7 @@ def _checksum_warnings(runs, tasks):
 
 
 def _epoch_section(epoch_runs, source, threads, cfg):
-    lines = ["", f"## Full epoch ({threads} threads)", "",
+    lines = ["", f"## Full epoch ({_threads(threads)})", "",
              (f"Data: {source}. One epoch at batch {cfg['epoch_batch']} (shuffled with a seeded "
               "permutation, batches gathered into reused buffers, the same loop for every "
               f"implementation), then prediction on the test set in batches of "
@@ -911,7 +922,7 @@ def _epoch_section(epoch_runs, source, threads, cfg):
 
 
 def _memory_section(mem_runs, threads, cfg):
-    lines = ["", f"## Memory (training at batch {cfg['mem_batch']}, {threads} threads)", "",
+    lines = ["", f"## Memory (training at batch {cfg['mem_batch']}, {_threads(threads)})", "",
              (f"tracemalloc growth: traced memory after {cfg['mem_steps']} more steps minus "
               f"before (after {cfg['mem_warmup']} warm-up steps; gc collected). Per-step peak: "
               "the most traced memory above that level during a step (what a step allocates and "

@@ -152,7 +152,8 @@ def _check_header(header, path):
         raise ValueError(f"{path}: not a fastcnn model or checkpoint (kind is {kind!r})")
     arch = header.get("architecture")
     if not isinstance(arch, dict):
-        raise ValueError(f"{path}: no architecture in the header")  # noqa: TRY004  # noqa: TRY004
+        raise ValueError(  # noqa: TRY004 (bad file content)
+            f"{path}: no architecture in the header")
     if arch.get("name") != ARCHITECTURE:
         raise ValueError(f"{path}: architecture {arch.get('name')!r} is not supported; this "
                          f"version of fastcnn loads {ARCHITECTURE} only")
@@ -253,5 +254,6 @@ def load_checkpoint(path):
                          f"training cannot resume from it")
     model = _build_model(arrays, header, path)
     if not isinstance(header.get("optimizer"), dict):
-        raise ValueError(f"{path}: the checkpoint has no optimizer settings")  # noqa: TRY004  # noqa: TRY004
+        raise ValueError(  # noqa: TRY004 (bad file content)
+            f"{path}: the checkpoint has no optimizer settings")
     return model, unflatten_state("optim", arrays), header

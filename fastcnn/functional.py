@@ -141,7 +141,7 @@ def _conv2d_into(x, weight, bias, y, stride, padding, relu=False, weight_t=None)
         if weight_t is None:
             weight_t = np.ascontiguousarray(weight.reshape(F, -1).T)
         y2 = y.reshape(N, F)
-        _gemm_into(x.reshape(N, -1), weight_t, y2)
+        _gemm_into(x.reshape(N, C * H * W), weight_t, y2)
         y2 += bias
         if relu:
             np.maximum(y2, 0, out=y2)  # NaN stays NaN
@@ -156,7 +156,7 @@ def _conv2d_backward_input_into(grad_y, weight, grad_x, stride, padding):
     N, C, H, W = grad_x.shape
     F, _, KH, KW = weight.shape
     if _covers_input(H, W, KH, KW, padding):
-        _gemm_into(grad_y.reshape(N, F), weight.reshape(F, -1), grad_x.reshape(N, -1))
+        _gemm_into(grad_y.reshape(N, F), weight.reshape(F, -1), grad_x.reshape(N, C * H * W))
         return grad_x
     _kernels.conv.conv2d_backward_input(grad_y, weight, grad_x, stride[0], stride[1],
                                         padding[0], padding[1], get_num_threads())
@@ -169,7 +169,7 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, stride, padding):
     F, _, KH, KW = grad_w.shape
     if _covers_input(H, W, KH, KW, padding):
         g2 = grad_y.reshape(N, F)
-        _gemm_into(g2.T, x.reshape(N, -1), grad_w.reshape(F, -1))
+        _gemm_into(g2.T, x.reshape(N, C * H * W), grad_w.reshape(F, -1))
         np.sum(g2, axis=0, out=grad_b)
         return grad_w, grad_b
     _kernels.conv.conv2d_backward_weight(x, grad_y, grad_w, grad_b, stride[0], stride[1],

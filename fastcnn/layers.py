@@ -6,10 +6,10 @@ float64 allowed) and a ``__repr__`` showing its hyper-parameters. ``backward`` *
 parameter gradients (it does not add to them, unlike PyTorch's ``.grad``) and needs the cache of
 the most recent ``forward``.
 
-Buffers: a layer on its own returns fresh arrays. Inside a ``Sequential`` the layers reuse their
-output and gradient buffers from one step to the next (``reuse_buffers``), so a training step
-allocates nothing once the batch shape is known; ``Sequential`` still hands its caller fresh
-arrays.
+Buffers: a layer called on its own returns fresh arrays. A ``Sequential`` runs its layers in a
+mode where they reuse their output and gradient buffers from one step to the next, so a training
+step allocates nothing once the batch shape is known; ``Sequential`` still hands its caller fresh
+arrays, and it never changes how its layers behave when they are called directly.
 """
 
 from collections import OrderedDict
@@ -60,30 +60,39 @@ class Module:
         self.dtype = _check_dtype(dtype)
         self.params = {}
         self.grads = {}
-        self.reuse_buffers = False
         self._cache = None
         self._buffers = {}
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
-    def forward(self, x):  # pragma: no cover - abstract
+    def forward(self, x):
+        """Apply the layer; the result is a fresh array."""
+        return self._forward(x, reuse=False)
+
+    def backward(self, grad_y):
+        """Gradient with respect to the input (a fresh array); fills ``grads``."""
+        return self._backward(grad_y, reuse=False)
+
+    def _forward(self, x, reuse, relu=False):  # pragma: no cover - abstract
+        """forward, writing into reused buffers when ``reuse`` (and applying a ReLU if ``relu``,
+        for layers that can fuse one)."""
         raise NotImplementedError
 
-    def backward(self, grad_y):  # pragma: no cover - abstract
+    def _backward(self, grad_y, reuse):  # pragma: no cover - abstract
         raise NotImplementedError
 
     def parameters(self, prefix=""):
         """The layer's parameters as a list of ``Parameter`` (weight first, then bias)."""
         return [Parameter(prefix + key, self.params[key], self.grads[key]) for key in self.params]
 
-    def _buffer(self, key, shape, dtype=None):
-        """An uninitialised array of this shape: reused from the last call when allowed."""
+    def _buffer(self, key, shape, reuse, dtype=None):
+        """An uninitialised array of this shape: the one from the last call when ``reuse``."""
         dtype = self.dtype if dtype is None else dtype
-        buf = self._buffers.get(key) if self.reuse_buffers else None
+        buf = self._buffers.get(key) if reuse else None
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = np.empty(shape, dtype=dtype)
-            if self.reuse_buffers:
+            if reuse:
                 self._buffers[key] = buf
         return buf
 
@@ -96,7 +105,8 @@ class Module:
         if ndim is not None and x.ndim != ndim:
             raise ValueError(f"{type(self).__name__} expects a {ndim}-D input, got shape {x.shape}")
         if channels is not None and x.shape[1] != channels:
-            raise ValueError(f"{type(self).__name__} expects {channels} input channels, got x of "
+            what = "input features" if ndim == 2 else "input channels"
+            raise ValueError(f"{type(self).__name__} expects {channels} {what}, got x of "
                              f"shape {x.shape}")
         return x
 
@@ -148,7 +158,6 @@ class Conv2d(Module):
         self.stride = _pair(stride, "stride", 1)
         self.padding = _pair(padding, "padding", 0)
         self.compute_input_grad = True
-        self.fuse_relu = False  # set by Sequential when a ReLU follows
         shape = (self.out_channels, self.in_channels) + self.kernel_size
         fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
         rng = np.random.default_rng(seed)
@@ -170,30 +179,30 @@ class Conv2d(Module):
         _, Fo, OH, OW = self.output_shape(input_shape)
         return OH * OW * self.kernel_size[0] * self.kernel_size[1] * self.in_channels * Fo
 
-    def forward(self, x):
+    def _forward(self, x, reuse, relu=False):
         x = self._input(x, self.in_channels)
-        y = self._buffer("y", self.output_shape(x.shape))
+        y = self._buffer("y", self.output_shape(x.shape), reuse)
         bias = self.params.get("bias", self._zero_bias)
         weight = self.params["weight"]
         weight_t = None
         if F._covers_input(x.shape[2], x.shape[3], *self.kernel_size, self.padding):
-            # A matrix product: keep the transposed weight in a reused buffer.
-            weight_t = self._buffer("weight_t", (weight[0].size, self.out_channels))
+            # A matrix product: the transposed weight goes in a buffer of its own.
+            weight_t = self._buffer("weight_t", (weight[0].size, self.out_channels), reuse)
             np.copyto(weight_t, weight.reshape(self.out_channels, -1).T)
-        F._conv2d_into(x, weight, bias, y, self.stride, self.padding, self.fuse_relu, weight_t)
+        F._conv2d_into(x, weight, bias, y, self.stride, self.padding, relu, weight_t)
         self._cache = (x, y.shape)
         return y
 
-    def backward(self, grad_y):
+    def _backward(self, grad_y, reuse):
         """Fill ``grads`` and return the input gradient (None if ``compute_input_grad`` is off)."""
         x, y_shape = self._cache if self._cache is not None else (None, None)
         grad_y = self._grad_input(grad_y, y_shape)
-        grad_b = self.grads.get("bias", self._buffer("db", (self.out_channels,)))
+        grad_b = self.grads.get("bias", self._buffer("db", (self.out_channels,), reuse))
         F._conv2d_backward_weight_into(x, grad_y, self.grads["weight"], grad_b, self.stride,
                                        self.padding)
         if not self.compute_input_grad:
             return None
-        grad_x = self._buffer("dx", x.shape)
+        grad_x = self._buffer("dx", x.shape, reuse)
         return F._conv2d_backward_input_into(grad_y, self.params["weight"], grad_x, self.stride,
                                              self.padding)
 
@@ -222,19 +231,19 @@ class MaxPool2d(Module):
                                       self.padding)
         return tuple(input_shape[:2]) + (OH, OW)
 
-    def forward(self, x):
+    def _forward(self, x, reuse, relu=False):
         x = self._input(x)
         shape = self.output_shape(x.shape)
-        y = self._buffer("y", shape)
-        argmax = self._buffer("argmax", shape, np.int64)
+        y = self._buffer("y", shape, reuse)
+        argmax = self._buffer("argmax", shape, reuse, np.int64)
         F._max_pool2d_into(x, y, argmax, self.kernel_size, self.stride, self.padding)
         self._cache = (x.shape, argmax)
         return y
 
-    def backward(self, grad_y):
+    def _backward(self, grad_y, reuse):
         x_shape, argmax = self._cache if self._cache is not None else (None, None)
         grad_y = self._grad_input(grad_y, None if argmax is None else argmax.shape)
-        grad_x = self._buffer("dx", x_shape)
+        grad_x = self._buffer("dx", x_shape, reuse)
         return F._max_pool2d_backward_into(grad_y, argmax, grad_x)
 
     def __repr__(self):
@@ -245,9 +254,9 @@ class MaxPool2d(Module):
 class ReLU(Module):
     """``y = max(x, 0)``; keeps its output for the backward pass (``y > 0`` iff ``x > 0``)."""
 
-    def forward(self, x):
+    def _forward(self, x, reuse, relu=False):
         x = self._input(x, ndim=None)
-        y = self._buffer("y", x.shape)
+        y = self._buffer("y", x.shape, reuse)
         F._relu_into(x, y)
         self._cache = y
         return y
@@ -257,10 +266,10 @@ class ReLU(Module):
         self._cache = y
         return y
 
-    def backward(self, grad_y):
+    def _backward(self, grad_y, reuse):
         y = self._cache
         grad_y = self._grad_input(grad_y, None if y is None else y.shape)
-        grad_x = self._buffer("dx", y.shape)
+        grad_x = self._buffer("dx", y.shape, reuse)
         return F._relu_backward_into(grad_y, y, grad_x)
 
     def __repr__(self):
@@ -270,14 +279,14 @@ class ReLU(Module):
 class Flatten(Module):
     """Flatten every axis after the first: ``(N, C, H, W) -> (N, C*H*W)`` (a view, no copy)."""
 
-    def forward(self, x):
+    def _forward(self, x, reuse, relu=False):
         x = self._input(x, ndim=None)
         if x.ndim < 2:
             raise ValueError(f"Flatten expects at least 2-D input, got shape {x.shape}")
         self._cache = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, grad_y):
+    def _backward(self, grad_y, reuse):
         shape = self._cache
         grad_y = self._grad_input(grad_y, None if shape is None else
                                   (shape[0], int(np.prod(shape[1:]))))
@@ -326,10 +335,10 @@ class Linear(Module):
     def macs(self, input_shape):
         return self.in_features * self.out_features
 
-    def forward(self, x):
+    def _forward(self, x, reuse, relu=False):
         x = self._input(x, self.in_features, ndim=2)
-        y = self._buffer("y", (x.shape[0], self.out_features))
-        weight_t = self._buffer("weight_t", (self.in_features, self.out_features))
+        y = self._buffer("y", (x.shape[0], self.out_features), reuse)
+        weight_t = self._buffer("weight_t", (self.in_features, self.out_features), reuse)
         np.copyto(weight_t, self.params["weight"].T)
         F._gemm_into(x, weight_t, y)
         if "bias" in self.params:
@@ -337,7 +346,7 @@ class Linear(Module):
         self._cache = x
         return y
 
-    def backward(self, grad_y):
+    def _backward(self, grad_y, reuse):
         x = self._cache
         grad_y = self._grad_input(grad_y, None if x is None else (x.shape[0], self.out_features))
         F._gemm_into(grad_y.T, x, self.grads["weight"])
@@ -345,7 +354,7 @@ class Linear(Module):
             np.sum(grad_y, axis=0, out=self.grads["bias"])
         if not self.compute_input_grad:
             return None
-        grad_x = self._buffer("dx", x.shape)
+        grad_x = self._buffer("dx", x.shape, reuse)
         return F._gemm_into(grad_y, self.params["weight"], grad_x)
 
     def __repr__(self):
@@ -363,19 +372,17 @@ class Sequential(Module):
     """
 
     def __init__(self, *layers):
-        dtypes = {layer.dtype for layer in layers}
-        if len(dtypes) > 1:
-            raise TypeError(f"all layers of a Sequential must share one dtype, got {dtypes}")
         for i, layer in enumerate(layers):
             if not isinstance(layer, Module):
                 raise TypeError(f"layer {i} is not a fastcnn layer: {layer!r}")
+        dtypes = {layer.dtype for layer in layers}
+        if len(dtypes) > 1:
+            raise TypeError(f"all layers of a Sequential must share one dtype, got {dtypes}")
         super().__init__(dtypes.pop() if dtypes else np.float32)
         self.layers = list(layers)
-        for layer in self.layers:
-            layer.reuse_buffers = True
-        for layer, nxt in zip(self.layers, self.layers[1:]):
-            if isinstance(layer, Conv2d) and isinstance(nxt, ReLU):
-                layer.fuse_relu = True
+        # Positions i where layer i is a Conv2d and layer i+1 a ReLU: the conv applies it.
+        self._fused = {i for i, (layer, nxt) in enumerate(zip(self.layers, self.layers[1:]))
+                       if isinstance(layer, Conv2d) and isinstance(nxt, ReLU)}
 
     def __getitem__(self, index):
         return self.layers[index]
@@ -390,10 +397,11 @@ class Sequential(Module):
         """Run every layer. ``copy=False`` returns the last layer's reused buffer instead of a
         fresh array (the trainer does this; the array is overwritten by the next forward)."""
         out = x
-        fused = False
-        for layer in self.layers:
-            out = layer._forward_fused(out) if fused else layer.forward(out)
-            fused = getattr(layer, "fuse_relu", False)
+        for i, layer in enumerate(self.layers):
+            if i - 1 in self._fused:
+                out = layer._forward_fused(out)
+            else:
+                out = layer._forward(out, reuse=True, relu=i in self._fused)
         self._cache = True
         return np.array(out, copy=True) if copy else out
 
@@ -403,7 +411,7 @@ class Sequential(Module):
             raise RuntimeError("Sequential.backward called before forward")
         grad = grad_y
         for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+            grad = layer._backward(grad, reuse=True)
             if grad is None:
                 return None
         return np.array(grad, copy=True) if copy else grad

@@ -7,6 +7,8 @@ Adam moments, step count) is exposed by ``state_dict()`` / ``load_state_dict()``
 decayed), the same as ``CrossEntropyLoss(l2=...)``.
 """
 
+import math
+
 import numpy as np
 
 from .layers import Parameter
@@ -84,9 +86,14 @@ class _Optimizer:
             np.copyto(self._slot(by_name[name], slot), value, casting="unsafe")
         self.lr = float(info["lr"])
         self.steps = int(info["steps"])
+        self.weight_decay = float(info.get("weight_decay", self.weight_decay))
+        self._load_hyper(info)
 
     def _hyper(self):
         return {}
+
+    def _load_hyper(self, info):
+        pass
 
 
 class SGD(_Optimizer):
@@ -112,6 +119,10 @@ class SGD(_Optimizer):
 
     def _hyper(self):
         return {"momentum": self.momentum, "nesterov": self.nesterov}
+
+    def _load_hyper(self, info):
+        self.momentum = float(info.get("momentum", self.momentum))
+        self.nesterov = bool(info.get("nesterov", self.nesterov))
 
     def step(self):
         """Apply one update to every parameter from its current gradient."""
@@ -164,12 +175,16 @@ class Adam(_Optimizer):
     def _hyper(self):
         return {"betas": list(self.betas), "eps": self.eps}
 
+    def _load_hyper(self, info):
+        self.betas = tuple(float(b) for b in info.get("betas", self.betas))
+        self.eps = float(info.get("eps", self.eps))
+
     def step(self):
         """Apply one update to every parameter from its current gradient."""
         b1, b2 = self.betas
         t = self.steps + 1
         step_size = self.lr / (1 - b1 ** t)
-        root_c2 = np.sqrt(1 - b2 ** t)
+        root_c2 = math.sqrt(1 - b2 ** t)  # a Python float keeps float32 arrays in float32
         for p in self.params:
             g = self._grad(p)
             m = self._slot(p, "exp_avg")

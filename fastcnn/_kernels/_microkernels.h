@@ -63,54 +63,56 @@ static inline void fc_tile4_##SUFFIX(const T *inp, ptrdiff_t plane, ptrdiff_t ro
 FC_DEFINE_TILE4(f, float, fc_v8f, fc_load_f, fc_store_f, 8)
 FC_DEFINE_TILE4(d, double, fc_v4d, fc_load_d, fc_store_d, 4)
 
-/* Dot products of one vector g with 4 shifted windows of x, sharing the loads of g:
+/* Weight-gradient tile: 4 output-gradient rows g_r against 2 neighbouring taps of x.
  *
- *   out[k] += sum_{t < n} g[t] * x[t + k]     for k < 4
+ *   acc[(2*r + k)*NL + l] += sum over t = l (mod NL) of g_r[t] * x[t + k]     r < 4, k < 2
  *
- * Each sum runs on 2*NL lanes (lane l takes t = l, l + 2*NL, ...), the lanes are added in order
- * 0, 1, ..., and the tail t >= n - n % (2*NL) is added last, one element at a time. */
-#define FC_DEFINE_DOT4(SUFFIX, T, V, LOAD, NL)                                                   \
-static inline void fc_dot4_##SUFFIX(const T *g, const T *x, ptrdiff_t n, T *out)                 \
+ * for t = 0, NL, 2*NL, ... < n, where n is a multiple of NL and every g_r is readable (zero
+ * padded) up to n. Only xlen elements are readable from x: loads past them see zeros, so no
+ * read leaves the input plane. The accumulators keep one partial sum per lane; the caller adds
+ * the lanes up, in order, once the whole batch has been accumulated. */
+#define FC_DEFINE_DW4X2(SUFFIX, T, V, LOAD, STORE, NL)                                           \
+static inline V fc_load_upto_##SUFFIX(const T *p, ptrdiff_t avail)                               \
 {                                                                                                \
-    V s00 = {0}, s01 = {0}, s10 = {0}, s11 = {0}, s20 = {0}, s21 = {0}, s30 = {0}, s31 = {0};    \
-    ptrdiff_t t = 0, nb = n - n % (2 * NL);                                                      \
-    for (; t < nb; t += 2 * NL) {                                                                \
-        V g0 = LOAD(g + t), g1 = LOAD(g + t + NL);                                               \
-        s00 += g0 * LOAD(x + t);     s01 += g1 * LOAD(x + t + NL);                               \
-        s10 += g0 * LOAD(x + t + 1); s11 += g1 * LOAD(x + t + 1 + NL);                           \
-        s20 += g0 * LOAD(x + t + 2); s21 += g1 * LOAD(x + t + 2 + NL);                           \
-        s30 += g0 * LOAD(x + t + 3); s31 += g1 * LOAD(x + t + 3 + NL);                           \
+    V v = {0};                                                                                   \
+    if (avail >= NL) memcpy(&v, p, sizeof v);                                                    \
+    else if (avail > 0) memcpy(&v, p, (size_t)avail * sizeof(T));                                \
+    return v;                                                                                    \
+}                                                                                                \
+static inline void fc_dw4x2_##SUFFIX(const T *g0, const T *g1, const T *g2, const T *g3,          \
+                                     const T *x, ptrdiff_t xlen, ptrdiff_t n, T *acc)            \
+{                                                                                                \
+    V a00 = LOAD(acc), a01 = LOAD(acc + NL), a10 = LOAD(acc + 2 * NL), a11 = LOAD(acc + 3 * NL); \
+    V a20 = LOAD(acc + 4 * NL), a21 = LOAD(acc + 5 * NL);                                        \
+    V a30 = LOAD(acc + 6 * NL), a31 = LOAD(acc + 7 * NL);                                        \
+    ptrdiff_t t = 0;                                                                             \
+    for (; t < n && t + NL + 1 <= xlen; t += NL) {                                               \
+        V x0 = LOAD(x + t), x1 = LOAD(x + t + 1);                                                \
+        V h0 = LOAD(g0 + t), h1 = LOAD(g1 + t), h2 = LOAD(g2 + t), h3 = LOAD(g3 + t);            \
+        a00 += h0 * x0; a01 += h0 * x1;                                                          \
+        a10 += h1 * x0; a11 += h1 * x1;                                                          \
+        a20 += h2 * x0; a21 += h2 * x1;                                                          \
+        a30 += h3 * x0; a31 += h3 * x1;                                                          \
     }                                                                                            \
-    V lo[4] = {s00, s10, s20, s30}, hi[4] = {s01, s11, s21, s31};                                \
-    for (int k = 0; k < 4; k++) {                                                                \
-        T s = 0;                                                                                 \
-        for (int l = 0; l < NL; l++) s += lo[k][l];                                              \
-        for (int l = 0; l < NL; l++) s += hi[k][l];                                              \
-        for (ptrdiff_t u = nb; u < n; u++) s += g[u] * x[u + k];                                 \
-        out[k] += s;                                                                             \
+    for (; t < n; t += NL) {                                                                     \
+        V x0 = fc_load_upto_##SUFFIX(x + t, xlen - t);                                           \
+        V x1 = fc_load_upto_##SUFFIX(x + t + 1, xlen - t - 1);                                   \
+        V h0 = LOAD(g0 + t), h1 = LOAD(g1 + t), h2 = LOAD(g2 + t), h3 = LOAD(g3 + t);            \
+        a00 += h0 * x0; a01 += h0 * x1;                                                          \
+        a10 += h1 * x0; a11 += h1 * x1;                                                          \
+        a20 += h2 * x0; a21 += h2 * x1;                                                          \
+        a30 += h3 * x0; a31 += h3 * x1;                                                          \
     }                                                                                            \
+    STORE(acc, a00); STORE(acc + NL, a01); STORE(acc + 2 * NL, a10); STORE(acc + 3 * NL, a11);   \
+    STORE(acc + 4 * NL, a20); STORE(acc + 5 * NL, a21);                                          \
+    STORE(acc + 6 * NL, a30); STORE(acc + 7 * NL, a31);                                          \
 }
 
-/* The same sum for a single window: out = sum_{t < n} g[t] * x[t], same lane order. */
-#define FC_DEFINE_DOT1(SUFFIX, T, V, LOAD, NL)                                                   \
-static inline T fc_dot1_##SUFFIX(const T *g, const T *x, ptrdiff_t n)                            \
-{                                                                                                \
-    V s0 = {0}, s1 = {0};                                                                        \
-    ptrdiff_t t = 0, nb = n - n % (2 * NL);                                                      \
-    for (; t < nb; t += 2 * NL) {                                                                \
-        s0 += LOAD(g + t) * LOAD(x + t);                                                         \
-        s1 += LOAD(g + t + NL) * LOAD(x + t + NL);                                               \
-    }                                                                                            \
-    T s = 0;                                                                                     \
-    for (int l = 0; l < NL; l++) s += s0[l];                                                     \
-    for (int l = 0; l < NL; l++) s += s1[l];                                                     \
-    for (ptrdiff_t u = nb; u < n; u++) s += g[u] * x[u];                                         \
-    return s;                                                                                    \
-}
+FC_DEFINE_DW4X2(f, float, fc_v8f, fc_load_f, fc_store_f, 8)
+FC_DEFINE_DW4X2(d, double, fc_v4d, fc_load_d, fc_store_d, 4)
 
-FC_DEFINE_DOT4(f, float, fc_v8f, fc_load_f, 8)
-FC_DEFINE_DOT4(d, double, fc_v4d, fc_load_d, 4)
-FC_DEFINE_DOT1(f, float, fc_v8f, fc_load_f, 8)
-FC_DEFINE_DOT1(d, double, fc_v4d, fc_load_d, 4)
+/* Lanes per vector, for the callers' buffer sizes. */
+#define FC_LANES_F 8
+#define FC_LANES_D 4
 
 #endif

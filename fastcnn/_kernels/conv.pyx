@@ -34,10 +34,12 @@ cdef extern from "_microkernels.h" nogil:
                     const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
                     Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
                     Py_ssize_t ostride)
-    void fc_dot4_f(const float* g, const float* x, Py_ssize_t n, float* out)
-    void fc_dot4_d(const double* g, const double* x, Py_ssize_t n, double* out)
-    float fc_dot1_f(const float* g, const float* x, Py_ssize_t n)
-    double fc_dot1_d(const double* g, const double* x, Py_ssize_t n)
+    const int FC_LANES_F  # lanes per vector, float32
+    const int FC_LANES_D  # lanes per vector, float64
+    void fc_dw4x2_f(const float* g0, const float* g1, const float* g2, const float* g3,
+                    const float* x, Py_ssize_t xlen, Py_ssize_t n, float* acc)
+    void fc_dw4x2_d(const double* g0, const double* g1, const double* g2, const double* g3,
+                    const double* x, Py_ssize_t xlen, Py_ssize_t n, double* acc)
 
 cdef enum:
     OB = 4        # output channels per tile: each input vector loaded feeds OB accumulators
@@ -144,21 +146,14 @@ cdef inline void _corr_wide(const floating* inp, Py_ssize_t plane, Py_ssize_t ro
         o = o + 1
 
 
-cdef inline void _dot4(const floating* g, const floating* x, Py_ssize_t n,
-                       floating* out) noexcept nogil:
-    """out[k] += sum_{t<n} g[t] * x[t + k] for k < 4, in a fixed lane order (see the header)."""
+cdef inline void _dw4x2(const floating* gw, Py_ssize_t TP, const floating* x, Py_ssize_t xlen,
+                        floating* acc) noexcept nogil:
+    """acc[(2r + k)*NL + l] += lane l of sum_t gw[r*TP + t] * x[t + k], r < 4, k < 2, t < TP;
+    only xlen elements of x are read (see the header)."""
     if floating is float:
-        fc_dot4_f(g, x, n, out)
+        fc_dw4x2_f(gw, gw + TP, gw + 2 * TP, gw + 3 * TP, x, xlen, TP, acc)
     else:
-        fc_dot4_d(g, x, n, out)
-
-
-cdef inline floating _dot1(const floating* g, const floating* x, Py_ssize_t n) noexcept nogil:
-    """sum_{t<n} g[t] * x[t], in the same lane order as _dot4."""
-    if floating is float:
-        return fc_dot1_f(g, x, n)
-    else:
-        return fc_dot1_d(g, x, n)
+        fc_dw4x2_d(gw, gw + TP, gw + 2 * TP, gw + 3 * TP, x, xlen, TP, acc)
 
 
 cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
@@ -358,9 +353,13 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                            int n_threads):
     """dw[f,c,p,q] = sum_{n,i,j} dy[n,f,i,j] * xp[n,c, i*sh+p, j*sw+q]; db[f] = sum_{n,i,j} dy[n,f,i,j].
 
-    The correlation of the padded input with the output gradient. Parallel over f: each task
-    owns dw[f] and db[f] and adds the batch up in the order n = 0, 1, ..., N-1, so the result
-    does not depend on the thread count.
+    The correlation of the padded input with the output gradient. Stride 1 uses wide rows: with
+    dy[n, f] laid out on rows of width WP (zeros in the extra columns), tap (p, q) is
+    dw[f,c,p,q] = sum_n sum_t g[n,f,t] * xp[n,c, t + p*WP + q], computed for 4 filters and 2
+    taps at a time with one partial sum per vector lane; the lanes are added up, in order, once
+    the whole batch is in. Parallel over blocks of OB filters: each task owns dw[f0:f0+OB] and
+    db[f0:f0+OB] and runs through the batch in the order n = 0, 1, ..., N-1, so the result does
+    not depend on the thread count.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
@@ -368,67 +367,89 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
     cdef bint padded = ph > 0 or pw > 0
     cdef bint wide = sh == 1 and sw == 1
+    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
     cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t pad_size = HP * WP if padded else 0
-    cdef Py_ssize_t f, n, c, p, q, i, j
+    cdef Py_ssize_t TP = (T + NL - 1) // NL * NL  # wide length rounded up to whole vectors
+    cdef Py_ssize_t QP = (KW + 1) // 2           # tap pairs per kernel row
+    cdef Py_ssize_t acc_size = C * KH * QP * 8 * NL if wide else 0
+    cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
+    cdef Py_ssize_t n_fb = (F + OB - 1) // OB
+    cdef Py_ssize_t task, f0, fb, nb, r, f, n, c, p, q, k, i, j, l
     cdef floating* scratch
     cdef floating* gw
-    cdef floating* dwf
-    cdef floating* dwc
-    cdef const floating* g
+    cdef floating* acc
+    cdef floating* a
     cdef const floating* xin
-    cdef floating s, dbf
-
+    cdef const floating* g
+    cdef floating s
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
+
     with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((pad_size + OH * WP + 1) * sizeof(floating))
+        scratch = <floating*> malloc((pad_size + OB * TP + acc_size + 1) * sizeof(floating))
         if scratch == NULL:
             failed[0] = 1
-        gw = scratch + pad_size
-        # Race-free: task f writes only dw[f] and db[f]; scratch is per thread.
-        for f in prange(F, schedule='static'):
+        # Race-free: task writes only dw[f0:f0+nb] and db[f0:f0+nb]; scratch is per thread.
+        for task in prange(n_fb, schedule='static'):
             if scratch == NULL:
                 continue
-            dwf = &dw[f, 0, 0, 0]
-            memset(dwf, 0, C * KH * KW * sizeof(floating))
-            dbf = 0
+            f0 = task * OB
+            nb = min(<Py_ssize_t> OB, F - f0)
+            # A short last block works on the OB filters ending at F (when there are that many)
+            # and keeps its own; with fewer than OB filters the missing rows repeat filter 0.
+            fb = F - OB if nb < OB and F >= OB else f0
+            gw = scratch + pad_size
+            acc = gw + OB * TP
+            for f in range(f0, f0 + nb):
+                db[f] = 0
+                memset(&dw[f, 0, 0, 0], 0, C * KH * KW * sizeof(floating))
+            if wide:
+                memset(acc, 0, acc_size * sizeof(floating))
+                memset(gw, 0, OB * TP * sizeof(floating))
             for n in range(N):
-                g = &dy[n, f, 0, 0]
-                dbf = dbf + _sum(g, OH * OW)
+                for f in range(f0, f0 + nb):
+                    db[f] = db[f] + _sum(&dy[n, f, 0, 0], OH * OW)
+                if padded:
+                    _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
+                    xin = scratch
+                else:
+                    xin = &x[n, 0, 0, 0]
                 if wide:
-                    # dy[n, f] laid out on rows of width WP, zeros in the unused columns,
-                    # so that it lines up with the wide rows of the input plane.
-                    memset(gw, 0, OH * WP * sizeof(floating))
-                    for i in range(OH):
-                        for j in range(OW):
-                            gw[i * WP + j] = g[i * OW + j]
-                for c in range(C):
-                    if padded:
-                        _pad_planes(&x[n, c, 0, 0], 1, H, W, ph, pw, 1, 1, scratch, HP, WP)
-                        xin = scratch
-                    else:
-                        xin = &x[n, c, 0, 0]
-                    dwc = dwf + c * KH * KW
-                    for p in range(KH):
-                        if wide:
-                            # Four taps q..q+3 at a time share the loads of gw.
-                            q = 0
-                            while q + 4 <= KW:
-                                _dot4(gw, xin + p * WP + q, T, dwc + p * KW + q)
-                                q = q + 4
-                            while q < KW:
-                                s = _dot1(gw, xin + p * WP + q, T)
-                                dwc[p * KW + q] = dwc[p * KW + q] + s
-                                q = q + 1
-                        else:
+                    for r in range(OB):
+                        g = &dy[n, fb + r if fb + r < F else fb, 0, 0]
+                        for i in range(OH):
+                            for j in range(OW):
+                                gw[r * TP + i * WP + j] = g[i * OW + j]
+                    for c in range(C):
+                        for p in range(KH):
+                            for k in range(QP):
+                                _dw4x2(gw, TP, xin + c * HP * WP + p * WP + 2 * k,
+                                       HP * WP - p * WP - 2 * k,
+                                       acc + ((c * KH + p) * QP + k) * 8 * NL)
+                else:
+                    for f in range(f0, f0 + nb):
+                        g = &dy[n, f, 0, 0]
+                        for c in range(C):
+                            for p in range(KH):
+                                for q in range(KW):
+                                    s = 0
+                                    for i in range(OH):
+                                        for j in range(OW):
+                                            s = s + g[i * OW + j] * xin[(c * HP + i * sh + p) * WP
+                                                                        + j * sw + q]
+                                    dw[f, c, p, q] = dw[f, c, p, q] + s
+            if wide:
+                # Add each accumulator's lanes in order: dw[f, c, p, 2k + kk] for row r = f - fb.
+                for f in range(f0, f0 + nb):
+                    r = f - fb
+                    for c in range(C):
+                        for p in range(KH):
                             for q in range(KW):
+                                a = acc + (((c * KH + p) * QP + q // 2) * 8 + 2 * r + q % 2) * NL
                                 s = 0
-                                for i in range(OH):
-                                    for j in range(OW):
-                                        s = s + g[i * OW + j] * xin[(i * sh + p) * WP + j * sw + q]
-                                dwc[p * KW + q] = dwc[p * KW + q] + s
-            db[f] = dbf
+                                for l in range(NL):
+                                    s = s + a[l]
+                                dw[f, c, p, q] = s
         free(scratch)
     if fail:
         raise MemoryError("fastcnn: could not allocate kernel scratch memory")
