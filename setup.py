@@ -4,13 +4,16 @@ Every kernel module in ``fastcnn/_kernels`` is compiled twice from the same ``.p
 
 * ``fastcnn._kernels._generic.*`` with the compiler's default target (baseline x86-64: SSE2),
   which runs on any CPU the wheel can be installed on;
-* ``fastcnn._kernels._avx2.*`` with ``-mavx2 -mfma`` (x86-64 + GCC/Clang only), which is picked at
-  import time when the CPU reports both AVX2 and FMA (see ``fastcnn/_kernels/__init__.py``).
+* ``fastcnn._kernels._avx2.*`` with ``-mavx2 -mfma`` and ``fastcnn._kernels._avx512.*`` with
+  AVX-512 (F, VL, BW, DQ) on top (x86-64 + GCC/Clang only). At import time the widest variant the
+  CPU supports is picked (see ``fastcnn/_kernels/__init__.py``), so a wheel built on a new machine
+  still runs on an old one.
 
 Environment variables read here:
 
 ``FASTCNN_NO_OPENMP=1``    build serial kernels (no ``-fopenmp``).
 ``FASTCNN_NO_AVX2=1``      build only the generic variant.
+``FASTCNN_NO_AVX512=1``    build the generic and AVX2 variants only.
 ``FASTCNN_CYTHON_DEBUG=1`` turn bounds/wraparound/initialisation checks back on.
 """
 
@@ -29,7 +32,14 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 KERNELS = ["conv", "pool", "elementwise", "_openmp"]
-VARIANT_FLAGS = {"generic": [], "avx2": ["-mavx2", "-mfma"]}
+VARIANT_FLAGS = {
+    "generic": [],
+    "avx2": ["-mavx2", "-mfma"],
+    # Auto-vectorised loops stay 256 bits wide (gcc made the pooling loop 4x slower with 512);
+    # the explicit 64-byte vectors of _microkernels.h still use full ZMM registers.
+    "avx512": ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq",
+               "-mprefer-vector-width=256"],
+}
 
 OPENMP_PROBE = r"""
 #include <omp.h>
@@ -102,7 +112,11 @@ def extensions():
     if _env_flag("FASTCNN_CYTHON_DEBUG"):
         directives.update(boundscheck=True, wraparound=True, initializedcheck=True)
 
-    variants = ["generic"] + (["avx2"] if avx2_buildable() else [])
+    variants = ["generic"]
+    if avx2_buildable():
+        variants.append("avx2")
+        if not _env_flag("FASTCNN_NO_AVX512"):
+            variants.append("avx512")
     modules = []
     for variant in variants:
         exts = [

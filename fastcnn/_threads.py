@@ -3,9 +3,17 @@
 import os
 
 _num_threads = None  # None: not set by the user, use the default
+_default = None  # the default, worked out once (it costs a system call)
 
 
 def _default_num_threads():
+    global _default
+    if _default is None:
+        _default = _compute_default()
+    return _default
+
+
+def _compute_default():
     env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
     if env:
         try:

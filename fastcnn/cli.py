@@ -34,13 +34,14 @@ DEFAULTS = {
     "schedule": "cosine",
     "step_size": None,
     "gamma": 0.1,
+    "shift": 2,
     "seed": 0,
     "out": "model.npz",
 }
 
 #: ``train`` options fixed by a checkpoint: giving them together with --resume is an error.
 _RESUME_FIXED = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "schedule",
-                 "step_size", "gamma", "seed", "normalize")
+                 "step_size", "gamma", "shift", "seed", "normalize")
 
 
 class CommandError(Exception):
@@ -144,6 +145,10 @@ def _add_train_options(parser):
                    help="epochs between decays of the step schedule (default: epochs // 3)")
     g.add_argument("--gamma", type=_float_in(0.0, low_open=True), metavar="G",
                    help=f"decay factor of the step schedule, <= 1 (default: {DEFAULTS['gamma']})")
+    g.add_argument("--shift", type=_non_negative_int, metavar="PIXELS",
+                   help="augment the training images with random circular shifts of up to this "
+                        "many pixels in each direction, drawn anew every epoch; 0 turns it off "
+                        f"(default: {DEFAULTS['shift']})")
     g.add_argument("--seed", type=_non_negative_int, metavar="S",
                    help="seeds the initial weights and the batch order; a run is bitwise "
                         f"reproducible for any thread count (default: {DEFAULTS['seed']})")
@@ -342,7 +347,7 @@ def _cmd_train(args):
             "seed": cfg["seed"], "schedule": cfg["lr_schedule"], "step_size": cfg["step_size"],
             "gamma": cfg["gamma"], "lr": cfg["base_lr"], "optimizer": info["type"].lower(),
             "momentum": info.get("momentum"), "weight_decay": info["weight_decay"],
-            "l2": cfg.get("l2", 0.0),
+            "l2": cfg.get("l2", 0.0), "shift": cfg.get("shift", 0),
         }
         recorded = (header.get("metadata") or {}).get("data") or {}
         data_path = args.data if args.data is not None else recorded.get("path")
@@ -365,7 +370,7 @@ def _cmd_train(args):
             "lr": args.lr or DEFAULTS["lr"][optimizer], "optimizer": optimizer,
             "weight_decay": (DEFAULTS["weight_decay"] if args.weight_decay is None
                              else args.weight_decay),
-            "l2": 0.0,
+            "l2": 0.0, "shift": DEFAULTS["shift"] if args.shift is None else args.shift,
         }
         if settings["gamma"] > 1:
             raise _UsageError(f"--gamma must be <= 1, got {settings['gamma']}")
@@ -392,7 +397,7 @@ def _cmd_train(args):
         model, optimizer, CrossEntropyLoss(l2=settings["l2"]), data,
         batch_size=settings["batch_size"], epochs=settings["epochs"], seed=settings["seed"],
         lr_schedule=settings["schedule"], step_size=settings["step_size"],
-        gamma=settings["gamma"], progress=False if args.no_progress else None,
+        gamma=settings["gamma"], shift=settings["shift"], progress=False if args.no_progress else None,
         log=_print_flush, history_path=args.history, plot_path=args.plot,
         checkpoint_path=checkpoint, checkpoint_every_epoch=args.checkpoint is not None,
         metadata=metadata)

@@ -31,6 +31,7 @@ from .layers import CrossEntropyLoss
 __all__ = [
     "SCHEDULES",
     "Evaluation",
+    "RandomShift",
     "Trainer",
     "TrainingInterrupted",
     "evaluate",
@@ -163,6 +164,68 @@ def _labels_crc32(labels):
     return zlib.crc32(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
 
 
+class RandomShift:
+    """Random circular translations of ``(N, 1, H, W)`` image batches, into a reused buffer.
+
+    Each image of epoch ``e`` is rolled by ``(dy, dx)``, both drawn uniformly from
+    ``[-max_shift, max_shift]`` by ``default_rng([seed, e, 1])``, one pair per position in the
+    epoch's batch order. The shifts of an epoch are thus a function of ``(seed, epoch)`` alone,
+    which keeps training reproducible and resumable mid-epoch. On 28x28 digits padded to 32x32,
+    shifts of up to 2 pixels wrap only background around the edges.
+
+    Parameters
+    ----------
+    max_shift : int >= 1
+    seed : int >= 0
+    n_samples, batch_size : int
+    height, width : int
+    dtype : float dtype
+    """
+
+    def __init__(self, max_shift, seed, n_samples, batch_size, height, width, dtype):
+        self.max_shift = max_shift
+        self.seed = seed
+        self.n_samples = n_samples
+        self.shape = (height, width)
+        rows = min(batch_size, n_samples)
+        self._out = np.empty((rows, 1, height, width), dtype=dtype)
+        self._index = np.empty((rows, height, width), dtype=np.intp)
+        self._rows = np.empty((rows, height), dtype=np.intp)
+        self._cols = np.empty((rows, width), dtype=np.intp)
+        self._base = (np.arange(rows) * (height * width))[:, None, None]
+        self._arange_h = np.arange(height)
+        self._arange_w = np.arange(width)
+        self._shifts = np.zeros((n_samples, 2), dtype=np.intp)
+
+    def start_epoch(self, epoch):
+        """Draw the shifts of `epoch`."""
+        rng = np.random.default_rng([self.seed, epoch, 1])
+        self._shifts[:] = rng.integers(-self.max_shift, self.max_shift + 1,
+                                       size=(self.n_samples, 2))
+
+    def apply(self, x, start):
+        """The batch `x` (C-contiguous, samples ``start ...`` of the epoch's order), shifted.
+
+        Returns a view of the reused output buffer: it is overwritten by the next call.
+        """
+        b = x.shape[0]
+        H, W = self.shape
+        shifts = self._shifts[start:start + b]
+        rows, cols, index = self._rows[:b], self._cols[:b], self._index[:b]
+        # out[n, i, j] = x[n, (i - dy) % H, (j - dx) % W], as np.roll(x[n], (dy, dx)), gathered
+        # through one flat index array with no temporary the size of the batch.
+        np.subtract(self._arange_h, shifts[:, :1], out=rows)
+        np.remainder(rows, H, out=rows)
+        rows *= W
+        np.subtract(self._arange_w, shifts[:, 1:], out=cols)
+        np.remainder(cols, W, out=cols)
+        np.add(rows[:, :, None], cols[:, None, :], out=index)
+        index += self._base[:b]
+        out = self._out[:b]
+        np.take(x.reshape(-1), index, out=out.reshape(b, H, W), mode="clip")
+        return out
+
+
 class Trainer:
     """Mini-batch training with evaluation, history, schedules, checkpoints and Ctrl-C handling.
 
@@ -193,6 +256,10 @@ class Trainer:
         Epochs between decays of the "step" schedule; default ``max(1, epochs // 3)``.
     gamma : float, default 0.1
         Decay factor of the "step" schedule.
+    shift : int, default 0
+        Data augmentation: roll every training image by a random ``(dy, dx)`` with
+        ``|dy|, |dx| <= shift`` pixels, drawn anew each epoch (see :class:`RandomShift`). 0 turns
+        it off. 2 suits digits padded from 28x28 to 32x32.
     eval_batch_size : int, default 1000
     progress : bool, optional
         Show a tqdm progress bar per epoch on stderr (loss, accuracy, images/s). Default: only
@@ -253,7 +320,8 @@ class Trainer:
     """
 
     def __init__(self, model, optimizer, loss=None, data=None, *, batch_size=64, epochs=10,
-                 seed=0, lr_schedule=None, step_size=None, gamma=0.1, eval_batch_size=1000,
+                 seed=0, lr_schedule=None, step_size=None, gamma=0.1, shift=0,
+                 eval_batch_size=1000,
                  progress=None, log=None, history_path=None, plot_path=None,
                  checkpoint_path=None, checkpoint_every_epoch=True, metadata=None):
         if data is None or not hasattr(data, "train"):
@@ -275,6 +343,7 @@ class Trainer:
         self.gamma = float(gamma)
         if not 0 < self.gamma <= 1:
             raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+        self.shift = _integer(shift, "shift", 0)
         self.eval_batch_size = _integer(eval_batch_size, "eval_batch_size", 1)
         self.progress = sys.stderr.isatty() if progress is None else bool(progress)
         self.log = log
@@ -298,6 +367,14 @@ class Trainer:
         self._batches = BatchIterator(self.train_images, self.train_labels, self.batch_size,
                                       seed=self.seed)
         self.steps_per_epoch = len(self._batches)
+        self._shifter = None
+        if self.shift:
+            n, _, height, width = self.train_images.shape
+            if self.shift >= min(height, width):
+                raise ValueError(f"shift must be smaller than the images ({height}x{width}), got "
+                                 f"{shift}")
+            self._shifter = RandomShift(self.shift, self.seed, n, self.batch_size, height, width,
+                                        self.train_images.dtype)
         self._params = model.parameters()
         self.epoch = 0
         self.step = 0
@@ -335,6 +412,7 @@ class Trainer:
             "batch_size": self.batch_size, "epochs": self.epochs, "seed": self.seed,
             "lr_schedule": self.lr_schedule, "step_size": self.step_size, "gamma": self.gamma,
             "base_lr": self.base_lr, "l2": float(getattr(self.loss, "l2", 0.0)),
+            "shift": self.shift,
             "n_train": int(self.train_labels.shape[0]),
             "train_labels_crc32": _labels_crc32(self.train_labels),
         }
@@ -408,10 +486,15 @@ class Trainer:
                    dynamic_ncols=True)
         start = time.perf_counter()
         seconds_before, seen_before = partial["seconds"], partial["seen"]
+        shifter = self._shifter
+        if shifter is not None:
+            shifter.start_epoch(epoch)
         try:
             for i, (x, y) in enumerate(self._batches.epoch(epoch)):
                 if i < self.step:
                     continue  # done before the interruption this run resumes from
+                if shifter is not None:
+                    x = shifter.apply(x, i * self.batch_size)
                 optimizer.lr = self.lr_at(epoch, i)
                 logits = model.forward(x, copy=False)
                 loss = loss_fn.forward(logits, y, l2_params)

@@ -1,9 +1,10 @@
 """Compiled kernels, picked at import time for the running CPU.
 
-Every kernel module is built twice from one ``.pyx`` source (see ``setup.py``): ``_generic``
-for any x86-64 (or other) CPU, and ``_avx2`` with AVX2 + FMA. The AVX2 build is used when it
-was built and the CPU supports both instruction sets; ``FASTCNN_KERNELS=generic`` (or ``avx2``)
-overrides the choice, e.g. to compare the two.
+Every kernel module is built from one ``.pyx`` source up to three times (see ``setup.py``):
+``_generic`` for any CPU, ``_avx2`` with AVX2 + FMA, ``_avx512`` with AVX-512 as well. The widest
+variant that was built and that the CPU supports is used. ``FASTCNN_KERNELS=generic`` (or
+``avx2``, ``avx512``) overrides the choice, e.g. to compare them; asking for one the CPU or the
+build lacks is an ImportError.
 """
 
 import importlib
@@ -12,25 +13,31 @@ import os
 from ._generic import _openmp as _probe
 
 _NAMES = ("conv", "pool", "elementwise", "_openmp")
+_ORDER = ("avx512", "avx2", "generic")  # widest first
+_CPU_OK = {"avx512": _probe.cpu_has_avx512, "avx2": _probe.cpu_has_avx2_fma,
+           "generic": lambda: True}
+
+
+def _built(variant):
+    try:
+        importlib.import_module(f"{__name__}._{variant}._openmp")
+    except ImportError:
+        return False
+    return True
 
 
 def _choose_variant():
     wanted = os.environ.get("FASTCNN_KERNELS", "").strip().lower()
-    if wanted not in ("", "auto", "generic", "avx2"):
-        raise ImportError(f"FASTCNN_KERNELS must be 'generic', 'avx2' or 'auto', got {wanted!r}")
-    if wanted == "generic":
-        return "generic"
-    try:
-        importlib.import_module(f"{__name__}._avx2._openmp")
-    except ImportError:
-        if wanted == "avx2":
-            raise ImportError("FASTCNN_KERNELS=avx2 but the AVX2 kernels were not built") from None
-        return "generic"
-    if not _probe.cpu_has_avx2_fma():
-        if wanted == "avx2":
-            raise ImportError("FASTCNN_KERNELS=avx2 but this CPU lacks AVX2 or FMA")
-        return "generic"
-    return "avx2"
+    if wanted not in ("", "auto") + _ORDER:
+        raise ImportError("FASTCNN_KERNELS must be 'generic', 'avx2', 'avx512' or 'auto', "
+                          f"got {wanted!r}")
+    if wanted in _ORDER:
+        if not _built(wanted):
+            raise ImportError(f"FASTCNN_KERNELS={wanted} but that variant was not built")
+        if not _CPU_OK[wanted]():
+            raise ImportError(f"FASTCNN_KERNELS={wanted} but this CPU does not support it")
+        return wanted
+    return next(v for v in _ORDER if _CPU_OK[v]() and _built(v))
 
 
 VARIANT = _choose_variant()

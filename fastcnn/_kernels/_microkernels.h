@@ -1,30 +1,40 @@
 /* Register-blocked inner loops of the convolution kernels (conv.pyx).
  *
- * Written with GCC/Clang vector extensions rather than intrinsics: one source serves the
- * baseline build (each 32-byte vector becomes two SSE2 registers) and the AVX2+FMA build (one
- * YMM register, fused multiply-add). No -ffast-math: every sum below runs in a fixed order that
- * depends only on the sizes, so results are reproducible and independent of the thread count.
+ * Written with GCC/Clang vector extensions rather than intrinsics: one source serves every
+ * build. Vectors are 64 bytes where AVX-512 is enabled (one ZMM register) and 32 bytes
+ * otherwise: one YMM register in the AVX2+FMA build, two SSE2 registers in the baseline build.
+ * No -ffast-math: every sum below runs in a fixed order that depends only on the sizes, so
+ * results are reproducible and independent of the thread count.
  *
- * Suffix _f: float32, 8 lanes per vector; _d: float64, 4 lanes per vector.
+ * Suffix _f: float32, FC_LANES_F lanes per vector; _d: float64, FC_LANES_D lanes per vector.
  */
 #ifndef FASTCNN_MICROKERNELS_H
 #define FASTCNN_MICROKERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 
-typedef float fc_v8f __attribute__((vector_size(32)));
-typedef double fc_v4d __attribute__((vector_size(32)));
+#if defined(__AVX512F__)
+#define FC_VECTOR_BYTES 64
+#else
+#define FC_VECTOR_BYTES 32
+#endif
 
-/* Unaligned vector load and store through memcpy (compiles to one vmovups / two movups). */
-static inline fc_v8f fc_load_f(const float *p) { fc_v8f v; memcpy(&v, p, sizeof v); return v; }
-static inline fc_v4d fc_load_d(const double *p) { fc_v4d v; memcpy(&v, p, sizeof v); return v; }
-static inline void fc_store_f(float *p, fc_v8f v) { memcpy(p, &v, sizeof v); }
-static inline void fc_store_d(double *p, fc_v4d v) { memcpy(p, &v, sizeof v); }
+typedef float fc_vf __attribute__((vector_size(FC_VECTOR_BYTES)));
+typedef double fc_vd __attribute__((vector_size(FC_VECTOR_BYTES)));
 
-/* Positions per tile: two vectors. */
-#define FC_TILE_F 16
-#define FC_TILE_D 8
+/* Lanes per vector, and output positions per tile (two vectors). */
+#define FC_LANES_F (FC_VECTOR_BYTES / 4)
+#define FC_LANES_D (FC_VECTOR_BYTES / 8)
+#define FC_TILE_F (2 * FC_LANES_F)
+#define FC_TILE_D (2 * FC_LANES_D)
+
+/* Unaligned vector load and store through memcpy (one vmovups, or two movups). */
+static inline fc_vf fc_load_f(const float *p) { fc_vf v; memcpy(&v, p, sizeof v); return v; }
+static inline fc_vd fc_load_d(const double *p) { fc_vd v; memcpy(&v, p, sizeof v); return v; }
+static inline void fc_store_f(float *p, fc_vf v) { memcpy(p, &v, sizeof v); }
+static inline void fc_store_d(double *p, fc_vd v) { memcpy(p, &v, sizeof v); }
 
 /* One tile of a stride-1 "wide row" correlation for 4 output channels:
  *
@@ -60,8 +70,8 @@ static inline void fc_tile4_##SUFFIX(const T *inp, ptrdiff_t plane, ptrdiff_t ro
     STORE(out + 3 * ostride, a30); STORE(out + 3 * ostride + NL, a31);                           \
 }
 
-FC_DEFINE_TILE4(f, float, fc_v8f, fc_load_f, fc_store_f, 8)
-FC_DEFINE_TILE4(d, double, fc_v4d, fc_load_d, fc_store_d, 4)
+FC_DEFINE_TILE4(f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_TILE4(d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
 
 /* Weight-gradient tile: 4 output-gradient rows g_r against 2 neighbouring taps of x.
  *
@@ -108,11 +118,38 @@ static inline void fc_dw4x2_##SUFFIX(const T *g0, const T *g1, const T *g2, cons
     STORE(acc + 6 * NL, a30); STORE(acc + 7 * NL, a31);                                          \
 }
 
-FC_DEFINE_DW4X2(f, float, fc_v8f, fc_load_f, fc_store_f, 8)
-FC_DEFINE_DW4X2(d, double, fc_v4d, fc_load_d, fc_store_d, 4)
+FC_DEFINE_DW4X2(f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_DW4X2(d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
 
-/* Lanes per vector, for the callers' buffer sizes. */
-#define FC_LANES_F 8
-#define FC_LANES_D 4
+/* 2x2 max-pooling with stride 2 and no padding, for a plane without NaN:
+ *
+ *   y[i, j] = max of x[2i, 2j], x[2i, 2j+1], x[2i+1, 2j], x[2i+1, 2j+1]    am[i, j] = its flat index
+ *
+ * reduced as a tree of pairs with strict '>' (so ties keep the earlier element in row-major
+ * order) written as C conditional expressions, which compilers turn into selects rather than
+ * branches. Returns 0 without writing anything when the plane holds a NaN: the caller then
+ * takes the general path, which implements the NaN rule. */
+#define FC_DEFINE_POOL2X2(SUFFIX, T)                                                             \
+static inline int fc_pool2x2_##SUFFIX(const T *x, ptrdiff_t H, ptrdiff_t W, T *y, int64_t *am,   \
+                                      ptrdiff_t OH, ptrdiff_t OW)                                \
+{                                                                                                \
+    int nan = 0;                                                                                 \
+    for (ptrdiff_t k = 0; k < H * W; k++) nan |= x[k] != x[k];                                   \
+    if (nan) return 0;                                                                           \
+    for (ptrdiff_t i = 0; i < OH; i++) {                                                         \
+        for (ptrdiff_t j = 0; j < OW; j++) {                                                     \
+            ptrdiff_t k = 2 * i * W + 2 * j;                                                     \
+            T a = x[k], b = x[k + 1], c = x[k + W], d = x[k + W + 1];                            \
+            T m1 = b > a ? b : a, m2 = d > c ? d : c;                                            \
+            ptrdiff_t k1 = b > a ? k + 1 : k, k2 = d > c ? k + W + 1 : k + W;                    \
+            y[i * OW + j] = m2 > m1 ? m2 : m1;                                                   \
+            am[i * OW + j] = m2 > m1 ? k2 : k1;                                                  \
+        }                                                                                        \
+    }                                                                                            \
+    return 1;                                                                                    \
+}
+
+FC_DEFINE_POOL2X2(f, float)
+FC_DEFINE_POOL2X2(d, double)
 
 #endif

@@ -43,7 +43,7 @@ cdef extern from "_microkernels.h" nogil:
 
 cdef enum:
     OB = 4        # output channels per tile: each input vector loaded feeds OB accumulators
-    MAX_TILE = 16  # the larger of FC_TILE_F and FC_TILE_D
+    MAX_TILE = 32  # the largest FC_TILE_F or FC_TILE_D of any build (AVX-512 float32)
     LANES = 16    # independent partial sums in _sum, added in a fixed order at the end
 
 

@@ -15,29 +15,17 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 
-cdef inline void _pick(floating val, Py_ssize_t k, floating* best,
-                       Py_ssize_t* best_k) noexcept nogil:
-    """Replace (best, best_k) by (val, k) when val is larger, or val is the first NaN."""
-    cdef bint take = (val > best[0]) | ((val != val) & (best[0] == best[0]))
-    best_k[0] = k if take else best_k[0]
-    best[0] = val if take else best[0]
+cdef extern from "_microkernels.h" nogil:
+    # 2x2 / stride 2 max-pooling of a NaN-free plane (returns 0 and does nothing otherwise).
+    int fc_pool2x2_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, int64_t* am,
+                     Py_ssize_t OH, Py_ssize_t OW)
+    int fc_pool2x2_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, int64_t* am,
+                     Py_ssize_t OH, Py_ssize_t OW)
 
 
-cdef inline void _pool_plane_2x2(const floating* x, floating* y, int64_t* am, Py_ssize_t W,
-                                 Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
-    """The common 2x2 window with stride 2 and no padding, unrolled (same rules as below)."""
-    cdef Py_ssize_t i, j, k, best_k
-    cdef floating best
-    for i in range(OH):
-        for j in range(OW):
-            k = 2 * i * W + 2 * j
-            best = x[k]
-            best_k = k
-            _pick(x[k + 1], k + 1, &best, &best_k)
-            _pick(x[k + W], k + W, &best, &best_k)
-            _pick(x[k + W + 1], k + W + 1, &best, &best_k)
-            y[i * OW + j] = best
-            am[i * OW + j] = best_k
+cdef inline bint _wins(floating val, floating best) noexcept nogil:
+    """True when val replaces best as the maximum: it is larger, or it is the first NaN."""
+    return (val > best) | ((val != val) & (best == best))
 
 
 cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
@@ -47,9 +35,15 @@ cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
     """Max-pool one (H, W) plane into (OH, OW), with the flat index of each maximum."""
     cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1, best_k
     cdef floating best, val
+    cdef int done = 0
     if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
-        _pool_plane_2x2(x, y, am, W, OH, OW)
-        return
+        # The common LeNet window has a branch-free path for planes without NaN.
+        if floating is float:
+            done = fc_pool2x2_f(x, H, W, y, am, OH, OW)
+        else:
+            done = fc_pool2x2_d(x, H, W, y, am, OH, OW)
+        if done:
+            return
     for i in range(OH):
         u0 = max(i * sh - ph, 0)
         u1 = min(i * sh - ph + kh, H)
@@ -62,9 +56,10 @@ cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
                 for v in range(v0, v1):
                     val = x[u * W + v]
                     # Strict '>' keeps the first of equal values; once best is NaN nothing
-                    # replaces it, and a NaN replaces any number. Selects, not branches, so
-                    # random data costs no mispredictions.
-                    _pick(val, u * W + v, &best, &best_k)
+                    # replaces it, and a NaN replaces any number.
+                    if _wins(val, best):
+                        best = val
+                        best_k = u * W + v
             y[i * OW + j] = best
             am[i * OW + j] = best_k
 
