@@ -23,18 +23,21 @@ import numpy as np
 
 PROG = "fastcnn"
 
-#: The defaults of ``fastcnn train``, measured to reach >= 97% on the embedded test digits.
+#: The defaults of ``fastcnn train``. On the embedded digits they reach 98.1-98.9% test accuracy
+#: over seeds 0-9 (98.9% for the default seed 0) in about 5 s on two cores.
 DEFAULTS = {
-    "epochs": 12,
+    "epochs": 20,
     "batch_size": 64,
     "optimizer": "sgd",
     "lr": {"sgd": 0.05, "adam": 1e-3},
     "momentum": 0.9,
-    "weight_decay": 0.0,
+    "weight_decay": 5e-4,
     "schedule": "cosine",
     "step_size": None,
     "gamma": 0.1,
-    "shift": 2,
+    # Shifts make up for the embedded set's 4,000 images; on a 60,000-image set such as
+    # Fashion-MNIST they cost accuracy within a 10-epoch budget (90.1% instead of 91.0%).
+    "shift": {"embedded": 2, "data": 0},
     "seed": 0,
     "out": "model.npz",
 }
@@ -148,7 +151,8 @@ def _add_train_options(parser):
     g.add_argument("--shift", type=_non_negative_int, metavar="PIXELS",
                    help="augment the training images with random circular shifts of up to this "
                         "many pixels in each direction, drawn anew every epoch; 0 turns it off "
-                        f"(default: {DEFAULTS['shift']})")
+                        f"(default: {DEFAULTS['shift']['embedded']} for the embedded digits, "
+                        f"{DEFAULTS['shift']['data']} with --data)")
     g.add_argument("--seed", type=_non_negative_int, metavar="S",
                    help="seeds the initial weights and the batch order; a run is bitwise "
                         f"reproducible for any thread count (default: {DEFAULTS['seed']})")
@@ -175,14 +179,16 @@ def _add_train_options(parser):
 
 
 _TRAIN_DESCRIPTION = """\
-Train LeNet-5. With no options: the embedded 5,000 MNIST digits, SGD with momentum 0.9,
-learning rate 0.05 decayed by a cosine schedule, batches of 64, 12 epochs; the model is saved
-to model.npz. One line is printed per epoch and a summary at the end.
+Train LeNet-5. With no options: the embedded 5,000 MNIST digits (4,000 to train, 1,000 to
+test), SGD with momentum 0.9 and weight decay 5e-4, learning rate 0.05 decayed by a cosine
+schedule, batches of 64, random shifts of up to 2 pixels, 20 epochs (98-99% test accuracy);
+the model is saved to model.npz. One line is printed per epoch and a summary at the end; a
+progress bar shows on a terminal.
 
-Ctrl-C stops after the current step and saves a checkpoint; resume with --resume.
+Ctrl-C stops after the current step and saves a checkpoint; --resume continues from it.
 
-Fashion-MNIST (apt-get install dataset-fashion-mnist):
-  fastcnn train --data /usr/share/datasets/fashion-mnist --epochs 10
+Fashion-MNIST (apt-get install dataset-fashion-mnist), about 91% in 10 epochs:
+  fastcnn train --data /usr/share/datasets/fashion-mnist --epochs 10 --batch-size 32
 """
 
 
@@ -370,7 +376,9 @@ def _cmd_train(args):
             "lr": args.lr or DEFAULTS["lr"][optimizer], "optimizer": optimizer,
             "weight_decay": (DEFAULTS["weight_decay"] if args.weight_decay is None
                              else args.weight_decay),
-            "l2": 0.0, "shift": DEFAULTS["shift"] if args.shift is None else args.shift,
+            "l2": 0.0,
+            "shift": (args.shift if args.shift is not None else
+                      DEFAULTS["shift"]["embedded" if args.data is None else "data"]),
         }
         if settings["gamma"] > 1:
             raise _UsageError(f"--gamma must be <= 1, got {settings['gamma']}")
@@ -397,8 +405,8 @@ def _cmd_train(args):
         model, optimizer, CrossEntropyLoss(l2=settings["l2"]), data,
         batch_size=settings["batch_size"], epochs=settings["epochs"], seed=settings["seed"],
         lr_schedule=settings["schedule"], step_size=settings["step_size"],
-        gamma=settings["gamma"], shift=settings["shift"], progress=False if args.no_progress else None,
-        log=_print_flush, history_path=args.history, plot_path=args.plot,
+        gamma=settings["gamma"], shift=settings["shift"],
+        progress=False if args.no_progress else None, log=_print_flush, history_path=args.history, plot_path=args.plot,
         checkpoint_path=checkpoint, checkpoint_every_epoch=args.checkpoint is not None,
         metadata=metadata)
     if args.resume:

@@ -13,6 +13,7 @@ from fastcnn import io as fio
 from fastcnn.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from fastcnn.io import load_npz, save_npz_atomic
 
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """One kernel thread: results are the same for any count, and it is faster on a busy

@@ -206,10 +206,23 @@ def test_train_defaults_to_model_npz_in_the_current_directory(capsys, tmp_path, 
     assert not (tmp_path / "model.ckpt.npz").exists()  # only written on Ctrl-C
 
 
+def test_defaults_reach_97_percent_on_the_embedded_digits(capsys, tmp_path, monkeypatch):
+    """The promise of ``fastcnn train`` with no options (run here on one thread, which gives the
+    same weights as any other count)."""
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "train", "--no-progress")
+    assert code == 0, err
+    _, header = load_model(tmp_path / "model.npz", return_header=True)
+    assert header["history"][-1]["test_acc"] >= 0.97, out
+    assert len(header["history"]) == 20
+    assert header["metadata"]["data"] == {"name": "mnist5k", "path": None, "normalize": False}
+
+
 def test_train_options_reach_the_model_file(capsys, tmp_path, idx_dir):
     path = tmp_path / "m.npz"
     train(capsys, idx_dir, path, "--optimizer", "adam", "--lr", "0.002", "--weight-decay",
           "1e-4", "--schedule", "step", "--step-size", "1", "--gamma", "0.5", "--seed", "3",
+          "--shift", "1",
           "--checkpoint", tmp_path / "c.npz", "--plot", tmp_path / "curve.png")
     _, header = load_model(path, return_header=True)
     assert header["optimizer"]["type"] == "Adam"
@@ -217,7 +230,8 @@ def test_train_options_reach_the_model_file(capsys, tmp_path, idx_dir):
     assert [h["lr"] for h in header["history"]] == [0.002, 0.001]
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     _, _, ckpt = load_checkpoint(tmp_path / "c.npz")  # written after every epoch
-    assert ckpt["trainer"]["seed"] == 3 and ckpt["epoch"] == 2
+    assert ckpt["trainer"]["seed"] == 3 and ckpt["trainer"]["shift"] == 1
+    assert ckpt["epoch"] == 2
 
 
 def test_thread_count_gives_bitwise_identical_weights(capsys, tmp_path, idx_dir):
@@ -347,7 +361,7 @@ def test_version(capsys):
 
 TRAIN_OPTIONS = ["--data", "--normalize", "--epochs", "--batch-size", "--optimizer", "--lr",
                  "--momentum", "--weight-decay", "--schedule", "--step-size", "--gamma",
-                 "--seed", "--out", "--checkpoint", "--resume", "--plot", "--history",
+                 "--shift", "--seed", "--out", "--checkpoint", "--resume", "--plot", "--history",
                  "--no-progress", "--threads"]
 
 
@@ -394,6 +408,7 @@ def test_fastcnn_train_script(capsys, tmp_path, idx_dir):
     (["train", "--schedule", "linear"], "invalid choice: 'linear'"),
     (["train", "--gamma", "2"], "--gamma must be <= 1"),
     (["train", "--threads", "0"], "argument --threads"),
+    (["train", "--shift", "-1"], "argument --shift: expected an integer >= 0, got -1"),
     (["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to"),
     (["train", "--resume", "x.npz", "--seed", "1", "--batch-size", "8"],
      "--batch-size, --seed cannot be combined with --resume"),

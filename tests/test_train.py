@@ -15,7 +15,14 @@ import pytest
 
 import fastcnn
 from fastcnn.datasets import Dataset, Split, load_mnist5k
-from fastcnn.train import Trainer, TrainingInterrupted, evaluate, learning_rate, plot_history
+from fastcnn.train import (
+    RandomShift,
+    Trainer,
+    TrainingInterrupted,
+    evaluate,
+    learning_rate,
+    plot_history,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -158,12 +165,13 @@ def test_l2_and_weight_decay_train(tiny):
     assert history[1]["loss"] < history[0]["loss"]
 
 
-def test_training_step_does_not_allocate(mnist):
+@pytest.mark.parametrize("shift", [0, 2], ids=["plain", "shifted"])
+def test_training_step_does_not_allocate(mnist, shift):
     """After a warm-up epoch, an epoch allocates no new activation buffers (only the loss's
     few (batch, classes) arrays)."""
     data = Dataset("t", Split(mnist.train.images[:256], mnist.train.labels[:256]), None,
                    mnist.classes)
-    trainer = make(data, epochs=2, batch_size=64)
+    trainer = make(data, epochs=2, batch_size=64, shift=shift)
     trainer.epochs = 1
     trainer.fit()
     trainer.epochs = 2
@@ -200,6 +208,58 @@ def test_same_seed_same_weights_other_seed_other_weights(tiny):
         t.fit()
     assert_same_weights(weights(a), weights(b))
     assert not np.array_equal(weights(a)["0.weight"], weights(c)["0.weight"])
+
+
+# --------------------------------------------------------------------------------------------
+# Shift augmentation
+
+
+def test_random_shift_is_a_roll_per_image():
+    rng = np.random.default_rng(0)
+    x = rng.random((10, 1, 7, 9)).astype(np.float32)
+    shifter = RandomShift(3, seed=4, n_samples=23, batch_size=10, height=7, width=9,
+                          dtype=np.float32)
+    shifter.start_epoch(2)
+    shifts = np.random.default_rng([4, 2, 1]).integers(-3, 4, size=(23, 2))
+    assert np.abs(shifts).max() == 3 and len({tuple(s) for s in shifts}) > 5
+    for start, b in ((0, 10), (10, 10), (20, 3)):  # the last batch is partial
+        got = shifter.apply(x[:b], start)
+        for n in range(b):
+            np.testing.assert_array_equal(got[n], np.roll(x[n], shifts[start + n], axis=(1, 2)))
+
+
+def test_shift_draws_new_shifts_each_epoch_and_keeps_labels():
+    shifter = RandomShift(2, seed=0, n_samples=64, batch_size=64, height=32, width=32,
+                          dtype=np.float32)
+    x = np.random.default_rng(1).random((64, 1, 32, 32)).astype(np.float32)
+    shifter.start_epoch(0)
+    first = shifter.apply(x, 0).copy()
+    shifter.start_epoch(1)
+    assert not np.array_equal(first, shifter.apply(x, 0))
+    shifter.start_epoch(0)
+    np.testing.assert_array_equal(first, shifter.apply(x, 0))
+
+
+def test_trainer_with_shift_trains_and_resumes_bitwise(tiny, tmp_path):
+    straight = make(tiny, shift=2)
+    straight.fit()
+    assert straight.history[1]["loss"] < straight.history[0]["loss"]
+    unshifted = make(tiny)
+    unshifted.fit()
+    assert not np.array_equal(weights(straight)["0.weight"], weights(unshifted)["0.weight"])
+    ckpt = tmp_path / "ckpt.npz"
+    with pytest.raises(TrainingInterrupted):
+        make(tiny, shift=2, stop_after=11, checkpoint_path=ckpt).fit()
+    with pytest.raises(ValueError, match="shift=2 "):
+        resumed(tiny, ckpt)
+    again = resumed(tiny, ckpt, shift=2)
+    again.fit()
+    assert_same_weights(weights(again), weights(straight))
+
+
+def test_shift_must_fit_the_images(tiny):
+    with pytest.raises(ValueError, match=r"shift must be smaller than the images \(32x32\)"):
+        make(tiny, shift=32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -400,7 +460,8 @@ def test_second_sigint_raises_at_once(tiny, tmp_path):
     ({"lr_schedule": "linear"}, ValueError, "lr_schedule must be one of"),
     ({"gamma": 1.5}, ValueError, r"gamma must be in \(0, 1\]"),
     ({"step_size": 0}, ValueError, "step_size must be an integer >= 1"),
-], ids=["batch-size", "epochs", "seed", "schedule", "gamma", "step-size"])
+    ({"shift": -1}, ValueError, "shift must be an integer >= 0"),
+], ids=["batch-size", "epochs", "seed", "schedule", "gamma", "step-size", "shift"])
 def test_trainer_validates_settings(tiny, kwargs, exc, message):
     model = fastcnn.LeNet5()
     opt = fastcnn.SGD(model.parameters(), lr=0.1)
