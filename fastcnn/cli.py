@@ -406,7 +406,8 @@ def _cmd_train(args):
         batch_size=settings["batch_size"], epochs=settings["epochs"], seed=settings["seed"],
         lr_schedule=settings["schedule"], step_size=settings["step_size"],
         gamma=settings["gamma"], shift=settings["shift"],
-        progress=False if args.no_progress else None, log=_print_flush, history_path=args.history, plot_path=args.plot,
+        progress=False if args.no_progress else None, log=_print_flush,
+        history_path=args.history, plot_path=args.plot,
         checkpoint_path=checkpoint, checkpoint_every_epoch=args.checkpoint is not None,
         metadata=metadata)
     if args.resume:
