@@ -36,19 +36,24 @@ static inline fc_vd fc_load_d(const double *p) { fc_vd v; memcpy(&v, p, sizeof v
 static inline void fc_store_f(float *p, fc_vf v) { memcpy(p, &v, sizeof v); }
 static inline void fc_store_d(double *p, fc_vd v) { memcpy(p, &v, sizeof v); }
 
-/* One tile of a stride-1 "wide row" correlation for 4 output channels:
+/* One tile of a stride-1 "wide row" correlation for NB output channels:
  *
  *   out[o*ostride + u] = sum_{c,p,q} w[o*ws_o + c*ws_i + p*ws_p + q*ws_q] * inp[c*plane + p*row + q + u]
  *
- * for o < 4 and u < FC_TILE. The 8 accumulators live in registers for the whole (c, p, q) sum;
- * each tap loads two input vectors and uses each of them for 4 output channels. */
-#define FC_DEFINE_TILE4(SUFFIX, T, V, LOAD, STORE, NL)                                          \
-static inline void fc_tile4_##SUFFIX(const T *inp, ptrdiff_t plane, ptrdiff_t row,               \
-                                     ptrdiff_t Cin, const T *w, ptrdiff_t ws_o, ptrdiff_t ws_i,  \
-                                     ptrdiff_t ws_p, ptrdiff_t ws_q, ptrdiff_t KH, ptrdiff_t KW, \
-                                     T *out, ptrdiff_t ostride)                                  \
+ * for o < NB and u < FC_TILE. The 2*NB accumulators live in registers for the whole (c, p, q)
+ * sum; each tap loads two input vectors and uses each of them for NB output channels. NB = 4
+ * and NB = 6 are built, so that 4, 6, 8, 12, 16 ... channels need no wasted work. */
+#define FC_DEFINE_TILE(NB, SUFFIX, T, V, LOAD, STORE, NL)                                       \
+static inline void fc_tile##NB##_##SUFFIX(const T *inp, ptrdiff_t plane, ptrdiff_t row,          \
+                                          ptrdiff_t Cin, const T *w, ptrdiff_t ws_o,             \
+                                          ptrdiff_t ws_i, ptrdiff_t ws_p, ptrdiff_t ws_q,        \
+                                          ptrdiff_t KH, ptrdiff_t KW, T *out, ptrdiff_t ostride) \
 {                                                                                                \
-    V a00 = {0}, a01 = {0}, a10 = {0}, a11 = {0}, a20 = {0}, a21 = {0}, a30 = {0}, a31 = {0};    \
+    V a[NB][2];                                                                                  \
+    for (int o = 0; o < NB; o++) {                                                               \
+        a[o][0] = (V){0};                                                                        \
+        a[o][1] = (V){0};                                                                        \
+    }                                                                                            \
     for (ptrdiff_t c = 0; c < Cin; c++) {                                                        \
         for (ptrdiff_t p = 0; p < KH; p++) {                                                     \
             const T *xs = inp + c * plane + p * row;                                             \
@@ -56,22 +61,24 @@ static inline void fc_tile4_##SUFFIX(const T *inp, ptrdiff_t plane, ptrdiff_t ro
             for (ptrdiff_t q = 0; q < KW; q++) {                                                 \
                 V x0 = LOAD(xs + q), x1 = LOAD(xs + q + NL);                                     \
                 const T *wq = wp + q * ws_q;                                                     \
-                T w0 = wq[0], w1 = wq[ws_o], w2 = wq[2 * ws_o], w3 = wq[3 * ws_o];                \
-                a00 += w0 * x0; a01 += w0 * x1;                                                  \
-                a10 += w1 * x0; a11 += w1 * x1;                                                  \
-                a20 += w2 * x0; a21 += w2 * x1;                                                  \
-                a30 += w3 * x0; a31 += w3 * x1;                                                  \
+                for (int o = 0; o < NB; o++) {                                                   \
+                    T wv = wq[o * ws_o];                                                         \
+                    a[o][0] += wv * x0;                                                          \
+                    a[o][1] += wv * x1;                                                          \
+                }                                                                                \
             }                                                                                    \
         }                                                                                        \
     }                                                                                            \
-    STORE(out, a00); STORE(out + NL, a01);                                                       \
-    STORE(out + ostride, a10); STORE(out + ostride + NL, a11);                                   \
-    STORE(out + 2 * ostride, a20); STORE(out + 2 * ostride + NL, a21);                           \
-    STORE(out + 3 * ostride, a30); STORE(out + 3 * ostride + NL, a31);                           \
+    for (int o = 0; o < NB; o++) {                                                               \
+        STORE(out + o * ostride, a[o][0]);                                                       \
+        STORE(out + o * ostride + NL, a[o][1]);                                                  \
+    }                                                                                            \
 }
 
-FC_DEFINE_TILE4(f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
-FC_DEFINE_TILE4(d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+FC_DEFINE_TILE(4, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_TILE(4, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+FC_DEFINE_TILE(6, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_TILE(6, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
 
 /* Weight-gradient tile: 4 output-gradient rows g_r against 2 neighbouring taps of x.
  *

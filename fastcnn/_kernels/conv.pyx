@@ -34,6 +34,13 @@ cdef extern from "_microkernels.h" nogil:
                     const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
                     Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
                     Py_ssize_t ostride)
+    void fc_tile6_f(const float* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                    const float* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
+                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, float* out, Py_ssize_t ostride)
+    void fc_tile6_d(const double* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                    const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
+                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
+                    Py_ssize_t ostride)
     const int FC_LANES_F  # lanes per vector, float32
     const int FC_LANES_D  # lanes per vector, float64
     void fc_dw4x2_f(const float* g0, const float* g1, const float* g2, const float* g3,
@@ -42,7 +49,8 @@ cdef extern from "_microkernels.h" nogil:
                     const double* x, Py_ssize_t xlen, Py_ssize_t n, double* acc)
 
 cdef enum:
-    OB = 4        # output channels per tile: each input vector loaded feeds OB accumulators
+    OB = 4        # output channels per block (gemm, weight gradient): each vector loaded feeds OB
+    MAX_OB = 6    # the largest channel block of the correlation tiles (4 or 6)
     MAX_TILE = 32  # the largest FC_TILE_F or FC_TILE_D of any build (AVX-512 float32)
     LANES = 16    # independent partial sums in _sum, added in a fixed order at the end
 
@@ -71,19 +79,30 @@ cdef inline void _pad_planes(const floating* src, Py_ssize_t C, Py_ssize_t H, Py
                 d[j * sw] = s[j]
 
 
-cdef inline void _corr_tile4(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
-                             const floating* w, Py_ssize_t ws_o, Py_ssize_t ws_i,
-                             Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW,
-                             floating* out, Py_ssize_t ostride) noexcept nogil:
-    """out[o*ostride + u] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + u], o < 4, u < tile.
+cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
+    """Channels per correlation tile for n output channels: 6 when that divides n, else 4."""
+    return 6 if n % 6 == 0 else 4
 
-    ``w(o, c, p, q) = w[o*ws_o + c*ws_i + p*ws_p + q*ws_q]``: negative strides read the kernel
-    rotated by 180 degrees. The 4 x tile accumulators stay in registers for the whole sum.
+
+cdef inline void _corr_tile(Py_ssize_t ob, const floating* inp, Py_ssize_t plane, Py_ssize_t row,
+                            Py_ssize_t Cin, const floating* w, Py_ssize_t ws_o, Py_ssize_t ws_i,
+                            Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW,
+                            floating* out, Py_ssize_t ostride) noexcept nogil:
+    """out[o*ostride + u] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + u], o < ob, u < tile.
+
+    ``ob`` is 4 or 6; ``w(o, c, p, q) = w[o*ws_o + c*ws_i + p*ws_p + q*ws_q]``: negative strides
+    read the kernel rotated by 180 degrees. The accumulators stay in registers for the whole sum.
     """
     if floating is float:
-        fc_tile4_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+        if ob == 6:
+            fc_tile6_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+        else:
+            fc_tile4_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
     else:
-        fc_tile4_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+        if ob == 6:
+            fc_tile6_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+        else:
+            fc_tile4_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
 
 
 cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
@@ -108,12 +127,12 @@ cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t r
         out[u] = a[u]
 
 
-cdef inline void _corr_wide(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
-                            const floating* w, Py_ssize_t ws_o, Py_ssize_t ws_i,
-                            Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t n_out,
+cdef inline void _corr_wide(Py_ssize_t ob, const floating* inp, Py_ssize_t plane,
+                            Py_ssize_t row, Py_ssize_t Cin, const floating* w, Py_ssize_t ws_o,
+                            Py_ssize_t ws_i, Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t n_out,
                             Py_ssize_t KH, Py_ssize_t KW,
                             floating* out, Py_ssize_t T) noexcept nogil:
-    """Stride-1 correlation over flat "wide" rows, for n_out output channels.
+    """Stride-1 correlation over flat "wide" rows, for n_out output channels in tiles of ob.
 
     out[o*T + t] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + t],  0 <= t < T.
 
@@ -123,19 +142,14 @@ cdef inline void _corr_wide(const floating* inp, Py_ssize_t plane, Py_ssize_t ro
     cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
     cdef Py_ssize_t o, t0, t
     o = 0
-    while o + OB <= n_out:
-        if T >= TT:
-            t0 = 0
-            while t0 < T:
-                t = min(t0, T - TT)
-                _corr_tile4(inp + t, plane, row, Cin, w + o * ws_o, ws_o, ws_i, ws_p, ws_q,
-                            KH, KW, out + o * T + t, T)
-                t0 = t0 + TT
-        else:
-            for t in range(OB):
-                _corr_tile1(inp, plane, row, Cin, w + (o + t) * ws_o, ws_i, ws_p, ws_q,
-                            KH, KW, out + (o + t) * T, T)
-        o = o + OB
+    while o + ob <= n_out and T >= TT:
+        t0 = 0
+        while t0 < T:
+            t = min(t0, T - TT)
+            _corr_tile(ob, inp + t, plane, row, Cin, w + o * ws_o, ws_o, ws_i, ws_p, ws_q,
+                       KH, KW, out + o * T + t, T)
+            t0 = t0 + TT
+        o = o + ob
     while o < n_out:
         t0 = 0
         while t0 < T:
@@ -220,7 +234,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    bint relu, int n_threads):
     """y[n,f,i,j] = b[f] + sum_{c,p,q} w[f,c,p,q] * xp[n,c, i*sh+p, j*sw+q]  (then max(., 0) if relu).
 
-    Parallel over (n, block of OB filters): each task owns y[n, f0:f0+OB].
+    Parallel over (n, block of ob filters), ob = 6 or 4: each task owns y[n, f0:f0+ob].
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
@@ -229,7 +243,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef bint padded = ph > 0 or pw > 0
     cdef bint wide = sh == 1 and sw == 1
     cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t n_fb = (F + OB - 1) // OB
+    cdef Py_ssize_t ob = _block(F)
+    cdef Py_ssize_t n_fb = (F + ob - 1) // ob
     cdef Py_ssize_t task, n, f0, fb, nb, o
     cdef floating* scratch
     cdef floating* acc
@@ -240,7 +255,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
     with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((pad_size + OB * T + 1) * sizeof(floating))
+        scratch = <floating*> malloc((pad_size + ob * T + 1) * sizeof(floating))
         if scratch == NULL:
             failed[0] = 1
         acc = scratch + pad_size
@@ -249,19 +264,19 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
             if scratch == NULL:
                 continue
             n = task // n_fb
-            f0 = (task % n_fb) * OB
-            nb = min(<Py_ssize_t> OB, F - f0)
+            f0 = (task % n_fb) * ob
+            nb = min(ob, F - f0)
             if padded:
                 _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
                 xin = scratch
             else:
                 xin = &x[n, 0, 0, 0]
             if wide:
-                # A short last block (F % OB != 0) recomputes the OB channels ending at F, so
-                # it too runs on the 4-channel tiles; only its own last nb rows are kept.
-                fb = F - OB if nb < OB and F >= OB else f0
-                _corr_wide(xin, HP * WP, WP, C, &w[fb, 0, 0, 0], C * KH * KW,
-                           KH * KW, KW, 1, min(<Py_ssize_t> OB, F - fb), KH, KW, acc, T)
+                # A short last block (F % ob != 0) recomputes the ob channels ending at F, so
+                # it too runs on the register tiles; only its own last nb rows are kept.
+                fb = F - ob if nb < ob and F >= ob else f0
+                _corr_wide(ob, xin, HP * WP, WP, C, &w[fb, 0, 0, 0], C * KH * KW,
+                           KH * KW, KW, 1, min(ob, F - fb), KH, KW, acc, T)
                 acc0 = acc + (f0 - fb) * T
             for o in range(nb):
                 if wide:
@@ -293,7 +308,7 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
         dx = dxp cropped by (ph, pw)
 
     computed only for the kept (u, v), as a stride-1 wide-row correlation. Parallel over
-    (n, block of OB input channels): each task owns dx[n, c0:c0+OB].
+    (n, block of ob input channels), ob = 6 or 4: each task owns dx[n, c0:c0+ob].
     """
     cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t C = w.shape[1], KH = w.shape[2], KW = w.shape[3]
@@ -301,7 +316,8 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
     cdef Py_ssize_t GH = H + 2 * ph + KH - 1, GW = W + 2 * pw + KW - 1
     cdef Py_ssize_t T = (H - 1) * GW + W
     cdef Py_ssize_t t0 = ph * GW + pw
-    cdef Py_ssize_t n_cb = (C + OB - 1) // OB
+    cdef Py_ssize_t ob = _block(C)
+    cdef Py_ssize_t n_cb = (C + ob - 1) // ob
     cdef Py_ssize_t gsize = F * GH * GW
     cdef Py_ssize_t task, n, c0, cb, nb, o, i, j
     cdef floating* scratch
@@ -311,7 +327,7 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
     with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((gsize + OB * T + 1) * sizeof(floating))
+        scratch = <floating*> malloc((gsize + ob * T + 1) * sizeof(floating))
         if scratch == NULL:
             failed[0] = 1
         acc = scratch + gsize
@@ -320,17 +336,16 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
             if scratch == NULL:
                 continue
             n = task // n_cb
-            c0 = (task % n_cb) * OB
-            nb = min(<Py_ssize_t> OB, C - c0)
+            c0 = (task % n_cb) * ob
+            nb = min(ob, C - c0)
             _pad_planes(&dy[n, 0, 0, 0], F, OH, OW, KH - 1, KW - 1, sh, sw,
                         scratch, GH, GW)
             # Output channel c reads w[f, c, KH-1-p, KW-1-q]: start at w[0, c0, KH-1, KW-1]
             # and walk p, q with negative strides (the 180-degree rotation).
-            # As in the forward pass, a short last block recomputes the OB channels ending at C.
-            cb = C - OB if nb < OB and C >= OB else c0
-            _corr_wide(scratch + t0, GH * GW, GW, F, &w[0, cb, KH - 1, KW - 1],
-                       KH * KW, C * KH * KW, -KW, -1, min(<Py_ssize_t> OB, C - cb), KH, KW,
-                       acc, T)
+            # As in the forward pass, a short last block recomputes the ob channels ending at C.
+            cb = C - ob if nb < ob and C >= ob else c0
+            _corr_wide(ob, scratch + t0, GH * GW, GW, F, &w[0, cb, KH - 1, KW - 1],
+                       KH * KW, C * KH * KW, -KW, -1, min(ob, C - cb), KH, KW, acc, T)
             for o in range(nb):
                 dxp = &dx[n, c0 + o, 0, 0]
                 for i in range(H):
@@ -484,8 +499,8 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
             j0 = 0
             while j0 < N:
                 j = min(j0, N - TT)  # the last tile ends at N, recomputing a few columns
-                _corr_tile4(&b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K, 1,
-                            &c[m0, j], N)
+                _corr_tile(OB, &b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K, 1,
+                           &c[m0, j], N)
                 j0 = j0 + TT
         else:
             for m in range(m0, min(m0 + OB, M)):
