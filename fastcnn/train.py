@@ -309,20 +309,22 @@ class Trainer:
 
     **Allocation.** A training step runs ``model.forward(x, copy=False)``,
     ``model.backward(g, copy=False)`` and the optimiser's in-place update on reused buffers; only
-    the loss allocates a few ``(batch, classes)`` arrays.
+    the loss allocates a few ``(batch, classes)`` arrays. (When ``N`` is not a multiple of
+    ``batch_size``, the layers reallocate their buffers for the short last batch and again for
+    the next full one, since they keep one buffer per shape; evaluation does the same.)
 
     Examples
     --------
     >>> data = fastcnn.datasets.load_mnist5k()
     >>> model = fastcnn.LeNet5()
-    >>> opt = fastcnn.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    >>> history = fastcnn.Trainer(model, opt, data=data, epochs=12, lr_schedule="cosine").fit()
+    >>> opt = fastcnn.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    >>> trainer = fastcnn.Trainer(model, opt, data=data, epochs=20, lr_schedule="cosine", shift=2)
+    >>> history = trainer.fit()  # about 98.9% test accuracy (what `fastcnn train` runs)
     """
 
     def __init__(self, model, optimizer, loss=None, data=None, *, batch_size=64, epochs=10,
                  seed=0, lr_schedule=None, step_size=None, gamma=0.1, shift=0,
-                 eval_batch_size=1000,
-                 progress=None, log=None, history_path=None, plot_path=None,
+                 eval_batch_size=1000, progress=None, log=None, history_path=None, plot_path=None,
                  checkpoint_path=None, checkpoint_every_epoch=True, metadata=None):
         if data is None or not hasattr(data, "train"):
             raise TypeError("data must be a Dataset (or any object with .train and .test "
