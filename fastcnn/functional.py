@@ -358,6 +358,23 @@ def _check_argmax(argmax, shape, plane_size):
     return np.ascontiguousarray(argmax, dtype=np.int64)
 
 
+def _conv2d_relu_max_pool2d_into(x, weight, bias, y, argmax, stride, padding, conv_size, kernel,
+                                 pool_stride, pool_padding):
+    """y, argmax = max_pool2d(relu(conv2d(x, weight, bias))) in one pass, never storing the conv
+    output (``conv_size`` is its (OH, OW)); bitwise equal to the three separate calls."""
+    _kernels.conv.conv2d_relu_maxpool_forward(
+        x, weight, bias, y, argmax, stride[0], stride[1], padding[0], padding[1],
+        conv_size[0], conv_size[1], kernel[0], kernel[1], pool_stride[0], pool_stride[1],
+        pool_padding[0], pool_padding[1], get_num_threads())
+    return y, argmax
+
+
+def _max_pool2d_relu_backward_into(grad_y, argmax, y, grad_x):
+    """Gradient through ReLU then max-pool, given the pooled output y (mask y > 0)."""
+    _kernels.pool.maxpool2d_relu_backward(grad_y, argmax, y, grad_x, get_num_threads())
+    return grad_x
+
+
 def _max_pool2d_backward_into(grad_y, argmax, grad_x):
     """Kernel call for validated arguments (argmax int64, in range) and preallocated grad_x."""
     _kernels.pool.maxpool2d_backward(grad_y, argmax, grad_x, get_num_threads())

@@ -179,11 +179,25 @@ class Conv2d(Module):
         _, Fo, OH, OW = self.output_shape(input_shape)
         return OH * OW * self.kernel_size[0] * self.kernel_size[1] * self.in_channels * Fo
 
-    def _forward(self, x, reuse, relu=False):
+    def _forward(self, x, reuse, relu=False, pool=None):
+        """Also applies a ReLU (``relu``) and then a MaxPool2d layer (``pool``) when given: the
+        fused kernel pools each output plane as soon as it is computed."""
         x = self._input(x, self.in_channels)
-        y = self._buffer("y", self.output_shape(x.shape), reuse)
         bias = self.params.get("bias", self._zero_bias)
         weight = self.params["weight"]
+        conv_shape = self.output_shape(x.shape)
+        if pool is not None and not F._covers_input(x.shape[2], x.shape[3], *self.kernel_size,
+                                                   self.padding):
+            y_shape = pool.output_shape(conv_shape)
+            y = self._buffer("pool_y", y_shape, reuse)
+            argmax = self._buffer("pool_argmax", y_shape, reuse, np.int64)
+            F._conv2d_relu_max_pool2d_into(x, weight, bias, y, argmax, self.stride, self.padding,
+                                           conv_shape[2:], pool.kernel_size, pool.stride,
+                                           pool.padding)
+            self._cache = (x, conv_shape)
+            pool._forward_fused(conv_shape, y, argmax)
+            return y
+        y = self._buffer("y", conv_shape, reuse)
         weight_t = None
         if F._covers_input(x.shape[2], x.shape[3], *self.kernel_size, self.padding):
             # A matrix product: the transposed weight goes in a buffer of its own.
@@ -191,6 +205,10 @@ class Conv2d(Module):
             np.copyto(weight_t, weight.reshape(self.out_channels, -1).T)
         F._conv2d_into(x, weight, bias, y, self.stride, self.padding, relu, weight_t)
         self._cache = (x, y.shape)
+        if pool is not None:  # a conv the fused kernel does not cover: pool its output after
+            out = pool._forward(y, reuse)
+            pool._forward_fused(y.shape, out, pool._cache[1])
+            return out
         return y
 
     def _backward(self, grad_y, reuse):
@@ -237,13 +255,20 @@ class MaxPool2d(Module):
         y = self._buffer("y", shape, reuse)
         argmax = self._buffer("argmax", shape, reuse, np.int64)
         F._max_pool2d_into(x, y, argmax, self.kernel_size, self.stride, self.padding)
-        self._cache = (x.shape, argmax)
+        self._cache = (x.shape, argmax, None)
         return y
 
-    def _backward(self, grad_y, reuse):
-        x_shape, argmax = self._cache if self._cache is not None else (None, None)
+    def _forward_fused(self, x_shape, y, argmax):
+        """A Conv2d computed relu + this pooling itself: keep what backward needs."""
+        self._cache = (x_shape, argmax, y)
+
+    def _backward(self, grad_y, reuse, relu=False):
+        """With ``relu`` (after a fused forward), also the gradient through the preceding ReLU."""
+        x_shape, argmax, y = self._cache if self._cache is not None else (None, None, None)
         grad_y = self._grad_input(grad_y, None if argmax is None else argmax.shape)
         grad_x = self._buffer("dx", x_shape, reuse)
+        if relu:
+            return F._max_pool2d_relu_backward_into(grad_y, argmax, y, grad_x)
         return F._max_pool2d_backward_into(grad_y, argmax, grad_x)
 
     def __repr__(self):
@@ -365,10 +390,12 @@ class Linear(Module):
 class Sequential(Module):
     """Layers applied in order; parameters named like PyTorch's ``nn.Sequential`` ("0.weight").
 
-    Inside a Sequential, a Conv2d directly followed by a ReLU applies the ReLU in the
-    convolution's output loop (one pass over memory less); the ReLU layer then only keeps the
-    output for its backward pass. Intermediate buffers are reused across steps; the output
-    returned by ``forward`` and the gradient returned by ``backward`` are fresh arrays.
+    Inside a Sequential, a Conv2d followed by a ReLU applies the ReLU in the convolution's output
+    loop, and a Conv2d - ReLU - MaxPool2d triple runs as one kernel that pools each output plane
+    as soon as it is computed (the convolution's output is never stored, and the backward pass
+    needs no ReLU mask of its own). The results are bitwise those of the separate layers.
+    Intermediate buffers are reused across steps; the output returned by ``forward`` and the
+    gradient returned by ``backward`` are fresh arrays.
     """
 
     def __init__(self, *layers):
@@ -380,9 +407,22 @@ class Sequential(Module):
             raise TypeError(f"all layers of a Sequential must share one dtype, got {dtypes}")
         super().__init__(dtypes.pop() if dtypes else np.float32)
         self.layers = list(layers)
-        # Positions i where layer i is a Conv2d and layer i+1 a ReLU: the conv applies it.
-        self._fused = {i for i, (layer, nxt) in enumerate(zip(self.layers, self.layers[1:]))
-                       if isinstance(layer, Conv2d) and isinstance(nxt, ReLU)}
+        # Runs of layers executed together: (start, n) with n = 3 for Conv2d-ReLU-MaxPool2d,
+        # 2 for Conv2d-ReLU, else 1. The layers themselves are not changed.
+        self._groups = []
+        i = 0
+        while i < len(self.layers):
+            kinds = [type(layer) for layer in self.layers[i:i + 3]]
+            n = 1
+            if kinds[:2] == [Conv2d, ReLU]:
+                n = 3 if kinds == [Conv2d, ReLU, MaxPool2d] else 2
+            self._groups.append((i, n))
+            i += n
+
+    @property
+    def _fused(self):
+        """Indices of the Conv2d layers that apply the following ReLU themselves."""
+        return {i for i, n in self._groups if n > 1}
 
     def __getitem__(self, index):
         return self.layers[index]
@@ -397,11 +437,14 @@ class Sequential(Module):
         """Run every layer. ``copy=False`` returns the last layer's reused buffer instead of a
         fresh array (the trainer does this; the array is overwritten by the next forward)."""
         out = x
-        for i, layer in enumerate(self.layers):
-            if i - 1 in self._fused:
-                out = layer._forward_fused(out)
+        for i, n in self._groups:
+            layer = self.layers[i]
+            if n == 3:
+                out = layer._forward(out, reuse=True, relu=True, pool=self.layers[i + 2])
+            elif n == 2:
+                out = self.layers[i + 1]._forward_fused(layer._forward(out, reuse=True, relu=True))
             else:
-                out = layer._forward(out, reuse=True, relu=i in self._fused)
+                out = layer._forward(out, reuse=True)
         self._cache = True
         return np.array(out, copy=True) if copy else out
 
@@ -410,8 +453,12 @@ class Sequential(Module):
         if self._cache is None:
             raise RuntimeError("Sequential.backward called before forward")
         grad = grad_y
-        for layer in reversed(self.layers):
-            grad = layer._backward(grad, reuse=True)
+        for i, n in reversed(self._groups):
+            if n == 3:  # pool and ReLU together, then the conv
+                grad = self.layers[i + 2]._backward(grad, reuse=True, relu=True)
+            elif n == 2:
+                grad = self.layers[i + 1]._backward(grad, reuse=True)
+            grad = self.layers[i]._backward(grad, reuse=True)
             if grad is None:
                 return None
         return np.array(grad, copy=True) if copy else grad

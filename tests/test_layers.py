@@ -1035,3 +1035,45 @@ def test_non_contiguous_and_read_only_inputs_give_the_contiguous_result(kind, la
     np.testing.assert_array_equal(layer.backward(g_odd), dx)
     for p in layer.parameters():
         np.testing.assert_array_equal(p.grad, grads[p.name], err_msg=p.name)
+
+
+# (conv factory, pool factory, input shape): Conv2d - ReLU - MaxPool2d triples, run as one kernel.
+FUSED_POOL_CASES = {
+    "lenet-C1-S2": (lambda d: Conv2d(1, 6, 5, dtype=d, seed=2), lambda d: MaxPool2d(2, dtype=d),
+                    (3, 1, 32, 32)),
+    "lenet-C3-S4": (lambda d: Conv2d(6, 16, 5, dtype=d, seed=5), lambda d: MaxPool2d(2, dtype=d),
+                    (2, 6, 14, 14)),
+    "strided-padded-overlapping": (
+        lambda d: Conv2d(3, 5, (3, 2), stride=2, padding=1, dtype=d, seed=3),
+        lambda d: MaxPool2d(3, stride=2, padding=1, dtype=d), (2, 3, 11, 9)),
+    "odd-plane-pool2": (lambda d: Conv2d(2, 4, 3, dtype=d, seed=6), lambda d: MaxPool2d(2, dtype=d),
+                        (2, 2, 10, 9)),
+    "kernel=input-then-pool1": (lambda d: Conv2d(4, 3, 5, dtype=d, seed=7),
+                                lambda d: MaxPool2d(1, dtype=d), (2, 4, 5, 5)),
+}
+
+
+@pytest.mark.parametrize("with_nan", [False, True], ids=["finite", "nan-in-input"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(FUSED_POOL_CASES))
+def test_fused_conv_relu_pool_equals_unfused_layers_exactly(case, dtype, with_nan):
+    make_conv, make_pool, shape = FUSED_POOL_CASES[case]
+    conv, relu, pool = make_conv(dtype), ReLU(dtype=dtype), make_pool(dtype)
+    model = Sequential(make_conv(dtype), ReLU(dtype=dtype), make_pool(dtype))
+    assert model._groups == [(0, 3)]
+    rng = np.random.default_rng(23)
+    conv.params["bias"][...] = rng.standard_normal(conv.out_channels)
+    model[0].params["bias"][...] = conv.params["bias"]
+    x = rng.standard_normal(shape).astype(dtype)
+    if with_nan:
+        x[0, 0, 1, 1] = np.nan
+    for step in range(2):  # the second step runs on reused buffers
+        y = model.forward(x)
+        y_ref = pool.forward(relu.forward(conv.forward(x)))
+        np.testing.assert_array_equal(y, y_ref)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        np.testing.assert_array_equal(model.backward(g),
+                                      conv.backward(relu.backward(pool.backward(g))))
+        for key in conv.grads:
+            np.testing.assert_array_equal(model[0].grads[key], conv.grads[key],
+                                          err_msg=f"{key}, step {step}")

@@ -22,6 +22,9 @@ from cython.parallel cimport parallel, prange
 from cython cimport floating
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
+from libc.stdint cimport int64_t
+
+include "_pool_plane.pxi"
 
 cdef extern from "_microkernels.h" nogil:
     # Register-blocked inner loops (GCC/Clang vector extensions), documented in the header.
@@ -284,6 +287,76 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                 else:
                     _conv_plane_strided(xin, C, HP, WP, &w[f0 + o, 0, 0, 0], KH, KW, sh, sw,
                                         b[f0 + o], relu, &y[n, f0 + o, 0, 0], OH, OW)
+        free(scratch)
+    if fail:
+        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+
+
+def conv2d_relu_maxpool_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                                const floating[:, :, :, ::1] w,  # IN  (F, C, KH, KW)
+                                const floating[::1] b,           # IN  (F,)
+                                floating[:, :, :, ::1] y,        # OUT (N, F, PH, PW) pooled
+                                int64_t[:, :, :, ::1] argmax,    # OUT (N, F, PH, PW)
+                                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                                Py_ssize_t OH, Py_ssize_t OW,
+                                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t psh, Py_ssize_t psw,
+                                Py_ssize_t pph, Py_ssize_t ppw, int n_threads):
+    """y = max_pool2d(relu(conv2d(x, w, b))) with the argmax, never storing the conv output.
+
+    Each (n, f) plane of relu(conv) (OH x OW) is computed into a per-thread buffer and pooled at
+    once, with the same code as maxpool2d_forward: the result and argmax (flat index into the
+    OH x OW plane) are bitwise those of the three separate steps. Parallel over (n, block of
+    filters), as conv2d_forward.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t PH = y.shape[2], PW = y.shape[3]
+    cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
+    cdef bint padded = ph > 0 or pw > 0
+    cdef bint wide = sh == 1 and sw == 1
+    cdef Py_ssize_t T = (OH - 1) * WP + OW
+    cdef Py_ssize_t ob = _block(F)
+    cdef Py_ssize_t n_fb = (F + ob - 1) // ob
+    cdef Py_ssize_t task, n, f0, fb, nb, o
+    cdef floating* scratch
+    cdef floating* acc
+    cdef floating* acc0
+    cdef floating* plane
+    cdef const floating* xin
+    cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
+    cdef int fail = 0
+    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    with nogil, parallel(num_threads=n_threads):
+        scratch = <floating*> malloc((pad_size + ob * T + OH * OW + 1) * sizeof(floating))
+        if scratch == NULL:
+            failed[0] = 1
+        acc = scratch + pad_size
+        plane = acc + ob * T
+        # Race-free: task (n, f-block) writes only y[n, f0:f0+nb], argmax[n, f0:f0+nb].
+        for task in prange(N * n_fb, schedule='static'):
+            if scratch == NULL:
+                continue
+            n = task // n_fb
+            f0 = (task % n_fb) * ob
+            nb = min(ob, F - f0)
+            if padded:
+                _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
+                xin = scratch
+            else:
+                xin = &x[n, 0, 0, 0]
+            if wide:
+                fb = F - ob if nb < ob and F >= ob else f0
+                _corr_wide(ob, xin, HP * WP, WP, C, &w[fb, 0, 0, 0], C * KH * KW,
+                           KH * KW, KW, 1, min(ob, F - fb), KH, KW, acc, T)
+                acc0 = acc + (f0 - fb) * T
+            for o in range(nb):
+                if wide:
+                    _store_rows(acc0 + o * T, WP, b[f0 + o], True, plane, OH, OW)
+                else:
+                    _conv_plane_strided(xin, C, HP, WP, &w[f0 + o, 0, 0, 0], KH, KW, sh, sw,
+                                        b[f0 + o], True, plane, OH, OW)
+                _pool_plane(plane, &y[n, f0 + o, 0, 0], &argmax[n, f0 + o, 0, 0], OH, OW,
+                            PH, PW, kh, kw, psh, psw, pph, ppw)
         free(scratch)
     if fail:
         raise MemoryError("fastcnn: could not allocate kernel scratch memory")

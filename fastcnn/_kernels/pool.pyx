@@ -15,53 +15,7 @@ from libc.stdint cimport int64_t
 from libc.string cimport memset
 
 
-cdef extern from "_microkernels.h" nogil:
-    # 2x2 / stride 2 max-pooling of a NaN-free plane (returns 0 and does nothing otherwise).
-    int fc_pool2x2_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, int64_t* am,
-                     Py_ssize_t OH, Py_ssize_t OW)
-    int fc_pool2x2_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, int64_t* am,
-                     Py_ssize_t OH, Py_ssize_t OW)
-
-
-cdef inline bint _wins(floating val, floating best) noexcept nogil:
-    """True when val replaces best as the maximum: it is larger, or it is the first NaN."""
-    return (val > best) | ((val != val) & (best == best))
-
-
-cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
-                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
-                             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                             Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
-    """Max-pool one (H, W) plane into (OH, OW), with the flat index of each maximum."""
-    cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1, best_k
-    cdef floating best, val
-    cdef int done = 0
-    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
-        # The common LeNet window has a branch-free path for planes without NaN.
-        if floating is float:
-            done = fc_pool2x2_f(x, H, W, y, am, OH, OW)
-        else:
-            done = fc_pool2x2_d(x, H, W, y, am, OH, OW)
-        if done:
-            return
-    for i in range(OH):
-        u0 = max(i * sh - ph, 0)
-        u1 = min(i * sh - ph + kh, H)
-        for j in range(OW):
-            v0 = max(j * sw - pw, 0)
-            v1 = min(j * sw - pw + kw, W)
-            best_k = u0 * W + v0
-            best = x[best_k]
-            for u in range(u0, u1):
-                for v in range(v0, v1):
-                    val = x[u * W + v]
-                    # Strict '>' keeps the first of equal values; once best is NaN nothing
-                    # replaces it, and a NaN replaces any number.
-                    if _wins(val, best):
-                        best = val
-                        best_k = u * W + v
-            y[i * OW + j] = best
-            am[i * OW + j] = best_k
+include "_pool_plane.pxi"
 
 
 def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
@@ -107,3 +61,34 @@ def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
         memset(d, 0, H * W * sizeof(floating))
         for k in range(OH * OW):
             d[a[k]] = d[a[k]] + g[k]
+
+
+def maxpool2d_relu_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
+                            const int64_t[:, :, :, ::1] argmax,  # IN  (N, C, OH, OW)
+                            const floating[:, :, :, ::1] y,     # IN  (N, C, OH, OW) pooled output
+                            floating[:, :, :, ::1] dx,          # OUT (N, C, H, W)
+                            int n_threads):
+    """Gradient through ReLU then max-pool: dx[n,c].flat[argmax] += dy * (y > 0).
+
+    y is the pooled output of ReLU'd values, so y > 0 exactly where the ReLU passed the maximum
+    on; the ReLU's own mask is never needed. Parallel over (n, c) planes, as maxpool2d_backward.
+    """
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t plane, n, c, k
+    cdef floating* d
+    cdef const floating* g
+    cdef const floating* yv
+    cdef const int64_t* a
+    # Race-free: plane (n, c) writes only dx[n, c].
+    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        n = plane // C
+        c = plane % C
+        d = &dx[n, c, 0, 0]
+        g = &dy[n, c, 0, 0]
+        yv = &y[n, c, 0, 0]
+        a = &argmax[n, c, 0, 0]
+        memset(d, 0, H * W * sizeof(floating))
+        for k in range(OH * OW):
+            if yv[k] > 0:
+                d[a[k]] = d[a[k]] + g[k]
