@@ -119,6 +119,36 @@ def _time_call(fn, reps, rep_time, warmup_time):
             "inner": inner, "reps": reps}
 
 
+def package_fingerprint():
+    """A short hash of the fastcnn package files (name, size, mtime of every .py and compiled
+    module): it changes when the kernels are rebuilt or the sources edited."""
+    import hashlib
+
+    h = hashlib.sha1()
+    pkg = Path(__file__).resolve().parent
+    for path in sorted(pkg.rglob("*")):
+        if path.suffix in (".py", ".so", ".pyd", ".pyx", ".h") and path.is_file():
+            st = path.stat()
+            h.update(f"{path.relative_to(pkg)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return h.hexdigest()[:12]
+
+
+def _git_state():
+    """'abc1234' or 'abc1234 + uncommitted changes in fastcnn/' for a checkout, else None."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return None
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True).stdout
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--",
+                                "fastcnn"], capture_output=True, text=True, timeout=10,
+                               check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.strip() + (" + uncommitted changes in fastcnn/" if dirty.strip() else "")
+
+
 def _kernel_data(layer, op, n):
     """Seeded float32 inputs of one kernel measurement (the same in every worker)."""
     import numpy as np
@@ -177,7 +207,8 @@ class _FastcnnImpl:
     def info(self):
         fc = self.fc
         return {"fastcnn": fc.__version__, "kernel_isa": fc.kernel_isa(),
-                "openmp": bool(fc.openmp_enabled()), "fastcnn_threads": fc.get_num_threads()}
+                "openmp": bool(fc.openmp_enabled()), "fastcnn_threads": fc.get_num_threads(),
+                "fingerprint": package_fingerprint()}
 
     def trainer(self, n, lr=LR):
         fc = self.fc
@@ -680,7 +711,7 @@ def _log(msg):
 def _collect_timing(args, cfg, impls, tasks):
     """rounds x threads x impls workers; returns {(impl, threads): [per-round results]}."""
     runs = {(impl, t): [] for impl in impls for t in args.threads}
-    infos, errors, loads = {}, [], []
+    infos, errors, loads, all_infos = {}, [], [], []
     spec_base = {"mode": "time", "tasks": tasks, "reps": cfg["reps"], "rep_time": cfg["rep_time"],
                  "warmup_time": cfg["warmup_time"]}
     for r in range(args.rounds):
@@ -696,6 +727,7 @@ def _collect_timing(args, cfg, impls, tasks):
                     _log(f"  round {r + 1}/{args.rounds} {impl:8s} threads={t}: FAILED")
                     continue
                 infos.setdefault((impl, t), out["info"])
+                all_infos.append(out["info"])
                 runs[(impl, t)].append(out["results"])
                 load = out.get("load")
                 if load:
@@ -703,7 +735,7 @@ def _collect_timing(args, cfg, impls, tasks):
                 busy = f", other load {100 * load['other']:.0f}%" if load else ""
                 _log(f"  round {r + 1}/{args.rounds} {impl:8s} threads={t}: "
                      f"{time.perf_counter() - t0:.1f} s{busy}")
-    return runs, infos, errors, loads
+    return runs, infos, errors, loads, all_infos
 
 
 def _values(runs, key, task):
@@ -1072,7 +1104,8 @@ def main(argv=None, prog="fastcnn bench", default_out="fastcnn-bench.md"):
     tasks = _tasks(cfg)
     _log(f"{prog}: {args.rounds} round(s), threads {args.threads}, {', '.join(args.impls)}")
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    runs, infos, errors, loads = _collect_timing(args, cfg, args.impls, tasks)
+    fingerprint_start, git_state = package_fingerprint(), _git_state()
+    runs, infos, errors, loads, all_infos = _collect_timing(args, cfg, args.impls, tasks)
 
     epoch_runs, epoch_source = {}, None
     if args.epoch:
@@ -1090,6 +1123,8 @@ def main(argv=None, prog="fastcnn bench", default_out="fastcnn-bench.md"):
                     out = _run_worker(dict(spec, impl=impl), args.timeout)
                     if "error" in out:
                         errors.append(f"epoch, {impl}: {out['error']}")
+                    else:
+                        all_infos.append(out["info"])
                     epoch_runs.setdefault(impl, []).append(out.get("results"))
                     _log(f"  epoch round {r + 1} {impl:8s}: {time.perf_counter() - t0:.1f} s")
 
@@ -1102,11 +1137,15 @@ def main(argv=None, prog="fastcnn bench", default_out="fastcnn-bench.md"):
             out = _run_worker(dict(spec, impl=impl), args.timeout)
             if "error" in out:
                 errors.append(f"memory, {impl}: {out['error']}")
+            else:
+                all_infos.append(out["info"])
             mem_runs[impl] = out.get("results")
             _log(f"  memory {impl:8s}: done")
 
     machine = _machine()
     lines = _header(args, command, machine, {i: v for (i, _), v in infos.items()}, cfg)
+    if git_state:
+        lines.insert(3, f"- fastcnn source: git {git_state}")
     lines.append(_load_line(loads, load_start))
     lines += _timing_tables(args, runs, tasks, args.impls)
     lines += _scaling_table(args, runs, tasks, args.impls)
@@ -1121,6 +1160,11 @@ def main(argv=None, prog="fastcnn bench", default_out="fastcnn-bench.md"):
                     notes.append(f"{impl}, {t} thread(s), round {r + 1}: the loss of {task_id} "
                                  "became non-finite (timings may be off)")
     notes += [f"CHECK FAILED: {w}" for w in _checksum_warnings(runs, tasks)]
+    builds = {fingerprint_start, package_fingerprint()} | {
+        info["fingerprint"] for info in all_infos if info.get("fingerprint")}
+    if len(builds) > 1:
+        notes.insert(0, f"**fastcnn changed while the report ran** ({len(builds)} different "
+                     "package fingerprints: rebuilt or edited): rounds mix builds, rerun it.")
     notes += [f"worker failed: {e}" for e in errors]
     for (impl, t), info in infos.items():
         pools = [f"{p.get('internal_api')} {p.get('num_threads')}"
