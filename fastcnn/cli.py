@@ -469,9 +469,10 @@ def _confusion_matrix(labels, predictions, num_classes):
 
 def format_confusion_matrix(cm, classes):
     """A text table of a confusion matrix: one row per true class (labelled with its index and
-    name), one column per predicted class (its index), and the per-class accuracy (recall)."""
+    name, unless the name is the index), one column per predicted class (its index), and the
+    per-class accuracy (recall)."""
     k = len(classes)
-    names = [f"{i} {name}" for i, name in enumerate(classes)]
+    names = [str(i) if name == str(i) else f"{i} {name}" for i, name in enumerate(classes)]
     corner = "true \\ predicted"
     label_width = max(len(corner), *(len(n) for n in names))
     cell = max(len(str(int(cm.max()))), len(str(k - 1))) + 1

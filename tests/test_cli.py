@@ -120,7 +120,7 @@ def test_train_evaluate_predict(capsys, tmp_path, idx_dir, normalize):
     assert lines[2].startswith("true \\ predicted") and lines[2].endswith("recall")
     rows = lines[3:]
     assert [r.split()[0] for r in rows] == [str(k) for k in range(10)]
-    counts = np.array([[int(v) for v in r.split()[2:12]] for r in rows])
+    counts = np.array([[int(v) for v in r.split()[-11:-1]] for r in rows])
     _, labels = raw_digits("test")
     np.testing.assert_array_equal(counts.sum(axis=1), np.bincount(labels[:100], minlength=10))
     assert np.trace(counts) == round(test_acc * 100)
@@ -448,6 +448,17 @@ def test_bad_files(capsys, tmp_path, trained_model, idx_dir):
         assert code == 1, (argv, err)
         one_line_error(err, fragment)
         assert "Traceback" not in err
+
+
+def test_confusion_matrix_table_names_classes():
+    from fastcnn.cli import format_confusion_matrix
+    cm = np.array([[5, 1, 0], [0, 7, 0], [2, 0, 10]])
+    assert format_confusion_matrix(cm, ["cat", "dog", "2"]).splitlines() == [
+        "true \\ predicted  0  1  2  recall",
+        "0 cat             5  1  0   83.33%",
+        "1 dog             0  7  0  100.00%",
+        "2                 2  0 10   83.33%",
+    ]
 
 
 def test_evaluate_refuses_data_with_more_classes(capsys, tmp_path):
