@@ -123,6 +123,7 @@ def extensions():
             Extension(
                 f"fastcnn._kernels._{variant}.{name}",
                 [f"fastcnn/_kernels/{name}.pyx"],
+                depends=["fastcnn/_kernels/_microkernels.h", "fastcnn/_kernels/_pool_plane.pxi"],
                 include_dirs=[np.get_include()],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=base_compile + VARIANT_FLAGS[variant] + omp_compile,

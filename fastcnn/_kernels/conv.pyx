@@ -133,32 +133,44 @@ cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t r
 cdef inline void _corr_wide(Py_ssize_t ob, const floating* inp, Py_ssize_t plane,
                             Py_ssize_t row, Py_ssize_t Cin, const floating* w, Py_ssize_t ws_o,
                             Py_ssize_t ws_i, Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t n_out,
-                            Py_ssize_t KH, Py_ssize_t KW,
-                            floating* out, Py_ssize_t T) noexcept nogil:
+                            Py_ssize_t KH, Py_ssize_t KW, floating* out, Py_ssize_t T,
+                            Py_ssize_t base, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
     """Stride-1 correlation over flat "wide" rows, for n_out output channels in tiles of ob.
 
     out[o*T + t] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + t],  0 <= t < T.
 
     Tiles of FC_TILE positions; the last tile is shifted back to end at T and recomputes a few
     positions with exactly the same operations, so no separate remainder loop is needed.
+    Only rows r0 <= r < r1 of each input plane may be non-zero (``inp`` starts ``base`` elements
+    into the plane): kernel rows p that would read only zero rows for a whole tile are skipped.
+    The input gradient uses this for the zero rows of its padded output gradient.
     """
     cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
-    cdef Py_ssize_t o, t0, t
+    cdef Py_ssize_t o, t0, t, n, p0, p1, u
     o = 0
     while o + ob <= n_out and T >= TT:
         t0 = 0
         while t0 < T:
             t = min(t0, T - TT)
-            _corr_tile(ob, inp + t, plane, row, Cin, w + o * ws_o, ws_o, ws_i, ws_p, ws_q,
-                       KH, KW, out + o * T + t, T)
+            # Input rows this tile reads through kernel row p: (base+t)//row + p up to
+            # (base+t+TT+KW-2)//row + p; keep the p for which that range meets [r0, r1).
+            p0 = max(<Py_ssize_t> 0, r0 - (base + t + TT + KW - 2) // row)
+            p1 = min(KH, r1 - (base + t) // row)
+            if p1 > p0:
+                _corr_tile(ob, inp + t + p0 * row, plane, row, Cin, w + o * ws_o + p0 * ws_p,
+                           ws_o, ws_i, ws_p, ws_q, p1 - p0, KW, out + o * T + t, T)
+            else:
+                for n in range(ob):
+                    for u in range(TT):
+                        out[(o + n) * T + t + u] = 0
             t0 = t0 + TT
         o = o + ob
     while o < n_out:
         t0 = 0
         while t0 < T:
-            t = min(TT, T - t0)
+            n = min(TT, T - t0)
             _corr_tile1(inp + t0, plane, row, Cin, w + o * ws_o, ws_i, ws_p, ws_q,
-                        KH, KW, out + o * T + t0, t)
+                        KH, KW, out + o * T + t0, n)
             t0 = t0 + TT
         o = o + 1
 
@@ -279,7 +291,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                 # it too runs on the register tiles; only its own last nb rows are kept.
                 fb = F - ob if nb < ob and F >= ob else f0
                 _corr_wide(ob, xin, HP * WP, WP, C, &w[fb, 0, 0, 0], C * KH * KW,
-                           KH * KW, KW, 1, min(ob, F - fb), KH, KW, acc, T)
+                           KH * KW, KW, 1, min(ob, F - fb), KH, KW, acc, T, 0, 0, HP)
                 acc0 = acc + (f0 - fb) * T
             for o in range(nb):
                 if wide:
@@ -347,7 +359,7 @@ def conv2d_relu_maxpool_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H,
             if wide:
                 fb = F - ob if nb < ob and F >= ob else f0
                 _corr_wide(ob, xin, HP * WP, WP, C, &w[fb, 0, 0, 0], C * KH * KW,
-                           KH * KW, KW, 1, min(ob, F - fb), KH, KW, acc, T)
+                           KH * KW, KW, 1, min(ob, F - fb), KH, KW, acc, T, 0, 0, HP)
                 acc0 = acc + (f0 - fb) * T
             for o in range(nb):
                 if wide:
@@ -417,8 +429,10 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
             # and walk p, q with negative strides (the 180-degree rotation).
             # As in the forward pass, a short last block recomputes the ob channels ending at C.
             cb = C - ob if nb < ob and C >= ob else c0
+            # Rows of gpad below KH-1 and from KH + (OH-1)*sh on are zero padding.
             _corr_wide(ob, scratch + t0, GH * GW, GW, F, &w[0, cb, KH - 1, KW - 1],
-                       KH * KW, C * KH * KW, -KW, -1, min(ob, C - cb), KH, KW, acc, T)
+                       KH * KW, C * KH * KW, -KW, -1, min(ob, C - cb), KH, KW, acc, T,
+                       t0, KH - 1, KH + (OH - 1) * sh)
             for o in range(nb):
                 dxp = &dx[n, c0 + o, 0, 0]
                 for i in range(H):
