@@ -4,13 +4,15 @@ Cython + OpenMP kernels (``fastcnn.functional``) under PyTorch-style layers, a L
 optimisers and a trainer.
 """
 
-from . import datasets, functional, io
+from . import checkpoint, datasets, functional, io
 from ._kernels import _openmp as _omp
 from ._threads import get_num_threads, set_num_threads
 from .layers import (Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU,
                      Sequential)
 from .model import LeNet5
+from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .optim import SGD, Adam
+from .train import Trainer, TrainingInterrupted, evaluate, plot_history
 
 __version__ = "0.1.0"
 
@@ -28,5 +30,7 @@ def kernel_isa():
 __all__ = [
     "functional", "datasets", "io", "get_num_threads", "set_num_threads", "openmp_enabled",
     "kernel_isa", "Module", "Parameter", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear",
-    "Sequential", "CrossEntropyLoss", "LeNet5", "SGD", "Adam", "__version__",
+    "Sequential", "CrossEntropyLoss", "LeNet5", "SGD", "Adam", "Trainer", "TrainingInterrupted",
+    "evaluate", "plot_history", "save_model", "load_model", "save_checkpoint", "load_checkpoint",
+    "checkpoint", "__version__",
 ]

@@ -256,6 +256,14 @@ def _add_summary(subparsers):
                    help="size of the last layer (default: 10)")
 
 
+def _add_bench(subparsers):
+    p = subparsers.add_parser(
+        "bench", help="benchmark fastcnn against NumPy and PyTorch (Markdown + PNG report)",
+        description="Run the benchmark report; 'fastcnn bench --help' lists its options.",
+        add_help=False, formatter_class=_HelpFormatter)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
 def _build_parser():
     parser = _Parser(prog=PROG, formatter_class=_HelpFormatter,
                      description="Fast CPU training of LeNet-5 (Cython + OpenMP kernels).",
@@ -608,6 +616,12 @@ def _cores():
         return os.cpu_count()
 
 
+def _cmd_bench(args):
+    from .bench import main as bench_main
+
+    return bench_main(args.bench_args, prog=f"{PROG} bench")
+
+
 def _cmd_summary(args):
     from . import LeNet5
 
@@ -624,6 +638,7 @@ _COMMANDS = {
     "predict": (_add_predict, _cmd_predict),
     "info": (_add_info, _cmd_info),
     "summary": (_add_summary, _cmd_summary),
+    "bench": (_add_bench, _cmd_bench),
 }
 
 
@@ -664,6 +679,11 @@ def _error(message):
 def main(argv=None):
     """Run the ``fastcnn`` command with `argv` (default ``sys.argv[1:]``); return the exit
     code."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the report parses (and documents) its own options
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:], prog=f"{PROG} bench")
     return _run(_build_parser(), argv)
 
 
