@@ -19,7 +19,6 @@ Environment variables read here:
 
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -29,7 +28,6 @@ import warnings
 import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
-from setuptools.command.build_ext import build_ext
 
 KERNELS = ["conv", "pool", "elementwise", "_openmp"]
 VARIANT_FLAGS = {

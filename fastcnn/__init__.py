@@ -7,10 +7,19 @@ optimisers and a trainer.
 from . import checkpoint, datasets, functional, io
 from ._kernels import _openmp as _omp
 from ._threads import get_num_threads, set_num_threads
-from .layers import (Conv2d, CrossEntropyLoss, Flatten, Linear, MaxPool2d, Module, Parameter, ReLU,
-                     Sequential)
-from .model import LeNet5
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from .layers import (
+    Conv2d,
+    CrossEntropyLoss,
+    Flatten,
+    Linear,
+    MaxPool2d,
+    Module,
+    Parameter,
+    ReLU,
+    Sequential,
+)
+from .model import LeNet5
 from .optim import SGD, Adam
 from .train import Trainer, TrainingInterrupted, evaluate, plot_history
 

@@ -260,7 +260,8 @@ def conv2d_backward_weight(x, grad_y, kernel_size, stride=1, padding=0):
     """Gradients of conv2d with respect to its weight and bias.
 
     ``grad_weight[f,c,p,q] = sum_{n,i,j} grad_y[n,f,i,j] * xp[n,c,i*sh+p,j*sw+q]`` (the correlation
-    of the padded input with the output gradient) and ``grad_bias[f] = sum_{n,i,j} grad_y[n,f,i,j]``.
+    of the padded input with the output gradient) and
+    ``grad_bias[f] = sum_{n,i,j} grad_y[n,f,i,j]``.
 
     Parameters
     ----------

@@ -137,7 +137,8 @@ def test_read_idx_truncated_header(tmp_path, n_bytes):
 
 def test_read_idx_trailing_bytes(tmp_path):
     path = write(tmp_path / "labels", idx_bytes(sample_labels()) + b"\0\0\0")
-    with pytest.raises(ValueError, match=r"labels: 3 trailing bytes: expected 7 bytes of data, found 10"):
+    with pytest.raises(ValueError,
+                       match=r"labels: 3 trailing bytes: expected 7 bytes of data, found 10"):
         read_idx(path)
 
 

@@ -189,18 +189,18 @@ cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
     """sum_k a[k] as LANES partial sums added in a fixed order (vectorises without -ffast-math)."""
     cdef floating acc[LANES]
     cdef floating s = 0
-    cdef Py_ssize_t k, l, nb = n - n % LANES
-    for l in range(LANES):
-        acc[l] = 0
+    cdef Py_ssize_t k, lane, nb = n - n % LANES
+    for lane in range(LANES):
+        acc[lane] = 0
     k = 0
     while k < nb:
-        for l in range(LANES):
-            acc[l] = acc[l] + a[k + l]
+        for lane in range(LANES):
+            acc[lane] = acc[lane] + a[k + lane]
         k = k + LANES
-    for l in range(n - nb):
-        acc[l] = acc[l] + a[nb + l]
-    for l in range(LANES):
-        s = s + acc[l]
+    for lane in range(n - nb):
+        acc[lane] = acc[lane] + a[nb + lane]
+    for lane in range(LANES):
+        s = s + acc[lane]
     return s
 
 
@@ -231,8 +231,8 @@ cdef inline void _conv_plane_strided(const floating* xp, Py_ssize_t C, Py_ssize_
             for c in range(C):
                 for p in range(KH):
                     for q in range(KW):
-                        v = v + w[(c * KH + p) * KW + q] * xp[(c * HP + i * sh + p) * WP
-                                                             + j * sw + q]
+                        v = v + (w[(c * KH + p) * KW + q]
+                                 * xp[(c * HP + i * sh + p) * WP + j * sw + q])
             v = v + bias
             y[i * OW + j] = 0 if relu and v < 0 else v
 
@@ -247,7 +247,7 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    floating[:, :, :, ::1] y,         # OUT (N, F, OH, OW)
                    Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                    bint relu, int n_threads):
-    """y[n,f,i,j] = b[f] + sum_{c,p,q} w[f,c,p,q] * xp[n,c, i*sh+p, j*sw+q]  (then max(., 0) if relu).
+    """y[n,f,i,j] = b[f] + sum_{c,p,q} w[f,c,p,q] * xp[n,c, i*sh+p, j*sw+q], then max(., 0) if relu.
 
     Parallel over (n, block of ob filters), ob = 6 or 4: each task owns y[n, f0:f0+ob].
     """
@@ -453,7 +453,7 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                            floating[::1] db,                 # OUT (F,)
                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
                            int n_threads):
-    """dw[f,c,p,q] = sum_{n,i,j} dy[n,f,i,j] * xp[n,c, i*sh+p, j*sw+q]; db[f] = sum_{n,i,j} dy[n,f,i,j].
+    """dw[f,c,p,q] = sum_{n,i,j} dy[n,f,i,j] * xp[n,c, i*sh+p, j*sw+q]; db[f] = sum dy[n,f,i,j].
 
     The correlation of the padded input with the output gradient. Stride 1 uses wide rows: with
     dy[n, f] laid out on rows of width WP (zeros in the extra columns), tap (p, q) is
@@ -476,7 +476,7 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef Py_ssize_t acc_size = C * KH * QP * 8 * NL if wide else 0
     cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
     cdef Py_ssize_t n_fb = (F + OB - 1) // OB
-    cdef Py_ssize_t task, f0, fb, nb, r, f, n, c, p, q, k, i, j, l
+    cdef Py_ssize_t task, f0, fb, nb, r, f, n, c, p, q, k, i, j, lane
     cdef floating* scratch
     cdef floating* gw
     cdef floating* acc
@@ -549,8 +549,8 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                             for q in range(KW):
                                 a = acc + (((c * KH + p) * QP + q // 2) * 8 + 2 * r + q % 2) * NL
                                 s = 0
-                                for l in range(NL):
-                                    s = s + a[l]
+                                for lane in range(NL):
+                                    s = s + a[lane]
                                 dw[f, c, p, q] = s
         free(scratch)
     if fail:
