@@ -41,8 +41,9 @@ static inline void fc_store_d(double *p, fc_vd v) { memcpy(p, &v, sizeof v); }
  *   out[o*ostride + u] = sum_{c,p,q} w[o*ws_o + c*ws_i + p*ws_p + q*ws_q] * inp[c*plane + p*row + q + u]
  *
  * for o < NB and u < FC_TILE. The 2*NB accumulators live in registers for the whole (c, p, q)
- * sum; each tap loads two input vectors and uses each of them for NB output channels. NB = 4
- * and NB = 6 are built, so that 4, 6, 8, 12, 16 ... channels need no wasted work. */
+ * sum; each tap loads two input vectors and uses each of them for NB output channels. NB = 1,
+ * 4 and 6 are built: 4, 6, 8, 12, 16 ... channels need no wasted work, and one or two channels
+ * (a single-channel input gradient) still run on vectors. */
 #define FC_DEFINE_TILE(NB, SUFFIX, T, V, LOAD, STORE, NL)                                       \
 static inline void fc_tile##NB##_##SUFFIX(const T *inp, ptrdiff_t plane, ptrdiff_t row,          \
                                           ptrdiff_t Cin, const T *w, ptrdiff_t ws_o,             \
@@ -79,6 +80,8 @@ FC_DEFINE_TILE(4, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
 FC_DEFINE_TILE(4, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
 FC_DEFINE_TILE(6, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
 FC_DEFINE_TILE(6, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+FC_DEFINE_TILE(1, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_TILE(1, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
 
 /* Weight-gradient tile: 4 output-gradient rows g_r against 2 neighbouring taps of x.
  *

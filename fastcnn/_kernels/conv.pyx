@@ -37,6 +37,13 @@ cdef extern from "_microkernels.h" nogil:
                     const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
                     Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
                     Py_ssize_t ostride)
+    void fc_tile1_f(const float* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                    const float* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
+                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, float* out, Py_ssize_t ostride)
+    void fc_tile1_d(const double* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                    const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
+                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
+                    Py_ssize_t ostride)
     void fc_tile6_f(const float* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
                     const float* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
                     Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, float* out, Py_ssize_t ostride)
@@ -83,8 +90,9 @@ cdef inline void _pad_planes(const floating* src, Py_ssize_t C, Py_ssize_t H, Py
 
 
 cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
-    """Channels per correlation tile for n output channels: 6 when that divides n, else 4."""
-    return 6 if n % 6 == 0 else 4
+    """Channels per correlation tile for n output channels: 6 when that divides n, else 4, and
+    1 below 4 channels."""
+    return 6 if n % 6 == 0 else 4 if n >= 4 else 1
 
 
 cdef inline void _corr_tile(Py_ssize_t ob, const floating* inp, Py_ssize_t plane, Py_ssize_t row,
@@ -93,19 +101,23 @@ cdef inline void _corr_tile(Py_ssize_t ob, const floating* inp, Py_ssize_t plane
                             floating* out, Py_ssize_t ostride) noexcept nogil:
     """out[o*ostride + u] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + u], o < ob, u < tile.
 
-    ``ob`` is 4 or 6; ``w(o, c, p, q) = w[o*ws_o + c*ws_i + p*ws_p + q*ws_q]``: negative strides
+    ``ob`` is 1, 4 or 6; ``w(o, c, p, q) = w[o*ws_o + c*ws_i + p*ws_p + q*ws_q]``: negative strides
     read the kernel rotated by 180 degrees. The accumulators stay in registers for the whole sum.
     """
     if floating is float:
         if ob == 6:
             fc_tile6_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
-        else:
+        elif ob == 4:
             fc_tile4_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+        else:
+            fc_tile1_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
     else:
         if ob == 6:
             fc_tile6_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
-        else:
+        elif ob == 4:
             fc_tile4_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+        else:
+            fc_tile1_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
 
 
 cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
