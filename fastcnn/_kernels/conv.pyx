@@ -253,6 +253,33 @@ cdef inline void _conv_plane_strided(const floating* xp, Py_ssize_t C, Py_ssize_
 # Forward
 # ---------------------------------------------------------------------------------------------
 
+cdef inline void _forward_block(const floating* xin, Py_ssize_t C, Py_ssize_t HP, Py_ssize_t WP,
+                                const floating* w, const floating* b, Py_ssize_t F,
+                                Py_ssize_t f0, Py_ssize_t nb, Py_ssize_t ob, Py_ssize_t KH,
+                                Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t OH,
+                                Py_ssize_t OW, bint relu, floating* acc,
+                                floating* out) noexcept nogil:
+    """Planes f0 .. f0+nb-1 of one image's (bias, ReLU) convolution into out (nb x OH x OW).
+
+    ``xin`` holds the image's padded planes. Stride 1 runs on wide rows (acc is scratch for ob
+    wide planes); other strides use the plain definition.
+    """
+    cdef Py_ssize_t T = (OH - 1) * WP + OW
+    cdef Py_ssize_t fb, o
+    if sh == 1 and sw == 1:
+        # A short last block (F % ob != 0) recomputes the ob channels ending at F, so it too
+        # runs on the register tiles; only its own last nb planes are kept.
+        fb = F - ob if nb < ob and F >= ob else f0
+        _corr_wide(ob, xin, HP * WP, WP, C, w + fb * C * KH * KW, C * KH * KW, KH * KW, KW, 1,
+                   min(ob, F - fb), KH, KW, acc, T, 0, 0, HP)
+        for o in range(nb):
+            _store_rows(acc + (f0 - fb + o) * T, WP, b[f0 + o], relu, out + o * OH * OW, OH, OW)
+    else:
+        for o in range(nb):
+            _conv_plane_strided(xin, C, HP, WP, w + (f0 + o) * C * KH * KW, KH, KW, sh, sw,
+                                b[f0 + o], relu, out + o * OH * OW, OH, OW)
+
+
 def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    const floating[:, :, :, ::1] w,   # IN  (F, C, KH, KW)
                    const floating[::1] b,            # IN  (F,)  (zeros when there is no bias)
@@ -261,59 +288,10 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                    bint relu, int n_threads):
     """y[n,f,i,j] = b[f] + sum_{c,p,q} w[f,c,p,q] * xp[n,c, i*sh+p, j*sw+q], then max(., 0) if relu.
 
-    Parallel over (n, block of ob filters), ob = 6 or 4: each task owns y[n, f0:f0+ob].
+    Parallel over (n, block of filters): each task owns y[n, f0:f0+block].
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
-    cdef bint padded = ph > 0 or pw > 0
-    cdef bint wide = sh == 1 and sw == 1
-    cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t ob = _block(F)
-    cdef Py_ssize_t n_fb = (F + ob - 1) // ob
-    cdef Py_ssize_t task, n, f0, fb, nb, o
-    cdef floating* scratch
-    cdef floating* acc
-    cdef floating* acc0
-    cdef const floating* xin
-    cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
-
-    cdef int fail = 0
-    cdef int* failed = &fail  # written through the pointer, so it stays shared
-    with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((pad_size + ob * T + 1) * sizeof(floating))
-        if scratch == NULL:
-            failed[0] = 1
-        acc = scratch + pad_size
-        # Race-free: task (n, f-block) writes only y[n, f0:f0+nb]; scratch is per thread.
-        for task in prange(N * n_fb, schedule='static'):
-            if scratch == NULL:
-                continue
-            n = task // n_fb
-            f0 = (task % n_fb) * ob
-            nb = min(ob, F - f0)
-            if padded:
-                _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
-                xin = scratch
-            else:
-                xin = &x[n, 0, 0, 0]
-            if wide:
-                # A short last block (F % ob != 0) recomputes the ob channels ending at F, so
-                # it too runs on the register tiles; only its own last nb rows are kept.
-                fb = F - ob if nb < ob and F >= ob else f0
-                _corr_wide(ob, xin, HP * WP, WP, C, &w[fb, 0, 0, 0], C * KH * KW,
-                           KH * KW, KW, 1, min(ob, F - fb), KH, KW, acc, T, 0, 0, HP)
-                acc0 = acc + (f0 - fb) * T
-            for o in range(nb):
-                if wide:
-                    _store_rows(acc0 + o * T, WP, b[f0 + o], relu, &y[n, f0 + o, 0, 0], OH, OW)
-                else:
-                    _conv_plane_strided(xin, C, HP, WP, &w[f0 + o, 0, 0, 0], KH, KW, sh, sw,
-                                        b[f0 + o], relu, &y[n, f0 + o, 0, 0], OH, OW)
-        free(scratch)
-    if fail:
-        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+    _forward(x, w, b, y, None, sh, sw, ph, pw, y.shape[2], y.shape[3], relu,
+             0, 0, 0, 0, 0, 0, n_threads)
 
 
 def conv2d_relu_maxpool_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
@@ -327,36 +305,43 @@ def conv2d_relu_maxpool_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H,
                                 Py_ssize_t pph, Py_ssize_t ppw, int n_threads):
     """y = max_pool2d(relu(conv2d(x, w, b))) with the argmax, never storing the conv output.
 
-    Each (n, f) plane of relu(conv) (OH x OW) is computed into a per-thread buffer and pooled at
+    Each block of relu(conv) planes (OH x OW) is computed into a per-thread buffer and pooled at
     once, with the same code as maxpool2d_forward: the result and argmax (flat index into the
-    OH x OW plane) are bitwise those of the three separate steps. Parallel over (n, block of
-    filters), as conv2d_forward.
+    OH x OW plane) are bitwise those of the three separate steps. Parallel as conv2d_forward.
     """
+    _forward(x, w, b, y, argmax, sh, sw, ph, pw, OH, OW, True, kh, kw, psh, psw, pph, ppw,
+             n_threads)
+
+
+cdef _forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
+              const floating[::1] b, floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
+              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+              Py_ssize_t OH, Py_ssize_t OW, bint relu, Py_ssize_t kh, Py_ssize_t kw,
+              Py_ssize_t psh, Py_ssize_t psw, Py_ssize_t pph, Py_ssize_t ppw, int n_threads):
+    """Both forward kernels: y is the convolution itself when argmax is None, else its pooling."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
-    cdef Py_ssize_t PH = y.shape[2], PW = y.shape[3]
     cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
+    cdef bint pool = argmax is not None
     cdef bint padded = ph > 0 or pw > 0
-    cdef bint wide = sh == 1 and sw == 1
     cdef Py_ssize_t T = (OH - 1) * WP + OW
     cdef Py_ssize_t ob = _block(F)
     cdef Py_ssize_t n_fb = (F + ob - 1) // ob
-    cdef Py_ssize_t task, n, f0, fb, nb, o
-    cdef floating* scratch
-    cdef floating* acc
-    cdef floating* acc0
-    cdef floating* plane
-    cdef const floating* xin
     cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
+    cdef Py_ssize_t task, n, f0, nb, o
+    cdef floating* scratch
+    cdef floating* planes
+    cdef const floating* xin
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
     with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((pad_size + ob * T + OH * OW + 1) * sizeof(floating))
+        scratch = <floating*> malloc((pad_size + ob * T + (ob * OH * OW if pool else 0) + 1)
+                                     * sizeof(floating))
         if scratch == NULL:
             failed[0] = 1
-        acc = scratch + pad_size
-        plane = acc + ob * T
-        # Race-free: task (n, f-block) writes only y[n, f0:f0+nb], argmax[n, f0:f0+nb].
+        planes = scratch + pad_size + ob * T
+        # Race-free: task (n, f-block) writes only y[n, f0:f0+nb] (and argmax[n, f0:f0+nb]);
+        # scratch is per thread.
         for task in prange(N * n_fb, schedule='static'):
             if scratch == NULL:
                 continue
@@ -368,19 +353,16 @@ def conv2d_relu_maxpool_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H,
                 xin = scratch
             else:
                 xin = &x[n, 0, 0, 0]
-            if wide:
-                fb = F - ob if nb < ob and F >= ob else f0
-                _corr_wide(ob, xin, HP * WP, WP, C, &w[fb, 0, 0, 0], C * KH * KW,
-                           KH * KW, KW, 1, min(ob, F - fb), KH, KW, acc, T, 0, 0, HP)
-                acc0 = acc + (f0 - fb) * T
-            for o in range(nb):
-                if wide:
-                    _store_rows(acc0 + o * T, WP, b[f0 + o], True, plane, OH, OW)
-                else:
-                    _conv_plane_strided(xin, C, HP, WP, &w[f0 + o, 0, 0, 0], KH, KW, sh, sw,
-                                        b[f0 + o], True, plane, OH, OW)
-                _pool_plane(plane, &y[n, f0 + o, 0, 0], &argmax[n, f0 + o, 0, 0], OH, OW,
-                            PH, PW, kh, kw, psh, psw, pph, ppw)
+            if not pool:
+                _forward_block(xin, C, HP, WP, &w[0, 0, 0, 0], &b[0], F, f0, nb, ob, KH, KW,
+                               sh, sw, OH, OW, relu, scratch + pad_size, &y[n, f0, 0, 0])
+            else:
+                _forward_block(xin, C, HP, WP, &w[0, 0, 0, 0], &b[0], F, f0, nb, ob, KH, KW,
+                               sh, sw, OH, OW, True, scratch + pad_size, planes)
+                for o in range(nb):
+                    _pool_plane(planes + o * OH * OW, &y[n, f0 + o, 0, 0],
+                                &argmax[n, f0 + o, 0, 0], OH, OW, y.shape[2], y.shape[3],
+                                kh, kw, psh, psw, pph, ppw)
         free(scratch)
     if fail:
         raise MemoryError("fastcnn: could not allocate kernel scratch memory")
