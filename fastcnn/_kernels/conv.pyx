@@ -290,7 +290,8 @@ def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
 
     Parallel over (n, block of filters): each task owns y[n, f0:f0+block].
     """
-    _forward(x, w, b, y, None, sh, sw, ph, pw, y.shape[2], y.shape[3], relu,
+    cdef int64_t[:, :, :, ::1] no_argmax = None
+    _forward(x, w, b, y, no_argmax, sh, sw, ph, pw, y.shape[2], y.shape[3], relu,
              0, 0, 0, 0, 0, 0, n_threads)
 
 
