@@ -119,18 +119,40 @@ def _time_call(fn, reps, rep_time, warmup_time):
             "inner": inner, "reps": reps}
 
 
-def package_fingerprint():
-    """A short hash of the fastcnn package files (name, size, mtime of every .py and compiled
-    module): it changes when the kernels are rebuilt or the sources edited."""
+#: Python modules on the path of a training step (edits elsewhere, e.g. the CLI, do not count).
+HOT_MODULES = ("__init__.py", "functional.py", "layers.py", "model.py", "optim.py",
+               "_threads.py", "_reference.py", "bench.py")
+
+
+def package_fingerprint(pkg=None):
+    """A short hash of the fastcnn files a benchmark runs (compiled modules and the Python
+    modules of ``HOT_MODULES``; name, size and mtime): it changes when the kernels are rebuilt."""
     import hashlib
 
     h = hashlib.sha1()
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parent if pkg is None else Path(pkg)
     for path in sorted(pkg.rglob("*")):
-        if path.suffix in (".py", ".so", ".pyd", ".pyx", ".h") and path.is_file():
+        rel = path.relative_to(pkg)
+        if "__pycache__" in rel.parts or not path.is_file():
+            continue
+        if path.suffix in (".so", ".pyd") or str(rel) in HOT_MODULES:
             st = path.stat()
-            h.update(f"{path.relative_to(pkg)}:{st.st_size}:{st.st_mtime_ns};".encode())
+            h.update(f"{rel.as_posix()}:{st.st_size}:{st.st_mtime_ns};".encode())
     return h.hexdigest()[:12]
+
+
+def _snapshot_package(dest):
+    """Copy the fastcnn package (compiled modules included) into `dest`; returns `dest`.
+
+    Workers import the copy, so every round runs the same build even if the checkout is rebuilt
+    in place meanwhile. Modification times are kept, so the copy has the same fingerprint.
+    """
+    import shutil
+
+    pkg = Path(__file__).resolve().parent
+    shutil.copytree(pkg, Path(dest) / "fastcnn", copy_function=shutil.copy2,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.c", "*.html", "*.o"))
+    return str(dest)
 
 
 def _git_state():
@@ -396,12 +418,28 @@ def _rss_bytes():
 
 
 def _peak_rss_bytes():
+    """(peak RSS of this process image, ru_maxrss) in bytes (None where unknown).
+
+    On Linux ``ru_maxrss`` starts from the parent's RSS at fork (so a worker of a parent holding
+    a data set reports the parent's size); ``VmHWM`` of /proc/self/status belongs to this
+    process image only and is preferred.
+    """
+    maxrss = None
     try:
         import resource
+
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        maxrss = maxrss if sys.platform == "darwin" else maxrss * 1024  # Linux reports KiB
     except ImportError:  # not on Unix
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+        pass
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, maxrss
+    except (OSError, ValueError, IndexError):
+        pass
+    return maxrss, maxrss
 
 
 def _work_timing(impl, spec):
@@ -481,7 +519,7 @@ def _work_memory(impl, spec):
     x, y = _train_data(n)
     for _ in range(warmup + steps):
         step(x, y)
-    peak_rss = _peak_rss_bytes()
+    peak_rss, maxrss = _peak_rss_bytes()
     rss_end = _rss_bytes()
     tracemalloc.start()
     for _ in range(warmup):
@@ -494,7 +532,7 @@ def _work_memory(impl, spec):
     gc.collect()
     after, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return {"rss_start": rss_start, "rss_end": rss_end, "peak_rss": peak_rss,
+    return {"rss_start": rss_start, "rss_end": rss_end, "peak_rss": peak_rss, "maxrss": maxrss,
             "traced_growth": after - before, "traced_peak_per_step": peak - before,
             "steps": steps, "batch": n}
 
@@ -530,18 +568,21 @@ def worker_main(argv):
 # =============================================================================================
 
 
-def _worker_command(spec):
-    """Load this file as a module of its own (no ``import fastcnn``) and run ``worker_main``."""
+def _worker_command(spec, root=None):
+    """Load bench.py (of the snapshot under `root`, else this file) as a module of its own (no
+    ``import fastcnn``) and run ``worker_main``."""
+    path = Path(__file__).resolve() if root is None else Path(root) / "fastcnn" / "bench.py"
     code = ("import importlib.util, sys\n"
             f"spec = importlib.util.spec_from_file_location('_fastcnn_bench_worker', "
-            f"{str(Path(__file__).resolve())!r})\n"
+            f"{str(path)!r})\n"
             "mod = importlib.util.module_from_spec(spec)\n"
             "spec.loader.exec_module(mod)\n"
             "sys.exit(mod.worker_main(sys.argv[1:]))\n")
     return [sys.executable, "-c", code, "--worker", json.dumps(spec)]
 
 
-def _worker_env(threads):
+def _worker_env(threads, root=None):
+    """The environment of a worker; `root` is a package snapshot that must win the import."""
     env = dict(os.environ)
     for key in UNSET_ENV:
         env.pop(key, None)
@@ -552,11 +593,13 @@ def _worker_env(threads):
     # installed package is, and its site-packages must not move ahead of the standard library.
     import site
 
-    root = str(Path(__file__).resolve().parents[1])
+    snapshot, root = root, str(Path(__file__).resolve().parents[1])
     installed = {str(Path(p).resolve()) for p in site.getsitepackages()}
     installed.add(str(Path(site.getusersitepackages()).resolve()))
     path = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in installed and root not in path:
+    if snapshot is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(snapshot)] + path)
+    elif root not in installed and root not in path:
         env["PYTHONPATH"] = os.pathsep.join([root] + path)
     return env
 
@@ -596,7 +639,7 @@ def _wait_idle(max_wait, threshold=0.15, sample=0.5):
             return busy
 
 
-def _run_worker(spec, timeout):
+def _run_worker(spec, timeout, root=None):
     """Run one worker; returns its result dict, or {"error": ...}.
 
     Also measures how busy the machine was meanwhile: ``load`` holds the share of all CPUs that
@@ -604,7 +647,7 @@ def _run_worker(spec, timeout):
     """
     stat0, own0, t0 = _cpu_stat(), _children_cpu(), time.perf_counter()
     try:
-        proc = subprocess.run(_worker_command(spec), env=_worker_env(spec["threads"]),
+        proc = subprocess.run(_worker_command(spec, root), env=_worker_env(spec["threads"], root),
                               capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s"}
@@ -711,16 +754,26 @@ def _log(msg):
 def _collect_timing(args, cfg, impls, tasks):
     """rounds x threads x impls workers; returns {(impl, threads): [per-round results]}."""
     runs = {(impl, t): [] for impl in impls for t in args.threads}
-    infos, errors, loads, all_infos = {}, [], [], []
+    infos, errors, loads, all_infos, retried = {}, [], [], [], []
     spec_base = {"mode": "time", "tasks": tasks, "reps": cfg["reps"], "rep_time": cfg["rep_time"],
                  "warmup_time": cfg["warmup_time"]}
     for r in range(args.rounds):
         for t in args.threads:
             for impl in impls:
-                if args.wait_idle > 0:
-                    _wait_idle(args.wait_idle)
                 t0 = time.perf_counter()
-                out = _run_worker(dict(spec_base, impl=impl, threads=t), args.timeout)
+                for attempt in range(args.retries + 1):
+                    if args.wait_idle > 0:
+                        _wait_idle(args.wait_idle)
+                    out = _run_worker(dict(spec_base, impl=impl, threads=t), args.timeout,
+                                      args.worker_root)
+                    other = (out.get("load") or {}).get("other", 0.0)
+                    if args.max_load is None or other <= args.max_load or "error" in out \
+                            or attempt == args.retries:
+                        break
+                    retried.append(f"round {r + 1}, {impl}, {t} thread(s): other load "
+                                   f"{100 * other:.0f}%")
+                    _log(f"  round {r + 1}/{args.rounds} {impl:8s} threads={t}: other load "
+                         f"{100 * other:.0f}%, measuring again")
                 if "error" in out:
                     errors.append(f"round {r + 1}, {impl}, {t} thread(s): {out['error']}")
                     runs[(impl, t)].append(None)
@@ -735,7 +788,7 @@ def _collect_timing(args, cfg, impls, tasks):
                 busy = f", other load {100 * load['other']:.0f}%" if load else ""
                 _log(f"  round {r + 1}/{args.rounds} {impl:8s} threads={t}: "
                      f"{time.perf_counter() - t0:.1f} s{busy}")
-    return runs, infos, errors, loads, all_infos
+    return runs, infos, errors, loads, all_infos, retried
 
 
 def _values(runs, key, task):
@@ -933,19 +986,21 @@ def _epoch_section(epoch_runs, source, threads, cfg):
               f"{cfg['eval_batch']}. Loading the data is not timed; each worker first runs 3 "
               "warm-up steps on a separate model."), "",
              ("| implementation | train epoch (s) | test evaluation (s) | total (s) "
-              "| img/s (train) | test accuracy | mean loss, last 50 steps |"),
-             "|---|---|---|---|---|---|---|"]
+              "| img/s (train) | test accuracy | mean loss, last 50 steps | other load |"),
+             "|---|---|---|---|---|---|---|---|"]
     for impl, outs in epoch_runs.items():
         ok = [o for o in outs if o is not None]
         if not ok:
-            lines.append(f"| {IMPL_LABELS[impl]} | failed | | | | | |")
+            lines.append(f"| {IMPL_LABELS[impl]} | failed | | | | | | |")
             continue
         train = _median([o["train_s"] for o in ok])
+        other = _median([(o.get("load") or {}).get("other") for o in ok])
+        other = "n/a" if other is None else f"{100 * other:.0f}%"
         n_train = cfg["epoch_train"]
         lines.append(
             f"| {IMPL_LABELS[impl]} | {train:.2f} | {_median([o['eval_s'] for o in ok]):.2f} | "
             f"{_median([o['total_s'] for o in ok]):.2f} | {n_train / train:,.0f} | "
-            f"{ok[0]['accuracy']:.4f} | {ok[0]['last_loss']:.4f} |")
+            f"{ok[0]['accuracy']:.4f} | {ok[0]['last_loss']:.4f} | {other} |")
     if any(len(o) > 1 for o in epoch_runs.values()):
         lines.append("")
         lines.append(f"Medians over {max(len(o) for o in epoch_runs.values())} alternating "
@@ -959,7 +1014,9 @@ def _memory_section(mem_runs, threads, cfg):
               f"before (after {cfg['mem_warmup']} warm-up steps; gc collected). Per-step peak: "
               "the most traced memory above that level during a step (what a step allocates and "
               "frees). tracemalloc sees Python and NumPy allocations only, not PyTorch's tensors. "
-              "Peak RSS (getrusage ru_maxrss) is for the whole worker process, imports included."),
+              "Peak RSS is the high-water mark of the whole worker process, imports included "
+              "(VmHWM; getrusage's ru_maxrss in brackets where it differs: on Linux it starts "
+              "from the parent's size at fork)."),
              "",
              ("| implementation | tracemalloc growth | no growth? | per-step traced peak "
               "| RSS after imports | peak RSS |"), "|---|---|---|---|---|---|"]
@@ -970,9 +1027,12 @@ def _memory_section(mem_runs, threads, cfg):
         growth = out["traced_growth"]
         ok = "yes" if growth <= 16 * 1024 else "**NO**"
         note = " (tensors not traced)" if impl == "torch" else ""
+        maxrss = ""
+        if out.get("maxrss") and abs(out["maxrss"] - (out["peak_rss"] or 0)) > 2**20:
+            maxrss = f" ({_mib(out['maxrss'])})"
         lines.append(f"| {IMPL_LABELS[impl]} | {growth:,} B{note} | {ok} | "
                      f"{_mib(out['traced_peak_per_step'])}{note} | {_mib(out['rss_start'])} | "
-                     f"{_mib(out['peak_rss'])} |")
+                     f"{_mib(out['peak_rss'])}{maxrss} |")
     return lines
 
 
@@ -1050,6 +1110,14 @@ def _parse_args(argv, prog, default_out):
     p.add_argument("--png", default=None,
                    help="chart path (default: the --out path with .png); 'none' for no chart")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per worker")
+    p.add_argument("--max-load", type=float, default=None, metavar="FRACTION",
+                   help="measure a timing worker again (up to --retries times) when other "
+                   "processes used more than FRACTION of the CPUs while it ran (e.g. 0.2)")
+    p.add_argument("--retries", type=int, default=2, help="retries for --max-load (default 2)")
+    p.add_argument("--no-snapshot", dest="snapshot", action="store_false",
+                   help="run the installed package / checkout itself instead of a copy taken "
+                   "at the start (the copy keeps every round on one build if the checkout is "
+                   "rebuilt meanwhile)")
     p.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                    help="before each worker, wait up to SECONDS until other processes use less "
                    "than 15%% of the CPUs (for shared machines; default 0: do not wait)")
@@ -1094,47 +1162,38 @@ def main(argv=None, prog="fastcnn bench", default_out="fastcnn-bench.md"):
     if "--worker" in argv:
         return worker_main(argv)
     args = _parse_args(argv, prog, default_out)
+    args.command = f"{prog} {shlex.join(argv)}".strip()
+    with tempfile.TemporaryDirectory(prefix="fastcnn-bench-") as tmp:
+        args.worker_root = _snapshot_package(Path(tmp) / "pkg") if args.snapshot else None
+        return _report(args, Path(tmp))
+
+
+def _report(args, tmp):
+    """Run every worker, then write the Markdown report and the chart."""
     cfg = dict(QUICK if args.quick else FULL)
     if args.reps is not None:
         cfg["reps"] = max(1, args.reps)
-    command = f"{prog} {shlex.join(argv)}".strip()
     notes = []
-    if "torch" not in args.impls and _torch_available() is False:
+    if "torch" not in args.impls and not _torch_available():
         notes.append("PyTorch is not installed: no PyTorch columns.")
     tasks = _tasks(cfg)
-    _log(f"{prog}: {args.rounds} round(s), threads {args.threads}, {', '.join(args.impls)}")
+    _log(f"{args.command}: {args.rounds} round(s), threads {args.threads}, "
+         f"{', '.join(args.impls)}")
     load_start = os.getloadavg() if hasattr(os, "getloadavg") else None
     fingerprint_start, git_state = package_fingerprint(), _git_state()
-    runs, infos, errors, loads, all_infos = _collect_timing(args, cfg, args.impls, tasks)
+    runs, infos, errors, loads, all_infos, retried = _collect_timing(args, cfg, args.impls,
+                                                                     tasks)
 
-    epoch_runs, epoch_source = {}, None
-    if args.epoch:
-        with tempfile.TemporaryDirectory(prefix="fastcnn-bench-") as tmp:
-            data_path = str(Path(tmp) / "epoch.npz")
-            epoch_source = _load_epoch_data(cfg, data_path, args.quick)
-            _log(f"epoch data: {epoch_source}")
-            spec = {"mode": "epoch", "data": data_path, "batch": cfg["epoch_batch"],
-                    "eval_batch": cfg["eval_batch"], "threads": args.epoch_threads}
-            for r in range(args.epoch_rounds):
-                for impl in args.impls:
-                    if args.wait_idle > 0:
-                        _wait_idle(args.wait_idle)
-                    t0 = time.perf_counter()
-                    out = _run_worker(dict(spec, impl=impl), args.timeout)
-                    if "error" in out:
-                        errors.append(f"epoch, {impl}: {out['error']}")
-                    else:
-                        all_infos.append(out["info"])
-                    epoch_runs.setdefault(impl, []).append(out.get("results"))
-                    _log(f"  epoch round {r + 1} {impl:8s}: {time.perf_counter() - t0:.1f} s")
-
+    # Memory before the epoch: the parent then holds no data set (see _peak_rss_bytes).
     mem_runs = {}
     mem_threads = args.threads[-1]
     if args.memory:
         spec = {"mode": "memory", "batch": cfg["mem_batch"], "steps": cfg["mem_steps"],
                 "warmup": cfg["mem_warmup"], "threads": mem_threads}
         for impl in args.impls:
-            out = _run_worker(dict(spec, impl=impl), args.timeout)
+            if args.wait_idle > 0:
+                _wait_idle(args.wait_idle)
+            out = _run_worker(dict(spec, impl=impl), args.timeout, args.worker_root)
             if "error" in out:
                 errors.append(f"memory, {impl}: {out['error']}")
             else:
@@ -1142,11 +1201,39 @@ def main(argv=None, prog="fastcnn bench", default_out="fastcnn-bench.md"):
             mem_runs[impl] = out.get("results")
             _log(f"  memory {impl:8s}: done")
 
+    epoch_runs, epoch_source = {}, None
+    if args.epoch:
+        data_path = str(tmp / "epoch.npz")
+        epoch_source = _load_epoch_data(cfg, data_path, args.quick)
+        _log(f"epoch data: {epoch_source}")
+        spec = {"mode": "epoch", "data": data_path, "batch": cfg["epoch_batch"],
+                "eval_batch": cfg["eval_batch"], "threads": args.epoch_threads}
+        for r in range(args.epoch_rounds):
+            for impl in args.impls:
+                if args.wait_idle > 0:
+                    _wait_idle(args.wait_idle)
+                t0 = time.perf_counter()
+                out = _run_worker(dict(spec, impl=impl), args.timeout, args.worker_root)
+                if "error" in out:
+                    errors.append(f"epoch, {impl}: {out['error']}")
+                else:
+                    all_infos.append(out["info"])
+                    out["results"]["load"] = out.get("load")
+                epoch_runs.setdefault(impl, []).append(out.get("results"))
+                _log(f"  epoch round {r + 1} {impl:8s}: {time.perf_counter() - t0:.1f} s")
+
     machine = _machine()
-    lines = _header(args, command, machine, {i: v for (i, _), v in infos.items()}, cfg)
-    if git_state:
-        lines.insert(3, f"- fastcnn source: git {git_state}")
+    lines = _header(args, args.command, machine, {i: v for (i, _), v in infos.items()}, cfg)
+    source = f"git {git_state}" if git_state else "not a git checkout"
+    source += f"; package fingerprint {fingerprint_start}"
+    if args.worker_root:
+        source += " (workers ran a copy taken at the start)"
+    lines.insert(3, f"- fastcnn source: {source}")
     lines.append(_load_line(loads, load_start))
+    if retried:
+        lines.append(f"- {len(retried)} timing worker(s) were measured again because other "
+                     f"processes used more than {100 * args.max_load:.0f}% of the CPUs: "
+                     + "; ".join(retried))
     lines += _timing_tables(args, runs, tasks, args.impls)
     lines += _scaling_table(args, runs, tasks, args.impls)
     if args.epoch:
@@ -1160,8 +1247,9 @@ def main(argv=None, prog="fastcnn bench", default_out="fastcnn-bench.md"):
                     notes.append(f"{impl}, {t} thread(s), round {r + 1}: the loss of {task_id} "
                                  "became non-finite (timings may be off)")
     notes += [f"CHECK FAILED: {w}" for w in _checksum_warnings(runs, tasks)]
-    builds = {fingerprint_start, package_fingerprint()} | {
-        info["fingerprint"] for info in all_infos if info.get("fingerprint")}
+    builds = {info["fingerprint"] for info in all_infos if info.get("fingerprint")}
+    if not args.worker_root:
+        builds |= {fingerprint_start, package_fingerprint()}
     if len(builds) > 1:
         notes.insert(0, f"**fastcnn changed while the report ran** ({len(builds)} different "
                      "package fingerprints: rebuilt or edited): rounds mix builds, rerun it.")
