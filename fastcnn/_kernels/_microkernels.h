@@ -23,6 +23,8 @@
 
 typedef float fc_vf __attribute__((vector_size(FC_VECTOR_BYTES)));
 typedef double fc_vd __attribute__((vector_size(FC_VECTOR_BYTES)));
+typedef int32_t fc_vi32 __attribute__((vector_size(FC_VECTOR_BYTES)));  /* masks for fc_vf */
+typedef int64_t fc_vi64 __attribute__((vector_size(FC_VECTOR_BYTES)));  /* masks for fc_vd */
 
 /* Lanes per vector, and output positions per tile (two vectors). */
 #define FC_LANES_F (FC_VECTOR_BYTES / 4)
@@ -82,6 +84,44 @@ FC_DEFINE_TILE(6, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
 FC_DEFINE_TILE(6, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
 FC_DEFINE_TILE(1, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
 FC_DEFINE_TILE(1, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+
+/* Channel-vectorised forward tile: FC_ROW consecutive output positions of one row, for NL
+ * output channels at once (one vector of channels per position), plus bias and optional ReLU:
+ *
+ *   out[r*NL + l] = b[l] + sum_{c,p,q} x[c*plane + p*row + q + r] * wt[((c*KH + p)*KW + q)*F + l]
+ *
+ * for r < FC_ROW, l < NL, with wt the weights laid out (C, KH, KW, F); with relu, negative
+ * results become 0 (a NaN stays NaN). Each tap loads one vector of NL weights and broadcasts
+ * FC_ROW inputs: no position is computed that is not an output, which suits small planes
+ * (LeNet's C3: rows of 10) where the wide rows waste a third. */
+#define FC_ROW 10
+#define FC_DEFINE_CROW(SUFFIX, T, V, VI, LOAD, STORE, NL)                                        \
+static inline void fc_crow_##SUFFIX(const T *x, ptrdiff_t plane, ptrdiff_t row, ptrdiff_t Cin,   \
+                                    const T *wt, ptrdiff_t F, ptrdiff_t KH, ptrdiff_t KW,        \
+                                    const T *b, int relu, T *out)                                \
+{                                                                                                \
+    V a[FC_ROW];                                                                                 \
+    for (int r = 0; r < FC_ROW; r++) a[r] = (V){0};                                              \
+    for (ptrdiff_t c = 0; c < Cin; c++) {                                                        \
+        for (ptrdiff_t p = 0; p < KH; p++) {                                                     \
+            const T *xs = x + c * plane + p * row;                                               \
+            const T *ws = wt + (c * KH + p) * KW * F;                                            \
+            for (ptrdiff_t q = 0; q < KW; q++) {                                                 \
+                V wv = LOAD(ws + q * F);                                                         \
+                for (int r = 0; r < FC_ROW; r++) a[r] += xs[q + r] * wv;                         \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    V bias = LOAD(b);                                                                            \
+    for (int r = 0; r < FC_ROW; r++) {                                                           \
+        V v = a[r] + bias;                                                                       \
+        if (relu) v = (V)((VI)v & ~(VI)(v < 0)); /* lanes below 0 cleared, NaN kept */           \
+        STORE(out + r * NL, v);                                                                  \
+    }                                                                                            \
+}
+
+FC_DEFINE_CROW(f, float, fc_vf, fc_vi32, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_CROW(d, double, fc_vd, fc_vi64, fc_load_d, fc_store_d, FC_LANES_D)
 
 /* Weight-gradient tile: 4 output-gradient rows g_r against 2 neighbouring taps of x.
  *

@@ -53,6 +53,13 @@ cdef extern from "_microkernels.h" nogil:
                     Py_ssize_t ostride)
     const int FC_LANES_F  # lanes per vector, float32
     const int FC_LANES_D  # lanes per vector, float64
+    const int FC_ROW  # output positions per channel-vectorised row tile
+    void fc_crow_f(const float* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                   const float* wt, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW, const float* b,
+                   int relu, float* out)
+    void fc_crow_d(const double* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                   const double* wt, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW, const double* b,
+                   int relu, double* out)
     void fc_dw4x2_f(const float* g0, const float* g1, const float* g2, const float* g3,
                     const float* x, Py_ssize_t xlen, Py_ssize_t n, float* acc)
     void fc_dw4x2_d(const double* g0, const double* g1, const double* g2, const double* g3,
@@ -253,20 +260,39 @@ cdef inline void _conv_plane_strided(const floating* xp, Py_ssize_t C, Py_ssize_
 # Forward
 # ---------------------------------------------------------------------------------------------
 
+cdef inline bint _rows_beat_wide(Py_ssize_t F, Py_ssize_t OW, Py_ssize_t WP, Py_ssize_t NL,
+                                 bint wide) noexcept nogil:
+    """Use channel-vectorised row tiles (fc_crow) rather than wide rows? They need F a multiple of
+    the vector width and rows of at least FC_ROW outputs, and win when they compute fewer
+    positions that are not outputs: FC_ROW * ceil(OW / FC_ROW) positions per row against WP."""
+    if not wide or F % NL != 0 or OW < FC_ROW:
+        return False
+    return ((OW + FC_ROW - 1) // FC_ROW) * FC_ROW < WP
+
+
 cdef inline void _forward_block(const floating* xin, Py_ssize_t C, Py_ssize_t HP, Py_ssize_t WP,
-                                const floating* w, const floating* b, Py_ssize_t F,
-                                Py_ssize_t f0, Py_ssize_t nb, Py_ssize_t ob, Py_ssize_t KH,
-                                Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t OH,
-                                Py_ssize_t OW, bint relu, floating* acc,
-                                floating* out) noexcept nogil:
+                                const floating* w, const floating* wt, const floating* b,
+                                Py_ssize_t F, Py_ssize_t f0, Py_ssize_t nb, Py_ssize_t ob,
+                                Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                                Py_ssize_t OH, Py_ssize_t OW, bint relu, bint rows,
+                                floating* acc, floating* out) noexcept nogil:
     """Planes f0 .. f0+nb-1 of one image's (bias, ReLU) convolution into out (nb x OH x OW).
 
-    ``xin`` holds the image's padded planes. Stride 1 runs on wide rows (acc is scratch for ob
-    wide planes); other strides use the plain definition.
+    ``xin`` holds the image's padded planes. Three ways, by shape: channel-vectorised row tiles
+    (``rows``: nb is the vector width, wt the weights as (C, KH, KW, F)), wide rows (stride 1;
+    acc is scratch for ob wide planes), or the plain definition (any stride).
     """
     cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t fb, o
-    if sh == 1 and sw == 1:
+    cdef Py_ssize_t fb, o, i, j0, j
+    if rows:
+        for i in range(OH):
+            j0 = 0
+            while j0 < OW:
+                j = min(j0, OW - FC_ROW)  # the last tile is shifted back to end at OW
+                _row_tile(xin + i * WP + j, HP * WP, WP, C, wt + f0, F, KH, KW, b + f0, nb,
+                          relu, out + i * OW + j, OH * OW)
+                j0 = j0 + FC_ROW
+    elif sh == 1 and sw == 1:
         # A short last block (F % ob != 0) recomputes the ob channels ending at F, so it too
         # runs on the register tiles; only its own last nb planes are kept.
         fb = F - ob if nb < ob and F >= ob else f0
@@ -278,6 +304,48 @@ cdef inline void _forward_block(const floating* xin, Py_ssize_t C, Py_ssize_t HP
         for o in range(nb):
             _conv_plane_strided(xin, C, HP, WP, w + (f0 + o) * C * KH * KW, KH, KW, sh, sw,
                                 b[f0 + o], relu, out + o * OH * OW, OH, OW)
+
+
+cdef inline void _row_tile(const floating* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t C,
+                           const floating* wt, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW,
+                           const floating* b, Py_ssize_t nl, bint relu, floating* out,
+                           Py_ssize_t out_plane) noexcept nogil:
+    """FC_ROW outputs of a row for nl channels, with bias and ReLU (fc_crow), transposed into nl
+    output planes: out[l*out_plane + r]."""
+    cdef floating tile[FC_ROW * 16]  # FC_ROW positions x up to 16 lanes
+    cdef Py_ssize_t lane, r
+    if floating is float:
+        fc_crow_f(x, plane, row, C, wt, F, KH, KW, b, relu, tile)
+    else:
+        fc_crow_d(x, plane, row, C, wt, F, KH, KW, b, relu, tile)
+    for lane in range(nl):
+        for r in range(FC_ROW):
+            out[lane * out_plane + r] = tile[r * nl + lane]
+
+
+cdef class _Scratch:
+    """A malloc'd buffer owned by a Python object, so that it is freed however the call ends."""
+    cdef void* data
+
+    def __cinit__(self, Py_ssize_t nbytes):
+        self.data = malloc(max(nbytes, 1))
+        if self.data == NULL:
+            raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+
+    def __dealloc__(self):
+        free(self.data)
+
+
+cdef _Scratch _transposed(const floating[:, :, :, ::1] w):
+    """w (F, C, KH, KW) copied to (C, KH, KW, F), the layout of the row tiles' weights."""
+    cdef Py_ssize_t F = w.shape[0], K = w.shape[1] * w.shape[2] * w.shape[3], f, k
+    cdef _Scratch wt = _Scratch(F * K * sizeof(floating))
+    cdef floating* d = <floating*> wt.data
+    cdef const floating* s = &w[0, 0, 0, 0]
+    for f in range(F):
+        for k in range(K):
+            d[k * F + f] = s[f * K + k]
+    return wt
 
 
 def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -323,16 +391,20 @@ cdef _forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
+    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
     cdef bint pool = argmax is not None
     cdef bint padded = ph > 0 or pw > 0
+    cdef bint rows = _rows_beat_wide(F, OW, WP, NL, sh == 1 and sw == 1)
     cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t ob = _block(F)
+    cdef Py_ssize_t ob = NL if rows else _block(F)
     cdef Py_ssize_t n_fb = (F + ob - 1) // ob
     cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
     cdef Py_ssize_t task, n, f0, nb, o
     cdef floating* scratch
     cdef floating* planes
     cdef const floating* xin
+    cdef _Scratch wt = _transposed(w) if rows else None
+    cdef const floating* wtp = <const floating*> wt.data if rows else NULL
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
     with nogil, parallel(num_threads=n_threads):
@@ -355,11 +427,12 @@ cdef _forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
             else:
                 xin = &x[n, 0, 0, 0]
             if not pool:
-                _forward_block(xin, C, HP, WP, &w[0, 0, 0, 0], &b[0], F, f0, nb, ob, KH, KW,
-                               sh, sw, OH, OW, relu, scratch + pad_size, &y[n, f0, 0, 0])
+                _forward_block(xin, C, HP, WP, &w[0, 0, 0, 0], wtp, &b[0], F, f0, nb, ob, KH,
+                               KW, sh, sw, OH, OW, relu, rows, scratch + pad_size,
+                               &y[n, f0, 0, 0])
             else:
-                _forward_block(xin, C, HP, WP, &w[0, 0, 0, 0], &b[0], F, f0, nb, ob, KH, KW,
-                               sh, sw, OH, OW, True, scratch + pad_size, planes)
+                _forward_block(xin, C, HP, WP, &w[0, 0, 0, 0], wtp, &b[0], F, f0, nb, ob, KH,
+                               KW, sh, sw, OH, OW, True, rows, scratch + pad_size, planes)
                 for o in range(nb):
                     _pool_plane(planes + o * OH * OW, &y[n, f0 + o, 0, 0],
                                 &argmax[n, f0 + o, 0, 0], OH, OW, y.shape[2], y.shape[3],
