@@ -31,7 +31,7 @@ from setuptools import Extension, setup
 
 KERNELS = ["conv", "pool", "elementwise", "_openmp"]
 VARIANT_FLAGS = {
-    "generic": [],
+    "generic": ["-Wno-psabi"],  # the 32-byte vector helpers are inline: no ABI is crossed
     "avx2": ["-mavx2", "-mfma"],
     # Auto-vectorised loops stay 256 bits wide (gcc made the pooling loop 4x slower with 512);
     # the explicit 64-byte vectors of _microkernels.h still use full ZMM registers.
