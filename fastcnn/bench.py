@@ -751,6 +751,22 @@ def _log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
+def _run_measured(spec, args, retried, label):
+    """_run_worker after waiting for a quiet machine (--wait-idle), measured again (up to
+    --retries times) while other processes took more than --max-load of the CPUs."""
+    for attempt in range(args.retries + 1):
+        if args.wait_idle > 0:
+            _wait_idle(args.wait_idle)
+        out = _run_worker(spec, args.timeout, args.worker_root)
+        other = (out.get("load") or {}).get("other", 0.0)
+        if args.max_load is None or other <= args.max_load or "error" in out \
+                or attempt == args.retries:
+            return out
+        retried.append(f"{' '.join(label.split())} (other load {100 * other:.0f}%)")
+        _log(f"  {label}: other load {100 * other:.0f}%, measuring again")
+    return out
+
+
 def _collect_timing(args, cfg, impls, tasks):
     """rounds x threads x impls workers; returns {(impl, threads): [per-round results]}."""
     runs = {(impl, t): [] for impl in impls for t in args.threads}
@@ -761,19 +777,8 @@ def _collect_timing(args, cfg, impls, tasks):
         for t in args.threads:
             for impl in impls:
                 t0 = time.perf_counter()
-                for attempt in range(args.retries + 1):
-                    if args.wait_idle > 0:
-                        _wait_idle(args.wait_idle)
-                    out = _run_worker(dict(spec_base, impl=impl, threads=t), args.timeout,
-                                      args.worker_root)
-                    other = (out.get("load") or {}).get("other", 0.0)
-                    if args.max_load is None or other <= args.max_load or "error" in out \
-                            or attempt == args.retries:
-                        break
-                    retried.append(f"round {r + 1}, {impl}, {t} thread(s): other load "
-                                   f"{100 * other:.0f}%")
-                    _log(f"  round {r + 1}/{args.rounds} {impl:8s} threads={t}: other load "
-                         f"{100 * other:.0f}%, measuring again")
+                out = _run_measured(dict(spec_base, impl=impl, threads=t), args, retried,
+                                    f"round {r + 1}/{args.rounds} {impl:8s} threads={t}")
                 if "error" in out:
                     errors.append(f"round {r + 1}, {impl}, {t} thread(s): {out['error']}")
                     runs[(impl, t)].append(None)
@@ -1191,9 +1196,7 @@ def _report(args, tmp):
         spec = {"mode": "memory", "batch": cfg["mem_batch"], "steps": cfg["mem_steps"],
                 "warmup": cfg["mem_warmup"], "threads": mem_threads}
         for impl in args.impls:
-            if args.wait_idle > 0:
-                _wait_idle(args.wait_idle)
-            out = _run_worker(dict(spec, impl=impl), args.timeout, args.worker_root)
+            out = _run_measured(dict(spec, impl=impl), args, retried, f"memory {impl}")
             if "error" in out:
                 errors.append(f"memory, {impl}: {out['error']}")
             else:
@@ -1210,10 +1213,9 @@ def _report(args, tmp):
                 "eval_batch": cfg["eval_batch"], "threads": args.epoch_threads}
         for r in range(args.epoch_rounds):
             for impl in args.impls:
-                if args.wait_idle > 0:
-                    _wait_idle(args.wait_idle)
                 t0 = time.perf_counter()
-                out = _run_worker(dict(spec, impl=impl), args.timeout, args.worker_root)
+                out = _run_measured(dict(spec, impl=impl), args, retried,
+                                    f"epoch round {r + 1} {impl}")
                 if "error" in out:
                     errors.append(f"epoch, {impl}: {out['error']}")
                 else:
@@ -1231,9 +1233,9 @@ def _report(args, tmp):
     lines.insert(3, f"- fastcnn source: {source}")
     lines.append(_load_line(loads, load_start))
     if retried:
-        lines.append(f"- {len(retried)} timing worker(s) were measured again because other "
-                     f"processes used more than {100 * args.max_load:.0f}% of the CPUs: "
-                     + "; ".join(retried))
+        lines.append(f"- {len(retried)} worker(s) were measured again because other processes "
+                     f"used more than {100 * args.max_load:.0f}% of the CPUs meanwhile: "
+                     + "; ".join(retried) + ".")
     lines += _timing_tables(args, runs, tasks, args.impls)
     lines += _scaling_table(args, runs, tasks, args.impls)
     if args.epoch:
