@@ -44,6 +44,11 @@ CONV_CASES = [
     pytest.param((2, 1, 32, 32, 6, 5, 5, 1, 0), id="lenet-C1"),
     pytest.param((2, 6, 14, 14, 16, 5, 5, 1, 0), id="lenet-C3"),
     pytest.param((2, 16, 5, 5, 120, 5, 5, 1, 0), id="lenet-C5"),
+    # Filters filling whole vectors (16 for AVX-512, 8 otherwise): the channel-vectorised paths
+    # (forward row tiles for rows of 10+, weight gradient for 3- and 5-wide kernels).
+    pytest.param((3, 2, 9, 13, 32, 3, 3, 1, 0), id="F32-3x3-vector-filters"),
+    pytest.param((1, 3, 12, 23, 16, 5, 5, 1, 0), id="N1-F16-5x5-rows-of-19"),
+    pytest.param((2, 2, 8, 14, 16, 3, 3, 1, 1), id="F16-3x3-pad1"),
 ]
 
 # (shape, kernel_size, stride, padding)
@@ -631,6 +636,7 @@ RELU_KERNELS = ["relu", "relu_backward"]
 # Big enough that 2 and 3 threads really split the work (N=8, F=16), with odd splits too.
 THREAD_CONV_CASES = [
     pytest.param((8, 6, 14, 14, 16, 5, 5, 1, 0), id="N8-lenet-C3"),
+    pytest.param((8, 3, 12, 23, 32, 3, 3, 1, 0), id="N8-F32-3x3-vector-filters"),
     pytest.param((8, 1, 32, 32, 6, 5, 5, 1, 0), id="N8-lenet-C1"),
     pytest.param((7, 3, 17, 15, 16, 3, 3, 2, 1), id="N7-F16-s2-pad1"),
     pytest.param((5, 4, 13, 12, 16, 3, 2, (2, 1), (1, 0)), id="N5-F16-s(2,1)-pad(1,0)"),

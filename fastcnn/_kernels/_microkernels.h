@@ -123,6 +123,41 @@ static inline void fc_crow_##SUFFIX(const T *x, ptrdiff_t plane, ptrdiff_t row, 
 FC_DEFINE_CROW(f, float, fc_vf, fc_vi32, fc_load_f, fc_store_f, FC_LANES_F)
 FC_DEFINE_CROW(d, double, fc_vd, fc_vi64, fc_load_d, fc_store_d, FC_LANES_D)
 
+/* Channel-vectorised weight-gradient row: the KW taps (p, 0..KW-1) of one input channel for NL
+ * filters at once (one vector of filters per tap), summed over every output position of the
+ * batch:
+ *
+ *   acc[q*NL + l] += sum_{n, i, j} x[n*x_img + i*row + j + q] * g[((n*OH + i)*OW + j)*gs + l]
+ *
+ * with g the output gradient laid out (N, OH, OW, F) (gs = F, pointer already at the filter
+ * block) and x pointing at the input row p of channel c. The KW accumulators stay in registers
+ * for the whole batch, so every product is a useful one and the sum over positions runs in a
+ * fixed order. Built for KW = 3 and 5. */
+#define FC_DEFINE_DWROW(KWN, SUFFIX, T, V, LOAD, STORE, NL)                                      \
+static inline void fc_dwrow##KWN##_##SUFFIX(const T *x, ptrdiff_t x_img, ptrdiff_t row,         \
+                                            const T *g, ptrdiff_t gs, ptrdiff_t N,              \
+                                            ptrdiff_t OH, ptrdiff_t OW, T *acc)                 \
+{                                                                                                \
+    V a[KWN];                                                                                    \
+    for (int q = 0; q < KWN; q++) a[q] = LOAD(acc + q * NL);                                     \
+    for (ptrdiff_t n = 0; n < N; n++) {                                                          \
+        for (ptrdiff_t i = 0; i < OH; i++) {                                                     \
+            const T *xr = x + n * x_img + i * row;                                               \
+            const T *gr = g + (n * OH + i) * OW * gs;                                            \
+            for (ptrdiff_t j = 0; j < OW; j++) {                                                 \
+                V gv = LOAD(gr + j * gs);                                                        \
+                for (int q = 0; q < KWN; q++) a[q] += xr[j + q] * gv;                            \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    for (int q = 0; q < KWN; q++) STORE(acc + q * NL, a[q]);                                     \
+}
+
+FC_DEFINE_DWROW(3, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_DWROW(3, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+FC_DEFINE_DWROW(5, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_DWROW(5, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+
 /* Weight-gradient tile: 4 output-gradient rows g_r against 2 neighbouring taps of x.
  *
  *   acc[(2*r + k)*NL + l] += sum over t = l (mod NL) of g_r[t] * x[t + k]     r < 4, k < 2

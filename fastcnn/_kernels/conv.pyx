@@ -60,6 +60,14 @@ cdef extern from "_microkernels.h" nogil:
     void fc_crow_d(const double* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
                    const double* wt, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW, const double* b,
                    int relu, double* out)
+    void fc_dwrow3_f(const float* x, Py_ssize_t x_img, Py_ssize_t row, const float* g,
+                     Py_ssize_t gs, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, float* acc)
+    void fc_dwrow3_d(const double* x, Py_ssize_t x_img, Py_ssize_t row, const double* g,
+                     Py_ssize_t gs, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, double* acc)
+    void fc_dwrow5_f(const float* x, Py_ssize_t x_img, Py_ssize_t row, const float* g,
+                     Py_ssize_t gs, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, float* acc)
+    void fc_dwrow5_d(const double* x, Py_ssize_t x_img, Py_ssize_t row, const double* g,
+                     Py_ssize_t gs, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, double* acc)
     void fc_dw4x2_f(const float* g0, const float* g1, const float* g2, const float* g3,
                     const float* x, Py_ssize_t xlen, Py_ssize_t n, float* acc)
     void fc_dw4x2_d(const double* g0, const double* g1, const double* g2, const double* g3,
@@ -515,6 +523,72 @@ def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
 # Weight gradient
 # ---------------------------------------------------------------------------------------------
 
+cdef inline void _dw_row_task(const floating* x, Py_ssize_t x_img, Py_ssize_t row,
+                              const floating* gt, Py_ssize_t F, Py_ssize_t N, Py_ssize_t OH,
+                              Py_ssize_t OW, Py_ssize_t KW, Py_ssize_t NL,
+                              floating* dw, Py_ssize_t dw_f) noexcept nogil:
+    """One kernel row (KW taps) of one input channel for NL filters (fc_dwrow), written to
+    dw[l*dw_f + q]. The accumulators are local to this call, hence to its thread."""
+    cdef floating acc[5 * 16]  # KW <= 5 taps x up to 16 lanes
+    cdef Py_ssize_t q, lane
+    for q in range(KW * NL):
+        acc[q] = 0
+    if floating is float:
+        if KW == 5:
+            fc_dwrow5_f(x, x_img, row, gt, F, N, OH, OW, acc)
+        else:
+            fc_dwrow3_f(x, x_img, row, gt, F, N, OH, OW, acc)
+    else:
+        if KW == 5:
+            fc_dwrow5_d(x, x_img, row, gt, F, N, OH, OW, acc)
+        else:
+            fc_dwrow3_d(x, x_img, row, gt, F, N, OH, OW, acc)
+    for lane in range(NL):
+        for q in range(KW):
+            dw[lane * dw_f + q] = acc[q * NL + lane]
+
+
+cdef _backward_weight_rows(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                           floating[:, :, :, ::1] dw, floating[::1] db, int n_threads):
+    """conv2d_backward_weight for stride 1, no padding, F a multiple of the vector width and
+    KW in (3, 5): filters on the vector lanes (see fc_dwrow), every product a useful one.
+
+    dy is first copied to (N, OH, OW, F) so that a vector of filters is contiguous. Parallel
+    over (c, p, block of filters): each task owns dw[f0:f0+NL, c, p, :] and sums the batch in a
+    fixed order; db is parallel over f.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t KH = dw.shape[2], KW = dw.shape[3]
+    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
+    cdef Py_ssize_t n_fb = F // NL
+    cdef Py_ssize_t n, f, i, j, t, c, p, fb
+    cdef _Scratch buf = _Scratch(N * OH * OW * F * sizeof(floating))
+    cdef floating* gt = <floating*> buf.data
+    cdef const floating* g
+    cdef floating s
+    # Race-free: image n writes only gt[n].
+    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
+        for f in range(F):
+            g = &dy[n, f, 0, 0]
+            for i in range(OH):
+                for j in range(OW):
+                    gt[((n * OH + i) * OW + j) * F + f] = g[i * OW + j]
+    # Race-free: task (c, p, fb) writes only dw[fb*NL:(fb+1)*NL, c, p, :].
+    for t in prange(C * KH * n_fb, nogil=True, schedule='static', num_threads=n_threads):
+        c = t // (KH * n_fb)
+        p = (t // n_fb) % KH
+        fb = t % n_fb
+        _dw_row_task(&x[0, c, p, 0], C * H * W, W, gt + fb * NL, F, N, OH, OW, KW, NL,
+                     &dw[fb * NL, c, p, 0], C * KH * KW)
+    # Race-free: f writes only db[f]; the batch is added in order n = 0, 1, ...
+    for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
+        s = 0
+        for n in range(N):
+            s = s + _sum(&dy[n, f, 0, 0], OH * OW)
+        db[f] = s
+
+
 def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                            const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
                            floating[:, :, :, ::1] dw,        # OUT (F, C, KH, KW)
@@ -523,7 +597,9 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                            int n_threads):
     """dw[f,c,p,q] = sum_{n,i,j} dy[n,f,i,j] * xp[n,c, i*sh+p, j*sw+q]; db[f] = sum dy[n,f,i,j].
 
-    The correlation of the padded input with the output gradient. Stride 1 uses wide rows: with
+    The correlation of the padded input with the output gradient. Where the filters fill whole
+    vectors (and stride 1, no padding, a 3- or 5-wide kernel), see _backward_weight_rows.
+    Otherwise stride 1 uses wide rows: with
     dy[n, f] laid out on rows of width WP (zeros in the extra columns), tap (p, q) is
     dw[f,c,p,q] = sum_n sum_t g[n,f,t] * xp[n,c, t + p*WP + q], computed for 4 filters and 2
     taps at a time with one partial sum per vector lane; the lanes are added up, in order, once
@@ -555,6 +631,10 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
 
+    if (wide and not padded and F % NL == 0 and (KW == 3 or KW == 5) and N > 0
+            and OW + KW - 1 <= W):
+        _backward_weight_rows(x, dy, dw, db, n_threads)
+        return
     with nogil, parallel(num_threads=n_threads):
         scratch = <floating*> malloc((pad_size + OB * TP + acc_size + 1) * sizeof(floating))
         if scratch == NULL:
