@@ -783,3 +783,23 @@ def test_pool_and_relu_accept_an_empty_batch(api, dtype):
     assert y.shape == argmax.shape == (0, 3, 3, 3)
     assert api.max_pool2d_backward(y, argmax, (6, 6)).shape == x.shape
     assert api.relu(x).shape == api.relu_backward(x, x).shape == x.shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [
+    pytest.param(((2, 1, 12, 12), 5, 6), id="C1-like-wide-rows"),
+    pytest.param(((2, 3, 9, 9), 3, 5), id="3x3-F5-wide-rows"),
+    pytest.param(((2, 3, 9, 13), 3, 16), id="3x3-F16-vector-filters"),
+])
+def test_weight_gradient_of_inf_input_is_non_finite_only_where_it_is_seen(api, case, dtype):
+    """A pixel in the last column is seen only by the last kernel column: the wide-row path,
+    which also multiplies the unused columns by zero, must not leak it into other taps."""
+    shape, k, f = case
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[0, 0, 2, shape[3] - 1] = np.inf
+    g = rng.standard_normal((shape[0], f, shape[2] - k + 1, shape[3] - k + 1)).astype(dtype)
+    dw, _ = api.conv2d_backward_weight(x, g, k)
+    dw_ref, _ = ref.conv2d_backward_weight_loops(x, g, k)
+    np.testing.assert_array_equal(~np.isfinite(dw), ~np.isfinite(dw_ref))
+    assert (~np.isfinite(dw)).any() and np.isfinite(dw[:, :, :, : k - 1]).all()

@@ -212,6 +212,15 @@ cdef inline void _dw4x2(const floating* gw, Py_ssize_t TP, const floating* x, Py
         fc_dw4x2_d(gw, gw + TP, gw + 2 * TP, gw + 3 * TP, x, xlen, TP, acc)
 
 
+cdef bint _all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
+    """True when no element is inf or NaN (v - v is 0 exactly for finite v)."""
+    cdef Py_ssize_t k
+    cdef int bad = 0
+    for k in range(n):
+        bad = bad | (a[k] - a[k] != 0)
+    return not bad
+
+
 cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
     """sum_k a[k] as LANES partial sums added in a fixed order (vectorises without -ffast-math)."""
     cdef floating acc[LANES]
@@ -635,6 +644,10 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
             and OW + KW - 1 <= W):
         _backward_weight_rows(x, dy, dw, db, n_threads)
         return
+    if wide and N > 0 and not _all_finite(&x[0, 0, 0, 0], N * C * H * W):
+        # Wide rows multiply the zeros of the unused columns by real pixels; an inf or NaN
+        # there would leak into taps that never see it. Such input takes the exact path.
+        wide = False
     with nogil, parallel(num_threads=n_threads):
         scratch = <floating*> malloc((pad_size + OB * TP + acc_size + 1) * sizeof(floating))
         if scratch == NULL:
