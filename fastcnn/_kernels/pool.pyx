@@ -37,6 +37,18 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                     &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw, ph, pw)
 
 
+cdef inline void _scatter_plane(const floating* g, const int64_t* a, const floating* y,
+                                floating* d, Py_ssize_t in_size,
+                                Py_ssize_t out_size) noexcept nogil:
+    """d (in_size) = 0, then d[a[k]] += g[k] for k in row-major order, where y[k] > 0 when a
+    pooled output y is given (NULL: no ReLU mask)."""
+    cdef Py_ssize_t k
+    memset(d, 0, in_size * sizeof(floating))
+    for k in range(out_size):
+        if y == NULL or y[k] > 0:
+            d[a[k]] = d[a[k]] + g[k]
+
+
 def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
                        const int64_t[:, :, :, ::1] argmax,  # IN  (N, C, OH, OW), each in [0, H*W)
                        floating[:, :, :, ::1] dx,          # OUT (N, C, H, W)
@@ -47,20 +59,11 @@ def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane, n, c, k
-    cdef floating* d
-    cdef const floating* g
-    cdef const int64_t* a
+    cdef Py_ssize_t plane
     # Race-free: plane (n, c) writes only dx[n, c].
     for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        n = plane // C
-        c = plane % C
-        d = &dx[n, c, 0, 0]
-        g = &dy[n, c, 0, 0]
-        a = &argmax[n, c, 0, 0]
-        memset(d, 0, H * W * sizeof(floating))
-        for k in range(OH * OW):
-            d[a[k]] = d[a[k]] + g[k]
+        _scatter_plane(&dy[plane // C, plane % C, 0, 0], &argmax[plane // C, plane % C, 0, 0],
+                       NULL, &dx[plane // C, plane % C, 0, 0], H * W, OH * OW)
 
 
 def maxpool2d_relu_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
@@ -75,20 +78,9 @@ def maxpool2d_relu_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH,
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane, n, c, k
-    cdef floating* d
-    cdef const floating* g
-    cdef const floating* yv
-    cdef const int64_t* a
+    cdef Py_ssize_t plane
     # Race-free: plane (n, c) writes only dx[n, c].
     for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        n = plane // C
-        c = plane % C
-        d = &dx[n, c, 0, 0]
-        g = &dy[n, c, 0, 0]
-        yv = &y[n, c, 0, 0]
-        a = &argmax[n, c, 0, 0]
-        memset(d, 0, H * W * sizeof(floating))
-        for k in range(OH * OW):
-            if yv[k] > 0:
-                d[a[k]] = d[a[k]] + g[k]
+        _scatter_plane(&dy[plane // C, plane % C, 0, 0], &argmax[plane // C, plane % C, 0, 0],
+                       &y[plane // C, plane % C, 0, 0], &dx[plane // C, plane % C, 0, 0],
+                       H * W, OH * OW)
