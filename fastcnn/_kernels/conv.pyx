@@ -75,7 +75,7 @@ cdef extern from "_microkernels.h" nogil:
 
 cdef enum:
     OB = 4        # output channels per block (gemm, weight gradient): each vector loaded feeds OB
-    MAX_OB = 6    # the largest channel block of the correlation tiles (4 or 6)
+    DW_CHUNKS = 8  # batch chunks of the wide weight gradient (fixed, never the thread count)
     MAX_TILE = 32  # the largest FC_TILE_F or FC_TILE_D of any build (AVX-512 float32)
     LANES = 16    # independent partial sums in _sum, added in a fixed order at the end
 
@@ -558,13 +558,13 @@ cdef inline void _dw_row_task(const floating* x, Py_ssize_t x_img, Py_ssize_t ro
 
 
 cdef _backward_weight_rows(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
-                           floating[:, :, :, ::1] dw, floating[::1] db, int n_threads):
+                           floating[:, :, :, ::1] dw, int n_threads):
     """conv2d_backward_weight for stride 1, no padding, F a multiple of the vector width and
     KW in (3, 5): filters on the vector lanes (see fc_dwrow), every product a useful one.
 
     dy is first copied to (N, OH, OW, F) so that a vector of filters is contiguous. Parallel
     over (c, p, block of filters): each task owns dw[f0:f0+NL, c, p, :] and sums the batch in a
-    fixed order; db is parallel over f.
+    fixed order.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
@@ -575,7 +575,6 @@ cdef _backward_weight_rows(const floating[:, :, :, ::1] x, const floating[:, :, 
     cdef _Scratch buf = _Scratch(N * OH * OW * F * sizeof(floating))
     cdef floating* gt = <floating*> buf.data
     cdef const floating* g
-    cdef floating s
     # Race-free: image n writes only gt[n].
     for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
         for f in range(F):
@@ -590,12 +589,111 @@ cdef _backward_weight_rows(const floating[:, :, :, ::1] x, const floating[:, :, 
         fb = t % n_fb
         _dw_row_task(&x[0, c, p, 0], C * H * W, W, gt + fb * NL, F, N, OH, OW, KW, NL,
                      &dw[fb * NL, c, p, 0], C * KH * KW)
-    # Race-free: f writes only db[f]; the batch is added in order n = 0, 1, ...
+
+
+cdef _bias_grad(const floating[:, :, :, ::1] dy, floating[::1] db, int n_threads):
+    """db[f] = sum_{n,i,j} dy[n,f,i,j], the batch added in the order n = 0, 1, ..."""
+    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], HW = dy.shape[2] * dy.shape[3], f, n
+    cdef floating s
+    # Race-free: f writes only db[f].
     for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
         s = 0
         for n in range(N):
-            s = s + _sum(&dy[n, f, 0, 0], OH * OW)
+            s = s + _sum(&dy[n, f, 0, 0], HW)
         db[f] = s
+
+
+cdef _backward_weight_wide(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
+                           floating[:, :, :, ::1] dw, Py_ssize_t ph, Py_ssize_t pw,
+                           int n_threads):
+    """Stride-1 weight gradient on wide rows, in tasks of (chunk of images, block of OB filters).
+
+    With dy[n, f] laid out on rows of width WP (zeros in the extra columns), tap (p, q) is
+    dw[f,c,p,q] = sum_n sum_t g[n,f,t] * xp[n,c, t + p*WP + q], computed for 4 filters and 2 taps
+    at a time with one partial sum per vector lane. The batch is cut into DW_CHUNKS fixed chunks
+    (by shape, never by thread count); each task accumulates its own chunk, and the chunks' lanes
+    are then added in order: chunk 0 lane 0, lane 1, ..., chunk 1 lane 0, ...
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t KH = dw.shape[2], KW = dw.shape[3]
+    cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
+    cdef bint padded = ph > 0 or pw > 0
+    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
+    cdef Py_ssize_t T = (OH - 1) * WP + OW
+    cdef Py_ssize_t TP = (T + NL - 1) // NL * NL  # wide length rounded up to whole vectors
+    cdef Py_ssize_t QP = (KW + 1) // 2           # tap pairs per kernel row
+    cdef Py_ssize_t acc_size = C * KH * QP * 8 * NL
+    cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
+    cdef Py_ssize_t n_fb = (F + OB - 1) // OB
+    cdef Py_ssize_t n_ch = min(N, <Py_ssize_t> DW_CHUNKS)
+    cdef _Scratch accs = _Scratch(n_ch * n_fb * acc_size * sizeof(floating))
+    cdef floating* acc_all = <floating*> accs.data
+    cdef Py_ssize_t task, ch, f0, fb, nb, r, f, n, c, p, q, k, i, j, lane
+    cdef floating* scratch
+    cdef floating* gw
+    cdef floating* acc
+    cdef floating* a
+    cdef const floating* xin
+    cdef const floating* g
+    cdef floating s
+    cdef int fail = 0
+    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    with nogil, parallel(num_threads=n_threads):
+        scratch = <floating*> malloc((pad_size + OB * TP + 1) * sizeof(floating))
+        if scratch == NULL:
+            failed[0] = 1
+        # Race-free: task (ch, block) writes only its own accumulator region; scratch is per
+        # thread.
+        for task in prange(n_ch * n_fb, schedule='static'):
+            if scratch == NULL:
+                continue
+            ch = task // n_fb
+            f0 = (task % n_fb) * OB
+            nb = min(<Py_ssize_t> OB, F - f0)
+            # A short last block works on the OB filters ending at F (when there are that many)
+            # and keeps its own; with fewer than OB filters the missing rows repeat filter 0.
+            fb = F - OB if nb < OB and F >= OB else f0
+            gw = scratch + pad_size
+            acc = acc_all + task * acc_size
+            memset(acc, 0, acc_size * sizeof(floating))
+            memset(gw, 0, OB * TP * sizeof(floating))
+            for n in range(ch * N // n_ch, (ch + 1) * N // n_ch):
+                if padded:
+                    _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
+                    xin = scratch
+                else:
+                    xin = &x[n, 0, 0, 0]
+                for r in range(OB):
+                    g = &dy[n, fb + r if fb + r < F else fb, 0, 0]
+                    for i in range(OH):
+                        for j in range(OW):
+                            gw[r * TP + i * WP + j] = g[i * OW + j]
+                for c in range(C):
+                    for p in range(KH):
+                        for k in range(QP):
+                            _dw4x2(gw, TP, xin + c * HP * WP + p * WP + 2 * k,
+                                   HP * WP - p * WP - 2 * k,
+                                   acc + ((c * KH + p) * QP + k) * 8 * NL)
+        free(scratch)
+    if fail:
+        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+    # Race-free: f writes only dw[f]. Row r = f - fb of block f0's accumulators holds filter f;
+    # dw[f, c, p, 2k + kk] is in tap pair k, tap kk.
+    for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
+        f0 = f // OB * OB
+        fb = F - OB if F - f0 < OB and F >= OB else f0
+        r = f - fb
+        for c in range(C):
+            for p in range(KH):
+                for q in range(KW):
+                    s = 0
+                    for ch in range(n_ch):
+                        a = acc_all + ((ch * n_fb + f // OB) * acc_size
+                                       + (((c * KH + p) * QP + q // 2) * 8 + 2 * r + q % 2) * NL)
+                        for lane in range(NL):
+                            s = s + a[lane]
+                    dw[f, c, p, q] = s
 
 
 def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
@@ -606,113 +704,59 @@ def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
                            int n_threads):
     """dw[f,c,p,q] = sum_{n,i,j} dy[n,f,i,j] * xp[n,c, i*sh+p, j*sw+q]; db[f] = sum dy[n,f,i,j].
 
-    The correlation of the padded input with the output gradient. Where the filters fill whole
-    vectors (and stride 1, no padding, a 3- or 5-wide kernel), see _backward_weight_rows.
-    Otherwise stride 1 uses wide rows: with
-    dy[n, f] laid out on rows of width WP (zeros in the extra columns), tap (p, q) is
-    dw[f,c,p,q] = sum_n sum_t g[n,f,t] * xp[n,c, t + p*WP + q], computed for 4 filters and 2
-    taps at a time with one partial sum per vector lane; the lanes are added up, in order, once
-    the whole batch is in. Parallel over blocks of OB filters: each task owns dw[f0:f0+OB] and
-    db[f0:f0+OB] and runs through the batch in the order n = 0, 1, ..., N-1, so the result does
-    not depend on the thread count.
+    The correlation of the padded input with the output gradient, by shape: filters on vector
+    lanes (_backward_weight_rows: stride 1, no padding, F a multiple of the vector width, 3- or
+    5-wide kernels), wide rows (_backward_weight_wide: stride 1, finite input), or the plain
+    definition (any stride, or input holding inf/NaN, which wide rows would leak into taps that
+    never see it). Every sum runs in an order fixed by the shapes, whatever the thread count.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
     cdef Py_ssize_t KH = dw.shape[2], KW = dw.shape[3]
     cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
-    cdef bint padded = ph > 0 or pw > 0
-    cdef bint wide = sh == 1 and sw == 1
     cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
-    cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t TP = (T + NL - 1) // NL * NL  # wide length rounded up to whole vectors
-    cdef Py_ssize_t QP = (KW + 1) // 2           # tap pairs per kernel row
-    cdef Py_ssize_t acc_size = C * KH * QP * 8 * NL if wide else 0
-    cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
-    cdef Py_ssize_t n_fb = (F + OB - 1) // OB
-    cdef Py_ssize_t task, f0, fb, nb, r, f, n, c, p, q, k, i, j, lane
+    cdef bint stride1 = sh == 1 and sw == 1
+    cdef Py_ssize_t f, n, c, p, q, i, j
     cdef floating* scratch
-    cdef floating* gw
-    cdef floating* acc
-    cdef floating* a
     cdef const floating* xin
     cdef const floating* g
     cdef floating s
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
 
-    if (wide and not padded and F % NL == 0 and (KW == 3 or KW == 5) and N > 0
-            and OW + KW - 1 <= W):
-        _backward_weight_rows(x, dy, dw, db, n_threads)
+    _bias_grad(dy, db, n_threads)
+    if N == 0:
+        dw[...] = 0
         return
-    if wide and N > 0 and not _all_finite(&x[0, 0, 0, 0], N * C * H * W):
-        # Wide rows multiply the zeros of the unused columns by real pixels; an inf or NaN
-        # there would leak into taps that never see it. Such input takes the exact path.
-        wide = False
+    if (stride1 and ph == 0 and pw == 0 and F % NL == 0 and (KW == 3 or KW == 5)
+            and OW + KW - 1 <= W):
+        _backward_weight_rows(x, dy, dw, n_threads)
+        return
+    if stride1 and _all_finite(&x[0, 0, 0, 0], N * C * H * W):
+        _backward_weight_wide(x, dy, dw, ph, pw, n_threads)
+        return
     with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((pad_size + OB * TP + acc_size + 1) * sizeof(floating))
+        scratch = <floating*> malloc((C * HP * WP + 1) * sizeof(floating))
         if scratch == NULL:
             failed[0] = 1
-        # Race-free: task writes only dw[f0:f0+nb] and db[f0:f0+nb]; scratch is per thread.
-        for task in prange(n_fb, schedule='static'):
+        # Race-free: f writes only dw[f]; the batch runs in the order n = 0, 1, ...
+        for f in prange(F, schedule='static'):
             if scratch == NULL:
                 continue
-            f0 = task * OB
-            nb = min(<Py_ssize_t> OB, F - f0)
-            # A short last block works on the OB filters ending at F (when there are that many)
-            # and keeps its own; with fewer than OB filters the missing rows repeat filter 0.
-            fb = F - OB if nb < OB and F >= OB else f0
-            gw = scratch + pad_size
-            acc = gw + OB * TP
-            for f in range(f0, f0 + nb):
-                db[f] = 0
-                memset(&dw[f, 0, 0, 0], 0, C * KH * KW * sizeof(floating))
-            if wide:
-                memset(acc, 0, acc_size * sizeof(floating))
-                memset(gw, 0, OB * TP * sizeof(floating))
+            memset(&dw[f, 0, 0, 0], 0, C * KH * KW * sizeof(floating))
             for n in range(N):
-                for f in range(f0, f0 + nb):
-                    db[f] = db[f] + _sum(&dy[n, f, 0, 0], OH * OW)
-                if padded:
-                    _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
-                    xin = scratch
-                else:
-                    xin = &x[n, 0, 0, 0]
-                if wide:
-                    for r in range(OB):
-                        g = &dy[n, fb + r if fb + r < F else fb, 0, 0]
-                        for i in range(OH):
-                            for j in range(OW):
-                                gw[r * TP + i * WP + j] = g[i * OW + j]
-                    for c in range(C):
-                        for p in range(KH):
-                            for k in range(QP):
-                                _dw4x2(gw, TP, xin + c * HP * WP + p * WP + 2 * k,
-                                       HP * WP - p * WP - 2 * k,
-                                       acc + ((c * KH + p) * QP + k) * 8 * NL)
-                else:
-                    for f in range(f0, f0 + nb):
-                        g = &dy[n, f, 0, 0]
-                        for c in range(C):
-                            for p in range(KH):
-                                for q in range(KW):
-                                    s = 0
-                                    for i in range(OH):
-                                        for j in range(OW):
-                                            s = s + g[i * OW + j] * xin[(c * HP + i * sh + p) * WP
-                                                                        + j * sw + q]
-                                    dw[f, c, p, q] = dw[f, c, p, q] + s
-            if wide:
-                # Add each accumulator's lanes in order: dw[f, c, p, 2k + kk] for row r = f - fb.
-                for f in range(f0, f0 + nb):
-                    r = f - fb
-                    for c in range(C):
-                        for p in range(KH):
-                            for q in range(KW):
-                                a = acc + (((c * KH + p) * QP + q // 2) * 8 + 2 * r + q % 2) * NL
-                                s = 0
-                                for lane in range(NL):
-                                    s = s + a[lane]
-                                dw[f, c, p, q] = s
+                _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
+                xin = scratch
+                g = &dy[n, f, 0, 0]
+                for c in range(C):
+                    for p in range(KH):
+                        for q in range(KW):
+                            s = 0
+                            for i in range(OH):
+                                for j in range(OW):
+                                    s = s + g[i * OW + j] * xin[(c * HP + i * sh + p) * WP
+                                                                + j * sw + q]
+                            dw[f, c, p, q] = dw[f, c, p, q] + s
         free(scratch)
     if fail:
         raise MemoryError("fastcnn: could not allocate kernel scratch memory")
