@@ -14,6 +14,11 @@ the innermost loop runs over ``T = (OH-1)*WP + OW`` contiguous elements and vect
 ``WP - OW`` positions per row that are not real outputs are computed and dropped (they never read
 outside the plane). Strided layers use the plain definition.
 
+Where the filters fill whole vectors (F a multiple of 16 floats with AVX-512, 8 otherwise) and
+the wide rows would waste more, the forward pass and the weight gradient put the filters on the
+vector lanes instead (fc_crow, fc_dwrow in _microkernels.h): every product is then an output's.
+A convolution whose kernel covers its whole input (LeNet's C5) is a matrix product: ``gemm``.
+
 Every reduction runs in an order fixed by the shapes alone, never by the thread count, so results
 are bitwise identical for any number of threads.
 """
