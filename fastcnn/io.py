@@ -29,6 +29,7 @@ __all__ = [
     "flatten_state",
     "load_npz",
     "save_npz_atomic",
+    "write_atomic",
     "unflatten_state",
 ]
 
@@ -105,11 +106,22 @@ def save_npz_atomic(path, arrays: Mapping[str, np.ndarray], header: Mapping | No
         raise TypeError(f"header is not JSON-serialisable: {exc}") from exc
     members[HEADER_KEY] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
 
+    write_atomic(path, lambda f: _write_npz(f, members))
+
+
+def write_atomic(path, write):
+    """Create or replace the file `path` atomically: ``write(f)`` fills a temporary file in the
+    same directory (opened ``"wb"``), which is flushed, fsync'd and renamed over `path`.
+
+    An interruption (an exception, Ctrl-C) removes the temporary and leaves any existing `path`
+    as it was: a reader sees the old file or the new one, never a part of one.
+    """
+    path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     tmp = _create_temp(directory, os.path.basename(path))
     try:
         with open(tmp, "wb") as f:
-            _write_npz(f, members)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

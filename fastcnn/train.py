@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .datasets import BatchIterator
+from .io import write_atomic
 from .layers import CrossEntropyLoss
 
 __all__ = [
@@ -632,19 +633,8 @@ def format_epoch(record, epochs):
 
 def write_history(history, path):
     """Write the history list as JSON to `path` (replacing it atomically)."""
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(history, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    text = json.dumps(history, indent=1) + "\n"
+    write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _require_matplotlib():
