@@ -17,6 +17,7 @@ Environment variables read here:
 ``FASTCNN_CYTHON_DEBUG=1`` turn bounds/wraparound/initialisation checks back on.
 """
 
+import glob
 import os
 import platform
 import subprocess
@@ -29,7 +30,9 @@ import numpy as np
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-KERNELS = ["conv", "pool", "elementwise", "_openmp"]
+# Every .pyx in fastcnn/_kernels is a kernel module (a new family only adds its file).
+KERNELS = sorted(os.path.splitext(os.path.basename(p))[0]
+                 for p in glob.glob(os.path.join("fastcnn", "_kernels", "*.pyx")))
 VARIANT_FLAGS = {
     "generic": ["-Wno-psabi"],  # the 32-byte vector helpers are inline: no ABI is crossed
     "avx2": ["-mavx2", "-mfma"],
@@ -121,7 +124,7 @@ def extensions():
             Extension(
                 f"fastcnn._kernels._{variant}.{name}",
                 [f"fastcnn/_kernels/{name}.pyx"],
-                depends=["fastcnn/_kernels/_microkernels.h", "fastcnn/_kernels/_pool_plane.pxi"],
+                depends=glob.glob("fastcnn/_kernels/*.h") + glob.glob("fastcnn/_kernels/*.pxi"),
                 include_dirs=[np.get_include()],
                 define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                 extra_compile_args=base_compile + VARIANT_FLAGS[variant] + omp_compile,

@@ -4,22 +4,12 @@ Cython + OpenMP kernels (``fastcnn.functional``) under PyTorch-style layers, a L
 optimisers and a trainer.
 """
 
-from . import checkpoint, datasets, functional, io
+from . import checkpoint, datasets, functional, io, nn
 from ._kernels import _openmp as _omp
 from ._threads import get_num_threads, set_num_threads
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
-from .layers import (
-    Conv2d,
-    CrossEntropyLoss,
-    Flatten,
-    Linear,
-    MaxPool2d,
-    Module,
-    Parameter,
-    ReLU,
-    Sequential,
-)
 from .model import LeNet5
+from .nn import *  # noqa: F401,F403  (every layer, as fastcnn.Conv2d and fastcnn.nn.Conv2d)
 from .optim import SGD, Adam
 from .train import Trainer, TrainingInterrupted, evaluate, plot_history
 
@@ -38,8 +28,7 @@ def kernel_isa():
 
 __all__ = [
     "functional", "datasets", "io", "get_num_threads", "set_num_threads", "openmp_enabled",
-    "kernel_isa", "Module", "Parameter", "Conv2d", "MaxPool2d", "ReLU", "Flatten", "Linear",
-    "Sequential", "CrossEntropyLoss", "LeNet5", "SGD", "Adam", "Trainer", "TrainingInterrupted",
+    "kernel_isa", "nn", *nn.__all__, "LeNet5", "SGD", "Adam", "Trainer", "TrainingInterrupted",
     "evaluate", "plot_history", "save_model", "load_model", "save_checkpoint", "load_checkpoint",
     "checkpoint", "__version__",
 ]

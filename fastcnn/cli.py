@@ -332,7 +332,7 @@ def _check_matplotlib():
 def _cmd_train(args):
     from . import LeNet5
     from .checkpoint import load_checkpoint
-    from .layers import CrossEntropyLoss
+    from .nn import CrossEntropyLoss
     from .optim import SGD, Adam
     from .train import Trainer, TrainingInterrupted
 

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from .functional import _array
-from .layers import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
+from .functional._validate import _array
+from .nn import Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential
 
 __all__ = ["LeNet5", "summary_rows"]
 

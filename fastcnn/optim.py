@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from .layers import Parameter
+from .nn import Parameter
 
 __all__ = ["SGD", "Adam"]
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .datasets import BatchIterator
 from .io import write_atomic
-from .layers import CrossEntropyLoss
+from .nn import CrossEntropyLoss
 
 __all__ = [
     "SCHEDULES",

@@ -958,7 +958,7 @@ def test_fused_conv_relu_equals_unfused_layers_exactly(case, dtype):
     make, shape = FUSED_CASES[case]
     conv, relu = make(dtype), ReLU(dtype=dtype)
     model = Sequential(make(dtype), ReLU(dtype=dtype))
-    assert model._fused == {0}  # the Sequential fuses the pair, the layers stay unchanged
+    assert [n for _, n, _ in model.fusion_plan()] == [2]  # fused; layers unchanged
     rng = np.random.default_rng(16)
     if "bias" in conv.params:
         conv.params["bias"][...] = rng.standard_normal(conv.out_channels)
@@ -1060,7 +1060,7 @@ def test_fused_conv_relu_pool_equals_unfused_layers_exactly(case, dtype, with_na
     make_conv, make_pool, shape = FUSED_POOL_CASES[case]
     conv, relu, pool = make_conv(dtype), ReLU(dtype=dtype), make_pool(dtype)
     model = Sequential(make_conv(dtype), ReLU(dtype=dtype), make_pool(dtype))
-    assert model._groups == [(0, 3)]
+    assert [(i, n) for i, n, _ in model.fusion_plan()] == [(0, 3)]
     rng = np.random.default_rng(23)
     conv.params["bias"][...] = rng.standard_normal(conv.out_channels)
     model[0].params["bias"][...] = conv.params["bias"]

@@ -12,7 +12,6 @@ import os
 
 from ._generic import _openmp as _probe
 
-_NAMES = ("conv", "pool", "elementwise", "_openmp")
 _ORDER = ("avx512", "avx2", "generic")  # widest first
 _CPU_OK = {"avx512": _probe.cpu_has_avx512, "avx2": _probe.cpu_has_avx2_fma,
            "generic": lambda: True}
@@ -41,8 +40,16 @@ def _choose_variant():
 
 
 VARIANT = _choose_variant()
-conv, pool, elementwise, _openmp = (
-    importlib.import_module(f"{__name__}._{VARIANT}.{name}") for name in _NAMES
-)
+_openmp = importlib.import_module(f"{__name__}._{VARIANT}._openmp")
 
-__all__ = ["VARIANT", "conv", "pool", "elementwise", "_openmp"]
+
+def __getattr__(name):
+    """Kernel modules (``conv``, ``pool``, ...) of the chosen variant, imported on first use."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    try:
+        module = importlib.import_module(f"{__name__}._{VARIANT}.{name}")
+    except ModuleNotFoundError:
+        raise AttributeError(f"no kernel module {name!r} in the {VARIANT} build") from None
+    globals()[name] = module
+    return module

@@ -1,0 +1,7 @@
+"""Dropout reference: the counter-based mask in plain NumPy."""
+
+
+
+__all__ = []
+
+

@@ -1,0 +1,7 @@
+"""Batch-norm reference (DESIGN.md section 3)."""
+
+
+
+__all__ = []
+
+

@@ -1,0 +1,3 @@
+"""Dropout masks from a counter-based generator (twin: ``fastcnn._reference.dropout``)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Losses (twin: ``fastcnn._reference.loss``)."""
+
+__all__ = []

@@ -1,0 +1,3 @@
+"""Batch normalisation, forward beside backward (twin: ``fastcnn._reference.normalization``)."""
+
+__all__ = []

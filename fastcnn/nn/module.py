@@ -1,0 +1,257 @@
+"""``Module``, the base of every layer, and ``Parameter``.
+
+The contract (what a user's own layer implements, and what ``Sequential`` and the trainer rely on):
+
+* ``forward(x) -> y`` and ``backward(grad_y) -> grad_x``. ``backward`` *writes* the parameter
+  gradients into ``grads`` (it does not add to them, unlike PyTorch's ``.grad``) and uses what the
+  most recent ``forward`` kept in ``self._cache``.
+* ``params`` and ``grads``: dicts with the same keys (``"weight"``, ``"bias"``, ...) of the
+  trainable arrays and their gradients; optimisers update ``params`` in place.
+* ``buffers``: non-trainable state carried by ``state_dict`` (batch-norm running statistics).
+* ``training``: set by ``train()`` / ``eval()``, which ``Sequential`` passes down.
+* ``output_shape(input_shape)`` (optional; the identity by default) and ``macs(input_shape)``
+  (multiply-adds per image, optional) for summaries.
+
+Built-in layers also implement ``_forward(x, reuse)`` / ``_backward(grad_y, reuse)``: the same
+computation, writing into work arrays reused from one step to the next when ``reuse`` is true
+(``Sequential`` runs them that way so that a training step allocates nothing). A user's layer
+needs neither: ``Sequential`` calls its public ``forward`` / ``backward``.
+"""
+
+from collections import OrderedDict
+
+import numpy as np
+
+from ..functional._validate import _array, _int
+
+__all__ = ["Module", "Parameter"]
+
+
+class Parameter:
+    """A trainable array and its gradient, as handed to optimisers by ``model.parameters()``.
+
+    ``data`` and ``grad`` are the layer's own arrays (``layer.params[key]``,
+    ``layer.grads[key]``): optimisers update ``data`` in place. ``decay`` says whether weight decay
+    (L2) applies: True for convolution and linear weights, False for biases and normalisation
+    parameters. The layer that owns the parameter decides it, by role, not by name.
+    """
+
+    __slots__ = ("name", "data", "grad", "decay")
+
+    def __init__(self, name, data, grad, decay=True):
+        self.name = name
+        self.data = data
+        self.grad = grad
+        self.decay = bool(decay)
+
+    @property
+    def is_weight(self):
+        """Alias of ``decay`` (weights are regularised, biases are not)."""
+        return self.decay
+
+    def __repr__(self):
+        return (f"Parameter({self.name!r}, shape={self.data.shape}, dtype={self.data.dtype}, "
+                f"decay={self.decay})")
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+def _positive(value, name):
+    value = _int(value, name)
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+class Module:
+    """Base class: parameters, buffers, train/eval mode and the call protocol.
+
+    Parameters
+    ----------
+    dtype : float32 (default) or float64, keyword-only
+    """
+
+    # Names of params that weight decay does not apply to (a subclass may override).
+    _no_decay = ("bias",)
+
+    def __init__(self, *, dtype=np.float32):
+        self.dtype = _check_dtype(dtype)
+        self.training = True
+        self.params = {}
+        self.grads = {}
+        self.buffers = OrderedDict()
+        self._cache = None
+        self._work = {}
+
+    # -- call protocol ----------------------------------------------------------------------
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, x):
+        """Apply the layer; the result is a fresh array."""
+        if type(self)._forward is Module._forward:
+            raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
+        return self._forward(x, reuse=False)
+
+    def backward(self, grad_y):
+        """Gradient with respect to the input (a fresh array); fills ``grads``."""
+        if type(self)._backward is Module._backward:
+            raise NotImplementedError(f"{type(self).__name__} must implement backward(grad_y)")
+        return self._backward(grad_y, reuse=False)
+
+    def _forward(self, x, reuse):
+        """``forward`` writing into reused work arrays when ``reuse``; a layer that only has a
+        public ``forward`` is called through it."""
+        if type(self).forward is Module.forward:
+            raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
+        return self.forward(x)
+
+    def _backward(self, grad_y, reuse):
+        if type(self).backward is Module.backward:
+            raise NotImplementedError(f"{type(self).__name__} must implement backward(grad_y)")
+        return self.backward(grad_y)
+
+    # -- mode -------------------------------------------------------------------------------
+
+    def train(self, mode=True):
+        """Set training mode (``mode=True``) or evaluation mode, here and in every child."""
+        if not isinstance(mode, (bool, np.bool_)):
+            raise TypeError(f"train(mode) expects a bool, got {mode!r}")
+        self.training = bool(mode)
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self):
+        """Evaluation mode: ``train(False)``."""
+        return self.train(False)
+
+    def children(self):
+        """``(name, module)`` of the direct sub-modules (none for a plain layer)."""
+        return []
+
+    # -- parameters and state ---------------------------------------------------------------
+
+    def parameters(self, prefix=""):
+        """The parameters as a list of ``Parameter``, named as in PyTorch (``"0.weight"``)."""
+        own = [Parameter(prefix + key, self.params[key], self.grads[key],
+                         decay=key not in self._no_decay) for key in self.params]
+        return own + [p for name, child in self.children()
+                      for p in child.parameters(f"{prefix}{name}.")]
+
+    def named_buffers(self, prefix=""):
+        """``(name, array)`` of every buffer, here and in the children."""
+        own = [(prefix + key, value) for key, value in self.buffers.items()]
+        return own + [b for name, child in self.children()
+                      for b in child.named_buffers(f"{prefix}{name}.")]
+
+    def param_groups(self, weight_decay=0.0):
+        """Parameters split for an optimiser, as ``torch.optim`` parameter groups:
+        ``[{"params": decayed, "weight_decay": weight_decay}, {"params": rest,
+        "weight_decay": 0.0}]`` (empty groups left out). Decayed are convolution and linear
+        weights; biases and normalisation parameters are not."""
+        params = self.parameters()
+        groups = [{"params": [p for p in params if p.decay], "weight_decay": weight_decay},
+                  {"params": [p for p in params if not p.decay], "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
+
+    def state_dict(self, prefix=""):
+        """Copies of all parameters and buffers, keyed and ordered as in PyTorch (a module's own
+        parameters, then its buffers, then each child's)."""
+        state = OrderedDict((prefix + k, v.copy()) for k, v in self.params.items())
+        state.update((prefix + k, np.array(v, copy=True)) for k, v in self.buffers.items())
+        for name, child in self.children():
+            state.update(child.state_dict(f"{prefix}{name}."))
+        return state
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy parameters and buffers in place (arrays, or anything with ``.numpy()`` such as
+        torch tensors).
+
+        Raises ``KeyError`` listing missing or unexpected keys (when ``strict``) and
+        ``ValueError`` on a shape mismatch; nothing is changed unless every check passes.
+        Values are cast to the target's dtype.
+        """
+        targets = {p.name: p.data for p in self.parameters()}
+        targets.update(self.named_buffers())
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state_dict does not match the model: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        converted = {}
+        for name, target in targets.items():
+            if name not in state_dict:
+                continue
+            value = state_dict[name]
+            if hasattr(value, "detach"):
+                value = value.detach().cpu().numpy()
+            value = np.asarray(value)
+            if value.shape != target.shape:
+                raise ValueError(f"{name}: shape {value.shape} in state_dict, model has "
+                                 f"{target.shape}")
+            converted[name] = value
+        for name, value in converted.items():  # only after every check passed
+            np.copyto(targets[name], value, casting="unsafe")
+
+    # -- shapes -----------------------------------------------------------------------------
+
+    def output_shape(self, input_shape):
+        """Shape of the output for an input of ``input_shape`` (the identity by default)."""
+        return tuple(input_shape)
+
+    def macs(self, input_shape):
+        """Multiply-adds per image (0 unless the layer says otherwise)."""
+        return 0
+
+    # -- helpers for built-in layers --------------------------------------------------------
+
+    def _buffer(self, key, shape, reuse, dtype=None):
+        """An uninitialised work array of this shape: the one from the last call when ``reuse``."""
+        dtype = self.dtype if dtype is None else dtype
+        buf = self._work.get(key) if reuse else None
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = np.empty(shape, dtype=dtype)
+            if reuse:
+                self._work[key] = buf
+        return buf
+
+    def _input(self, x, channels=None, ndim=4):
+        """Check an input array against this layer (ndim, channels, dtype); C-contiguous."""
+        x = _array(x, "x")
+        if x.dtype != self.dtype:
+            raise TypeError(f"{type(self).__name__} has dtype {self.dtype} but x has dtype "
+                            f"{x.dtype}; convert with x.astype(np.{self.dtype})")
+        if ndim is not None and x.ndim != ndim:
+            raise ValueError(f"{type(self).__name__} expects a {ndim}-D input, got shape {x.shape}")
+        if channels is not None and x.shape[1] != channels:
+            what = "input features" if ndim == 2 else "input channels"
+            raise ValueError(f"{type(self).__name__} expects {channels} {what}, got x of "
+                             f"shape {x.shape}")
+        return x
+
+    def _grad_input(self, grad_y, shape):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        grad_y = _array(grad_y, "grad_y", None, self.dtype)
+        if grad_y.shape != tuple(shape):
+            raise ValueError(f"grad_y has shape {grad_y.shape}, expected {tuple(shape)} "
+                             "(the shape of the last forward output)")
+        return grad_y
+
+    def _init_uniform(self, shape, fan_in, gain, rng):
+        bound = gain * np.sqrt(3.0 / fan_in)
+        return rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+
+    def extra_repr(self):
+        """The hyper-parameters shown by ``repr`` (as PyTorch)."""
+        return ""
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.extra_repr()})"
