@@ -11,6 +11,8 @@ The contract (what a user's own layer implements, and what ``Sequential`` and th
 * ``training``: set by ``train()`` / ``eval()``, which ``Sequential`` passes down.
 * ``output_shape(input_shape)`` (optional; the identity by default) and ``macs(input_shape)``
   (multiply-adds per image, optional) for summaries.
+* ``init_args()``: the arguments the module was constructed with (recorded automatically), which
+  is what a model file's architecture spec stores (``fastcnn.models.spec``).
 
 Built-in layers also implement ``_forward(x, reuse)`` / ``_backward(grad_y, reuse)``: the same
 computation, writing into work arrays reused from one step to the next when ``reuse`` is true
@@ -18,6 +20,8 @@ computation, writing into work arrays reused from one step to the next when ``re
 needs neither: ``Sequential`` calls its public ``forward`` / ``backward``.
 """
 
+import functools
+import inspect
 from collections import OrderedDict
 
 import numpy as np
@@ -78,6 +82,31 @@ class Module:
 
     # Names of params that weight decay does not apply to (a subclass may override).
     _no_decay = ("bias",)
+
+    def __init_subclass__(cls, **kwargs):
+        """Wrap each subclass's ``__init__`` so that the outermost call records its arguments
+        (``init_args``): a layer can then be rebuilt from data, without pickle."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self, *args, **kw):
+            if "_init_args" not in self.__dict__:
+                bound = signature.bind(self, *args, **kw)
+                bound.apply_defaults()
+                arguments = dict(bound.arguments)
+                arguments.pop(next(iter(signature.parameters)))  # self
+                self.__dict__["_init_args"] = arguments
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init
+
+    def init_args(self):
+        """The constructor arguments of this module, defaults filled in (a new dict)."""
+        return dict(self.__dict__.get("_init_args", {}))
 
     def __init__(self, *, dtype=np.float32):
         self.dtype = _check_dtype(dtype)
