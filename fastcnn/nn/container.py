@@ -186,3 +186,53 @@ class Sequential(Module):
     def __repr__(self):
         body = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
         return f"{type(self).__name__}({body}\n)"
+
+    # -- classifier: prediction, summaries, the attributes model files record -----------------
+    # (fastcnn.models.classifier holds the code; fastcnn.checkpoint.load_model sets these.)
+
+    #: ``(C, H, W)`` of one input image, or None if unknown.
+    input_shape = None
+    #: Class names, one per output, or None.
+    classes = None
+    #: ``fastcnn.models.InputTransform`` (padding, normalisation) that ``predict`` applies to
+    #: raw images, or None.
+    input_transform = None
+
+    @property
+    def num_classes(self):
+        """Outputs per image: ``len(classes)``, else the last layer's output size (None if it
+        cannot be told without an input shape)."""
+        if self.classes is not None:
+            return len(self.classes)
+        if self.input_shape is not None:
+            from ..models.spec import output_shapes
+
+            return output_shapes(self.layers, self.input_shape)[-1][-1]
+        for layer in reversed(self.layers):
+            for name in ("out_features", "out_channels", "num_features"):
+                if hasattr(layer, name):
+                    return getattr(layer, name)
+        return None
+
+    def predict(self, images, batch_size=1024):
+        """Predicted class indices ``(N,)`` for raw images with pixels in [0, 1], ``(N, H, W)``
+        or ``(N, C, H, W)``, in eval mode and in batches, after the model's input transform;
+        see :func:`fastcnn.models.predict`."""
+        from ..models.classifier import predict
+
+        return predict(self, images, batch_size)
+
+    def predict_proba(self, images, batch_size=1024):
+        """Class probabilities ``(N, num_classes)`` (softmax of the logits); see
+        :meth:`predict` and :func:`fastcnn.models.predict_proba`."""
+        from ..models.classifier import predict_proba
+
+        return predict_proba(self, images, batch_size)
+
+    def summary(self, input_shape=None, print_fn=print):
+        """Print and return a table of output shape, parameters and multiply-adds per image of
+        every layer, for `input_shape` (C, H, W) (default: ``self.input_shape``); see
+        :func:`fastcnn.models.summary`."""
+        from ..models.classifier import summary
+
+        return summary(self, input_shape, print_fn)
