@@ -12,6 +12,7 @@ import fastcnn
 from fastcnn import io as fio
 from fastcnn.checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from fastcnn.io import load_npz, save_npz_atomic
+from fastcnn.models import InputTransform, model_to_spec
 
 
 @pytest.fixture(autouse=True)
@@ -70,14 +71,19 @@ def model_file(tmp_path):
 def test_model_round_trip(model_file):
     path, model = model_file
     loaded, header = load_model(path, return_header=True)
-    assert isinstance(loaded, fastcnn.LeNet5)
+    assert type(loaded) is fastcnn.Sequential and not loaded.training
     assert_same_weights(loaded, model)
     assert header["kind"] == "model"
-    assert header["architecture"] == {"name": "LeNet5", "num_classes": 10,
-                                      "input_shape": [1, 32, 32]}
+    arch = header["architecture"]
+    assert arch["input_shape"] == [1, 32, 32]
+    assert arch["layers"] == model_to_spec(fastcnn.LeNet5())["layers"]
+    assert arch["layers"][0] == {"type": "Conv2d", "in_channels": 1, "out_channels": 6,
+                                 "kernel_size": 5, "stride": 1, "padding": 0, "bias": True}
+    assert arch["input_transform"] == {"padding": [2, 2],
+                                       "normalization": {"mean": [0.13], "std": [0.31]}}
+    assert arch["classes"] == header["classes"] == [str(k) for k in range(10)]
     assert header["dtype"] == "float32"
-    assert header["classes"] == [str(k) for k in range(10)]
-    assert header["normalization"] == {"mean": 0.13, "std": 0.31}
+    assert header["normalization"] == {"mean": [0.13], "std": [0.31]}
     assert header["epoch"] == 3
     assert header["optimizer"]["type"] == "SGD"
     assert header["optimizer"]["momentum"] == 0.9
@@ -85,6 +91,14 @@ def test_model_round_trip(model_file):
     assert header["metadata"] == {"data": {"name": "x", "path": None}}
     assert header["fastcnn_version"] == fastcnn.__version__
     assert header["format"] == "fastcnn" and header["format_version"] == 1
+    assert loaded.input_shape == (1, 32, 32) and loaded.num_classes == 10
+    assert loaded.classes == [str(k) for k in range(10)]
+    assert loaded.input_transform == InputTransform(2, [0.13], [0.31])
+    # predict pads and normalises raw 28x28 images as the training data was prepared
+    raw = np.random.default_rng(4).random((6, 28, 28)).astype(np.float32)
+    x = (np.pad(raw[:, None], ((0, 0), (0, 0), (2, 2), (2, 2))) - np.float32(0.13)) \
+        / np.float32(0.31)
+    np.testing.assert_array_equal(loaded.predict(raw), model.forward(x).argmax(axis=1))
 
 
 def test_model_file_is_a_plain_npz(model_file):
@@ -107,7 +121,7 @@ def test_round_trip_keeps_dtype_and_classes(tmp_path, dtype, num_classes):
     save_model(tmp_path / "m.npz", model, classes=names)
     loaded, header = load_model(tmp_path / "m.npz", return_header=True)
     assert loaded.dtype == dtype and loaded.num_classes == num_classes
-    assert header["classes"] == names
+    assert header["classes"] == names and loaded.classes == names
     assert_same_weights(loaded, model)
     x = np.random.default_rng(1).random((4, 1, 32, 32)).astype(dtype)
     np.testing.assert_array_equal(loaded.forward(x), model.forward(x))
@@ -164,9 +178,36 @@ def test_load_checkpoint_rejects_a_model_file(model_file):
         load_checkpoint(model_file[0])
 
 
-def test_save_model_rejects_other_models(tmp_path):
-    with pytest.raises(TypeError, match="LeNet5"):
-        save_model(tmp_path / "m.npz", fastcnn.Sequential(fastcnn.Linear(3, 2)))
+class MyLayer(fastcnn.Module):
+    def forward(self, x):
+        return x
+
+
+@pytest.mark.parametrize("model, exc, match", [
+    (fastcnn.Linear(3, 2), TypeError, "model must be a fastcnn Sequential, got Linear"),
+    (fastcnn.Sequential(fastcnn.Linear(3, 2)), ValueError, "input shape is unknown"),
+    (fastcnn.Sequential(fastcnn.Flatten(), MyLayer()), TypeError,
+     "MyLayer is not a fastcnn.nn layer"),
+], ids=["not-sequential", "no-input-shape", "custom-layer"])
+def test_save_model_rejects_what_a_file_cannot_hold(tmp_path, model, exc, match):
+    with pytest.raises(exc, match=match):
+        save_model(tmp_path / "m.npz", model)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_any_sequential_with_input_shape(tmp_path):
+    model = fastcnn.Sequential(fastcnn.Conv2d(3, 4, 3, padding=1, seed=1), fastcnn.ReLU(),
+                               fastcnn.MaxPool2d(2), fastcnn.Flatten(),
+                               fastcnn.Linear(4 * 3 * 5, 5, seed=2))
+    save_model(tmp_path / "m.npz", model, input_shape=(3, 6, 10), classes=list("abcde"),
+               normalization=([0.1, 0.2, 0.3], [0.5, 0.6, 0.7]))
+    loaded = load_model(tmp_path / "m.npz")
+    assert loaded.input_shape == (3, 6, 10) and loaded.classes == list("abcde")
+    assert loaded.input_transform == InputTransform(0, [0.1, 0.2, 0.3], [0.5, 0.6, 0.7])
+    x = np.random.default_rng(0).random((7, 3, 6, 10)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(
+        ((x - np.float32([0.1, 0.2, 0.3])[:, None, None]) / np.float32([0.5, 0.6, 0.7])[
+            :, None, None]).astype(np.float32)))
 
 
 def test_save_model_rejects_wrong_class_names(tmp_path):
@@ -276,30 +317,44 @@ def _resave(path, tmp_path, edit_header=None, edit_arrays=None):
     return out
 
 
+def _last_layer(h):
+    return h["architecture"]["layers"][-1]
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda h: h.update(kind="dataset"), "not a fastcnn model or checkpoint"),
     (lambda h: h.pop("architecture"), "no architecture"),
-    (lambda h: h["architecture"].update(name="ResNet18"), "'ResNet18' is not supported"),
-    (lambda h: h["architecture"].update(num_classes=0), "invalid num_classes"),
-    (lambda h: h["architecture"].update(input_shape=[3, 32, 32]), "input_shape"),
+    (lambda h: h.update(architecture={"name": "ResNet18"}), "'ResNet18' is not supported"),
+    (lambda h: _last_layer(h).update(out_features=0), r"layer 11 \(Linear\): out_features"),
+    (lambda h: (h.pop("normalization"), h["architecture"].update(input_shape=[3, 32, 32],
+                                                                   input_transform=None)),
+     r"layer 0 \(Conv2d\) does not fit its input: Conv2d expects 1 input channels"),
+    (lambda h: h["architecture"].update(input_shape=5), r"input_shape must be \[C, H, W\]"),
+    (lambda h: h["architecture"].update(input_shape=None), r"input_shape must be \[C, H, W\]"),
     (lambda h: h.update(dtype="int8"), "dtype 'int8'"),
-    (lambda h: h.update(classes=["a"]), "classes do not match"),
-    (lambda h: h.update(normalization={"mean": 0.1, "std": 0}), "invalid normalization"),
-], ids=["kind", "no-arch", "other-arch", "num-classes", "input-shape", "dtype", "classes",
-        "normalization"])
+    (lambda h: h.update(classes=["a"]), "classes disagree with its architecture"),
+    (lambda h: h["architecture"].update(classes=h.pop("classes")[:1]),
+     "1 class names, but the model's output"),
+    (lambda h: h["architecture"]["input_transform"]["normalization"].update(
+        h.pop("normalization"), std=[0]), "std must be > 0"),
+    (lambda h: h.update(metadata=[1]), "metadata must be an object, got list"),
+    (lambda h: h.update(epoch="3"), "invalid epoch '3'"),
+], ids=["kind", "no-arch", "other-arch", "out-features", "channels", "shape-5", "shape-null",
+        "dtype", "classes-copy", "classes", "normalization", "metadata", "epoch"])
 def test_bad_header(model_file, tmp_path, edit, message):
     path = _resave(model_file[0], tmp_path, edit_header=edit)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": .*" + message):
         load_model(path)
 
 
 def test_header_num_classes_disagrees_with_weights(model_file, tmp_path):
     def edit(h):
-        h["architecture"]["num_classes"] = 3
-        h["classes"] = ["a", "b", "c"]
+        _last_layer(h)["out_features"] = 3
+        h["classes"] = h["architecture"]["classes"] = ["a", "b", "c"]
     path = _resave(model_file[0], tmp_path, edit_header=edit)
-    with pytest.raises(ValueError, match=r"weight '11.weight' has shape \(10, 84\), LeNet5 "
-                                         r"expects \(3, 84\)"):
+    with pytest.raises(ValueError, match=r"layer 11 \(Linear\): weight '11.weight' has shape "
+                                         r"\(10, 84\) in the file, the architecture implies "
+                                         r"\(3, 84\)"):
         load_model(path)
 
 

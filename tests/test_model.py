@@ -61,7 +61,7 @@ def test_num_classes_sets_the_last_layer():
 
 
 def _summary_rows():
-    text = LeNet5().summary(print_fn=None)
+    text = str(LeNet5().summary(print_fn=None))
     rows = {}
     for line in text.splitlines()[1:]:
         parts = line.split()
@@ -90,9 +90,18 @@ def test_summary_per_layer(index, params, macs):
 
 
 def test_summary_prints_by_default(capsys):
-    text = LeNet5().summary()
+    text = str(LeNet5().summary())
     assert capsys.readouterr().out.strip() == text.strip()
     assert len(text.splitlines()) == 14  # header, 12 layers, total
+
+
+def test_summary_rows_and_totals_as_data():
+    result = LeNet5().summary(print_fn=None)
+    assert (result.total_params, result.total_macs) == (61_706, 416_520)
+    assert [r["output_shape"] for r in result.rows][:3] == [(6, 28, 28), (6, 28, 28), (6, 14, 14)]
+    assert result.rows[8]["output_shape"] == (120,) and result.rows[-1]["output_shape"] == (10,)
+    assert sum(r["params"] for r in result.rows) == sum(p.data.size for p in
+                                                        LeNet5().parameters())
 
 
 def test_state_dict_keys_order_and_shapes():
@@ -276,11 +285,14 @@ def test_predict_in_batches_equals_one_batch():
     np.testing.assert_array_equal(model.predict(x, batch_size=4), model.predict(x))
 
 
-@pytest.mark.parametrize("shape", [pytest.param((2, 1, 30, 30), id="30x30"),
-                                   pytest.param((2, 3, 32, 32), id="3-channels"),
-                                   pytest.param((32, 32), id="2-D")])
-def test_predict_rejects_other_image_shapes(shape):
-    with pytest.raises(ValueError, match=r"LeNet5 expects images of shape"):
+@pytest.mark.parametrize("shape, match", [
+    pytest.param((2, 1, 30, 30), r"LeNet5 expects images of 32x32 \(or 28x28, padded to it\)",
+                 id="30x30"),
+    pytest.param((2, 3, 32, 32), r"LeNet5 expects images with 1 channel", id="3-channels"),
+    pytest.param((32, 32), r"LeNet5 expects images of shape \(N, H, W\) or \(N, C, H, W\)",
+                 id="2-D")])
+def test_predict_rejects_other_image_shapes(shape, match):
+    with pytest.raises(ValueError, match=match):
         LeNet5().predict(np.zeros(shape, dtype=F32))
 
 

@@ -412,12 +412,12 @@ def model_to_spec(model, input_shape=None):
 
     if not isinstance(model, Sequential):
         raise TypeError(f"model must be a fastcnn Sequential, got {type(model).__name__}")
+    layers = [layer_to_spec(layer) for layer in model.layers]
     shape = input_shape if input_shape is not None else getattr(model, "input_shape", None)
     if shape is None:
         raise ValueError("the model's input shape is unknown: set model.input_shape = (C, H, W) "
                          "or pass input_shape=")
     shape = _check_input_shape(list(shape) if isinstance(shape, tuple) else shape)
-    layers = [layer_to_spec(layer) for layer in model.layers]
     shapes = output_shapes(model.layers, shape)
     classes = getattr(model, "classes", None)
     if classes is not None:
