@@ -38,6 +38,7 @@ from .models.spec import (
     MAX_ARGUMENT,
     model_from_spec,
     model_to_spec,
+    parameter_bounds,
     validate_spec,
 )
 from .models.transform import InputTransform
@@ -137,14 +138,23 @@ def model_header(model, *, kind="model", classes=None, normalization=None, epoch
         "architecture": spec,
         "dtype": np.dtype(model.dtype).name,
         "classes": classes,
-        "normalization": (None if transform is None or not transform.normalizes
-                          else spec["input_transform"]["normalization"]),
+        "normalization": _normalization_copy(transform),
         "epoch": None if epoch is None else int(epoch),
         "optimizer": optimizer,
         "history": list(history) if history is not None else [],
         "metadata": dict(metadata) if metadata is not None else {},
         "fastcnn_version": _version(),
     }
+
+
+def _normalization_copy(transform):
+    """The header's ``"normalization"`` (for older readers): ``{"mean": m, "std": s}`` with
+    numbers for one channel (the LeNet-5-only format's), lists for several, or None."""
+    if transform is None or not transform.normalizes:
+        return None
+    if len(transform.mean) == 1:
+        return {"mean": transform.mean[0], "std": transform.std[0]}
+    return {"mean": list(transform.mean), "std": list(transform.std)}
 
 
 def _outputs(model, shape):
@@ -277,13 +287,16 @@ def _check_header(header, path):
         raise _fail(path, "no architecture in the header")
     if "layers" in arch:
         spec = arch
-        for key in ("classes", "normalization"):  # the copies for older readers must agree
-            if key in header and header[key] is not None:
-                inside = spec.get("classes") if key == "classes" else (
-                    (spec.get("input_transform") or {}).get("normalization")
-                    if isinstance(spec.get("input_transform"), dict) else None)
-                if header[key] != inside:
-                    raise _fail(path, f"the header's {key} disagree with its architecture")
+        # The copies for older readers must agree with the spec.
+        if header.get("classes") is not None and header["classes"] != spec.get("classes"):
+            raise _fail(path, "the header's classes disagree with its architecture")
+        if header.get("normalization") is not None:
+            try:
+                transform = InputTransform.from_spec(spec.get("input_transform"))
+            except ValueError as exc:
+                raise _fail(path, exc) from None
+            if header["normalization"] != _normalization_copy(transform):
+                raise _fail(path, "the header's normalization disagrees with its architecture")
     elif arch.get("name") == LEGACY_ARCHITECTURE:
         spec = _legacy_spec(header, arch, path)
     else:
@@ -370,6 +383,12 @@ def _open_model(npz, path):
     """Check the header and members of an open file and build its model (weights read)."""
     header = npz.header
     spec, dtype = _check_header(header, path)
+    # Before building anything: the tensors in the file must be able to hold the architecture.
+    lower, _ = parameter_bounds(spec)
+    held = sum(math.prod(m.shape) for k, m in npz.members.items() if k.startswith("model/"))
+    if lower > held:
+        raise _fail(path, f"the architecture needs at least {lower:,} parameter elements but the "
+                          f"file's tensors hold {held:,}")
     try:
         model = model_from_spec(spec, dtype=dtype)
     except ValueError as exc:

@@ -565,11 +565,10 @@ def _cmd_predict(args):
     _require_pillow()
     model, header = load_model(args.model, return_header=True)
     _set_threads(args)
-    batch = np.zeros((len(args.images), 1, 32, 32), dtype=model.dtype)
+    batch = np.zeros((len(args.images), 28, 28), dtype=model.dtype)
     for i, path in enumerate(args.images):
-        batch[i, 0, 2:30, 2:30] = read_image(path, args.invert)
-    _normalize_inplace(batch, header.get("normalization"))
-    proba = model.predict_proba(batch)
+        batch[i] = read_image(path, args.invert)
+    proba = model.predict_proba(batch)  # pads and normalises as the model file records
     classes = header.get("classes") or [str(i) for i in range(model.num_classes)]
     for path, p in zip(args.images, proba):
         k = int(np.argmax(p))

@@ -83,7 +83,7 @@ def test_model_round_trip(model_file):
                                        "normalization": {"mean": [0.13], "std": [0.31]}}
     assert arch["classes"] == header["classes"] == [str(k) for k in range(10)]
     assert header["dtype"] == "float32"
-    assert header["normalization"] == {"mean": [0.13], "std": [0.31]}
+    assert header["normalization"] == {"mean": 0.13, "std": 0.31}  # as the LeNet-5-only format
     assert header["epoch"] == 3
     assert header["optimizer"]["type"] == "SGD"
     assert header["optimizer"]["momentum"] == 0.9

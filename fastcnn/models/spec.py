@@ -36,12 +36,13 @@ import os
 
 import numpy as np
 
+from ..io import check_depth
 from .transform import InputTransform
 
 __all__ = [
     "MAX_ARGUMENT", "MAX_ELEMENTS", "MAX_INPUT_ELEMENTS", "MAX_LAYERS", "layer_classes",
     "layer_from_spec", "layer_to_spec", "load_spec", "model_from_spec", "model_to_spec",
-    "output_shapes", "validate_spec",
+    "output_shapes", "parameter_bounds", "validate_spec",
 ]
 
 #: Largest integer any layer argument may hold (a size, a kernel, a channel count).
@@ -195,8 +196,10 @@ def _check_value(value, param, where):
 
 
 def _implied_elements(args, ints):
-    """An upper bound of the parameter and buffer elements a layer with these arguments holds,
-    from PyTorch's argument names; for any other layer, the product of its integers."""
+    """``(lower, upper)`` bounds of the parameter and buffer elements a layer with these
+    arguments holds, from PyTorch's argument names (a convolution's or linear layer's weight
+    always exists; batch norm may have none); for any other layer ``(0, product of its
+    integers)``."""
     def size(v):
         if isinstance(v, list):
             return math.prod(abs(int(x)) for x in v) if v else 1
@@ -204,15 +207,17 @@ def _implied_elements(args, ints):
 
     if "in_channels" in args and "out_channels" in args:
         kernel = size(args.get("kernel_size", 1))
-        return size(args["in_channels"]) * size(args["out_channels"]) * kernel \
-            + size(args["out_channels"])
+        groups = max(1, size(args.get("groups", 1)))
+        weight = size(args["in_channels"]) * size(args["out_channels"]) * kernel // groups
+        return weight, weight + size(args["out_channels"])
     if "in_features" in args and "out_features" in args:
-        return size(args["in_features"]) * size(args["out_features"]) + size(args["out_features"])
+        weight = size(args["in_features"]) * size(args["out_features"])
+        return weight, weight + size(args["out_features"])
     if "num_features" in args:
-        return 4 * size(args["num_features"]) + 1
+        return 0, 4 * size(args["num_features"]) + 1
     if "normalized_shape" in args:
-        return 2 * size(args["normalized_shape"])
-    return math.prod(max(1, abs(v)) for v in ints)
+        return 0, 2 * size(args["normalized_shape"])
+    return 0, math.prod(max(1, abs(v)) for v in ints)
 
 
 def _check_layer(spec, index, classes):
@@ -241,7 +246,7 @@ def _check_layer(spec, index, classes):
     ints = []
     for key, value in kwargs.items():
         ints += _check_value(value, params[key], f"{where}: argument {key!r}")
-    return cls, kwargs, _implied_elements(kwargs, ints)
+    return cls, kwargs, *_implied_elements(kwargs, ints)
 
 
 def layer_from_spec(spec, *, dtype=np.float32, seed=None, index=0):
@@ -253,7 +258,7 @@ def layer_from_spec(spec, *, dtype=np.float32, seed=None, index=0):
         Naming the layer `index` and the argument, for anything :func:`validate_spec` refuses
         and for a value the layer's constructor refuses.
     """
-    cls, kwargs, implied = _check_layer(spec, index, layer_classes())
+    cls, kwargs, _, implied = _check_layer(spec, index, layer_classes())
     if implied > MAX_ELEMENTS:
         raise ValueError(f"layer {index} ({cls.__name__}): its arguments imply up to {implied:,} "
                          f"parameter elements, more than the limit {MAX_ELEMENTS:,}")
@@ -355,6 +360,18 @@ def validate_spec(spec):
     ValueError
         Naming the layer index and the argument.
     """
+    return [(cls, kwargs) for cls, kwargs, _, _ in _validate(spec)]
+
+
+def parameter_bounds(spec):
+    """``(lower, upper)``: bounds of the number of parameter and buffer elements of the model a
+    (valid) spec describes, computed from its arguments alone, so that a model file whose
+    tensors cannot match is refused before the model is built."""
+    checked = _validate(spec)
+    return sum(c[2] for c in checked), sum(c[3] for c in checked)
+
+
+def _validate(spec):
     if not isinstance(spec, dict):
         raise ValueError(f"a model spec must be a JSON object, got {type(spec).__name__}")
     unknown = [k for k in spec if k not in _SPEC_KEYS]
@@ -376,13 +393,13 @@ def validate_spec(spec):
     classes = layer_classes()
     checked, total = [], 0
     for i, layer in enumerate(layers):
-        cls, kwargs, implied = _check_layer(layer, i, classes)
-        total += implied
+        cls, kwargs, lower, upper = _check_layer(layer, i, classes)
+        total += upper
         if total > MAX_ELEMENTS:
             raise ValueError(f"layer {i} ({cls.__name__}): the arguments up to here imply up to "
                              f"{total:,} parameter elements, more than the limit "
                              f"{MAX_ELEMENTS:,}")
-        checked.append((cls, kwargs))
+        checked.append((cls, kwargs, lower, upper))
     return checked
 
 
@@ -510,18 +527,3 @@ def load_spec(path):
     return spec
 
 
-#: Deepest nesting of JSON objects and lists accepted in a spec or a file header.
-MAX_DEPTH = 32
-
-
-def check_depth(obj, limit=MAX_DEPTH):
-    """Raise ValueError if the JSON value `obj` nests lists/objects deeper than `limit`
-    (checked iteratively, so a deep value cannot exhaust the stack)."""
-    stack = [(obj, 0)]
-    while stack:
-        value, depth = stack.pop()
-        if isinstance(value, (list, dict)):
-            if depth >= limit:
-                raise ValueError(f"JSON nested more than {limit} levels deep")
-            items = value.values() if isinstance(value, dict) else value
-            stack.extend((v, depth + 1) for v in items)

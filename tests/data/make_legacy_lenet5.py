@@ -1,6 +1,7 @@
 """Made the legacy (LeNet-5-only format) fixtures in this folder; it ran on commit 5d5a897, before
 model files recorded the architecture as a layer list (run from the repository root)."""
 import numpy as np
+
 import fastcnn
 from fastcnn.datasets import Dataset, Split
 
