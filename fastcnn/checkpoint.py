@@ -49,6 +49,9 @@ KINDS = ("model", "checkpoint")
 LEGACY_ARCHITECTURE = "LeNet5"
 #: Largest total size of a checkpoint's extra arrays (bytes).
 MAX_EXTRA_BYTES = 2 ** 26
+#: Up to this many parameter elements, a model is built to compare its tensors with the file's
+#: one by one; a larger one must first be possible with the elements the file holds.
+_BUILD_TO_COMPARE = 2 ** 20
 
 
 def _version():
@@ -383,10 +386,11 @@ def _open_model(npz, path):
     """Check the header and members of an open file and build its model (weights read)."""
     header = npz.header
     spec, dtype = _check_header(header, path)
-    # Before building anything: the tensors in the file must be able to hold the architecture.
+    # Before building anything large: the tensors in the file must be able to hold the
+    # architecture. (A small model is built, for a message naming the tensor that differs.)
     lower, _ = parameter_bounds(spec)
     held = sum(math.prod(m.shape) for k, m in npz.members.items() if k.startswith("model/"))
-    if lower > held:
+    if lower > held and lower > _BUILD_TO_COMPARE:
         raise _fail(path, f"the architecture needs at least {lower:,} parameter elements but the "
                           f"file's tensors hold {held:,}")
     try:

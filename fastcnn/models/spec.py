@@ -195,7 +195,7 @@ def _check_value(value, param, where):
                      f"{type(value).__name__}")
 
 
-def _implied_elements(args, ints):
+def _implied_elements(name, args, ints):
     """``(lower, upper)`` bounds of the parameter and buffer elements a layer with these
     arguments holds, from PyTorch's argument names (a convolution's or linear layer's weight
     always exists; batch norm may have none); for any other layer ``(0, product of its
@@ -206,7 +206,9 @@ def _implied_elements(args, ints):
         return abs(int(v)) if _is_number(v) else 1
 
     if "in_channels" in args and "out_channels" in args:
-        kernel = size(args.get("kernel_size", 1))
+        kernel = args.get("kernel_size", 1)
+        dims = int(name[-2]) if name[-2:] in ("1d", "2d", "3d") else 1  # an int means k**dims
+        kernel = size(kernel) if isinstance(kernel, list) else size(kernel) ** dims
         groups = max(1, size(args.get("groups", 1)))
         weight = size(args["in_channels"]) * size(args["out_channels"]) * kernel // groups
         return weight, weight + size(args["out_channels"])
@@ -246,7 +248,7 @@ def _check_layer(spec, index, classes):
     ints = []
     for key, value in kwargs.items():
         ints += _check_value(value, params[key], f"{where}: argument {key!r}")
-    return cls, kwargs, *_implied_elements(kwargs, ints)
+    return cls, kwargs, *_implied_elements(kind, kwargs, ints)
 
 
 def layer_from_spec(spec, *, dtype=np.float32, seed=None, index=0):
