@@ -254,6 +254,16 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _finite(v):
+    """True for a finite JSON number (not a bool; a huge int is not finite as a float)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 def _legacy_spec(header, arch, path):
     """The spec of a file of the LeNet-5-only format."""
     num_classes = arch.get("num_classes")
@@ -270,10 +280,8 @@ def _legacy_spec(header, arch, path):
     norm = header.get("normalization")
     if norm is not None:
         ok = (isinstance(norm, dict) and set(norm) == {"mean", "std"}
-              and all(isinstance(norm[k], (int, float)) and not isinstance(norm[k], bool)
-                      for k in ("mean", "std")))
-        if not ok or not (math.isfinite(norm["mean"]) and math.isfinite(norm["std"])
-                          and norm["std"] > 0):
+              and _finite(norm["mean"]) and _finite(norm["std"]) and norm["std"] > 0)
+        if not ok:
             raise _fail(path, f"invalid normalization {repr(norm)[:80]} in the header")
         spec["input_transform"]["normalization"] = {"mean": [norm["mean"]],
                                                     "std": [norm["std"]]}
@@ -467,11 +475,8 @@ def load_checkpoint(path, return_arrays=False):
         optimizer = header.get("optimizer")
         if not isinstance(optimizer, dict):
             raise _fail(path, "the checkpoint has no optimizer settings")
-        ok = (isinstance(optimizer.get("type"), str)
-              and isinstance(optimizer.get("lr"), (int, float))
-              and not isinstance(optimizer.get("lr"), bool)
-              and math.isfinite(optimizer["lr"]) and _is_int(optimizer.get("steps"))
-              and optimizer["steps"] >= 0)
+        ok = (isinstance(optimizer.get("type"), str) and _finite(optimizer.get("lr"))
+              and _is_int(optimizer.get("steps")) and optimizer["steps"] >= 0)
         if not ok:
             raise _fail(path, f"invalid optimizer settings {repr(optimizer)[:120]} in the "
                               f"checkpoint")

@@ -467,3 +467,65 @@ def test_mutation_fuzz(tmp_path, small_files, which):
             outcomes["loaded"] += 1
     assert outcomes["refused"] > 100, outcomes
     assert time.perf_counter() - start < 30
+
+
+JSON_VALUES = [None, True, False, 0, -1, 2, 1.5, 10 ** 30, 10 ** 400, -(10 ** 400), "x", "",
+               [], {}, [1, 2], [[1]], {"a": 1}, math.nan, math.inf, -math.inf, [1, 32, 32],
+               {"mean": 0.1, "std": 0.2}, {"type": "ReLU"}, ["a"] * 3]
+
+
+def _paths(value, prefix=()):
+    yield prefix
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value[:20]):
+            yield from _paths(v, prefix + (i,))
+
+
+def _edit_json(header, rng):
+    """Replace, delete or add one value somewhere in the header."""
+    paths = [p for p in _paths(header) if p and p[0] not in ("format", "format_version")]
+    path = paths[int(rng.integers(len(paths)))]
+    parent = header
+    for key in path[:-1]:
+        parent = parent[key]
+    action = int(rng.integers(3))
+    if action == 0 or not isinstance(parent, dict):
+        parent[path[-1]] = JSON_VALUES[int(rng.integers(len(JSON_VALUES)))]
+    elif action == 1:
+        del parent[path[-1]]
+    else:
+        parent["zz" + str(path[-1])] = JSON_VALUES[int(rng.integers(len(JSON_VALUES)))]
+
+
+@pytest.mark.parametrize("which", ["model", "checkpoint", "legacy-model", "legacy-checkpoint"])
+def test_header_value_fuzz(tmp_path, small_files, which):
+    """Random edits of the JSON header's values (any type, at any depth): the file loads or
+    the loader raises a one-line ValueError naming it; never TypeError, KeyError, ..."""
+    src = {"model": small_files[0], "checkpoint": small_files[1], "legacy-model": LEGACY_MODEL,
+           "legacy-checkpoint": LEGACY_CHECKPOINT}[which]
+    loader = load_checkpoint if "checkpoint" in which else load_model
+    arrays, good = load_npz(src)
+    rng = np.random.default_rng(len(which))
+    path = tmp_path / "edited.npz"
+    refused = 0
+    for _ in range(100 if "legacy" not in which else 25):
+        header = json.loads(json.dumps(good))
+        for _ in range(int(rng.integers(1, 3))):
+            _edit_json(header, rng)
+        raw_header_file_from(arrays, path, json.dumps(header))
+        try:
+            loader(path)
+        except ValueError as exc:
+            assert "\n" not in str(exc) and str(exc).startswith(str(path) + ": ")
+            refused += 1
+    assert refused > 10
+
+
+def raw_header_file_from(arrays, dst, text):
+    with zipfile.ZipFile(dst, "w") as zf:
+        for key, value in {**arrays, "__header__": np.frombuffer(text.encode(), np.uint8)}.items():
+            with zf.open(key + ".npy", "w") as f:
+                np.lib.format.write_array(f, value)

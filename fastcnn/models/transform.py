@@ -72,8 +72,12 @@ class InputTransform:
         for v in values:
             if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
                 raise ValueError(f"normalization {name} must hold numbers, got {v!r}")
-            if not math.isfinite(float(v)):
-                raise ValueError(f"normalization {name} must be finite, got {float(v)}")
+            try:
+                finite = math.isfinite(float(v))
+            except OverflowError:
+                finite = False
+            if not finite:
+                raise ValueError(f"normalization {name} must be finite, got {str(v)[:40]}")
             out.append(float(v))
         return tuple(out)
 
