@@ -8,7 +8,8 @@ A spec is the JSON object ::
                          "normalization": {"mean": [0.13], "std": [0.31]}},
      "layers": [{"type": "Conv2d", "in_channels": 1, "out_channels": 16, "kernel_size": 3,
                  "padding": 1},
-                {"type": "ReLU"}, ...]}
+                {"type": "ReLU"}, ...],
+     "name": "my-net"}                                 # optional: free text
 
 Each layer is its class name in :mod:`fastcnn.nn` plus its constructor arguments, with PyTorch's
 names; tuples are written as lists and every omitted argument takes the constructor's default
