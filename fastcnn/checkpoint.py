@@ -34,13 +34,7 @@ import numpy as np
 
 from .io import NpzReader, flatten_state, save_npz_atomic
 from .models.lenet import lenet5_spec
-from .models.spec import (
-    MAX_ARGUMENT,
-    model_from_spec,
-    model_to_spec,
-    parameter_bounds,
-    validate_spec,
-)
+from .models.spec import MAX_ARGUMENT, _model_from_checked, _validate, model_to_spec
 from .models.transform import InputTransform
 
 __all__ = ["load_checkpoint", "load_model", "model_header", "save_checkpoint", "save_model"]
@@ -313,10 +307,6 @@ def _check_header(header, path):
     else:
         raise _fail(path, f"architecture {repr(arch.get('name'))[:80]} is not supported; "
                           f"expected a layer list")
-    try:
-        validate_spec(spec)
-    except ValueError as exc:
-        raise _fail(path, exc) from None
     dtype = header.get("dtype")
     if dtype not in ("float32", "float64"):
         raise _fail(path, f"dtype {repr(dtype)[:80]} in the header is not float32 or float64")
@@ -394,15 +384,19 @@ def _open_model(npz, path):
     """Check the header and members of an open file and build its model (weights read)."""
     header = npz.header
     spec, dtype = _check_header(header, path)
+    try:
+        checked = _validate(spec)
+    except ValueError as exc:
+        raise _fail(path, exc) from None
     # Before building anything large: the tensors in the file must be able to hold the
     # architecture. (A small model is built, for a message naming the tensor that differs.)
-    lower, _ = parameter_bounds(spec)
+    lower = sum(c[2] for c in checked)
     held = sum(math.prod(m.shape) for k, m in npz.members.items() if k.startswith("model/"))
     if lower > held and lower > _BUILD_TO_COMPARE:
         raise _fail(path, f"the architecture needs at least {lower:,} parameter elements but the "
                           f"file's tensors hold {held:,}")
     try:
-        model = model_from_spec(spec, dtype=dtype)
+        model = _model_from_checked(spec, [c[:2] for c in checked], dtype, 0)
     except ValueError as exc:
         raise _fail(path, exc) from None
     targets = _check_members(npz, model, path, header["kind"])

@@ -88,8 +88,18 @@ def layer_classes():
     return out
 
 
+_SIGNATURES = {}
+
+
 def _signature(cls):
-    """The constructor's parameters (``self``, ``dtype``, ``seed`` and ``*args`` left out)."""
+    """The constructor's parameters (``self``, ``dtype``, ``seed`` and ``*args`` left out);
+    cached per class (inspect.signature is most of the cost of validating a spec)."""
+    if cls not in _SIGNATURES:
+        _SIGNATURES[cls] = (_parameters(cls), "seed" in inspect.signature(cls.__init__).parameters)
+    return _SIGNATURES[cls][0]
+
+
+def _parameters(cls):
     params = inspect.signature(cls.__init__).parameters
     out = {}
     for i, (name, p) in enumerate(params.items()):
@@ -102,7 +112,8 @@ def _signature(cls):
 
 
 def _accepts_seed(cls):
-    return "seed" in inspect.signature(cls.__init__).parameters
+    _signature(cls)
+    return _SIGNATURES[cls][1]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -480,9 +491,14 @@ def model_from_spec(spec, dtype=np.float32, seed=0):
         Naming the layer index and argument: see :func:`validate_spec`; also for a chain of
         layers that does not fit the input shape, or class names that do not match the output.
     """
+
+    return _model_from_checked(spec, validate_spec(spec), dtype, seed)
+
+
+def _model_from_checked(spec, checked, dtype, seed):
+    """model_from_spec for a spec validated into `checked` ((class, kwargs) per layer)."""
     from ..nn import Sequential
 
-    checked = validate_spec(spec)
     shape = tuple(spec["input_shape"])
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
