@@ -95,6 +95,14 @@ def test_summary_prints_by_default(capsys):
     assert len(text.splitlines()) == 14  # header, 12 layers, total
 
 
+def test_summary_rows_kept_in_fastcnn_model():
+    from fastcnn.model import summary_rows
+
+    rows = summary_rows(LeNet5(), (1, 32, 32))
+    assert len(rows) == 12 and rows[0][2:] == ((6, 28, 28), 156, 117_600)
+    assert sum(r[3] for r in rows) == 61_706 and sum(r[4] for r in rows) == 416_520
+
+
 def test_summary_rows_and_totals_as_data():
     result = LeNet5().summary(print_fn=None)
     assert (result.total_params, result.total_macs) == (61_706, 416_520)

@@ -210,8 +210,8 @@ def _check_value(value, param, where):
 def _implied_elements(name, args, ints):
     """``(lower, upper)`` bounds of the parameter and buffer elements a layer with these
     arguments holds, from PyTorch's argument names (a convolution's or linear layer's weight
-    always exists; batch norm may have none); for any other layer ``(0, product of its
-    integers)``."""
+    always exists; batch norm's depend on ``affine`` and ``track_running_stats``); for any other
+    layer ``(0, product of its integers)``."""
     def size(v):
         if isinstance(v, list):
             return math.prod(abs(int(x)) for x in v) if v else 1
@@ -227,8 +227,10 @@ def _implied_elements(name, args, ints):
     if "in_features" in args and "out_features" in args:
         weight = size(args["in_features"]) * size(args["out_features"])
         return weight, weight + size(args["out_features"])
-    if "num_features" in args:
-        return 0, 4 * size(args["num_features"]) + 1
+    if "num_features" in args:  # batch norm: weight and bias if affine, statistics if tracked
+        n = size(args["num_features"])
+        return 2 * n * (args.get("affine", True) is not False) + 2 * n * (
+            args.get("track_running_stats", True) is not False), 4 * n + 1
     if "normalized_shape" in args:
         return 0, 2 * size(args["normalized_shape"])
     return 0, math.prod(max(1, abs(v)) for v in ints)
