@@ -359,19 +359,71 @@ def test_random_sequential_round_trip(tmp_path, case):
                                                            for k in model.state_dict()])
 
 
-def test_batchnorm_buffers_saved_when_present(tmp_path):
+class StandInBatchNorm2d(nn.Module):
+    """Eval-mode batch norm with PyTorch's parameters and buffers (an int64 0-d counter too),
+    standing in for nn.BatchNorm2d where this tree does not have it yet."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.eps = eps
+        self.params = {"weight": np.ones(num_features, dtype), "bias": np.zeros(num_features,
+                                                                                  dtype)}
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self.buffers.update(running_mean=np.zeros(num_features, dtype),
+                            running_var=np.ones(num_features, dtype),
+                            num_batches_tracked=np.array(0, np.int64))
+
+    def forward(self, x):
+        c = (slice(None), None, None)
+        scale = self.params["weight"] / np.sqrt(self.buffers["running_var"] + self.eps)
+        return ((x - self.buffers["running_mean"][c]) * scale[c]
+                + self.params["bias"][c]).astype(self.dtype)
+
+
+@pytest.fixture
+def batchnorm(monkeypatch):
+    """nn.BatchNorm2d, or the stand-in registered under its name."""
     if not hasattr(nn, "BatchNorm2d"):
-        pytest.skip("BatchNorm2d is not in this tree yet")
-    model = fastcnn.Sequential(nn.Conv2d(1, 3, 3, seed=0), nn.BatchNorm2d(3), nn.ReLU(),
+        StandInBatchNorm2d.__name__ = "BatchNorm2d"
+        monkeypatch.setattr(nn, "BatchNorm2d", StandInBatchNorm2d, raising=False)
+        monkeypatch.setattr(nn, "__all__", [*nn.__all__, "BatchNorm2d"])
+    return nn.BatchNorm2d
+
+
+def test_batchnorm_buffers_round_trip(tmp_path, batchnorm):
+    model = fastcnn.Sequential(nn.Conv2d(1, 3, 3, seed=0), batchnorm(3), nn.ReLU(),
                                nn.Flatten(), nn.Linear(3 * 4 * 4, 2, seed=1))
     model.input_shape = (1, 6, 6)
     _randomise_state(model, np.random.default_rng(0))
     save_model(tmp_path / "m.npz", model)
     with np.load(tmp_path / "m.npz", allow_pickle=False) as f:
-        assert "model/1.running_mean" in f.files and "model/1.running_var" in f.files
+        assert {"model/1.running_mean", "model/1.running_var",
+                "model/1.num_batches_tracked"} <= set(f.files)
+        assert f["model/1.num_batches_tracked"].dtype == np.int64
     loaded = load_model(tmp_path / "m.npz")
     for key, value in model.state_dict().items():
+        assert loaded.state_dict()[key].dtype == value.dtype
         np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=key)
+    x = np.random.default_rng(1).random((3, 1, 6, 6)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+
+
+def test_huge_batchnorm_refused_before_it_is_built(tmp_path, batchnorm):
+    model = fastcnn.Sequential(batchnorm(1), nn.Flatten(), nn.Linear(4, 2, seed=1))
+    model.input_shape = (1, 2, 2)
+    save_model(tmp_path / "m.npz", model)
+    _, header = fastcnn.io.load_npz(tmp_path / "m.npz")
+    header["architecture"]["layers"][0]["num_features"] = 2 ** 24
+    header["architecture"]["input_shape"] = [2 ** 24, 1, 1]
+    header["architecture"]["layers"][2]["in_features"] = 2 ** 24
+    arrays, _ = fastcnn.io.load_npz(tmp_path / "m.npz")
+    for key in ("format", "format_version"):
+        header.pop(key)
+    fastcnn.io.save_npz_atomic(tmp_path / "big.npz", arrays, header)
+    with pytest.raises(ValueError, match="the architecture needs at least 100,663,296 parameter "
+                                         "elements but the file's tensors hold 15"):
+        load_model(tmp_path / "big.npz")
 
 
 def test_checkpoint_round_trip_any_model(tmp_path):
