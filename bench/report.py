@@ -811,7 +811,7 @@ def _plot(path, args, runs, tasks, title):
             stats = [harness.same_round_ratio(_values(runs, (o, t), r["id"]),
                                               _values(runs, ("fastcnn", t), r["id"]))
                      for r in rows]
-            med = [s[0] if s else 0 for s in stats]
+            med = [s[0] if s else np.nan for s in stats]
             err = [[s[0] - s[1] if s else 0 for s in stats], [s[2] - s[0] if s else 0
                                                               for s in stats]]
             ax.bar(xs + (k - (len(others) - 1) / 2) * width, med, width, yerr=err, capsize=2,
@@ -820,7 +820,8 @@ def _plot(path, args, runs, tasks, title):
         ax.set_xticks(xs)
         ax.set_xticklabels([r["label"].replace(", batch", "\nbatch") for r in rows],
                            fontsize=7, rotation=30, ha="right")
-        ax.set_ylabel("speed-up of fastcnn (> 1: faster)")
+        ax.set_yscale("log")
+        ax.set_ylabel("speed-up of fastcnn (log; > 1: faster)")
         ax.set_title(f"{t} thread(s)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
