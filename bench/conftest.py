@@ -13,18 +13,21 @@ The course-style loop references are timed only where one call is expected to ta
 ``FASTCNN_BENCH_LOOP_BUDGET`` seconds (default 2): the cost is measured at batch 1 once per session
 and scaled with the batch; the skip and the estimate are recorded in ``extra_info``.
 
-For comparisons with PyTorch, run with the allocator settings of DESIGN.md section 8, e.g.::
+Thread limits, the environment check and the networks come from ``harness.py``, which the
+report (``report.py``) uses as well. For comparisons with PyTorch, run with the allocator settings
+of DESIGN.md section 8 (``harness.worker_env``), e.g.::
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE MALLOC_MMAP_THRESHOLD_=33554432 \\
         MALLOC_TRIM_THRESHOLD_=1073741824 .venv/bin/python -m pytest bench --benchmark-only
 
-(``fastcnn bench`` does this for you, with each implementation in its own process.)
+(``python bench/report.py`` does this for you, with each implementation in its own process.)
 """
 
 import math
 import os
 import time
 
+import harness
 import numpy as np
 import pytest
 from benchutil import BENCH_TIME, DTYPE, N_THREADS, ROUND_TIME, SLOW_CALL, fastcnn, torch
@@ -36,13 +39,7 @@ def pytest_report_header(config):
     lines = [(f"fastcnn {fastcnn.__version__} (kernels {fastcnn.kernel_isa()}, OpenMP "
               f"{fastcnn.openmp_enabled()}), threads {N_THREADS} (FASTCNN_BENCH_THREADS), "
               f"torch {torch.__version__ if torch is not None else 'not installed'}")]
-    set_env = [k for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if os.environ.get(k)]
-    if set_env:
-        lines.append(f"note: {' and '.join(set_env)} set; unset them for benchmarks "
-                     "(DESIGN.md section 8)")
-    if not os.environ.get("MALLOC_MMAP_THRESHOLD_"):
-        lines.append("note: MALLOC_MMAP_THRESHOLD_/MALLOC_TRIM_THRESHOLD_ not set; PyTorch and "
-                     "NumPy pay page faults per step (DESIGN.md section 8)")
+    lines += [f"note: {problem}" for problem in harness.env_problems()]
     return lines
 
 
@@ -50,9 +47,8 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     info = {"fastcnn": fastcnn.__version__, "kernel_isa": fastcnn.kernel_isa(),
             "n_threads": N_THREADS, "numpy": np.__version__,
             "torch": None if torch is None else torch.__version__,
-            "env": {k: os.environ.get(k) for k in (
-                "OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "MALLOC_MMAP_THRESHOLD_",
-                "MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}}
+            "env": {k: os.environ.get(k) for k in
+                    harness.UNSET_ENV + tuple(harness.MALLOC_ENV) + harness.THREAD_ENV}}
     info["thread_pools"] = _POOLS_IN_SESSION or "not recorded"
     machine_info["fastcnn_bench"] = info
 
@@ -60,28 +56,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
 @pytest.fixture(scope="session", autouse=True)
 def n_threads():
     """The thread count of the session, applied to fastcnn, BLAS / OpenMP and PyTorch."""
-    previous = fastcnn.get_num_threads()
-    fastcnn.set_num_threads(N_THREADS)
-    limiter = None
-    torch_previous = None
-    if torch is not None:
-        torch_previous = torch.get_num_threads()
-        torch.set_num_threads(N_THREADS)
-    try:
-        from threadpoolctl import threadpool_info, threadpool_limits
-
-        limiter = threadpool_limits(limits=N_THREADS)
-        _POOLS_IN_SESSION[:] = [{k: p.get(k) for k in ("internal_api", "version", "num_threads",
-                                                       "architecture", "prefix")}
-                                for p in threadpool_info()]
-    except ImportError:
-        pass
+    torch_previous = torch.get_num_threads() if torch is not None else None
+    pools = harness.limit_threads(N_THREADS)  # fastcnn, torch and every BLAS / OpenMP pool
+    _POOLS_IN_SESSION[:] = pools or []
     yield N_THREADS
+    harness.restore_threads()
     if torch_previous is not None:
         torch.set_num_threads(torch_previous)
-    if limiter is not None:
-        limiter.restore_original_limits()
-    fastcnn.set_num_threads(previous)
 
 
 @pytest.fixture

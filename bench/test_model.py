@@ -19,10 +19,10 @@ import functools
 import numpy as np
 import pytest
 from benchutil import BATCHES, DTYPE, assert_matches, loop_reference_note, require_torch
+from harness import lenet5_forward_numpy, torch_lenet5
 
 import fastcnn
 from fastcnn import _reference as ref
-from fastcnn.bench import lenet5_forward_numpy, torch_lenet5
 
 LR, MOMENTUM = 0.01, 0.9
 IMPLS = ["fastcnn", "numpy-im2col", "numpy-loops", "torch"]

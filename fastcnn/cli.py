@@ -255,10 +255,27 @@ def _add_summary(subparsers):
 
 def _add_bench(subparsers):
     p = subparsers.add_parser(
-        "bench", help="benchmark fastcnn against NumPy and PyTorch (Markdown + PNG report)",
-        description="Run the benchmark report; 'fastcnn bench --help' lists its options.",
-        add_help=False, formatter_class=_HelpFormatter)
-    p.add_argument("bench_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        "bench", help="time a model's training step and inference on this machine",
+        description="Time a model's training step (forward, cross-entropy, backward, SGD step) "
+                    "and its inference on random inputs, like 'caffe time': milliseconds per "
+                    "batch (median and min-max over the iterations) and images per second.\n"
+                    "The comparison with PyTorch and ONNX Runtime is a development report: "
+                    "python bench/report.py in a checkout.",
+        formatter_class=_HelpFormatter)
+    p.add_argument("model", nargs="?", default="lenet5", metavar="MODEL",
+                   help="'lenet5' (default), a model file saved by fastcnn, or the name of a "
+                        "model-zoo model")
+    p.add_argument("--batch-size", type=_positive_int, default=64, metavar="N",
+                   help="images per batch (default: 64)")
+    p.add_argument("--iterations", type=_positive_int, default=20, metavar="K",
+                   help="timed calls per measurement (default: 20)")
+    p.add_argument("--warmup", type=_non_negative_int, default=3, metavar="K",
+                   help="untimed calls before each measurement (default: 3)")
+    p.add_argument("--input-shape", type=_positive_int, nargs=3, metavar=("C", "H", "W"),
+                   help="shape of one image (default: the model's input_shape)")
+    p.add_argument("--layers", action="store_true",
+                   help="also time each layer's forward and backward on its own")
+    _add_threads(p)
 
 
 def _build_parser():
@@ -612,10 +629,43 @@ def _cores():
         return os.cpu_count()
 
 
-def _cmd_bench(args):
-    from .bench import main as bench_main
+def _bench_model(name):
+    """(model, label) for ``fastcnn bench``: 'lenet5', a model file, or a zoo name."""
+    from . import LeNet5
+    from .checkpoint import load_model
 
-    return bench_main(args.bench_args, prog=f"{PROG} bench")
+    if name.lower() in ("lenet5", "lenet-5"):
+        return LeNet5(), "LeNet-5"
+    if os.path.exists(name):
+        return load_model(name), name
+    try:
+        from .models import get_model
+    except ImportError:
+        get_model = None
+    if get_model is not None:
+        try:
+            return get_model(name), name
+        except (KeyError, ValueError) as exc:
+            raise _UsageError(f"unknown model {name!r}: {exc}") from None
+    raise _UsageError(f"MODEL must be 'lenet5' or an existing model file, got {name!r}")
+
+
+def _cmd_bench(args):
+    from . import get_num_threads, kernel_isa
+    from .timing import format_timing, time_model
+
+    _set_threads(args)
+    model, label = _bench_model(args.model)
+    shape = args.input_shape or getattr(model, "input_shape", None)
+    if shape is None:
+        raise _UsageError(f"{label} does not record its input shape: give --input-shape C H W")
+    result = time_model(model, tuple(shape), args.batch_size, args.iterations,
+                        warmup=args.warmup, layers=args.layers)
+    title = (f"{label}, input {'x'.join(map(str, shape))}, batch {args.batch_size}, "
+             f"{_plural(get_num_threads(), 'thread')}, kernels {kernel_isa()}, "
+             f"{args.iterations} timed calls after {args.warmup} warm-up")
+    print(format_timing(result, title))
+    return 0
 
 
 def _cmd_summary(args):
@@ -676,10 +726,6 @@ def main(argv=None):
     """Run the ``fastcnn`` command with `argv` (default ``sys.argv[1:]``); return the exit
     code."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # the report parses (and documents) its own options
-        from .bench import main as bench_main
-
-        return bench_main(argv[1:], prog=f"{PROG} bench")
     return _run(_build_parser(), argv)
 
 
