@@ -240,13 +240,27 @@ def _batch_norm(g, layer, x, shape, stem, doc):
                   epsilon=float(_hp(layer, "eps", 1e-5)))
 
 
-def _pool_common(layer):
+def _pool_geometry(layer, shape, dilation=(1, 1)):
+    """Kernel, strides and ``[top, left, bottom, right]`` pads of a pooling layer with
+    ``ceil_mode`` spelt out as bottom/right padding (and ``ceil_mode=0`` in the graph): torch
+    drops a last window that would start in the padding, which ONNX's ``ceil_mode`` (and its
+    shape inference) do not; the output size computed here is torch's."""
     kernel = _pair(_hp(layer, "kernel_size"), "kernel_size")
     stride = _hp(layer, "stride", None)
     stride = kernel if stride is None else _pair(stride, "stride")
-    ph, pw = _pair(_hp(layer, "padding", 0), "padding")
-    return dict(kernel_shape=list(kernel), strides=list(stride), pads=[ph, pw, ph, pw],
-                ceil_mode=int(bool(_hp(layer, "ceil_mode", False))))
+    pad = _pair(_hp(layer, "padding", 0), "padding")
+    ceil = bool(_hp(layer, "ceil_mode", False))
+    ends = []
+    for size, k, s, p, d in zip(shape[2:], kernel, stride, pad, dilation):
+        span = d * (k - 1) + 1
+        if ceil:
+            out = -(-(size + 2 * p - span) // s) + 1
+            if (out - 1) * s >= size + p:
+                out -= 1
+        else:
+            out = (size + 2 * p - span) // s + 1
+        ends.append(max(0, (out - 1) * s + span - size - p))
+    return kernel, stride, [pad[0], pad[1], ends[0], ends[1]]
 
 
 def _max_pool(g, layer, x, shape, stem, doc):
@@ -254,15 +268,25 @@ def _max_pool(g, layer, x, shape, stem, doc):
         raise ExportError("MaxPool2d with return_indices=True returns two tensors; a chain "
                           "passes one")
     dilation = _pair(_hp(layer, "dilation", 1), "dilation")
-    return g.node("MaxPool", [x], stem, doc, dilations=list(dilation), **_pool_common(layer))
+    kernel, stride, pads = _pool_geometry(layer, shape, dilation)
+    return g.node("MaxPool", [x], stem, doc, kernel_shape=list(kernel), strides=list(stride),
+                  pads=pads, dilations=list(dilation))
 
 
 def _avg_pool(g, layer, x, shape, stem, doc):
     if _hp(layer, "divisor_override", None) is not None:
         raise ExportError("AvgPool2d divisor_override has no ONNX AveragePool equivalent")
-    return g.node("AveragePool", [x], stem, doc,
-                  count_include_pad=int(bool(_hp(layer, "count_include_pad", True))),
-                  **_pool_common(layer))
+    kernel, stride, pads = _pool_geometry(layer, shape)
+    include_pad = bool(_hp(layer, "count_include_pad", True))
+    if include_pad and (pads[2] > pads[0] or pads[3] > pads[1]):
+        # A ceil_mode window reaching past the padding: torch divides by the part of the
+        # window inside the padded input. Pad explicitly, then count only the padded input.
+        if any(pads[:2]):
+            x = _pad_node(g, x, pads[:2] * 2, "constant", stem, doc)
+        pads = [0, 0, pads[2] - pads[0], pads[3] - pads[1]]
+        include_pad = False
+    return g.node("AveragePool", [x], stem, doc, kernel_shape=list(kernel),
+                  strides=list(stride), pads=pads, count_include_pad=int(include_pad))
 
 
 def _adaptive_size(layer, shape):
