@@ -9,6 +9,7 @@ import pytest
 
 import fastcnn
 from fastcnn import nn
+from fastcnn.interop._common import same_value
 
 torch = pytest.importorskip("torch")
 
@@ -279,3 +280,128 @@ def test_fashion_mnist_trained_torch_net_predicts_the_same():
                           batch=128)
     predictions = _assert_same_predictions(tmodel, data.test.images)
     assert (predictions == data.test.labels).mean() > 0.75
+
+
+# ------------------------------------------------------------------------------------------
+# Layers of issue 7: the real ones once fastcnn has them, stand-ins until then
+
+
+def _stand_in_class(name):
+    """A fastcnn layer class named like ``torch.nn.<name>``, with torch's constructor signature
+    (plus keyword-only dtype), computed by torch: what the generic conversion sees of a layer is
+    its name, its recorded arguments, its parameters and buffers."""
+    import inspect
+
+    torch_cls = getattr(torch.nn, name)
+    params = [p for p in inspect.signature(torch_cls.__init__).parameters.values()
+              if p.name not in ("device", "dtype")
+              and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    signature = inspect.Signature(params + [inspect.Parameter(
+        "dtype", inspect.Parameter.KEYWORD_ONLY, default=np.float32)])
+
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        dtype = arguments.pop("dtype")
+        nn.Module.__init__(self, dtype=dtype)
+        self._torch = torch_cls(**arguments).to(
+            torch.float64 if np.dtype(dtype) == np.float64 else torch.float32)
+        for key, value in self._torch.named_parameters():
+            self.params[key] = value.detach().numpy()  # shares memory: loads reach torch
+            self.grads[key] = np.zeros_like(self.params[key])
+        for key, value in self._torch.named_buffers():
+            if key != "num_batches_tracked":  # as a fastcnn layer may well not keep it
+                self.buffers[key] = value.detach().numpy()
+
+    __init__.__signature__ = signature
+
+    def forward(self, x):
+        self._torch.train(self.training)
+        with torch.no_grad():
+            return self._torch(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
+    return type(name, (nn.Module,), {"__init__": __init__, "forward": forward})
+
+
+ISSUE7 = [
+    ("BatchNorm2d", dict(num_features=3, eps=1e-3, momentum=0.2), (3, 4, 5)),
+    ("BatchNorm2d", dict(num_features=3, affine=False), (3, 4, 5)),
+    ("BatchNorm1d", dict(num_features=6), (6,)),
+    ("Dropout", dict(p=0.3), (2, 3, 3)),
+    ("Dropout2d", dict(p=0.2), (2, 3, 3)),
+    ("AvgPool2d", dict(kernel_size=3, stride=2, padding=1, ceil_mode=True,
+                       count_include_pad=False), (2, 7, 6)),
+    ("AdaptiveAvgPool2d", dict(output_size=(2, 3)), (2, 7, 6)),
+    ("Tanh", {}, (2, 3, 3)),
+    ("Sigmoid", {}, (2, 3, 3)),
+    ("LeakyReLU", dict(negative_slope=0.2), (2, 3, 3)),
+    ("ELU", dict(alpha=0.5), (2, 3, 3)),
+    ("GELU", dict(approximate="tanh"), (2, 3, 3)),
+    ("Identity", {}, (2, 3, 3)),
+    ("Softmax", dict(dim=1), (4, 3)),
+    ("LogSoftmax", dict(dim=1), (4, 3)),
+    ("ConvTranspose2d", dict(in_channels=2, out_channels=4, kernel_size=3, stride=2, padding=1,
+                             output_padding=1, groups=2, bias=False), (2, 4, 5)),
+]
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name, kwargs, shape", ISSUE7,
+                         ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(ISSUE7)])
+def test_issue7_layer_round_trip(monkeypatch, name, kwargs, shape, training):
+    if not hasattr(nn, name):
+        monkeypatch.setattr(nn, name, _stand_in_class(name), raising=False)
+        monkeypatch.setattr(nn, "__all__", list(nn.__all__) + [name])
+    torch.manual_seed(0)
+    tmodule = getattr(torch.nn, name)(**kwargs)
+    with torch.no_grad():
+        for key, tensor in list(tmodule.named_parameters()) + list(tmodule.named_buffers()):
+            if tensor.is_floating_point():
+                tensor.copy_(torch.rand_like(tensor) + 0.5 if key == "running_var"
+                             else torch.randn_like(tensor))
+    tmodule.train(training)
+    model = fastcnn.from_torch(torch.nn.Sequential(torch.nn.ReLU(), tmodule))
+    layer = model[1]
+    assert type(layer).__name__ == name and layer.training == training
+    args = layer.init_args()
+    for key, value in kwargs.items():
+        assert same_value(args[key], value), key
+    tstate = tmodule.state_dict()
+    for key, value in layer.state_dict().items():
+        assert np.array_equal(value, tstate[key].numpy()), key
+    back = fastcnn.to_torch(model)[1]
+    assert type(back) is type(tmodule) and repr(back) == repr(tmodule)
+    assert back.training == training
+    bstate = back.state_dict()
+    for key, value in tstate.items():
+        if key in layer.state_dict():
+            assert torch.equal(bstate[key], value), key
+    if not training:
+        x = np.random.default_rng(0).standard_normal((3,) + shape).astype(np.float32)
+        with torch.no_grad():
+            expected = tmodule(torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(layer.forward(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_batch_norm_stand_in_unsupported_momentum_none(monkeypatch):
+    """A fastcnn constructor's own refusal is reported with the module's index."""
+    name = "BatchNorm2d"
+    if hasattr(nn, name):
+        pytest.skip("the real BatchNorm2d decides what it supports")
+
+    base = _stand_in_class(name)
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, dtype=np.float32):
+        if momentum is None:
+            raise ValueError("momentum=None (cumulative average) is not supported")
+        base.__init__(self, num_features, eps, momentum, affine, track_running_stats,
+                      dtype=dtype)
+
+    cls = type(name, (base,), {"__init__": __init__})
+    monkeypatch.setattr(nn, name, cls, raising=False)
+    monkeypatch.setattr(nn, "__all__", list(nn.__all__) + [name])
+    with pytest.raises(ValueError, match=r"torch\.nn\.BatchNorm2d at index 0: momentum=None"):
+        fastcnn.from_torch(torch.nn.Sequential(torch.nn.BatchNorm2d(2, momentum=None)))

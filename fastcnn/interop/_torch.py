@@ -35,6 +35,9 @@ def _bias_is_set(module):
 #: ``{(class name, argument): reader}`` for one.
 _TORCH_READERS = {
     "bias": _bias_is_set,  # torch keeps the bias tensor (or None), not the flag
+    # Batch norm's bias flag only matters with affine=True (no bias tensor otherwise).
+    **{(f"BatchNorm{d}d", "bias"): (lambda m: _bias_is_set(m) or not m.affine)
+       for d in (1, 2, 3)},
 }
 
 #: torch constructor arguments that do not change what a module computes (or that name where
@@ -239,7 +242,11 @@ def _layer_from_torch(cls, module, path, dtype):
     for arg, param in torch_params.items():
         if arg in own_params or arg in _IGNORED_TORCH_ARGS or not hasattr(module, arg):
             continue
-        value = getattr(module, arg)
+        reader = _TORCH_READERS.get((name, arg), _TORCH_READERS.get(arg))
+        value = reader(module) if reader is not None else getattr(module, arg)
+        if hasattr(value, "shape"):  # a tensor, not the argument's value
+            raise ValueError(f"torch.nn.{name} at index {path}: cannot read its argument "
+                             f"{arg!r} (fastcnn.interop needs a reader for it)")
         if not same_value(value, param.default):
             raise ValueError(f"torch.nn.{name} at index {path} has {arg}={plain(value)!r}, "
                              f"which fastcnn.{name} does not support (only the default "
