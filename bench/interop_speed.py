@@ -48,8 +48,9 @@ def main(argv=None):
     tmodel = fastcnn.to_torch(model).eval()
     path = Path(tempfile.mkdtemp()) / "lenet5.onnx"
     fastcnn.export_onnx(model, path)
+    cpu = platform.processor() or platform.machine()
     print(f"fastcnn {fastcnn.__version__} ({fastcnn.kernel_isa()}), onnxruntime "
-          f"{ort.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+          f"{ort.__version__}, torch {torch.__version__}, {cpu}")
     print(f"{'batch':>5} {'threads':>7} {'fastcnn ms':>11} {'onnxruntime ms':>15} "
           f"{'torch ms':>9} {'ort/fastcnn':>12} {'torch/fastcnn':>14}")
     for threads in (1, 2):

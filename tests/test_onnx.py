@@ -403,3 +403,66 @@ def test_cli_export_errors(tmp_path, capsys):
     assert main(["export", str(tmp_path / "model.npz"), str(tmp_path / "m.onnx"),
                  "--opset", "12"]) == 2
     assert "expected an integer >= 13" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------
+# fastcnn.import_onnx
+
+
+def test_import_lenet_round_trip(tmp_path):
+    model = _lenet(4)
+    model.input_transform = {"mean": 0.5, "std": 0.25, "pad": 2}
+    fastcnn.export_onnx(model, tmp_path / "m.onnx", classes=list("0123456789"))
+    back = fastcnn.import_onnx(tmp_path / "m.onnx")
+    assert [repr(a) for a in back] == [repr(b) for b in model]
+    state = back.state_dict()
+    for key, value in model.state_dict().items():
+        assert np.array_equal(state[key], value), key
+    assert back.input_shape == (1, 32, 32) and back.classes == list("0123456789")
+    assert back.input_transform == {"pad": (2, 2), "mean": [0.5], "std": [0.25]}
+    assert not back.training
+    x = np.random.default_rng(0).standard_normal((3, 1, 32, 32)).astype(np.float32)
+    assert np.array_equal(back.forward(x), model.forward(x))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_import_random_chain_round_trip(tmp_path, seed):
+    rng = np.random.default_rng(200 + seed)
+    model, shape = random_chain(rng)
+    model.eval()
+    fastcnn.export_onnx(model, tmp_path / "m.onnx", input_shape=shape)
+    try:
+        back = fastcnn.import_onnx(tmp_path / "m.onnx")
+    except ValueError as exc:  # ceil_mode pooling is exported as asymmetric padding
+        assert "asymmetric pads" in str(exc)
+        return
+    x = rng.standard_normal((2,) + shape).astype(np.float32)
+    np.testing.assert_array_equal(back.forward(x), model.forward(x))
+
+
+def _graph_file(tmp_path, nodes, initializers=()):
+    helper = onnx.helper
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("output", onnx.TensorProto.FLOAT, [1, 4])],
+        initializer=list(initializers))
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_import_refuses_unsupported_op(tmp_path):
+    path = _graph_file(tmp_path, [onnx.helper.make_node("Relu", ["input"], ["r"], name="r"),
+                                  onnx.helper.make_node("Cos", ["r"], ["output"], name="c")])
+    with pytest.raises(ValueError, match=r"node 1 \(Cos 'c'\): it is not supported; "
+                                         r"supported: .*Conv"):
+        fastcnn.import_onnx(path)
+
+
+def test_import_refuses_non_chain(tmp_path):
+    path = _graph_file(tmp_path, [onnx.helper.make_node("Relu", ["input"], ["r"], name="r"),
+                                  onnx.helper.make_node("Add", ["r", "input"], ["output"],
+                                                        name="skip")])
+    with pytest.raises(ValueError, match=r"node 1 \(Add 'skip'\) does not take the previous "
+                                         r"node's output alone"):
+        fastcnn.import_onnx(path)
