@@ -337,10 +337,22 @@ def test_bad_input_shape_refused(tmp_path):
     model = nn.Sequential(nn.ReLU())
     with pytest.raises(ValueError, match=r"no input_shape: pass input_shape=\(C, H, W\)"):
         fastcnn.export_onnx(model, tmp_path / "m.onnx")
-    with pytest.raises(ValueError, match=r"input_shape must be \(C, H, W\)"):
-        fastcnn.export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 4))
+    with pytest.raises(ValueError, match=r"input_shape must be the per-image shape"):
+        fastcnn.export_onnx(model, tmp_path / "m.onnx", input_shape=(1, 0, 4))
+    with pytest.raises(ValueError, match=r"input transform needs image inputs"):
+        fastcnn.export_onnx(model, tmp_path / "m.onnx", input_shape=(4,),
+                            input_transform={"mean": 0.5})
     with pytest.raises(TypeError, match="expected a fastcnn model"):
         fastcnn.export_onnx(object(), tmp_path / "m.onnx", input_shape=(1, 4, 4))
+
+
+def test_linear_only_model(tmp_path):
+    rng = np.random.default_rng(11)
+    model = nn.Sequential(randomise(nn.Linear(5, 4), rng), nn.ReLU(),
+                          randomise(nn.Linear(4, 3, bias=False), rng))
+    fastcnn.export_onnx(model, tmp_path / "m.onnx", input_shape=(5,))
+    x = rng.standard_normal((6, 5)).astype(np.float32)
+    _assert_close(_run(tmp_path / "m.onnx", x), model.forward(x))
 
 
 def test_identity_only_model(tmp_path):

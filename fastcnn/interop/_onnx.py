@@ -401,6 +401,9 @@ def _check_transform(transform, channels):
 def _emit_transform(g, transform, shape):
     """Zero padding then ``(x - mean) / std`` per channel (what the data loaders and ``fastcnn
     predict`` do, in that order); returns (output name, raw per-image input shape)."""
+    if len(shape) != 3:
+        raise ExportError(f"an input transform needs image inputs (C, H, W), the model's "
+                          f"input shape is {shape}")
     C, H, W = shape
     mean, std, (ph, pw) = _check_transform(transform, C)
     raw = (C, H - 2 * ph, W - 2 * pw)
@@ -444,7 +447,8 @@ def export_onnx(model, path, input_shape=None, opset=17, *, classes=None, input_
         The ``.onnx`` file, written atomically (an existing file is replaced only once the new
         one is complete).
     input_shape : tuple of int, optional
-        The network's per-image input shape ``(C, H, W)``; default ``model.input_shape``.
+        The network's per-image input shape, ``(C, H, W)`` for images (``(F,)`` for a network
+        of Linear layers); default ``model.input_shape``.
     opset : int, default 17
         ONNX opset, from 13 to the newest the installed ``onnx`` knows. GELU is one ``Gelu``
         node from opset 20 and is spelt out with ``Erf`` (or ``Tanh``) before.
@@ -493,9 +497,9 @@ def export_onnx(model, path, input_shape=None, opset=17, *, classes=None, input_
         input_shape = tuple(int(s) for s in input_shape)
     except (TypeError, ValueError):
         raise ValueError(f"input_shape must be a tuple of ints, got {input_shape!r}") from None
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ValueError(f"input_shape must be (C, H, W) with positive sizes, got "
-                         f"{input_shape}")
+    if not input_shape or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be the per-image shape, (C, H, W) for images, with "
+                         f"positive sizes, got {input_shape}")
     if classes is None:
         classes = getattr(model, "classes", None)
     if input_transform is None:
