@@ -128,3 +128,29 @@ def random_chain(rng, dtype=np.float32, max_spatial=4):
     if finals and rng.random() < 0.3:
         layers.append(make(finals[int(rng.integers(len(finals)))], dim=1, dtype=dtype))
     return nn.Sequential(*layers), input_shape
+
+
+def zoo_params():
+    """pytest parameters: the names of the model zoo (``fastcnn.models``), or one skipped
+    parameter saying why when this build has no zoo."""
+    import pytest
+
+    try:
+        from fastcnn.models import list_models
+    except ImportError:
+        return [pytest.param(None, marks=pytest.mark.skip(
+            reason="this build has no model zoo (fastcnn.models)"))]
+    return [str(name) for name in list_models()]
+
+
+def zoo_model(name, seed=0):
+    """A zoo model with random weights and running statistics, in evaluation mode."""
+    from fastcnn.models import get_model
+
+    from fastcnn.interop._common import chain
+
+    model = get_model(name)
+    rng = np.random.default_rng(seed)
+    for _, layer in chain(model):
+        randomise(layer, rng)
+    return model.eval()

@@ -20,7 +20,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _interop_chains import random_chain, randomise  # noqa: E402
+from _interop_chains import random_chain, randomise, zoo_model, zoo_params  # noqa: E402
 
 BATCHES = (1, 3, 64)
 
@@ -478,3 +478,15 @@ def test_import_refuses_non_chain(tmp_path):
     with pytest.raises(ValueError, match=r"node 1 \(Add 'skip'\) does not take the previous "
                                          r"node's output alone"):
         fastcnn.import_onnx(path)
+
+
+@pytest.mark.parametrize("name", zoo_params())
+def test_zoo_model_matches_onnxruntime(tmp_path, name):
+    model = zoo_model(name)
+    shape = tuple(model.input_shape)
+    fastcnn.export_onnx(model, tmp_path / "m.onnx", input_shape=shape, input_transform={})
+    session = _session(tmp_path / "m.onnx")
+    for batch in BATCHES:
+        x = np.random.default_rng(batch).standard_normal((batch,) + shape).astype(np.float32)
+        x = x.astype(model.dtype)
+        _assert_close(session.run(None, {"input": x.astype(np.float32)})[0], model.forward(x))

@@ -14,7 +14,7 @@ from fastcnn.interop._common import same_value
 torch = pytest.importorskip("torch")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _interop_chains import random_chain, randomise  # noqa: E402
+from _interop_chains import random_chain, randomise, zoo_model, zoo_params  # noqa: E402
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
@@ -405,3 +405,13 @@ def test_batch_norm_stand_in_unsupported_momentum_none(monkeypatch):
     monkeypatch.setattr(nn, "__all__", list(nn.__all__) + [name])
     with pytest.raises(ValueError, match=r"torch\.nn\.BatchNorm2d at index 0: momentum=None"):
         fastcnn.from_torch(torch.nn.Sequential(torch.nn.BatchNorm2d(2, momentum=None)))
+
+
+@pytest.mark.parametrize("name", zoo_params())
+def test_zoo_model_round_trip(name):
+    model = zoo_model(name)
+    back = fastcnn.from_torch(fastcnn.to_torch(model))
+    _assert_same_state(model, back)
+    x = np.random.default_rng(0).standard_normal((2,) + tuple(model.input_shape))
+    x = x.astype(model.dtype)
+    assert np.array_equal(back.forward(x), model.forward(x))
