@@ -12,6 +12,7 @@ import inspect
 import numpy as np
 
 from fastcnn import nn
+from fastcnn.interop._common import chain
 
 
 def has(name):
@@ -146,8 +147,6 @@ def zoo_params():
 def zoo_model(name, seed=0):
     """A zoo model with random weights and running statistics, in evaluation mode."""
     from fastcnn.models import get_model
-
-    from fastcnn.interop._common import chain
 
     model = get_model(name)
     rng = np.random.default_rng(seed)
