@@ -415,3 +415,15 @@ def test_zoo_model_round_trip(name):
     x = np.random.default_rng(0).standard_normal((2,) + tuple(model.input_shape))
     x = x.astype(model.dtype)
     assert np.array_equal(back.forward(x), model.forward(x))
+
+
+def test_nested_fastcnn_sequentials_are_flattened():
+    rng = np.random.default_rng(12)
+    inner = nn.Sequential(randomise(nn.Conv2d(1, 2, 3), rng), nn.ReLU())
+    model = nn.Sequential(inner, nn.Sequential(nn.Flatten()),
+                          randomise(nn.Linear(2 * 4 * 4, 3), rng)).eval()
+    tmodel = fastcnn.to_torch(model)
+    assert [type(m).__name__ for m in tmodel] == ["Conv2d", "ReLU", "Flatten", "Linear"]
+    assert np.array_equal(tmodel[3].weight.detach().numpy(), model[2].params["weight"])
+    x = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    assert np.array_equal(fastcnn.from_torch(tmodel).forward(x), model.forward(x))
