@@ -241,10 +241,10 @@ def _batch_norm(g, layer, x, shape, stem, doc):
 
 
 def _pool_geometry(layer, shape, dilation=(1, 1)):
-    """Kernel, strides and ``[top, left, bottom, right]`` pads of a pooling layer with
+    """Kernel, strides and ``[top, left, bottom, right]`` pads of a pooling layer, with
     ``ceil_mode`` spelt out as bottom/right padding (and ``ceil_mode=0`` in the graph): torch
     drops a last window that would start in the padding, which ONNX's ``ceil_mode`` (and its
-    shape inference) do not; the output size computed here is torch's."""
+    shape inference) do not; the output size is torch's."""
     kernel = _pair(_hp(layer, "kernel_size"), "kernel_size")
     stride = _hp(layer, "stride", None)
     stride = kernel if stride is None else _pair(stride, "stride")
@@ -257,9 +257,11 @@ def _pool_geometry(layer, shape, dilation=(1, 1)):
             out = -(-(size + 2 * p - span) // s) + 1
             if (out - 1) * s >= size + p:
                 out -= 1
-        else:
-            out = (size + 2 * p - span) // s + 1
-        ends.append(max(0, (out - 1) * s + span - size - p))
+            # ONNX's floor formula with this end padding gives torch's size (symmetric padding
+            # already does when the ceiling adds no window).
+            ends.append(max(p, (out - 1) * s + span - size - p))
+        else:  # the floor formula is the same on both sides
+            ends.append(p)
     return kernel, stride, [pad[0], pad[1], ends[0], ends[1]]
 
 

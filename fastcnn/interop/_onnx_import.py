@@ -25,7 +25,12 @@ def _layer(name, *args, **kwargs):
     cls = getattr(nn, name, None)
     if cls is None:
         raise _Unsupported(f"it maps to {name}, which this version of fastcnn does not have")
-    return cls(*args, **kwargs)
+    try:
+        return cls(*args, **kwargs)
+    except TypeError as exc:  # an argument this version's layer does not take
+        raise _Unsupported(f"it maps to {name}({', '.join(map(repr, args))}, "
+                           f"{', '.join(f'{k}={v!r}' for k, v in kwargs.items())}): "
+                           f"{exc}") from None
 
 
 def _symmetric(pads, what):
@@ -42,7 +47,7 @@ def _nondefault(**kwargs):
     return {k: v for k, v in kwargs.items() if k not in defaults or v != defaults[k]}
 
 
-def _conv(node, attrs, inputs, rank, dtype):
+def _conv(node, attrs, inputs, dims, dtype):
     weight = inputs[1]
     F, Cg, KH, KW = weight.shape
     groups = attrs.get("group", 1)
@@ -58,7 +63,7 @@ def _conv(node, attrs, inputs, rank, dtype):
     return layer, state
 
 
-def _gemm(node, attrs, inputs, rank, dtype):
+def _gemm(node, attrs, inputs, dims, dtype):
     if attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0:
         raise _Unsupported("Gemm with transA, alpha or beta (only x @ W.T + b is a Linear)")
     weight = inputs[1] if attrs.get("transB", 0) else inputs[1].T
@@ -70,43 +75,69 @@ def _gemm(node, attrs, inputs, rank, dtype):
     return layer, {"weight": weight, **({"bias": bias} if bias is not None else {})}
 
 
+def _ceil_padding(pads, dims, kernel, strides, dilations):
+    """Pads ``[top, left, bottom, right]`` with more at the end read back as torch's
+    ``ceil_mode=True`` (as ``export_onnx`` writes it), if that gives the same output size."""
+    begin, end = list(pads[:2]), list(pads[2:])
+    if dims is None or len(dims) != 4 or None in dims[2:]:
+        raise _Unsupported(f"asymmetric pads {list(pads)} (fastcnn pads both sides alike)")
+    for size, b, e, k, s, d in zip(dims[2:], begin, end, kernel, strides, dilations):
+        span = d * (k - 1) + 1
+        onnx_out = (size + b + e - span) // s + 1
+        torch_out = -(-(size + 2 * b - span) // s) + 1
+        if (torch_out - 1) * s >= size + b:
+            torch_out -= 1
+        if e < b or onnx_out != torch_out:
+            raise _Unsupported(f"asymmetric pads {list(pads)} (fastcnn pads both sides alike)")
+    return tuple(begin)
+
+
 def _pool(name):
-    def build(node, attrs, inputs, rank, dtype):
+    def build(node, attrs, inputs, dims, dtype):
         if attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             raise _Unsupported("auto_pad (write explicit pads)")
         kernel = tuple(attrs["kernel_shape"])
-        extra = {"ceil_mode": bool(attrs.get("ceil_mode", 0))}
+        strides = tuple(attrs.get("strides", (1, 1)))
+        dilations = tuple(attrs.get("dilations", (1, 1)))
+        pads = list(attrs.get("pads", ())) or [0, 0, 0, 0]
+        ceil = bool(attrs.get("ceil_mode", 0))
+        if pads[:2] == pads[2:]:
+            padding = tuple(pads[:2])
+        elif not ceil:
+            padding, ceil = _ceil_padding(pads, dims, kernel, strides, dilations), True
+        else:
+            raise _Unsupported(f"asymmetric pads {pads} with ceil_mode=1")
+        extra = {"ceil_mode": ceil}
         if name == "MaxPool2d":
-            extra["dilation"] = tuple(attrs.get("dilations", (1, 1)))
+            extra["dilation"] = dilations
         else:
             extra["count_include_pad"] = bool(attrs.get("count_include_pad", 0))
-        return _layer(name, kernel, stride=tuple(attrs.get("strides", (1, 1))),
-                      padding=_symmetric(attrs.get("pads", ()), "pads"), dtype=dtype,
+        return _layer(name, kernel, stride=strides, padding=padding, dtype=dtype,
                       **_nondefault(**extra)), {}
     return build
 
 
-def _flatten(node, attrs, inputs, rank, dtype):
+def _flatten(node, attrs, inputs, dims, dtype):
     if attrs.get("axis", 1) != 1:
         raise _Unsupported(f"Flatten axis={attrs.get('axis')} (fastcnn flattens from axis 1)")
     return _layer("Flatten", dtype=dtype), {}
 
 
-def _batch_norm(node, attrs, inputs, rank, dtype):
+def _batch_norm(node, attrs, inputs, dims, dtype):
     scale, bias, mean, var = inputs[1:5]
-    name = "BatchNorm1d" if rank in (2, 3) else "BatchNorm2d"
+    name = "BatchNorm1d" if dims is not None and len(dims) in (2, 3) else "BatchNorm2d"
     layer = _layer(name, scale.shape[0], eps=attrs.get("epsilon", 1e-5), dtype=dtype)
     return layer, {"weight": scale, "bias": bias, "running_mean": mean, "running_var": var}
 
 
 def _plain(name, **attr_to_arg):
-    def build(node, attrs, inputs, rank, dtype):
+    def build(node, attrs, inputs, dims, dtype):
         kwargs = {arg: attrs[key] for key, arg in attr_to_arg.items() if key in attrs}
         return _layer(name, dtype=dtype, **kwargs), {}
     return build
 
 
-def _gelu(node, attrs, inputs, rank, dtype):
+def _gelu(node, attrs, inputs, dims, dtype):
     approximate = attrs.get("approximate", "none")
     approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
     return _layer("GELU", approximate=approximate, dtype=dtype), {}
@@ -171,8 +202,9 @@ def import_onnx(path):
     for node in graph.node:
         if node.op_type == "Constant":
             consts[node.output[0]] = onnx.numpy_helper.to_array(_attributes(onnx, node)["value"])
-    ranks = {v.name: len(v.type.tensor_type.shape.dim)
-             for v in list(graph.value_info) + list(graph.input)}
+    shapes = {v.name: [d.dim_value if d.HasField("dim_value") else None
+                       for d in v.type.tensor_type.shape.dim]
+              for v in list(graph.value_info) + list(graph.input)}
     inputs = [i for i in graph.input if i.name not in consts]
     if len(inputs) != 1 or len(graph.output) != 1:
         raise ValueError(f"{path}: the graph has {len(inputs)} inputs and {len(graph.output)} "
@@ -196,7 +228,7 @@ def import_onnx(path):
             elif node.op_type in _IMPORTERS:
                 values = [consts.get(i) for i in node.input]
                 layer, state = _IMPORTERS[node.op_type](node, attrs, values,
-                                                        ranks.get(current), np.float32)
+                                                        shapes.get(current), np.float32)
                 layers.append(layer)
                 states.append(state)
             else:
