@@ -8,6 +8,7 @@ from . import checkpoint, datasets, functional, io, nn
 from ._kernels import _openmp as _omp
 from ._threads import get_num_threads, set_num_threads
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
+from .interop import export_onnx, from_torch, import_onnx, to_torch
 from .model import LeNet5
 from .nn import *  # noqa: F401,F403  (every layer, as fastcnn.Conv2d and fastcnn.nn.Conv2d)
 from .optim import SGD, Adam
@@ -30,5 +31,5 @@ __all__ = [
     "functional", "datasets", "io", "get_num_threads", "set_num_threads", "openmp_enabled",
     "kernel_isa", "nn", *nn.__all__, "LeNet5", "SGD", "Adam", "Trainer", "TrainingInterrupted",
     "evaluate", "plot_history", "save_model", "load_model", "save_checkpoint", "load_checkpoint",
-    "checkpoint", "__version__",
+    "checkpoint", "to_torch", "from_torch", "export_onnx", "import_onnx", "__version__",
 ]

@@ -278,6 +278,22 @@ def _add_bench(subparsers):
     _add_threads(p)
 
 
+def _add_export(subparsers):
+    p = subparsers.add_parser(
+        "export", help="write a saved model as an ONNX file",
+        description="Write a saved model as an ONNX graph (evaluation mode, any batch size) that "
+                    "ONNX Runtime, OpenCV's dnn module or a browser runtime can run. The graph "
+                    "takes the raw pixels 'fastcnn predict' prepares (grayscale, [0, 1], "
+                    "unpadded): the model's padding and normalisation are its first nodes. The "
+                    "class names go into the metadata ('classes'). Needs the onnx package (pip "
+                    "install 'fastcnn[onnx]').",
+        formatter_class=_HelpFormatter)
+    p.add_argument("model", help="a model file (.npz) saved by 'fastcnn train'")
+    p.add_argument("output", help="the ONNX file to write (replaced atomically)")
+    p.add_argument("--opset", type=_int_at_least(13), default=17, metavar="N",
+                   help="ONNX opset version (default: 17; GELU is one node from 20 on)")
+
+
 def _build_parser():
     parser = _Parser(prog=PROG, formatter_class=_HelpFormatter,
                      description="Fast CPU training of LeNet-5 (Cython + OpenMP kernels).",
@@ -594,6 +610,33 @@ def _cmd_predict(args):
 
 
 # --------------------------------------------------------------------------------------------
+# export
+
+
+def _cmd_export(args):
+    from .checkpoint import load_model
+    from .interop import export_onnx
+
+    model, header = load_model(args.model, return_header=True)
+    transform = getattr(model, "input_transform", None)
+    input_shape = tuple(getattr(model, "input_shape", ()))
+    if transform is None and input_shape == (1, 32, 32):
+        # Files without a recorded transform: 'fastcnn predict' pads 28x28 images by 2 and
+        # normalises them as recorded in the header.
+        norm = header.get("normalization") or {}
+        transform = {"mean": norm.get("mean", 0.0), "std": norm.get("std", 1.0), "pad": 2}
+    classes = getattr(model, "classes", None) or header.get("classes")
+    proto = export_onnx(model, args.output, opset=args.opset, classes=classes,
+                        input_transform=transform)
+    dims = [d.dim_param or str(d.dim_value)
+            for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    print(f"wrote {args.output}: opset {args.opset}, input 'input' ({', '.join(dims)}) raw "
+          f"pixels, output 'output', {len(proto.graph.node)} nodes"
+          f"{f', {len(classes)} classes' if classes else ''}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # info, summary
 
 
@@ -685,6 +728,7 @@ _COMMANDS = {
     "info": (_add_info, _cmd_info),
     "summary": (_add_summary, _cmd_summary),
     "bench": (_add_bench, _cmd_bench),
+    "export": (_add_export, _cmd_export),
 }
 
 
