@@ -618,13 +618,7 @@ def _cmd_export(args):
     from .interop import export_onnx
 
     model, header = load_model(args.model, return_header=True)
-    transform = getattr(model, "input_transform", None)
-    input_shape = tuple(getattr(model, "input_shape", ()))
-    if transform is None and input_shape == (1, 32, 32):
-        # Files without a recorded transform: 'fastcnn predict' pads 28x28 images by 2 and
-        # normalises them as recorded in the header.
-        norm = header.get("normalization") or {}
-        transform = {"mean": norm.get("mean", 0.0), "std": norm.get("std", 1.0), "pad": 2}
+    transform = getattr(model, "input_transform", None)  # LeNet-5-only files get theirs too
     classes = getattr(model, "classes", None) or header.get("classes")
     proto = export_onnx(model, args.output, opset=args.opset, classes=classes,
                         input_transform=transform)

@@ -371,7 +371,11 @@ def _output_shape(layer, shape):
 
 
 def _check_transform(transform, channels):
-    """``(mean, std, (ph, pw))`` of an input transform, validated; mean/std as ``(C,)``."""
+    """``(mean, std, (ph, pw))`` of an input transform, validated; mean/std as ``(C,)``.
+    Takes a model's ``InputTransform`` (fastcnn.models.transform) or the dict form
+    ``{"mean", "std", "pad"}``."""
+    if hasattr(transform, "padding") and hasattr(transform, "mean"):  # an InputTransform
+        transform = {"mean": transform.mean, "std": transform.std, "pad": transform.padding}
     if not hasattr(transform, "get"):
         raise ExportError(f"input_transform must be a dict with keys {_TRANSFORM_KEYS}, got "
                           f"{transform!r}")

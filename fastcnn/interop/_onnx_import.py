@@ -247,7 +247,12 @@ def import_onnx(path):
     if len(dims) == 4 and None not in dims[1:]:
         model.input_shape = (dims[1], dims[2] + 2 * pad[0], dims[3] + 2 * pad[1])
     if transform:
-        model.input_transform = transform
+        from ..models.transform import InputTransform
+
+        mean, std = transform.get("mean"), transform.get("std")
+        model.input_transform = InputTransform(
+            padding=tuple(pad), mean=None if mean is None else list(np.ravel(mean)),
+            std=None if std is None else list(np.ravel(std)))
     meta = {p.key: p.value for p in proto.metadata_props}
     if "classes" in meta:
         model.classes = json.loads(meta["classes"])
