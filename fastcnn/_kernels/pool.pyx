@@ -17,12 +17,59 @@ results are bitwise identical for any thread count.
 
 from cython.parallel cimport parallel, prange
 from cython cimport floating
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 
 include "_pool_plane.pxi"
+
+cdef extern from *:
+    """
+    /* Row loops of the pooling kernels, one output row at a time; `restrict` and a constant input
+       step (1, 2, or any) let the compiler vectorise them. The max update keeps the running
+       maximum unless the new value is larger or the first NaN (ties keep the earlier tap), and
+       records the winning tap as its offset within the window. */
+    #define FCP_DEFINE(T, SUF)                                                                   \
+    static inline void fcp_add_##SUF(T *restrict y, const T *restrict x, ptrdiff_t s,          \
+                                     ptrdiff_t n) {                                            \
+        if (s == 1) { for (ptrdiff_t j = 0; j < n; j++) y[j] += x[j]; }                        \
+        else if (s == 2) { for (ptrdiff_t j = 0; j < n; j++) y[j] += x[2 * j]; }               \
+        else { for (ptrdiff_t j = 0; j < n; j++) y[j] += x[s * j]; }                           \
+    }                                                                                          \
+    static inline void fcp_max_##SUF(T *restrict y, int32_t *restrict t, const T *restrict x, \
+                                     ptrdiff_t s, int32_t tap, ptrdiff_t n) {                  \
+        if (s == 1) {                                                                          \
+            for (ptrdiff_t j = 0; j < n; j++) {                                                \
+                T v = x[j], b = y[j]; int w = (v > b) | ((v != v) & (b == b));                 \
+                y[j] = w ? v : b; t[j] = w ? tap : t[j]; }                                     \
+        } else if (s == 2) {                                                                   \
+            for (ptrdiff_t j = 0; j < n; j++) {                                                \
+                T v = x[2 * j], b = y[j]; int w = (v > b) | ((v != v) & (b == b));             \
+                y[j] = w ? v : b; t[j] = w ? tap : t[j]; }                                     \
+        } else {                                                                               \
+            for (ptrdiff_t j = 0; j < n; j++) {                                                \
+                T v = x[s * j], b = y[j]; int w = (v > b) | ((v != v) & (b == b));             \
+                y[j] = w ? v : b; t[j] = w ? tap : t[j]; }                                     \
+        }                                                                                      \
+    }                                                                                          \
+    static inline void fcp_scatter_##SUF(T *restrict d, const T *restrict g, ptrdiff_t s,     \
+                                         ptrdiff_t n) {                                        \
+        if (s == 1) { for (ptrdiff_t j = 0; j < n; j++) d[j] += g[j]; }                        \
+        else if (s == 2) { for (ptrdiff_t j = 0; j < n; j++) d[2 * j] += g[j]; }               \
+        else { for (ptrdiff_t j = 0; j < n; j++) d[s * j] += g[j]; }                           \
+    }
+    FCP_DEFINE(float, f)
+    FCP_DEFINE(double, d)
+    """
+    void fcp_add_f(float* y, const float* x, Py_ssize_t s, Py_ssize_t n) noexcept nogil
+    void fcp_add_d(double* y, const double* x, Py_ssize_t s, Py_ssize_t n) noexcept nogil
+    void fcp_max_f(float* y, int32_t* t, const float* x, Py_ssize_t s, int32_t tap,
+                   Py_ssize_t n) noexcept nogil
+    void fcp_max_d(double* y, int32_t* t, const double* x, Py_ssize_t s, int32_t tap,
+                   Py_ssize_t n) noexcept nogil
+    void fcp_scatter_f(float* d, const float* g, Py_ssize_t s, Py_ssize_t n) noexcept nogil
+    void fcp_scatter_d(double* d, const double* g, Py_ssize_t s, Py_ssize_t n) noexcept nogil
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +104,8 @@ cdef inline void _interior(Py_ssize_t size, Py_ssize_t out, Py_ssize_t k, Py_ssi
 # Max-pooling
 # ---------------------------------------------------------------------------------------------
 
-cdef inline void _max_plane(const floating* x, floating* y, int64_t* am, Py_ssize_t H,
+cdef inline void _max_plane(const floating* x, floating* y, int64_t* am, int32_t* tr,
+                            Py_ssize_t H,
                             Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh,
                             Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
                             Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
@@ -68,11 +116,11 @@ cdef inline void _max_plane(const floating* x, floating* y, int64_t* am, Py_ssiz
     so ties keep the first element and the first NaN wins, exactly as _pool_plane.
     """
     cdef Py_ssize_t i, j, p, q, p0, p1, q0, q1, u, hs, vs, base, jlo, jhi
+    cdef int32_t off
     cdef floating best, val
     cdef int64_t best_k, k
     cdef floating* yr
     cdef int64_t* ar
-    cdef bint w
     _interior(W, OW, kw, sw, pw, dw, &jlo, &jhi)
     for i in range(OH):
         hs = i * sh - ph
@@ -103,39 +151,26 @@ cdef inline void _max_plane(const floating* x, floating* y, int64_t* am, Py_ssiz
             j = j + 1
         if jhi <= jlo:
             continue
-        # Interior columns: one pass over the output row per tap.
+        # Interior columns: one pass over the output row per tap, recording the winning tap's
+        # offset within the window (tr), turned into the flat index at the end.
         u = hs + p0 * dh
         base = u * W - pw
         for j in range(jlo, jhi):
             yr[j] = x[base + j * sw]
-            ar[j] = base + j * sw
+            tr[j] = 0
         for p in range(p0, p1):
-            u = hs + p * dh
             for q in range(kw):
                 if p == p0 and q == 0:
                     continue
-                base = u * W - pw + q * dw
-                if sw == 1:
-                    for j in range(jlo, jhi):
-                        val = x[base + j]
-                        best = yr[j]
-                        w = (val > best) | ((val != val) & (best == best))
-                        yr[j] = val if w else best
-                        ar[j] = (base + j) if w else ar[j]
-                elif sw == 2:
-                    for j in range(jlo, jhi):
-                        val = x[base + 2 * j]
-                        best = yr[j]
-                        w = (val > best) | ((val != val) & (best == best))
-                        yr[j] = val if w else best
-                        ar[j] = (base + 2 * j) if w else ar[j]
+                off = (p - p0) * dh * W + q * dw
+                if floating is float:
+                    fcp_max_f(yr + jlo, tr + jlo, x + base + off + jlo * sw, sw, off,
+                              jhi - jlo)
                 else:
-                    for j in range(jlo, jhi):
-                        val = x[base + j * sw]
-                        best = yr[j]
-                        w = (val > best) | ((val != val) & (best == best))
-                        yr[j] = val if w else best
-                        ar[j] = (base + j * sw) if w else ar[j]
+                    fcp_max_d(yr + jlo, tr + jlo, x + base + off + jlo * sw, sw, off,
+                              jhi - jlo)
+        for j in range(jlo, jhi):
+            ar[j] = base + j * sw + tr[j]
 
 
 def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
@@ -156,16 +191,30 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     cdef Py_ssize_t plane
     cdef bint pool2 = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
                        and dh == 1 and dw == 1 and 2 * OH <= H and 2 * OW <= W)
-    # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c].
-    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        if pool2:
-            _pool_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
-                        &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw,
-                        ph, pw)
-        else:
-            _max_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
-                       &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw,
-                       ph, pw, dh, dw)
+    cdef int32_t* tr
+    cdef int fail = 0
+    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    if N * C == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        tr = <int32_t*> malloc((OW + 1) * sizeof(int32_t))
+        if tr == NULL:
+            failed[0] = 1
+        # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c]; tr is per thread.
+        for plane in prange(N * C, schedule='static'):
+            if tr == NULL:
+                continue
+            if pool2:
+                _pool_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
+                            &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw,
+                            ph, pw)
+            else:
+                _max_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
+                           &argmax[plane // C, plane % C, 0, 0], tr, H, W, OH, OW, kh, kw, sh,
+                           sw, ph, pw, dh, dw)
+        free(tr)
+    if fail:
+        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
 
 
 cdef inline void _scatter_plane(const floating* g, const int64_t* a, const floating* y,
@@ -275,16 +324,11 @@ cdef inline void _avg_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssi
             yr[j] = 0
         for u in range(u0, u1):
             for q in range(kw):
-                base = u * W - pw + q
-                if sw == 1:
-                    for j in range(jlo, jhi):
-                        yr[j] = yr[j] + x[base + j]
-                elif sw == 2:
-                    for j in range(jlo, jhi):
-                        yr[j] = yr[j] + x[base + 2 * j]
+                base = u * W - pw + q + jlo * sw
+                if floating is float:
+                    fcp_add_f(yr + jlo, x + base, sw, jhi - jlo)
                 else:
-                    for j in range(jlo, jhi):
-                        yr[j] = yr[j] + x[base + j * sw]
+                    fcp_add_d(yr + jlo, x + base, sw, jhi - jlo)
         # Interior windows of one row share their divisor.
         div = _avg_divisor(i, jlo, H, W, kh, kw, sh, sw, ph, pw, include_pad, override)
         for j in range(jlo, jhi):
@@ -346,15 +390,11 @@ cdef inline void _avg_back_plane(const floating* g, floating* dx, floating* gs, 
                     v = base + j * sw
                     if 0 <= v < W:
                         dr[v] = dr[v] + gr[j]
-                if sw == 1:
-                    for j in range(jlo, jhi):
-                        dr[base + j] = dr[base + j] + gr[j]
-                elif sw == 2:
-                    for j in range(jlo, jhi):
-                        dr[base + 2 * j] = dr[base + 2 * j] + gr[j]
-                else:
-                    for j in range(jlo, jhi):
-                        dr[base + j * sw] = dr[base + j * sw] + gr[j]
+                if jhi > jlo:
+                    if floating is float:
+                        fcp_scatter_f(dr + base + jlo * sw, gr + jlo, sw, jhi - jlo)
+                    else:
+                        fcp_scatter_d(dr + base + jlo * sw, gr + jlo, sw, jhi - jlo)
                 for j in range(jhi, OW):
                     v = base + j * sw
                     if 0 <= v < W:

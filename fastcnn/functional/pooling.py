@@ -109,6 +109,9 @@ def _plan_max_pool2d(x_shape, kernel_size, stride, padding, dilation, ceil_mode)
     dilation)."""
     kernel, stride, padding, dilation = _pool_args(kernel_size, stride, padding, dilation)
     size = tuple(x_shape[2:])
+    if size[0] * size[1] >= _LIMIT:
+        raise ValueError(f"max-pool input planes must hold fewer than 2**31 elements, got "
+                         f"{size}")
     out = _output_size(size, kernel, stride, padding, dilation, _bool(ceil_mode, "ceil_mode"))
     if dilation != (1, 1):
         _check_windows_hit_input(size, out, kernel, stride, padding, dilation)
