@@ -634,9 +634,10 @@ REPRS = {
              ["Conv2d(2, 3", "kernel_size=(3, 2)", "stride=(2, 1)", "padding=(1, 1)"]),
     "conv-nobias": (lambda: Conv2d(1, 6, 5, bias=False), ["Conv2d(1, 6", "kernel_size=(5, 5)",
                                                           "bias=False"]),
+    # Pooling reprs (PyTorch's exact text) are tested in test_pooling.py.
     "pool": (lambda: MaxPool2d(3, stride=2, padding=1),
-             ["MaxPool2d(", "kernel_size=(3, 3)", "stride=(2, 2)", "padding=(1, 1)"]),
-    "pool-default-stride": (lambda: MaxPool2d(2), ["kernel_size=(2, 2)", "stride=(2, 2)"]),
+             ["MaxPool2d(", "kernel_size=3", "stride=2", "padding=1"]),
+    "pool-default-stride": (lambda: MaxPool2d(2), ["kernel_size=2", "stride=2"]),
     "linear": (lambda: Linear(120, 84), ["Linear(", "in_features=120", "out_features=84"]),
     "linear-nobias": (lambda: Linear(3, 2, bias=False), ["bias=False"]),
     "relu": (lambda: ReLU(), ["ReLU()"]),

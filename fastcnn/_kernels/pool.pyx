@@ -1,40 +1,220 @@
-"""Max-pooling forward (caching the argmax) and backward (scattering through it).
+"""Pooling kernels: max (caching the argmax), average and adaptive average, each forward beside
+its backward.
 
 Shapes (NCHW, C-contiguous, validated by ``fastcnn.functional``):
 
     x, dx  (N, C, H, W)      y, dy, argmax  (N, C, OH, OW)
-    OH = (H + 2*ph - kh) // sh + 1            OW = (W + 2*pw - kw) // sw + 1
+    floor mode: OH = (H + 2*ph - dh*(kh-1) - 1) // sh + 1
+    ceil mode:  the same rounded up, minus one when the last window would start past H + ph
 
-Padding acts as -inf, so it is never the maximum; padding of at most half the window guarantees
-every window holds at least one real element.
+Max: padding acts as -inf, so it is never the maximum; the caller checks that every window holds
+at least one real element. Average: padding counts as zeros in the divisor when
+``count_include_pad``; a ceil-mode window running past the padded input is cut there.
+
+Every plane (n, c) is owned by one thread and every sum runs in an order fixed by the shapes, so
+results are bitwise identical for any thread count.
 """
 
-from cython.parallel cimport prange
+from cython.parallel cimport parallel, prange
 from cython cimport floating
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 
 include "_pool_plane.pxi"
+
+cdef extern from *:
+    """
+    /* Row loops of the pooling kernels, one output row at a time; `restrict` and a constant input
+       step (1, 2, or any) let the compiler vectorise them. The max update keeps the running
+       maximum unless the new value is larger or the first NaN (ties keep the earlier tap), and
+       records the winning tap as its offset within the window. */
+    #define FCP_DEFINE(T, SUF)                                                                   \
+    static inline void fcp_add_##SUF(T *restrict y, const T *restrict x, ptrdiff_t s,          \
+                                     ptrdiff_t n) {                                            \
+        if (s == 1) { for (ptrdiff_t j = 0; j < n; j++) y[j] += x[j]; }                        \
+        else if (s == 2) { for (ptrdiff_t j = 0; j < n; j++) y[j] += x[2 * j]; }               \
+        else { for (ptrdiff_t j = 0; j < n; j++) y[j] += x[s * j]; }                           \
+    }                                                                                          \
+    static inline void fcp_max_##SUF(T *restrict y, int32_t *restrict t, const T *restrict x, \
+                                     ptrdiff_t s, int32_t tap, ptrdiff_t n) {                  \
+        if (s == 1) {                                                                          \
+            for (ptrdiff_t j = 0; j < n; j++) {                                                \
+                T v = x[j], b = y[j]; int w = (v > b) | ((v != v) & (b == b));                 \
+                y[j] = w ? v : b; t[j] = w ? tap : t[j]; }                                     \
+        } else if (s == 2) {                                                                   \
+            for (ptrdiff_t j = 0; j < n; j++) {                                                \
+                T v = x[2 * j], b = y[j]; int w = (v > b) | ((v != v) & (b == b));             \
+                y[j] = w ? v : b; t[j] = w ? tap : t[j]; }                                     \
+        } else {                                                                               \
+            for (ptrdiff_t j = 0; j < n; j++) {                                                \
+                T v = x[s * j], b = y[j]; int w = (v > b) | ((v != v) & (b == b));             \
+                y[j] = w ? v : b; t[j] = w ? tap : t[j]; }                                     \
+        }                                                                                      \
+    }                                                                                          \
+    static inline void fcp_scatter_##SUF(T *restrict d, const T *restrict g, ptrdiff_t s,     \
+                                         ptrdiff_t n) {                                        \
+        if (s == 1) { for (ptrdiff_t j = 0; j < n; j++) d[j] += g[j]; }                        \
+        else if (s == 2) { for (ptrdiff_t j = 0; j < n; j++) d[2 * j] += g[j]; }               \
+        else { for (ptrdiff_t j = 0; j < n; j++) d[s * j] += g[j]; }                           \
+    }
+    FCP_DEFINE(float, f)
+    FCP_DEFINE(double, d)
+    """
+    void fcp_add_f(float* y, const float* x, Py_ssize_t s, Py_ssize_t n) noexcept nogil
+    void fcp_add_d(double* y, const double* x, Py_ssize_t s, Py_ssize_t n) noexcept nogil
+    void fcp_max_f(float* y, int32_t* t, const float* x, Py_ssize_t s, int32_t tap,
+                   Py_ssize_t n) noexcept nogil
+    void fcp_max_d(double* y, int32_t* t, const double* x, Py_ssize_t s, int32_t tap,
+                   Py_ssize_t n) noexcept nogil
+    void fcp_scatter_f(float* d, const float* g, Py_ssize_t s, Py_ssize_t n) noexcept nogil
+    void fcp_scatter_d(double* d, const double* g, Py_ssize_t s, Py_ssize_t n) noexcept nogil
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _first_inside(Py_ssize_t start, Py_ssize_t d) noexcept nogil:
+    """Smallest tap p >= 0 with start + p*d >= 0."""
+    if start >= 0:
+        return 0
+    return (-start + d - 1) // d
+
+
+cdef inline Py_ssize_t _end_inside(Py_ssize_t start, Py_ssize_t d, Py_ssize_t k,
+                                   Py_ssize_t size) noexcept nogil:
+    """One past the last tap p < k with start + p*d < size (start < size)."""
+    return min(k, (size - 1 - start) // d + 1)
+
+
+cdef inline void _interior(Py_ssize_t size, Py_ssize_t out, Py_ssize_t k, Py_ssize_t s,
+                           Py_ssize_t p, Py_ssize_t d, Py_ssize_t* lo,
+                           Py_ssize_t* hi) noexcept nogil:
+    """[lo, hi): the outputs whose whole window (k taps, dilation d) lies inside [0, size)."""
+    cdef Py_ssize_t last = size - 1 - (k - 1) * d + p  # j*s <= last
+    lo[0] = min((p + s - 1) // s, out)
+    hi[0] = min(last // s + 1, out) if last >= 0 else 0
+    if hi[0] < lo[0]:
+        hi[0] = lo[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Max-pooling
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void _max_plane(const floating* x, floating* y, int64_t* am, int32_t* tr,
+                            Py_ssize_t H,
+                            Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh,
+                            Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                            Py_ssize_t pw, Py_ssize_t dh, Py_ssize_t dw) noexcept nogil:
+    """Max-pool one plane with dilation; same result as a row-major scan of every window.
+
+    The taps are visited in row-major window order and each one updates a whole output row at
+    once (vectorisable): a tap replaces the running maximum when it is larger or the first NaN,
+    so ties keep the first element and the first NaN wins, exactly as _pool_plane.
+    """
+    cdef Py_ssize_t i, j, p, q, p0, p1, q0, q1, u, hs, vs, base, jlo, jhi
+    cdef int32_t off
+    cdef floating best, val
+    cdef int64_t best_k, k
+    cdef floating* yr
+    cdef int64_t* ar
+    _interior(W, OW, kw, sw, pw, dw, &jlo, &jhi)
+    for i in range(OH):
+        hs = i * sh - ph
+        p0 = _first_inside(hs, dh)
+        p1 = _end_inside(hs, dh, kh, H)
+        yr = y + i * OW
+        ar = am + i * OW
+        # Border columns: clip each window.
+        j = 0
+        while j < OW:
+            if j == jlo and jhi > jlo:
+                j = jhi
+                continue
+            vs = j * sw - pw
+            q0 = _first_inside(vs, dw)
+            q1 = _end_inside(vs, dw, kw, W)
+            best_k = (hs + p0 * dh) * W + vs + q0 * dw
+            best = x[best_k]
+            for p in range(p0, p1):
+                for q in range(q0, q1):
+                    k = (hs + p * dh) * W + vs + q * dw
+                    val = x[k]
+                    if _wins(val, best):
+                        best = val
+                        best_k = k
+            yr[j] = best
+            ar[j] = best_k
+            j = j + 1
+        if jhi <= jlo:
+            continue
+        # Interior columns: one pass over the output row per tap, recording the winning tap's
+        # offset within the window (tr), turned into the flat index at the end.
+        u = hs + p0 * dh
+        base = u * W - pw
+        for j in range(jlo, jhi):
+            yr[j] = x[base + j * sw]
+            tr[j] = 0
+        for p in range(p0, p1):
+            for q in range(kw):
+                if p == p0 and q == 0:
+                    continue
+                off = (p - p0) * dh * W + q * dw
+                if floating is float:
+                    fcp_max_f(yr + jlo, tr + jlo, x + base + off + jlo * sw, sw, off,
+                              jhi - jlo)
+                else:
+                    fcp_max_d(yr + jlo, tr + jlo, x + base + off + jlo * sw, sw, off,
+                              jhi - jlo)
+        for j in range(jlo, jhi):
+            ar[j] = base + j * sw + tr[j]
 
 
 def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
                       int64_t[:, :, :, ::1] argmax,    # OUT (N, C, OH, OW) flat index u*W+v
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
-                      Py_ssize_t ph, Py_ssize_t pw, int n_threads):
-    """y[n,c,i,j] = max of the window; argmax[n,c,i,j] = u*W + v of that maximum in x[n,c].
+                      Py_ssize_t ph, Py_ssize_t pw, int n_threads,
+                      Py_ssize_t dh=1, Py_ssize_t dw=1):
+    """y[n,c,i,j] = max over p < kh, q < kw of x[n,c, i*sh-ph+p*dh, j*sw-pw+q*dw] (real
+    positions only); argmax[n,c,i,j] = u*W + v of that maximum in x[n,c].
 
     Ties go to the first element in row-major order; a NaN is the maximum (the first NaN wins).
-    Parallel over (n, c) planes: each task owns y[n, c] and argmax[n, c].
+    OH, OW come from y (floor or ceil mode). The plain 2x2/2 window takes _pool_plane's
+    branch-free path when every window is whole. Parallel over (n, c) planes.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t plane
-    # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c].
-    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        _pool_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
-                    &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw, ph, pw)
+    cdef bint pool2 = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+                       and dh == 1 and dw == 1 and 2 * OH <= H and 2 * OW <= W)
+    cdef int32_t* tr
+    cdef int fail = 0
+    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    if N * C == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        tr = <int32_t*> malloc((OW + 1) * sizeof(int32_t))
+        if tr == NULL:
+            failed[0] = 1
+        # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c]; tr is per thread.
+        for plane in prange(N * C, schedule='static'):
+            if tr == NULL:
+                continue
+            if pool2:
+                _pool_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
+                            &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw,
+                            ph, pw)
+            else:
+                _max_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
+                           &argmax[plane // C, plane % C, 0, 0], tr, H, W, OH, OW, kh, kw, sh,
+                           sw, ph, pw, dh, dw)
+        free(tr)
+    if fail:
+        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
 
 
 cdef inline void _scatter_plane(const floating* g, const int64_t* a, const floating* y,
@@ -84,3 +264,299 @@ def maxpool2d_relu_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH,
         _scatter_plane(&dy[plane // C, plane % C, 0, 0], &argmax[plane // C, plane % C, 0, 0],
                        &y[plane // C, plane % C, 0, 0], &dx[plane // C, plane % C, 0, 0],
                        H * W, OH * OW)
+
+
+# ---------------------------------------------------------------------------------------------
+# Average pooling
+# ---------------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _avg_divisor(Py_ssize_t i, Py_ssize_t j, Py_ssize_t H, Py_ssize_t W,
+                                    Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                                    Py_ssize_t ph, Py_ssize_t pw, bint include_pad,
+                                    Py_ssize_t override) noexcept nogil:
+    """PyTorch's divisor of window (i, j): the override, else the window cut at the padded
+    input's end (count_include_pad) or cut to the real input."""
+    cdef Py_ssize_t hs = i * sh - ph, vs = j * sw - pw
+    cdef Py_ssize_t he = min(hs + kh, H + ph), ve = min(vs + kw, W + pw)
+    if override > 0:
+        return override
+    if include_pad:
+        return (he - hs) * (ve - vs)
+    return (min(he, H) - max(hs, 0)) * (min(ve, W) - max(vs, 0))
+
+
+cdef inline void _avg_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W,
+                            Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
+                            Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
+                            bint include_pad, Py_ssize_t override) noexcept nogil:
+    """Average-pool one plane: y = (sum of the window's real elements, row-major) / divisor.
+
+    Interior columns (window inside the input's width) add one tap to a whole output row at a
+    time (vectorisable); each output still sums its taps in row-major order.
+    """
+    cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1, q, hs, vs, base, jlo, jhi
+    cdef floating acc, div
+    cdef floating* yr
+    _interior(W, OW, kw, sw, pw, 1, &jlo, &jhi)
+    for i in range(OH):
+        hs = i * sh - ph
+        u0 = max(hs, 0)
+        u1 = min(hs + kh, H)
+        yr = y + i * OW
+        j = 0
+        while j < OW:
+            if j == jlo and jhi > jlo:
+                j = jhi
+                continue
+            vs = j * sw - pw
+            v0 = max(vs, 0)
+            v1 = min(vs + kw, W)
+            acc = 0
+            for u in range(u0, u1):
+                for v in range(v0, v1):
+                    acc = acc + x[u * W + v]
+            yr[j] = acc / _avg_divisor(i, j, H, W, kh, kw, sh, sw, ph, pw, include_pad,
+                                       override)
+            j = j + 1
+        if jhi <= jlo:
+            continue
+        for j in range(jlo, jhi):
+            yr[j] = 0
+        for u in range(u0, u1):
+            for q in range(kw):
+                base = u * W - pw + q + jlo * sw
+                if floating is float:
+                    fcp_add_f(yr + jlo, x + base, sw, jhi - jlo)
+                else:
+                    fcp_add_d(yr + jlo, x + base, sw, jhi - jlo)
+        # Interior windows of one row share their divisor.
+        div = _avg_divisor(i, jlo, H, W, kh, kw, sh, sw, ph, pw, include_pad, override)
+        for j in range(jlo, jhi):
+            yr[j] = yr[j] / div
+
+
+def avgpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                      floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
+                      Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                      Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad,
+                      Py_ssize_t divisor_override, int n_threads):
+    """y[n,c,i,j] = sum of xp[n,c] over the window (i*sh-ph+p, j*sw-pw+q), p < kh, q < kw,
+    divided by divisor_override (> 0), else by the number of window positions inside the padded
+    input (count_include_pad) or inside the input.
+
+    Parallel over (n, c) planes: each task owns y[n, c].
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t plane
+    # Race-free: plane (n, c) writes only y[n, c].
+    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        _avg_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0], H, W,
+                   OH, OW, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override)
+
+
+cdef inline void _avg_back_plane(const floating* g, floating* dx, floating* gs, Py_ssize_t H,
+                                 Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh,
+                                 Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                                 Py_ssize_t pw, bint include_pad,
+                                 Py_ssize_t override) noexcept nogil:
+    """dx[u, v] = sum over the windows (i, j) holding (u, v), in row-major order of (i, j), of
+    g[i, j] / divisor(i, j). gs is scratch of OH*OW.
+
+    Each input row u gathers from the window rows i that cover it; within a row, tap q runs
+    from kw-1 down so that the windows j reaching one pixel come in increasing order.
+    """
+    cdef Py_ssize_t i, j, u, q, ia, ib, jlo, jhi, base, v
+    cdef floating* dr
+    cdef const floating* gr
+    for i in range(OH):
+        for j in range(OW):
+            gs[i * OW + j] = g[i * OW + j] / _avg_divisor(i, j, H, W, kh, kw, sh, sw, ph, pw,
+                                                          include_pad, override)
+    _interior(W, OW, kw, sw, pw, 1, &jlo, &jhi)
+    for u in range(H):
+        dr = dx + u * W
+        memset(dr, 0, W * sizeof(floating))
+        # Windows i with i*sh - ph <= u < i*sh - ph + kh.
+        ia = u + ph - kh + 1
+        ia = 0 if ia <= 0 else (ia + sh - 1) // sh
+        ib = min((u + ph) // sh + 1, OH)
+        for i in range(ia, ib):
+            gr = gs + i * OW
+            q = kw - 1
+            while q >= 0:
+                base = q - pw
+                for j in range(jlo):
+                    v = base + j * sw
+                    if 0 <= v < W:
+                        dr[v] = dr[v] + gr[j]
+                if jhi > jlo:
+                    if floating is float:
+                        fcp_scatter_f(dr + base + jlo * sw, gr + jlo, sw, jhi - jlo)
+                    else:
+                        fcp_scatter_d(dr + base + jlo * sw, gr + jlo, sw, jhi - jlo)
+                for j in range(jhi, OW):
+                    v = base + j * sw
+                    if 0 <= v < W:
+                        dr[v] = dr[v] + gr[j]
+                q = q - 1
+
+
+def avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, OH, OW)
+                       floating[:, :, :, ::1] dx,        # OUT (N, C, H, W)
+                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                       Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad,
+                       Py_ssize_t divisor_override, int n_threads):
+    """dx[n,c,u,v] = sum over the windows (i, j) that hold (u, v) of dy[n,c,i,j] / divisor(i, j)
+    (each gradient spread evenly over its window, as avgpool2d_forward's divisor).
+
+    Parallel over (n, c) planes: each task owns dx[n, c] (and one thread's scratch row).
+    """
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t plane
+    cdef floating* gs
+    cdef int fail = 0
+    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    if N * C == 0:
+        return
+    with nogil, parallel(num_threads=n_threads):
+        gs = <floating*> malloc((OH * OW + 1) * sizeof(floating))
+        if gs == NULL:
+            failed[0] = 1
+        # Race-free: plane (n, c) writes only dx[n, c]; gs is per thread.
+        for plane in prange(N * C, schedule='static'):
+            if gs != NULL:
+                _avg_back_plane(&dy[plane // C, plane % C, 0, 0],
+                                &dx[plane // C, plane % C, 0, 0], gs, H, W, OH, OW, kh, kw,
+                                sh, sw, ph, pw, count_include_pad, divisor_override)
+        free(gs)
+    if fail:
+        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+
+
+# ---------------------------------------------------------------------------------------------
+# Adaptive average pooling
+# ---------------------------------------------------------------------------------------------
+
+cdef inline Py_ssize_t _start(Py_ssize_t i, Py_ssize_t size, Py_ssize_t out) noexcept nogil:
+    """First input index of adaptive window i: floor(i * size / out)."""
+    return (i * size) // out
+
+
+cdef inline Py_ssize_t _end(Py_ssize_t i, Py_ssize_t size, Py_ssize_t out) noexcept nogil:
+    """One past the last input index of adaptive window i: ceil((i + 1) * size / out)."""
+    return ((i + 1) * size + out - 1) // out
+
+
+cdef inline floating _plane_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    """Sum of n contiguous values in 8 interleaved partial sums (element k goes to sum k % 8),
+    added pairwise at the end: vectorisable, and the order depends on n alone."""
+    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t k = 0
+    while k + 8 <= n:
+        s0 = s0 + x[k]
+        s1 = s1 + x[k + 1]
+        s2 = s2 + x[k + 2]
+        s3 = s3 + x[k + 3]
+        s4 = s4 + x[k + 4]
+        s5 = s5 + x[k + 5]
+        s6 = s6 + x[k + 6]
+        s7 = s7 + x[k + 7]
+        k = k + 8
+    if k < n:
+        s0 = s0 + x[k]
+    if k + 1 < n:
+        s1 = s1 + x[k + 1]
+    if k + 2 < n:
+        s2 = s2 + x[k + 2]
+    if k + 3 < n:
+        s3 = s3 + x[k + 3]
+    if k + 4 < n:
+        s4 = s4 + x[k + 4]
+    if k + 5 < n:
+        s5 = s5 + x[k + 5]
+    if k + 6 < n:
+        s6 = s6 + x[k + 6]
+    return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
+
+
+cdef inline void _adaptive_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssize_t W,
+                                 Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """y[i, j] = (sum of the window, row-major) / kh / kw; a (1, 1) output sums the plane in
+    eight interleaved partial sums instead (global average pooling)."""
+    cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1
+    cdef floating acc
+    if OH == 1 and OW == 1:
+        y[0] = _plane_sum(x, H * W) / H / W
+        return
+    for i in range(OH):
+        u0 = _start(i, H, OH)
+        u1 = _end(i, H, OH)
+        for j in range(OW):
+            v0 = _start(j, W, OW)
+            v1 = _end(j, W, OW)
+            acc = 0
+            for u in range(u0, u1):
+                for v in range(v0, v1):
+                    acc = acc + x[u * W + v]
+            y[i * OW + j] = acc / (u1 - u0) / (v1 - v0)
+
+
+def adaptive_avgpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                               floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
+                               int n_threads):
+    """y[n,c,i,j] = mean of x[n,c, u0:u1, v0:v1] with u0 = floor(i*H/OH),
+    u1 = ceil((i+1)*H/OH) (the same for v over W, OW); divided as sum / (u1-u0) / (v1-v0).
+
+    Parallel over (n, c) planes: each task owns y[n, c].
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t plane
+    # Race-free: plane (n, c) writes only y[n, c].
+    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        _adaptive_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
+                        H, W, OH, OW)
+
+
+cdef inline void _adaptive_back_plane(const floating* g, floating* dx, Py_ssize_t H,
+                                      Py_ssize_t W, Py_ssize_t OH,
+                                      Py_ssize_t OW) noexcept nogil:
+    """dx = 0, then each g[i, j] / kh / kw is added to its window, windows in row-major order
+    (the plane is the thread's own)."""
+    cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1
+    cdef floating delta
+    if OH == 1 and OW == 1:
+        delta = g[0] / H / W
+        for u in range(H * W):
+            dx[u] = delta
+        return
+    memset(dx, 0, H * W * sizeof(floating))
+    for i in range(OH):
+        u0 = _start(i, H, OH)
+        u1 = _end(i, H, OH)
+        for j in range(OW):
+            v0 = _start(j, W, OW)
+            v1 = _end(j, W, OW)
+            delta = g[i * OW + j] / (u1 - u0) / (v1 - v0)
+            for u in range(u0, u1):
+                for v in range(v0, v1):
+                    dx[u * W + v] = dx[u * W + v] + delta
+
+
+def adaptive_avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, OH, OW)
+                                floating[:, :, :, ::1] dx,        # OUT (N, C, H, W)
+                                int n_threads):
+    """dx[n,c,u,v] = sum over the adaptive windows (i, j) holding (u, v) of
+    dy[n,c,i,j] / (u1-u0) / (v1-v0).
+
+    Parallel over (n, c) planes: each task owns dx[n, c].
+    """
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
+    cdef Py_ssize_t plane
+    # Race-free: plane (n, c) writes only dx[n, c].
+    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        _adaptive_back_plane(&dy[plane // C, plane % C, 0, 0], &dx[plane // C, plane % C, 0, 0],
+                             H, W, OH, OW)

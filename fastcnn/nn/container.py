@@ -107,7 +107,10 @@ def _plan(layers):
     steps, i = [], 0
     while i < len(layers):
         kinds = [type(layer) for layer in layers[i:i + 3]]
-        if kinds == [Conv2d, ReLU, MaxPool2d]:
+        # The fused kernel pools with _pool_plane: no dilation, and no ceil mode (whose partial
+        # last window its 2x2 fast path would read past); other pools run unfused.
+        if (kinds == [Conv2d, ReLU, MaxPool2d] and layers[i + 2].dilation == (1, 1)
+                and not layers[i + 2].ceil_mode):
             steps.append(_ConvReLUMaxPool(*layers[i:i + 3]))
         elif kinds[:2] == [Conv2d, ReLU]:
             steps.append(_ConvReLU(*layers[i:i + 2]))

@@ -1,40 +1,117 @@
 """Pooling layers (functional: ``fastcnn.functional.pooling``; kernels: ``_kernels/pool.pyx``;
-formulas: DESIGN.md section 3; tests: ``tests/test_pooling.py``)."""
+formulas: DESIGN.md section 3; tests: ``tests/test_pooling.py``).
+
+Pooling has no multiply-adds: ``macs`` is 0 for every layer here (the comparisons and additions
+are not counted).
+"""
 
 import numpy as np
 
-from ..functional._validate import conv2d_output_size
-from ..functional.pooling import _max_pool2d_backward_into, _max_pool2d_into, _pool_args
+from ..functional.pooling import (
+    _adaptive_avg_pool2d_backward_into,
+    _adaptive_avg_pool2d_into,
+    _avg_args,
+    _avg_pool2d_backward_into,
+    _avg_pool2d_into,
+    _bool,
+    _max_pool2d_backward_into,
+    _max_pool2d_into,
+    _plan_avg_pool2d,
+    _plan_max_pool2d,
+    _pool_args,
+    adaptive_pool2d_output_size,
+)
 from .module import Module
 
-__all__ = ["MaxPool2d"]
+__all__ = ["MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d"]
 
 
-class MaxPool2d(Module):
-    """2-D max-pooling; the forward pass caches the argmax that the backward pass scatters through.
+def _shown(value):
+    """An argument as PyTorch's repr shows it: as given (a list as a tuple)."""
+    return tuple(value) if isinstance(value, (list, np.ndarray)) else value
+
+
+class _Pool(Module):
+    """Shared by the pooling layers: the geometry is validated once per input shape."""
+
+    def _plan(self, shape):
+        shape = tuple(shape)
+        plan = self._plans.get(shape)
+        if plan is None:
+            if len(shape) != 4:
+                raise ValueError(f"{type(self).__name__} expects a 4-D input, got shape {shape}")
+            if min(shape[1:]) < 1:
+                raise ValueError(f"{type(self).__name__} got an input with an empty dimension: "
+                                 f"shape {shape}")
+            plan = self._make_plan(shape)
+            if len(self._plans) > 16:
+                self._plans.clear()
+            self._plans[shape] = plan
+        return plan
+
+    def output_shape(self, input_shape):
+        """``(N, C, OH, OW)`` for an input of ``input_shape``; ValueError if it does not fit."""
+        return tuple(input_shape[:2]) + tuple(self._plan(input_shape)[0])
+
+    def macs(self, input_shape):
+        """0: pooling has no multiply-adds."""
+        return 0
+
+
+class MaxPool2d(_Pool):
+    """2-D max-pooling (PyTorch's ``nn.MaxPool2d``); the forward pass caches the argmax that the
+    backward pass scatters through.
 
     Parameters
     ----------
     kernel_size : int or (int, int)
     stride : int or (int, int), optional (default: kernel_size)
     padding : int or (int, int), default 0 (implicit -inf, at most half the kernel)
+    dilation : int or (int, int), default 1
+    return_indices : bool, default False
+        Only False: a layer returns one array. ``fastcnn.functional.max_pool2d`` returns the
+        indices (always), and ``indices`` holds those of the last forward pass.
+    ceil_mode : bool, default False
+        Round the output size up (the last window starts inside the input or left padding).
+    dtype : float32 (default) or float64, keyword-only
+
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, OH, OW)`` with
+    ``OH = (H + 2*padding - dilation*(kernel_size-1) - 1) // stride + 1`` (rounded up in ceil
+    mode), the same for ``OW``.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, *, dtype=np.float32):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False,
+                 ceil_mode=False, *, dtype=np.float32):
         super().__init__(dtype=dtype)
-        self.kernel_size, self.stride, self.padding = _pool_args(kernel_size, stride, padding)
+        self.kernel_size, self.stride, self.padding, self.dilation = _pool_args(
+            kernel_size, stride, padding, dilation)
+        self.ceil_mode = _bool(ceil_mode, "ceil_mode")
+        if _bool(return_indices, "return_indices"):
+            raise NotImplementedError(
+                "MaxPool2d(return_indices=True) is not supported: a layer returns one array. "
+                "Use fastcnn.functional.max_pool2d, which returns (y, argmax), or read the "
+                "layer's `indices` after forward")
+        self.return_indices = False
+        self._plans = {}
 
-    def output_shape(self, input_shape):
-        OH, OW = conv2d_output_size(input_shape[2:], self.kernel_size, self.stride,
-                                      self.padding)
-        return tuple(input_shape[:2]) + (OH, OW)
+    def _make_plan(self, shape):
+        return _plan_max_pool2d(shape, self.kernel_size, self.stride, self.padding,
+                                self.dilation, self.ceil_mode)
+
+    @property
+    def indices(self):
+        """The argmax of the last forward pass (flat ``u*W + v`` per plane), or None."""
+        return None if self._cache is None else self._cache[1]
 
     def _forward(self, x, reuse):
         x = self._input(x)
-        shape = self.output_shape(x.shape)
+        out, kernel, stride, padding, dilation = self._plan(x.shape)
+        shape = x.shape[:2] + out
         y = self._buffer("y", shape, reuse)
         argmax = self._buffer("argmax", shape, reuse, np.int64)
-        _max_pool2d_into(x, y, argmax, self.kernel_size, self.stride, self.padding)
+        _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
         self._cache = (x.shape, argmax)
         return y
 
@@ -44,6 +121,108 @@ class MaxPool2d(Module):
         grad_x = self._buffer("dx", x_shape, reuse)
         return _max_pool2d_backward_into(grad_y, argmax, grad_x)
 
+    def extra_repr(self):
+        a = self.init_args()
+        stride = a["stride"] if a.get("stride") is not None else a["kernel_size"]
+        return (f"kernel_size={_shown(a['kernel_size'])}, stride={_shown(stride)}, "
+                f"padding={_shown(a['padding'])}, dilation={_shown(a['dilation'])}, "
+                f"ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(_Pool):
+    """2-D average pooling (PyTorch's ``nn.AvgPool2d``).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional (default: kernel_size)
+    padding : int or (int, int), default 0 (implicit zeros, at most half the kernel)
+    ceil_mode : bool, default False
+    count_include_pad : bool, default True
+        Divide by the window's size within the padded input (True) or by its number of real
+        input elements (False).
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
+    dtype : float32 (default) or float64, keyword-only
+
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, OH, OW)`` with
+    ``OH = (H + 2*padding - kernel_size) // stride + 1`` (rounded up in ceil mode).
+    """
+
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False,
+                 count_include_pad=True, divisor_override=None, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        (self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad,
+         self.divisor_override) = _avg_args(kernel_size, stride, padding, ceil_mode,
+                                            count_include_pad, divisor_override)
+        self._plans = {}
+
+    def _make_plan(self, shape):
+        return _plan_avg_pool2d(shape[2:], self.kernel_size, self.stride, self.padding,
+                                self.ceil_mode, self.count_include_pad, self.divisor_override)
+
+    def _forward(self, x, reuse):
+        x = self._input(x)
+        plan = self._plan(x.shape)
+        y = self._buffer("y", x.shape[:2] + plan[0], reuse)
+        _avg_pool2d_into(x, y, plan)
+        self._cache = (x.shape, plan)
+        return y
+
+    def _backward(self, grad_y, reuse):
+        x_shape, plan = self._cache if self._cache is not None else (None, None)
+        grad_y = self._grad_input(grad_y, None if plan is None else x_shape[:2] + plan[0])
+        grad_x = self._buffer("dx", x_shape, reuse)
+        return _avg_pool2d_backward_into(grad_y, grad_x, plan)
 
     def extra_repr(self):
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        a = self.init_args()
+        stride = a["stride"] if a.get("stride") is not None else a["kernel_size"]
+        return (f"kernel_size={_shown(a['kernel_size'])}, stride={_shown(stride)}, "
+                f"padding={_shown(a['padding'])}")
+
+
+class AdaptiveAvgPool2d(_Pool):
+    """2-D adaptive average pooling (PyTorch's ``nn.AdaptiveAvgPool2d``): output ``(i, j)``
+    averages rows ``floor(i*H/OH) <= u < ceil((i+1)*H/OH)`` and the columns given by the same
+    rule, for any output size. ``AdaptiveAvgPool2d(1)`` is global average pooling.
+
+    Parameters
+    ----------
+    output_size : int or (int or None, int or None)
+        ``None`` keeps the input's size along that axis.
+    dtype : float32 (default) or float64, keyword-only
+
+    Shape
+    -----
+    Input ``(N, C, H, W)``, output ``(N, C, OH, OW)`` = ``output_size`` (None entries: H, W).
+    """
+
+    def __init__(self, output_size, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        adaptive_pool2d_output_size((1, 1), output_size)  # validates the values
+        self.output_size = _shown(output_size)
+        self._plans = {}
+
+    def _make_plan(self, shape):
+        return (adaptive_pool2d_output_size(shape[2:], self.output_size),)
+
+    def _forward(self, x, reuse):
+        x = self._input(x)
+        out = self._plan(x.shape)[0]
+        y = self._buffer("y", x.shape[:2] + out, reuse)
+        _adaptive_avg_pool2d_into(x, y)
+        self._cache = x.shape
+        return y
+
+    def _backward(self, grad_y, reuse):
+        x_shape = self._cache
+        grad_y = self._grad_input(grad_y, None if x_shape is None else
+                                  x_shape[:2] + self._plan(x_shape)[0])
+        grad_x = self._buffer("dx", x_shape, reuse)
+        return _adaptive_avg_pool2d_backward_into(grad_y, grad_x)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
