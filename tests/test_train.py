@@ -895,3 +895,32 @@ def test_schedule_config_round_trip():
     for s in (schedules.StepLR(2, 0.5), schedules.MultiStepLR([2, 4]), schedules.OneCycleLR(),
               schedules.CosineAnnealingLR(0.001), schedules.ConstantLR()):
         assert schedules.get_schedule(json.loads(json.dumps(s.config()))) == s
+
+
+def test_thread_count_does_not_change_any_model(colour):
+    results = []
+    for threads in (1, 2):
+        fastcnn.set_num_threads(threads)
+        trainer = make(colour, model=small_net(), epochs=1, augment=[RandomCrop(16, 2)],
+                       val_split=0.1)
+        trainer.fit()
+        results.append(weights(trainer))
+    assert_same_weights(*results)
+
+
+def test_trains_on_an_image_folder(tmp_path):
+    """End to end: colour PNGs in class folders -> load_dataset -> Trainer."""
+    Image = pytest.importorskip("PIL.Image")
+    data = colour_data(n_train=48, n_test=0 + 8)
+    for i, (x, y) in enumerate(zip(data.train.images, data.train.labels)):
+        folder = tmp_path / "shapes" / f"class{y}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.clip(np.rint(x.transpose(1, 2, 0) * 200), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "RGB").save(folder / f"{i}.png")
+    loaded = fastcnn.datasets.load_dataset(tmp_path / "shapes", normalize=True, seed=1)
+    assert loaded.input_shape == (3, 16, 16)
+    assert loaded.classes == [f"class{k}" for k in range(4)]
+    trainer = make(loaded, model=small_net(), epochs=2, batch_size=8)
+    history = trainer.fit()
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert len(trainer.normalization["mean"]) == 3
