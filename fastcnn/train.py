@@ -122,7 +122,7 @@ def evaluate(model, images, labels, batch_size=1000):
     batch_size = _integer(batch_size, "batch_size", 1)
     predictions = np.empty(n, dtype=np.int64)
     total = 0.0
-    was_training = getattr(model, "training", False)
+    modes = _modes(model)
     model.eval()
     try:
         for start in range(0, n, batch_size):
@@ -138,9 +138,19 @@ def evaluate(model, images, labels, batch_size=1000):
             log_sum = np.log(np.exp(z).sum(axis=1))
             total += float(np.sum(log_sum - z[np.arange(y.shape[0]), y]))
     finally:
-        model.train(was_training)
+        _restore_modes(modes)
     accuracy = float(np.count_nonzero(predictions == labels)) / n
     return Evaluation(total / n, accuracy, predictions)
+
+
+def _modes(model):
+    """``(module, training)`` of the model and every sub-module, to put back after a switch."""
+    return [(m, m.training) for _, m in _modules(model) if hasattr(m, "training")]
+
+
+def _restore_modes(modes):
+    for m, training in modes:
+        m.training = training
 
 
 def _logits(model, x):
@@ -602,7 +612,7 @@ class Trainer:
         images and have an output for every class label."""
         model = self.model
         x = self.data.train[0][:1]
-        was_training, steps = model.training, _module_steps(model)
+        modes, steps = _modes(model), _module_steps(model)
         model.eval()
         try:
             z = _logits(model, np.ascontiguousarray(x))
@@ -610,7 +620,7 @@ class Trainer:
             raise ValueError(f"the model does not take the training images "
                              f"{self.data.image_shape}: {exc}") from None
         finally:
-            model.train(was_training)
+            _restore_modes(modes)
             _set_module_steps(model, steps)
         k = z.shape[1]
         for name, split in (("train", self.data.train), ("validation", self.data.val),
@@ -686,7 +696,7 @@ class Trainer:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._on_sigint)
-        was_training = self.model.training
+        modes = _modes(self.model)
         try:
             data = self.data
             where = (f", resuming at epoch {self.epoch + 1} batch {self.step + 1}"
@@ -701,7 +711,7 @@ class Trainer:
                 self._run_epoch()
             self._finish()
         finally:
-            self.model.train(was_training)
+            _restore_modes(modes)
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         self.progress.finish(self.history)

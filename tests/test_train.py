@@ -588,6 +588,10 @@ def test_training_and_evaluation_modes(colour):
     assert scale.modes == [False] + [True] * n_batches + [False]
     assert scale.step == n_batches
     assert not model.training  # put back in the mode it was in
+    model.train()
+    scale.eval()  # a mixed state comes back as it was, layer by layer
+    evaluate(model, *colour.test)
+    assert model.training and model[0].training and not scale.training
 
 
 def test_dropout_layers_are_seeded_from_the_trainer(colour, monkeypatch):
