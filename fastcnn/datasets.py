@@ -678,7 +678,7 @@ def _require_pil():
     try:
         from PIL import Image
     except ImportError:
-        raise ImportError("reading image folders needs Pillow: pip install 'fastcnn[images]' "
+        raise ImportError("reading image folders needs Pillow: pip install 'fastcnn[image]' "
                           "(or pip install Pillow)") from None
     return Image
 
