@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import _kernels
 from .._threads import get_num_threads
-from ._validate import _array, _check_grad, _int
+from ._validate import _array, _int
 
 __all__ = ["dropout", "dropout_backward", "dropout2d", "dropout2d_backward"]
 
