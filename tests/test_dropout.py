@@ -177,7 +177,7 @@ def test_inplace():
     np.testing.assert_array_equal(x, expected)
     read_only = _x((3, 10))
     read_only.flags.writeable = False
-    with pytest.raises(ValueError, match="inplace=True needs a writeable"):
+    with pytest.raises(ValueError, match=r"inplace=True\) needs a writeable"):
         fastcnn.Dropout(0.5, inplace=True).forward(read_only)
 
 

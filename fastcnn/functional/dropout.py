@@ -57,8 +57,8 @@ def _check_counters(seed, step, sample_offset, N):
 
 def _dropout_into(x, y, mask, p, seed, step, sample_offset):
     """Element dropout of validated x (N, ...) into y (may be x) and mask (uint8, x's shape)."""
-    N = x.shape[0]
-    _kernels.dropout.dropout_forward(x.reshape(N, -1), y.reshape(N, -1), mask.reshape(N, -1),
+    shape = (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
+    _kernels.dropout.dropout_forward(x.reshape(shape), y.reshape(shape), mask.reshape(shape),
                                      seed, step, sample_offset, _threshold(p), _scale(p),
                                      get_num_threads())
     return y
@@ -79,7 +79,8 @@ def _channel_mask_into(mask, p, seed, step, sample_offset):
 def _apply_channel_mask_into(x, mask, y, p):
     """y[n, c] = x[n, c] * mask[n, c] / (1 - p) for x (N, C, ...) and mask (N, C)."""
     R = x.shape[0] * x.shape[1]
-    _kernels.dropout.apply_channel_mask(x.reshape(R, -1), mask.reshape(R), y.reshape(R, -1),
+    shape = (R, int(np.prod(x.shape[2:], dtype=np.int64)))
+    _kernels.dropout.apply_channel_mask(x.reshape(shape), mask.reshape(R), y.reshape(shape),
                                         _scale(p), get_num_threads())
     return y
 

@@ -16,7 +16,7 @@ __all__ = ["batch_norm", "batch_norm_stats", "batch_norm_backward"]
 
 def _view3(a):
     """``(N, C, S)`` view of a C-contiguous ``(N, C, ...)`` array."""
-    return a.reshape(a.shape[0], a.shape[1], -1)
+    return a.reshape(a.shape[0], a.shape[1], int(np.prod(a.shape[2:], dtype=np.int64)))
 
 
 def _check_input(x, name="x"):
@@ -46,7 +46,7 @@ def _check_eps(eps):
 
 
 def _check_training_size(shape):
-    if shape[0] and int(np.prod(shape, dtype=np.int64)) // shape[1] == 1:
+    if int(np.prod(shape, dtype=np.int64)) == shape[1] > 0:  # one value per channel
         raise ValueError("Expected more than 1 value per channel when training, got input size "
                          f"{tuple(shape)}")
 
