@@ -163,23 +163,33 @@ def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
                      const floating[::1] bias,      # IN  (C,) beta (zeros without affine)
                      floating[:, :, ::1] y,         # OUT (N, C, S)
                      double[::1] mean,              # OUT (C,) batch mean
-                     double[::1] var,               # OUT (C,) biased batch variance
-                     double eps, int n_threads):
+                     double[::1] invstd,            # OUT (C,) 1 / sqrt(biased var + eps)
+                     floating[::1] running_mean,    # IN/OUT (C,) updated when `update`
+                     floating[::1] running_var,     # IN/OUT (C,) updated when `update`
+                     double eps, double factor, bint update, int n_threads):
     """Training forward: per channel mu = mean(x), var = mean((x - mu)^2),
-    y = (x - mu) * gamma / sqrt(var + eps) + beta.
+    y = (x - mu) * gamma / sqrt(var + eps) + beta; with `update`,
+    running_mean = factor*mu + (1-factor)*running_mean and
+    running_var = factor*var*m/(m-1) + (1-factor)*running_var (m = N*S, unbiased variance).
 
     Two passes per channel: statistics (blocks merged in n order), then y.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
     cdef Py_ssize_t stride = C * S
-    cdef double inv
+    cdef double m = <double> (N * S)
+    cdef double inv, var, unbiased
     cdef floating mu, a, b
     if N * S == 0 or C == 0:
         return
-    # Race-free: iteration c writes only mean[c], var[c] and y[:, c, :].
+    # Race-free: iteration c writes only mean[c], invstd[c], running_*[c] and y[:, c, :].
     for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
-        _channel_stats(&x[0, c, 0], N, S, stride, &mean[c], &var[c])
-        inv = 1.0 / sqrt(var[c] + eps)
+        _channel_stats(&x[0, c, 0], N, S, stride, &mean[c], &var)
+        inv = 1.0 / sqrt(var + eps)
+        invstd[c] = inv
+        if update:
+            unbiased = var * m / (m - 1) if m > 1 else var
+            running_mean[c] = <floating> (factor * mean[c] + (1 - factor) * running_mean[c])
+            running_var[c] = <floating> (factor * unbiased + (1 - factor) * running_var[c])
         mu = <floating> mean[c]
         a = <floating> (weight[c] * inv)
         b = bias[c]
@@ -214,8 +224,8 @@ def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input
                 const double[::1] invstd,        # IN  (C,) 1 / sqrt(var + eps)
                 const floating[::1] weight,      # IN  (C,) gamma
                 floating[:, :, ::1] dx,          # OUT (N, C, S)
-                double[::1] dweight,             # OUT (C,) sum(dy * xhat)
-                double[::1] dbias,               # OUT (C,) sum(dy)
+                floating[::1] dweight,           # OUT (C,) sum(dy * xhat) (summed in float64)
+                floating[::1] dbias,             # OUT (C,) sum(dy) (summed in float64)
                 bint training, int n_threads):
     """Backward. Pass 1: dbeta = sum g, dgamma = invstd * sum g*(x - mu).
     Pass 2, training (statistics from the batch):
@@ -235,8 +245,8 @@ def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input
         for n in range(N):
             _lane_grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], &sg, &sgx)
         inv = invstd[c]
-        dbias[c] = sg
-        dweight[c] = sgx * inv
+        dbias[c] = <floating> sg
+        dweight[c] = <floating> (sgx * inv)
         mu = <floating> mean[c]
         a = <floating> (weight[c] * inv)
         if training:

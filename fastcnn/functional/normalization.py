@@ -51,10 +51,16 @@ def _check_training_size(shape):
                          f"{tuple(shape)}")
 
 
-def _batch_norm_train_into(x, weight, bias, y, mean, var, eps):
-    """Training forward into ``y``; batch mean and biased variance (float64) into mean/var.
-    Arguments already validated; ``x.size // C >= 1``."""
-    _kernels.norm.bn_forward_train(_view3(x), weight, bias, _view3(y), mean, var, eps,
+def _batch_norm_train_into(x, weight, bias, y, mean, invstd, eps, running_mean=None,
+                           running_var=None, factor=0.0):
+    """Training forward into ``y``; batch mean and ``1/sqrt(var + eps)`` (float64) into
+    mean/invstd; the running buffers (x's dtype, C-contiguous) updated with ``factor`` when
+    given. Arguments already validated; ``x.size // C >= 1``."""
+    update = running_mean is not None
+    if not update:
+        running_mean = running_var = weight  # not touched
+    _kernels.norm.bn_forward_train(_view3(x), weight, bias, _view3(y), mean, invstd,
+                                   running_mean, running_var, eps, factor, update,
                                    get_num_threads())
     return y
 
@@ -67,7 +73,7 @@ def _batch_norm_eval_into(x, mean, invstd, weight, bias, y):
 
 
 def _batch_norm_backward_into(grad_y, x, mean, invstd, weight, grad_x, dweight, dbias, training):
-    """Backward into grad_x (x's dtype) and dweight/dbias (float64); arguments validated."""
+    """Backward into grad_x, dweight and dbias (all x's dtype); arguments validated."""
     if x.size == 0:
         grad_x[...] = 0
         dweight[...] = 0
@@ -76,13 +82,6 @@ def _batch_norm_backward_into(grad_y, x, mean, invstd, weight, grad_x, dweight, 
     _kernels.norm.bn_backward(_view3(x), _view3(grad_y), mean, invstd, weight, _view3(grad_x),
                               dweight, dbias, training, get_num_threads())
     return grad_x
-
-
-def _update_running(running_mean, running_var, mean, var, m, momentum):
-    """running = (1 - momentum) * running + momentum * batch (unbiased variance), in place."""
-    unbiased = var * (m / (m - 1))
-    running_mean[...] = momentum * mean + (1 - momentum) * running_mean
-    running_var[...] = momentum * unbiased + (1 - momentum) * running_var
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
@@ -133,14 +132,16 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         momentum = float(momentum)
         if x.size == 0:
             return y
-        mean, var = np.empty(C), np.empty(C)
-        _batch_norm_train_into(x, w, b, y, mean, var, eps)
-        m = x.size // C
-        if running_mean is not None:
-            _update_running(running_mean, running_var if running_var is not None else
-                            np.empty(C), mean, var, m, momentum)
-        elif running_var is not None:
-            _update_running(np.empty(C), running_var, mean, var, m, momentum)
+        if running_mean is None and running_var is None:
+            _batch_norm_train_into(x, w, b, y, np.empty(C), np.empty(C), eps)
+            return y
+        # The kernel updates buffers of x's dtype; others (or a missing one) go through copies.
+        rm = np.array(running_mean if running_mean is not None else np.zeros(C), dtype=x.dtype)
+        rv = np.array(running_var if running_var is not None else np.ones(C), dtype=x.dtype)
+        _batch_norm_train_into(x, w, b, y, np.empty(C), np.empty(C), eps, rm, rv, momentum)
+        for buf, new in ((running_mean, rm), (running_var, rv)):
+            if buf is not None:
+                np.copyto(buf, new, casting="unsafe")
         return y
     if running_mean is None or running_var is None:
         raise ValueError("running_mean and running_var must be given when training=False")
@@ -160,10 +161,11 @@ def batch_norm_stats(x, eps=1e-5):
     C = x.shape[1]
     if x.size == 0:
         raise ValueError(f"x has no values per channel: shape {x.shape}")
-    mean, var = np.empty(C), np.empty(C)
+    mean, invstd = np.empty(C), np.empty(C)
     ones = np.ones(C, dtype=x.dtype)
-    _batch_norm_train_into(x, ones, np.zeros(C, dtype=x.dtype), np.empty_like(x), mean, var, eps)
-    return mean, 1.0 / np.sqrt(var + eps)
+    _batch_norm_train_into(x, ones, np.zeros(C, dtype=x.dtype), np.empty_like(x), mean, invstd,
+                           eps)
+    return mean, invstd
 
 
 def batch_norm_backward(grad_y, x, mean, invstd, weight=None, training=True):
@@ -190,6 +192,6 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, training=True):
     invstd = _channel_vector(invstd, "invstd", C, np.float64, 1.0)
     w = _channel_vector(weight, "weight", C, x.dtype, 1.0)
     grad_x = np.empty_like(x)
-    dweight, dbias = np.empty(C), np.empty(C)
+    dweight, dbias = np.empty(C, dtype=x.dtype), np.empty(C, dtype=x.dtype)
     _batch_norm_backward_into(grad_y, x, mean, invstd, w, grad_x, dweight, dbias, bool(training))
-    return grad_x, dweight.astype(x.dtype), dbias.astype(x.dtype)
+    return grad_x, dweight, dbias

@@ -47,10 +47,8 @@ class _BatchNorm(Module):
             self.buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
         self._ones = np.ones(C, dtype=self.dtype)
         self._zeros = np.zeros(C, dtype=self.dtype)
-        self._mean = np.empty(C)
-        self._var = np.empty(C)
-        self._dweight = np.empty(C)
-        self._dbias = np.empty(C)
+        self._dweight = np.empty(C, dtype=self.dtype)  # gradients when not affine
+        self._dbias = np.empty(C, dtype=self.dtype)
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -95,27 +93,26 @@ class _BatchNorm(Module):
             self._cache = (x, None, None, batch)
             return y
         if batch:
-            _batch_norm_train_into(x, gamma, beta, y, self._mean, self._var, self.eps)
-            mean = self._mean.copy()
-            invstd = 1.0 / np.sqrt(self._var + self.eps)
+            mean, invstd = np.empty(C), np.empty(C)
             if self.training and self.track_running_stats:
-                self._update_running(x.size // C)
+                _batch_norm_train_into(x, gamma, beta, y, mean, invstd, self.eps,
+                                       self.buffers["running_mean"], self.buffers["running_var"],
+                                       self._factor())
+            else:
+                _batch_norm_train_into(x, gamma, beta, y, mean, invstd, self.eps)
         else:
             mean, invstd = self._running_stats()
             _batch_norm_eval_into(x, mean, invstd, gamma, beta, y)
         self._cache = (x, mean, invstd, batch)
         return y
 
-    def _update_running(self, m):
-        """PyTorch's update: factor = momentum, or 1/num_batches_tracked when momentum is None
-        (cumulative average); the variance is the unbiased one, var * m / (m - 1)."""
+    def _factor(self):
+        """PyTorch's running-average factor: momentum, or 1/num_batches_tracked when momentum
+        is None (cumulative average). The kernel applies
+        ``running = factor * batch + (1 - factor) * running`` with the unbiased variance."""
         if self.momentum is None:
-            factor = 1.0 / float(self.buffers["num_batches_tracked"])
-        else:
-            factor = self.momentum
-        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
-        rm[...] = factor * self._mean + (1.0 - factor) * rm
-        rv[...] = factor * (self._var * (m / (m - 1))) + (1.0 - factor) * rv
+            return 1.0 / float(self.buffers["num_batches_tracked"])
+        return self.momentum
 
     def _backward(self, grad_y, reuse):
         if self._cache is None:
@@ -124,16 +121,15 @@ class _BatchNorm(Module):
         grad_y = self._grad_input(grad_y, x.shape)
         grad_x = self._buffer("dx", x.shape, reuse)
         gamma, _ = self._gamma_beta()
+        dweight = self.grads["weight"] if self.affine else self._dweight
+        dbias = self.grads["bias"] if self.affine else self._dbias
         if mean is None:  # empty batch
             grad_x[...] = 0
-            self._dweight[...] = 0
-            self._dbias[...] = 0
+            dweight[...] = 0
+            dbias[...] = 0
         else:
-            _batch_norm_backward_into(grad_y, x, mean, invstd, gamma, grad_x, self._dweight,
-                                      self._dbias, batch)
-        if self.affine:
-            self.grads["weight"][...] = self._dweight
-            self.grads["bias"][...] = self._dbias
+            _batch_norm_backward_into(grad_y, x, mean, invstd, gamma, grad_x, dweight, dbias,
+                                      batch)
         return grad_x
 
     def extra_repr(self):
