@@ -57,7 +57,9 @@ def test_functional_matches_twin(shape, cls, dtype, training):
     g = _input(shape, dtype, seed=3)
     if training:
         mean_k, invstd_k = F.batch_norm_stats(x, eps=1e-3)
-        np.testing.assert_allclose(mean_k, mean, rtol=1e-12, atol=1e-12)
+        # float32 input is summed in float32 lanes (blocked partial sums): ~1e-7 relative.
+        stol = 1e-12 if dtype == np.float64 else 1e-6
+        np.testing.assert_allclose(mean_k, mean, rtol=stol, atol=stol)
         np.testing.assert_allclose(invstd_k, invstd, rtol=1e-10 if dtype == np.float64 else 1e-6)
     got = F.batch_norm_backward(g, x, mean, invstd, w, training=training)
     want = ref.batch_norm_backward_ref(g, x, mean, invstd, w, training=training)

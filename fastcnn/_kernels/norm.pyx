@@ -9,12 +9,13 @@ same memory. Each channel is processed start to finish by its thread (statistics
 element pass), so the second pass usually reads the channel's data from cache.
 
 Summation order: per channel, the data is cut into blocks (one ``(n, c)`` row of S values, split
-further into at most ``BLOCK`` values). Within a block the sums use 8 interleaved float64
-accumulators (lane ``l`` takes elements ``l, l+8, ...``; the lanes are added in a fixed tree and
-the tail in index order); float32 input is accumulated in float64. The forward statistics are the
+further into at most ``BLOCK`` values). Within a block the sums run in vector lanes of the input
+type in an order fixed by the block length (see the C helpers below: blocked partial sums, each
+lane adding at most ~BLOCK/32 terms); block results are float64. The forward statistics are the
 block mean and the sum of squared deviations from it (two reads of a block that sits in L1), merged
-block after block in ``n`` order with Chan et al.'s pairwise update. Every order is fixed by the
-shapes alone, so results are bitwise identical for any thread count.
+block after block in ``n`` order with Chan et al.'s pairwise update; the gradient sums are added
+block after block in float64. Every order is fixed by the shapes alone, so results are bitwise
+identical for any thread count.
 """
 
 from cython.parallel cimport prange
@@ -25,98 +26,115 @@ cdef enum:
     BLOCK = 1024  # values per block of the statistics pass
 
 
-# The float64 lane sums, written with GCC/Clang vector extensions so that they are vectorised on
-# every build (the scalar form of these loops is not: without -ffast-math the compiler may not
-# reorder the additions). Lane l (of 8, held in two 4-double vectors) takes elements l, l+8, ...;
-# the tail (n % 8 values) continues lane 0 in index order, then the lanes are added in a fixed
-# tree. The same order on every instruction set.
+# The lane sums, written with GCC/Clang vector extensions so that they are vectorised on every
+# build (the scalar form of these loops is not: without -ffast-math the compiler may not reorder
+# the additions). Four accumulator vectors of L lanes (L = 8 floats or 4 doubles, 32 bytes) take
+# 4L consecutive values per step, then single vectors take the rest in steps of L, then a scalar
+# takes the last < L values; the accumulators are added in a fixed tree, the lanes converted to
+# float64 and added in a fixed tree. The order depends only on n, on every instruction set.
+# float32 input is summed in float32 lanes over blocks of at most BLOCK values (each lane adds at
+# most BLOCK/32 + a few terms) and the block results in float64: the "blocked partial sums".
+# Deviations are taken from the block mean rounded to the input type (exact subtraction of nearby
+# values), and the rounding of that centre is corrected for in float64.
 cdef extern from *:
     """
     #include <stddef.h>
     #include <string.h>
-    /* Two 4-double halves (lanes 0-3 and 4-7): one YMM register each on AVX2. */
-    typedef double nl_d4 __attribute__((vector_size(32)));
-    typedef float nl_f4 __attribute__((vector_size(16)));
-    static inline nl_d4 nl_load_f(const float *p) {
-        nl_f4 v; memcpy(&v, p, sizeof v); return __builtin_convertvector(v, nl_d4);
+    typedef float nl_vf __attribute__((vector_size(32)));
+    typedef double nl_vd __attribute__((vector_size(32)));
+    static inline nl_vf nl_load_f(const float *p) { nl_vf v; memcpy(&v, p, 32); return v; }
+    static inline nl_vd nl_load_d(const double *p) { nl_vd v; memcpy(&v, p, 32); return v; }
+    static inline double nl_lanes_f(nl_vf s) {
+        return (((double)s[0] + s[1]) + ((double)s[2] + s[3]))
+             + (((double)s[4] + s[5]) + ((double)s[6] + s[7]));
     }
-    static inline nl_d4 nl_load_d(const double *p) { nl_d4 v; memcpy(&v, p, sizeof v); return v; }
-    /* Lane 0 continued by the tail, then the fixed tree over the 8 lanes. */
-    static inline double nl_finish(nl_d4 lo, nl_d4 hi, double lane0) {
-        return ((lane0 + lo[1]) + (lo[2] + lo[3])) + ((hi[0] + hi[1]) + (hi[2] + hi[3]));
-    }
-    #define NL_DEFINE(SUF, T)                                                                \
+    static inline double nl_lanes_d(nl_vd s) { return (s[0] + s[1]) + (s[2] + s[3]); }
+    #define NL_DEFINE(SUF, T, V, L)                                                           \
+    /* sum(p[0:n]) */                                                                         \
     static double nl_sum_##SUF(const T *p, ptrdiff_t n) {                                     \
-        nl_d4 lo = {0}, hi = {0}; ptrdiff_t k, n8 = n - n % 8; double a0;                     \
-        for (k = 0; k < n8; k += 8) {                                                         \
-            lo = lo + nl_load_##SUF(p + k); hi = hi + nl_load_##SUF(p + k + 4);               \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}; T t = 0; ptrdiff_t k = 0;                   \
+        for (; k + 4 * L <= n; k += 4 * L) {                                                  \
+            a0 += nl_load_##SUF(p + k); a1 += nl_load_##SUF(p + k + L);                       \
+            a2 += nl_load_##SUF(p + k + 2 * L); a3 += nl_load_##SUF(p + k + 3 * L);           \
         }                                                                                     \
-        a0 = lo[0];                                                                           \
-        for (k = n8; k < n; k++) a0 = a0 + (double)p[k];                                      \
-        return nl_finish(lo, hi, a0);                                                         \
+        for (; k + L <= n; k += L) a0 += nl_load_##SUF(p + k);                                \
+        for (; k < n; k++) t += p[k];                                                         \
+        return nl_lanes_##SUF((a0 + a1) + (a2 + a3)) + (double)t;                             \
     }                                                                                         \
-    static double nl_sumsq_dev_##SUF(const T *p, ptrdiff_t n, double mu) {                    \
-        nl_d4 lo = {0}, hi = {0}, d, e; ptrdiff_t k, n8 = n - n % 8; double a0, t;            \
-        for (k = 0; k < n8; k += 8) {                                                         \
-            d = nl_load_##SUF(p + k) - mu; e = nl_load_##SUF(p + k + 4) - mu;                 \
-            lo = lo + d * d; hi = hi + e * e;                                                 \
+    /* sum((p[0:n] - c)^2) */                                                                 \
+    static double nl_sumsq_##SUF(const T *p, ptrdiff_t n, T c) {                              \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, d0, d1, d2, d3; T t = 0, e; ptrdiff_t k = 0;\
+        for (; k + 4 * L <= n; k += 4 * L) {                                                  \
+            d0 = nl_load_##SUF(p + k) - c; d1 = nl_load_##SUF(p + k + L) - c;                 \
+            d2 = nl_load_##SUF(p + k + 2 * L) - c; d3 = nl_load_##SUF(p + k + 3 * L) - c;     \
+            a0 += d0 * d0; a1 += d1 * d1; a2 += d2 * d2; a3 += d3 * d3;                       \
         }                                                                                     \
-        a0 = lo[0];                                                                           \
-        for (k = n8; k < n; k++) { t = (double)p[k] - mu; a0 = a0 + t * t; }                  \
-        return nl_finish(lo, hi, a0);                                                         \
+        for (; k + L <= n; k += L) { d0 = nl_load_##SUF(p + k) - c; a0 += d0 * d0; }          \
+        for (; k < n; k++) { e = p[k] - c; t += e * e; }                                      \
+        return nl_lanes_##SUF((a0 + a1) + (a2 + a3)) + (double)t;                             \
     }                                                                                         \
-    static void nl_grad_sums_##SUF(const T *g, const T *x, ptrdiff_t n, double mu,           \
-                                   double *sg, double *sgx) {                                 \
-        nl_d4 alo = {0}, ahi = {0}, blo = {0}, bhi = {0}, glo, ghi;                           \
-        ptrdiff_t k, n8 = n - n % 8; double a0, b0;                                           \
-        for (k = 0; k < n8; k += 8) {                                                         \
-            glo = nl_load_##SUF(g + k); ghi = nl_load_##SUF(g + k + 4);                       \
-            alo = alo + glo; ahi = ahi + ghi;                                                 \
-            blo = blo + glo * (nl_load_##SUF(x + k) - mu);                                    \
-            bhi = bhi + ghi * (nl_load_##SUF(x + k + 4) - mu);                                \
+    /* *sg = sum(g[0:n]), *sgx = sum(g[0:n] * (x[0:n] - c)) */                                \
+    static void nl_gsum_##SUF(const T *g, const T *x, ptrdiff_t n, T c, double *sg,           \
+                              double *sgx) {                                                  \
+        V a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, g0, g1; T t = 0, u = 0; ptrdiff_t k = 0;    \
+        for (; k + 2 * L <= n; k += 2 * L) {                                                  \
+            g0 = nl_load_##SUF(g + k); g1 = nl_load_##SUF(g + k + L);                         \
+            a0 += g0; a1 += g1;                                                               \
+            b0 += g0 * (nl_load_##SUF(x + k) - c); b1 += g1 * (nl_load_##SUF(x + k + L) - c); \
         }                                                                                     \
-        a0 = alo[0]; b0 = blo[0];                                                             \
-        for (k = n8; k < n; k++) {                                                            \
-            a0 = a0 + (double)g[k]; b0 = b0 + (double)g[k] * ((double)x[k] - mu);             \
+        for (; k + L <= n; k += L) {                                                          \
+            g0 = nl_load_##SUF(g + k); a0 += g0; b0 += g0 * (nl_load_##SUF(x + k) - c);       \
         }                                                                                     \
-        *sg = *sg + nl_finish(alo, ahi, a0); *sgx = *sgx + nl_finish(blo, bhi, b0);           \
+        for (; k < n; k++) { t += g[k]; u += g[k] * (x[k] - c); }                             \
+        *sg = nl_lanes_##SUF(a0 + a1) + (double)t;                                            \
+        *sgx = nl_lanes_##SUF(b0 + b1) + (double)u;                                           \
     }
-    NL_DEFINE(f, float)
-    NL_DEFINE(d, double)
+    NL_DEFINE(f, float, nl_vf, 8)
+    NL_DEFINE(d, double, nl_vd, 4)
     """
     double nl_sum_f(const float* p, Py_ssize_t n) noexcept nogil
     double nl_sum_d(const double* p, Py_ssize_t n) noexcept nogil
-    double nl_sumsq_dev_f(const float* p, Py_ssize_t n, double mu) noexcept nogil
-    double nl_sumsq_dev_d(const double* p, Py_ssize_t n, double mu) noexcept nogil
-    void nl_grad_sums_f(const float* g, const float* x, Py_ssize_t n, double mu,
-                        double* sg, double* sgx) noexcept nogil
-    void nl_grad_sums_d(const double* g, const double* x, Py_ssize_t n, double mu,
-                        double* sg, double* sgx) noexcept nogil
+    double nl_sumsq_f(const float* p, Py_ssize_t n, float c) noexcept nogil
+    double nl_sumsq_d(const double* p, Py_ssize_t n, double c) noexcept nogil
+    void nl_gsum_f(const float* g, const float* x, Py_ssize_t n, float c,
+                   double* sg, double* sgx) noexcept nogil
+    void nl_gsum_d(const double* g, const double* x, Py_ssize_t n, double c,
+                   double* sg, double* sgx) noexcept nogil
 
 
 cdef inline double _lane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
-    """sum(p[0:n]) in float64 (8 lanes, fixed order)."""
+    """sum(p[0:n]) (n <= BLOCK), lanes in a fixed order."""
     if floating is float:
         return nl_sum_f(p, n)
     else:
         return nl_sum_d(p, n)
 
 
-cdef inline double _lane_sumsq_dev(const floating* p, Py_ssize_t n, double mu) noexcept nogil:
-    """sum((p[0:n] - mu)**2) in float64 (8 lanes, fixed order)."""
+cdef inline double _lane_sumsq(const floating* p, Py_ssize_t n, floating c) noexcept nogil:
+    """sum((p[0:n] - c)**2) (n <= BLOCK), lanes in a fixed order."""
     if floating is float:
-        return nl_sumsq_dev_f(p, n, mu)
+        return nl_sumsq_f(p, n, c)
     else:
-        return nl_sumsq_dev_d(p, n, mu)
+        return nl_sumsq_d(p, n, c)
 
 
 cdef inline void _lane_grad_sums(const floating* g, const floating* p, Py_ssize_t n, double mu,
                                  double* sg, double* sgx) noexcept nogil:
-    """sg += sum(g), sgx += sum(g * (p - mu)) over n values, float64 lanes (fixed order)."""
-    if floating is float:
-        nl_grad_sums_f(g, p, n, mu, sg, sgx)
-    else:
-        nl_grad_sums_d(g, p, n, mu, sg, sgx)
+    """sg += sum(g), sgx += sum(g * (p - mu)) over n values: blocks of at most BLOCK, each
+    summed in lanes with the centre c = mu rounded to the input type, then corrected in float64
+    (sum g*(p - mu) = sum g*(p - c) + (c - mu) * sum g) and added in block order."""
+    cdef Py_ssize_t s = 0, len_, blk = BLOCK
+    cdef double bg, bgx
+    cdef floating c = <floating> mu
+    while s < n:
+        len_ = min(blk, n - s)
+        if floating is float:
+            nl_gsum_f(g + s, p + s, len_, c, &bg, &bgx)
+        else:
+            nl_gsum_d(g + s, p + s, len_, c, &bg, &bgx)
+        sg[0] = sg[0] + bg
+        sgx[0] = sgx[0] + (bgx + (c - mu) * bg)
+        s = s + len_
 
 
 cdef inline void _scale_shift(const floating* x, floating* y, Py_ssize_t n, floating mu,
@@ -140,6 +158,7 @@ cdef inline void _channel_stats(const floating* x0, Py_ssize_t N, Py_ssize_t S,
     """Mean and biased variance of the N rows x0[n*stride : n*stride + S] (Chan's merge)."""
     cdef Py_ssize_t n, s, len_, blk = BLOCK
     cdef double cnt = 0, mu = 0, m2 = 0, bmu, bm2, delta, tot
+    cdef floating c
     cdef const floating* p
     for n in range(N):
         s = 0
@@ -148,14 +167,16 @@ cdef inline void _channel_stats(const floating* x0, Py_ssize_t N, Py_ssize_t S,
             p = x0 + n * stride + s
             s = s + len_
             bmu = _lane_sum(p, len_) / len_
-            bm2 = _lane_sumsq_dev(p, len_, bmu)
+            c = <floating> bmu
+            # M2 about the block mean from the sum about the rounded centre c.
+            bm2 = _lane_sumsq(p, len_, c) - len_ * (bmu - c) * (bmu - c)
             tot = cnt + len_
             delta = bmu - mu
             mu = mu + delta * (len_ / tot)
             m2 = m2 + bm2 + delta * delta * (cnt * len_ / tot)
             cnt = tot
     mean[0] = mu
-    var[0] = m2 / cnt
+    var[0] = m2 / cnt if m2 > 0 else 0.0  # the centre correction can leave -tiny for constants
 
 
 def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
