@@ -153,9 +153,11 @@ cdef inline void _grad_apply(const floating* g, const floating* x, floating* dx,
         dx[k] = a * (g[k] - (x[k] - mu) * k1 - k0)
 
 
-cdef inline void _channel_stats(const floating* x0, Py_ssize_t N, Py_ssize_t S,
-                                Py_ssize_t stride, double* mean, double* var) noexcept nogil:
-    """Mean and biased variance of the N rows x0[n*stride : n*stride + S] (Chan's merge)."""
+cdef inline double _channel_stats(const floating* x0, Py_ssize_t N, Py_ssize_t S,
+                                  Py_ssize_t stride, double* mean) noexcept nogil:
+    """Mean (into *mean) and biased variance (returned) of the N rows
+    x0[n*stride : n*stride + S] (Chan's merge). The variance is returned, not written through a
+    pointer, so that the caller's prange sees an assignment and keeps it thread-private."""
     cdef Py_ssize_t n, s, len_, blk = BLOCK
     cdef double cnt = 0, mu = 0, m2 = 0, bmu, bm2, delta, tot
     cdef floating c
@@ -176,7 +178,7 @@ cdef inline void _channel_stats(const floating* x0, Py_ssize_t N, Py_ssize_t S,
             m2 = m2 + bm2 + delta * delta * (cnt * len_ / tot)
             cnt = tot
     mean[0] = mu
-    var[0] = m2 / cnt if m2 > 0 else 0.0  # the centre correction can leave -tiny for constants
+    return m2 / cnt if m2 > 0 else 0.0  # the centre correction can leave -tiny for constants
 
 
 def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
@@ -204,7 +206,7 @@ def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
         return
     # Race-free: iteration c writes only mean[c], invstd[c], running_*[c] and y[:, c, :].
     for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
-        _channel_stats(&x[0, c, 0], N, S, stride, &mean[c], &var)
+        var = _channel_stats(&x[0, c, 0], N, S, stride, &mean[c])
         inv = 1.0 / sqrt(var + eps)
         invstd[c] = inv
         if update:
