@@ -20,6 +20,7 @@ from ..functional.pooling import _max_pool2d_relu_backward_into
 from .activation import ReLU
 from .conv import Conv2d
 from .module import Module
+from .normalization import BatchNorm2d
 from .pooling import MaxPool2d
 
 __all__ = ["Sequential"]
@@ -102,14 +103,104 @@ class _ConvReLUMaxPool(_Step):
         return conv._backward(grad_conv, reuse=True)
 
 
+class _ConvBN(_Step):
+    """Conv2d then BatchNorm2d (then ReLU, with ``_ConvBNReLU``). In eval mode, when the batch
+    norm has running statistics, the pair runs as one convolution with folded parameters
+
+        s = gamma / sqrt(running_var + eps)    w' = w * s[f]    b' = (b - running_mean) * s + beta
+
+    recomputed at every eval forward (it costs one pass over the weights), so it follows any
+    change of the parameters or buffers. The result is within float tolerance of the unfolded
+    pair, not bitwise (the products are rounded in another order). In training mode, or with
+    batch statistics, the layers run one after the other, as without the fold. The choice is
+    made at every forward, so ``train()`` / ``eval()`` switches need no re-planning.
+
+    The convolution runs through the layer's own forward with its weight and bias temporarily
+    replaced, so whatever the Conv2d supports (stride, padding, dilation, groups) is honoured.
+    """
+
+    relu = False
+
+    def __init__(self, conv, bn, *rest):
+        self.layers = (conv, bn) + rest
+        self.folded = False  # whether the last forward ran folded
+        self._w = self._b = None  # the folded weight and bias (reused)
+
+    def _foldable(self):
+        conv, bn = self.layers[:2]
+        return (not bn._uses_batch_stats()) and bn.num_features == conv.out_channels
+
+    def _folded_params(self):
+        conv, bn = self.layers[:2]
+        mean, invstd = bn._running_stats()
+        gamma, beta = (p.astype(np.float64) for p in bn._gamma_beta())
+        scale = gamma * invstd
+        weight = conv.params["weight"]
+        bias = conv.params.get("bias")
+        if self._w is None or self._w.shape != weight.shape or self._w.dtype != weight.dtype:
+            self._w = np.empty_like(weight)
+            self._b = np.empty(conv.out_channels, dtype=weight.dtype)
+        w, b = self._w, self._b
+        np.multiply(weight, scale.reshape((-1,) + (1,) * (weight.ndim - 1)), out=w,
+                    casting="unsafe")
+        b[...] = ((0.0 if bias is None else bias.astype(np.float64)) - mean) * scale + beta
+        return w, b
+
+    def _run_folded(self, x):
+        conv = self.layers[0]
+        saved = dict(conv.params)
+        conv.params["weight"], conv.params["bias"] = self._folded_params()
+        try:
+            if self.relu:
+                return _ConvReLU(conv, self.layers[2]).forward(x)
+            return conv._forward(x, reuse=True)
+        finally:
+            conv.params.clear()
+            conv.params.update(saved)
+
+    def forward(self, x):
+        self.folded = self._foldable()
+        if self.folded:
+            self._x = x
+            return self._run_folded(x)
+        out = x
+        for layer in self.layers:
+            out = layer._forward(out, reuse=True)
+        return out
+
+    def backward(self, grad):
+        if self.folded:
+            # Rare (gradients in eval mode): rerun the unfolded forward to give every layer
+            # the cache its own backward expects, then backpropagate layer by layer.
+            out = self._x
+            for layer in self.layers:
+                out = layer._forward(out, reuse=True)
+            self.folded = False
+        for layer in reversed(self.layers):
+            grad = layer._backward(grad, reuse=True)
+            if grad is None:
+                return None
+        return grad
+
+
+class _ConvBNReLU(_ConvBN):
+    """Conv2d, BatchNorm2d, ReLU; folded in eval mode into the fused Conv-ReLU step."""
+
+    relu = True
+
+
 def _plan(layers):
     """Steps for a chain of layers: the longest fusion that matches at each position."""
     steps, i = [], 0
     while i < len(layers):
         kinds = [type(layer) for layer in layers[i:i + 3]]
+        if kinds == [Conv2d, BatchNorm2d, ReLU]:
+            steps.append(_ConvBNReLU(*layers[i:i + 3]))
+        elif kinds[:2] == [Conv2d, BatchNorm2d]:
+            steps.append(_ConvBN(*layers[i:i + 2]))
         # The fused kernel pools with _pool_plane: no dilation, and no ceil mode (whose partial
         # last window its 2x2 fast path would read past); other pools run unfused.
-        if (kinds == [Conv2d, ReLU, MaxPool2d] and layers[i + 2].dilation == (1, 1)
+        elif (kinds == [Conv2d, ReLU, MaxPool2d] and layers[i + 2].dilation == (1, 1)
                 and not layers[i + 2].ceil_mode):
             steps.append(_ConvReLUMaxPool(*layers[i:i + 3]))
         elif kinds[:2] == [Conv2d, ReLU]:

@@ -1,4 +1,184 @@
-"""Normalisation layers (functional: ``fastcnn.functional.normalization``; tests:
-``tests/test_normalization.py``)."""
+"""Normalisation layers (functional: ``fastcnn.functional.normalization``; kernels:
+``_kernels/norm.pyx``; formulas: DESIGN.md section 3; tests: ``tests/test_normalization.py``)."""
 
-__all__ = []
+import numpy as np
+
+from ..functional.normalization import (
+    _batch_norm_backward_into,
+    _batch_norm_eval_into,
+    _batch_norm_train_into,
+    _check_training_size,
+)
+from .module import Module, _positive
+
+__all__ = ["BatchNorm1d", "BatchNorm2d"]
+
+
+class _BatchNorm(Module):
+    """Shared by BatchNorm1d and BatchNorm2d (they differ only in the input ranks they take)."""
+
+    _ndims = ()
+    # gamma and beta are normalisation parameters: weight decay applies to neither.
+    _no_decay = ("weight", "bias")
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
+                 track_running_stats=True, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.num_features = _positive(num_features, "num_features")
+        self.eps = float(eps)
+        if not (self.eps >= 0 and np.isfinite(self.eps)):
+            raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+        if momentum is not None:
+            momentum = float(momentum)
+            if not np.isfinite(momentum):
+                raise ValueError(f"momentum must be a finite number or None, got {momentum!r}")
+        self.momentum = momentum
+        self.affine = bool(affine)
+        self.track_running_stats = bool(track_running_stats)
+        C = self.num_features
+        if self.affine:
+            self.params["weight"] = np.ones(C, dtype=self.dtype)
+            self.params["bias"] = np.zeros(C, dtype=self.dtype)
+            self.grads["weight"] = np.zeros(C, dtype=self.dtype)
+            self.grads["bias"] = np.zeros(C, dtype=self.dtype)
+        if self.track_running_stats:
+            self.buffers["running_mean"] = np.zeros(C, dtype=self.dtype)
+            self.buffers["running_var"] = np.ones(C, dtype=self.dtype)
+            self.buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
+        self._ones = np.ones(C, dtype=self.dtype)
+        self._zeros = np.zeros(C, dtype=self.dtype)
+        self._dweight = np.empty(C, dtype=self.dtype)  # gradients when not affine
+        self._dbias = np.empty(C, dtype=self.dtype)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _gamma_beta(self):
+        if self.affine:
+            return self.params["weight"], self.params["bias"]
+        return self._ones, self._zeros
+
+    def _uses_batch_stats(self):
+        """As PyTorch: batch statistics when training, or when there are no running ones."""
+        return self.training or not self.track_running_stats
+
+    def _running_stats(self):
+        """``(mean, invstd)`` float64 from the running buffers (for eval mode and the fold)."""
+        mean = self.buffers["running_mean"].astype(np.float64)
+        invstd = 1.0 / np.sqrt(self.buffers["running_var"].astype(np.float64) + self.eps)
+        return mean, invstd
+
+    def _check(self, x):
+        x = self._input(x, ndim=None)
+        if x.ndim not in self._ndims:
+            want = " or ".join(f"{d}D" for d in self._ndims)
+            raise ValueError(f"expected {want} input (got {x.ndim}D input)")
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"{type(self).__name__}({self.num_features}) expects "
+                             f"{self.num_features} channels (axis 1), got x of shape {x.shape}")
+        return x
+
+    # -- forward / backward -------------------------------------------------------------------
+
+    def _forward(self, x, reuse):
+        x = self._check(x)
+        y = self._buffer("y", x.shape, reuse)
+        gamma, beta = self._gamma_beta()
+        C = self.num_features
+        batch = self._uses_batch_stats()
+        if batch:
+            _check_training_size(x.shape)
+        if self.training and self.track_running_stats:
+            self.buffers["num_batches_tracked"] += 1
+        if x.size == 0:  # nothing to normalise; running statistics stay as they are (PyTorch)
+            self._cache = (x, None, None, batch)
+            return y
+        if batch:
+            mean, invstd = np.empty(C), np.empty(C)
+            if self.training and self.track_running_stats:
+                _batch_norm_train_into(x, gamma, beta, y, mean, invstd, self.eps,
+                                       self.buffers["running_mean"], self.buffers["running_var"],
+                                       self._factor())
+            else:
+                _batch_norm_train_into(x, gamma, beta, y, mean, invstd, self.eps)
+        else:
+            mean, invstd = self._running_stats()
+            _batch_norm_eval_into(x, mean, invstd, gamma, beta, y)
+        self._cache = (x, mean, invstd, batch)
+        return y
+
+    def _factor(self):
+        """PyTorch's running-average factor: momentum, or 1/num_batches_tracked when momentum
+        is None (cumulative average). The kernel applies
+        ``running = factor * batch + (1 - factor) * running`` with the unbiased variance."""
+        if self.momentum is None:
+            return 1.0 / float(self.buffers["num_batches_tracked"])
+        return self.momentum
+
+    def _backward(self, grad_y, reuse):
+        if self._cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward called before forward")
+        x, mean, invstd, batch = self._cache
+        grad_y = self._grad_input(grad_y, x.shape)
+        grad_x = self._buffer("dx", x.shape, reuse)
+        gamma, _ = self._gamma_beta()
+        dweight = self.grads["weight"] if self.affine else self._dweight
+        dbias = self.grads["bias"] if self.affine else self._dbias
+        if mean is None:  # empty batch
+            grad_x[...] = 0
+            dweight[...] = 0
+            dbias[...] = 0
+        else:
+            _batch_norm_backward_into(grad_y, x, mean, invstd, gamma, grad_x, dweight, dbias,
+                                      batch)
+        return grad_x
+
+    def extra_repr(self):
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+class BatchNorm2d(_BatchNorm):
+    """Batch normalisation over ``(N, H, W)`` for each channel, as ``torch.nn.BatchNorm2d``.
+
+    ``y = weight * (x - mean) / sqrt(var + eps) + bias``. Training mode normalises with the batch
+    statistics (biased variance) and updates ``running_mean`` / ``running_var`` (unbiased
+    variance) by ``running = (1 - momentum) * running + momentum * batch`` (``momentum=None``:
+    the cumulative average over ``num_batches_tracked`` batches); eval mode normalises with the
+    running statistics. Without ``track_running_stats`` there are no buffers and the batch
+    statistics are always used. The backward pass is exact through the batch statistics.
+
+    Parameters
+    ----------
+    num_features : int
+        C.
+    eps : float, default 1e-5
+    momentum : float or None, default 0.1
+    affine : bool, default True
+        Learnable ``weight`` (ones) and ``bias`` (zeros); neither is weight-decayed.
+    track_running_stats : bool, default True
+        Buffers ``running_mean`` (zeros), ``running_var`` (ones), ``num_batches_tracked``
+        (int64 0-d), carried by ``state_dict`` under PyTorch's names.
+    dtype : float32 (default) or float64, keyword-only
+
+    Shape
+    -----
+    Input and output ``(N, C, H, W)``.
+
+    In a ``Sequential`` in eval mode, a ``Conv2d`` followed by ``BatchNorm2d`` runs as one
+    convolution with folded weights (within float tolerance of the pair).
+    """
+
+    _ndims = (4,)
+
+
+class BatchNorm1d(_BatchNorm):
+    """Batch normalisation of ``(N, C)`` or ``(N, C, L)`` inputs, as ``torch.nn.BatchNorm1d``:
+    statistics per feature/channel ``c`` over ``(N,)`` or ``(N, L)``. Arguments and semantics as
+    ``BatchNorm2d``.
+
+    Shape
+    -----
+    Input and output ``(N, C)`` or ``(N, C, L)``.
+    """
+
+    _ndims = (2, 3)

@@ -1,0 +1,282 @@
+"""Batch normalisation forward and backward (formulas: DESIGN.md section 3).
+
+Arrays are viewed as ``(N, C, S)``: ``S = H*W`` for BatchNorm2d, ``L`` or 1 for BatchNorm1d. Each
+channel ``c`` is reduced over ``(n, s)``, ``m = N*S`` values.
+
+Parallel scheme: ``prange`` over channels; a thread owns every output element of its channels
+(``y[:, c, :]``, ``dx[:, c, :]``) and the per-channel statistics, so no two iterations write the
+same memory. Each channel is processed start to finish by its thread (statistics pass, then the
+element pass), so the second pass usually reads the channel's data from cache.
+
+Summation order: per channel, the data is cut into blocks (one ``(n, c)`` row of S values, split
+further into at most ``BLOCK`` values). Within a block the sums run in vector lanes of the input
+type in an order fixed by the block length (see the C helpers below: blocked partial sums, each
+lane adding at most ~BLOCK/32 terms); block results are float64. The forward statistics are the
+block mean and the sum of squared deviations from it (two reads of a block that sits in L1), merged
+block after block in ``n`` order with Chan et al.'s pairwise update; the gradient sums are added
+block after block in float64. Every order is fixed by the shapes alone, so results are bitwise
+identical for any thread count.
+"""
+
+from cython.parallel cimport prange
+from cython cimport floating
+from libc.math cimport sqrt
+
+cdef enum:
+    BLOCK = 1024  # values per block of the statistics pass
+
+
+# The lane sums, written with GCC/Clang vector extensions so that they are vectorised on every
+# build (the scalar form of these loops is not: without -ffast-math the compiler may not reorder
+# the additions). Four accumulator vectors of L lanes (L = 8 floats or 4 doubles, 32 bytes) take
+# 4L consecutive values per step, then single vectors take the rest in steps of L, then a scalar
+# takes the last < L values; the accumulators are added in a fixed tree, the lanes converted to
+# float64 and added in a fixed tree. The order depends only on n, on every instruction set.
+# float32 input is summed in float32 lanes over blocks of at most BLOCK values (each lane adds at
+# most BLOCK/32 + a few terms) and the block results in float64: the "blocked partial sums".
+# Deviations are taken from the block mean rounded to the input type (exact subtraction of nearby
+# values), and the rounding of that centre is corrected for in float64.
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <string.h>
+    typedef float nl_vf __attribute__((vector_size(32)));
+    typedef double nl_vd __attribute__((vector_size(32)));
+    static inline nl_vf nl_load_f(const float *p) { nl_vf v; memcpy(&v, p, 32); return v; }
+    static inline nl_vd nl_load_d(const double *p) { nl_vd v; memcpy(&v, p, 32); return v; }
+    static inline double nl_lanes_f(nl_vf s) {
+        return (((double)s[0] + s[1]) + ((double)s[2] + s[3]))
+             + (((double)s[4] + s[5]) + ((double)s[6] + s[7]));
+    }
+    static inline double nl_lanes_d(nl_vd s) { return (s[0] + s[1]) + (s[2] + s[3]); }
+    #define NL_DEFINE(SUF, T, V, L)                                                           \
+    /* sum(p[0:n]) */                                                                         \
+    static double nl_sum_##SUF(const T *p, ptrdiff_t n) {                                     \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}; T t = 0; ptrdiff_t k = 0;                   \
+        for (; k + 4 * L <= n; k += 4 * L) {                                                  \
+            a0 += nl_load_##SUF(p + k); a1 += nl_load_##SUF(p + k + L);                       \
+            a2 += nl_load_##SUF(p + k + 2 * L); a3 += nl_load_##SUF(p + k + 3 * L);           \
+        }                                                                                     \
+        for (; k + L <= n; k += L) a0 += nl_load_##SUF(p + k);                                \
+        for (; k < n; k++) t += p[k];                                                         \
+        return nl_lanes_##SUF((a0 + a1) + (a2 + a3)) + (double)t;                             \
+    }                                                                                         \
+    /* sum((p[0:n] - c)^2) */                                                                 \
+    static double nl_sumsq_##SUF(const T *p, ptrdiff_t n, T c) {                              \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, d0, d1, d2, d3; T t = 0, e; ptrdiff_t k = 0;\
+        for (; k + 4 * L <= n; k += 4 * L) {                                                  \
+            d0 = nl_load_##SUF(p + k) - c; d1 = nl_load_##SUF(p + k + L) - c;                 \
+            d2 = nl_load_##SUF(p + k + 2 * L) - c; d3 = nl_load_##SUF(p + k + 3 * L) - c;     \
+            a0 += d0 * d0; a1 += d1 * d1; a2 += d2 * d2; a3 += d3 * d3;                       \
+        }                                                                                     \
+        for (; k + L <= n; k += L) { d0 = nl_load_##SUF(p + k) - c; a0 += d0 * d0; }          \
+        for (; k < n; k++) { e = p[k] - c; t += e * e; }                                      \
+        return nl_lanes_##SUF((a0 + a1) + (a2 + a3)) + (double)t;                             \
+    }                                                                                         \
+    /* *sg = sum(g[0:n]), *sgx = sum(g[0:n] * (x[0:n] - c)) */                                \
+    static void nl_gsum_##SUF(const T *g, const T *x, ptrdiff_t n, T c, double *sg,           \
+                              double *sgx) {                                                  \
+        V a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, g0, g1; T t = 0, u = 0; ptrdiff_t k = 0;    \
+        for (; k + 2 * L <= n; k += 2 * L) {                                                  \
+            g0 = nl_load_##SUF(g + k); g1 = nl_load_##SUF(g + k + L);                         \
+            a0 += g0; a1 += g1;                                                               \
+            b0 += g0 * (nl_load_##SUF(x + k) - c); b1 += g1 * (nl_load_##SUF(x + k + L) - c); \
+        }                                                                                     \
+        for (; k + L <= n; k += L) {                                                          \
+            g0 = nl_load_##SUF(g + k); a0 += g0; b0 += g0 * (nl_load_##SUF(x + k) - c);       \
+        }                                                                                     \
+        for (; k < n; k++) { t += g[k]; u += g[k] * (x[k] - c); }                             \
+        *sg = nl_lanes_##SUF(a0 + a1) + (double)t;                                            \
+        *sgx = nl_lanes_##SUF(b0 + b1) + (double)u;                                           \
+    }
+    NL_DEFINE(f, float, nl_vf, 8)
+    NL_DEFINE(d, double, nl_vd, 4)
+    """
+    double nl_sum_f(const float* p, Py_ssize_t n) noexcept nogil
+    double nl_sum_d(const double* p, Py_ssize_t n) noexcept nogil
+    double nl_sumsq_f(const float* p, Py_ssize_t n, float c) noexcept nogil
+    double nl_sumsq_d(const double* p, Py_ssize_t n, double c) noexcept nogil
+    void nl_gsum_f(const float* g, const float* x, Py_ssize_t n, float c,
+                   double* sg, double* sgx) noexcept nogil
+    void nl_gsum_d(const double* g, const double* x, Py_ssize_t n, double c,
+                   double* sg, double* sgx) noexcept nogil
+
+
+cdef inline double _lane_sum(const floating* p, Py_ssize_t n) noexcept nogil:
+    """sum(p[0:n]) (n <= BLOCK), lanes in a fixed order."""
+    if floating is float:
+        return nl_sum_f(p, n)
+    else:
+        return nl_sum_d(p, n)
+
+
+cdef inline double _lane_sumsq(const floating* p, Py_ssize_t n, floating c) noexcept nogil:
+    """sum((p[0:n] - c)**2) (n <= BLOCK), lanes in a fixed order."""
+    if floating is float:
+        return nl_sumsq_f(p, n, c)
+    else:
+        return nl_sumsq_d(p, n, c)
+
+
+cdef inline void _lane_grad_sums(const floating* g, const floating* p, Py_ssize_t n, double mu,
+                                 double* sg, double* sgx) noexcept nogil:
+    """sg += sum(g), sgx += sum(g * (p - mu)) over n values: blocks of at most BLOCK, each
+    summed in lanes with the centre c = mu rounded to the input type, then corrected in float64
+    (sum g*(p - mu) = sum g*(p - c) + (c - mu) * sum g) and added in block order."""
+    cdef Py_ssize_t s = 0, len_, blk = BLOCK
+    cdef double bg, bgx
+    cdef floating c = <floating> mu
+    while s < n:
+        len_ = min(blk, n - s)
+        if floating is float:
+            nl_gsum_f(g + s, p + s, len_, c, &bg, &bgx)
+        else:
+            nl_gsum_d(g + s, p + s, len_, c, &bg, &bgx)
+        sg[0] = sg[0] + bg
+        sgx[0] = sgx[0] + (bgx + (c - mu) * bg)
+        s = s + len_
+
+
+cdef inline void _scale_shift(const floating* x, floating* y, Py_ssize_t n, floating mu,
+                              floating a, floating b) noexcept nogil:
+    """y = (x - mu) * a + b (subtracting first keeps float32 accurate when |mean| >> std)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        y[k] = (x[k] - mu) * a + b
+
+
+cdef inline void _grad_apply(const floating* g, const floating* x, floating* dx, Py_ssize_t n,
+                             floating mu, floating a, floating k1, floating k0) noexcept nogil:
+    """dx = a * (g - (x - mu) * k1 - k0)."""
+    cdef Py_ssize_t k
+    for k in range(n):
+        dx[k] = a * (g[k] - (x[k] - mu) * k1 - k0)
+
+
+cdef inline double _channel_stats(const floating* x0, Py_ssize_t N, Py_ssize_t S,
+                                  Py_ssize_t stride, double* mean) noexcept nogil:
+    """Mean (into *mean) and biased variance (returned) of the N rows
+    x0[n*stride : n*stride + S] (Chan's merge). The variance is returned, not written through a
+    pointer, so that the caller's prange sees an assignment and keeps it thread-private."""
+    cdef Py_ssize_t n, s, len_, blk = BLOCK
+    cdef double cnt = 0, mu = 0, m2 = 0, bmu, bm2, delta, tot
+    cdef floating c
+    cdef const floating* p
+    for n in range(N):
+        s = 0
+        while s < S:
+            len_ = min(blk, S - s)
+            p = x0 + n * stride + s
+            s = s + len_
+            bmu = _lane_sum(p, len_) / len_
+            c = <floating> bmu
+            # M2 about the block mean from the sum about the rounded centre c.
+            bm2 = _lane_sumsq(p, len_, c) - len_ * (bmu - c) * (bmu - c)
+            tot = cnt + len_
+            delta = bmu - mu
+            mu = mu + delta * (len_ / tot)
+            m2 = m2 + bm2 + delta * delta * (cnt * len_ / tot)
+            cnt = tot
+    mean[0] = mu
+    return m2 / cnt if m2 > 0 else 0.0  # the centre correction can leave -tiny for constants
+
+
+def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
+                     const floating[::1] weight,    # IN  (C,) gamma (ones without affine)
+                     const floating[::1] bias,      # IN  (C,) beta (zeros without affine)
+                     floating[:, :, ::1] y,         # OUT (N, C, S)
+                     double[::1] mean,              # OUT (C,) batch mean
+                     double[::1] invstd,            # OUT (C,) 1 / sqrt(biased var + eps)
+                     floating[::1] running_mean,    # IN/OUT (C,) updated when `update`
+                     floating[::1] running_var,     # IN/OUT (C,) updated when `update`
+                     double eps, double factor, bint update, int n_threads):
+    """Training forward: per channel mu = mean(x), var = mean((x - mu)^2),
+    y = (x - mu) * gamma / sqrt(var + eps) + beta; with `update`,
+    running_mean = factor*mu + (1-factor)*running_mean and
+    running_var = factor*var*m/(m-1) + (1-factor)*running_var (m = N*S, unbiased variance).
+
+    Two passes per channel: statistics (blocks merged in n order), then y.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
+    cdef Py_ssize_t stride = C * S
+    cdef double m = <double> (N * S)
+    cdef double inv, var, unbiased
+    cdef floating mu, a, b
+    if N * S == 0 or C == 0:
+        return
+    # Race-free: iteration c writes only mean[c], invstd[c], running_*[c] and y[:, c, :].
+    for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
+        var = _channel_stats(&x[0, c, 0], N, S, stride, &mean[c])
+        inv = 1.0 / sqrt(var + eps)
+        invstd[c] = inv
+        if update:
+            unbiased = var * m / (m - 1) if m > 1 else var
+            running_mean[c] = <floating> (factor * mean[c] + (1 - factor) * running_mean[c])
+            running_var[c] = <floating> (factor * unbiased + (1 - factor) * running_var[c])
+        mu = <floating> mean[c]
+        a = <floating> (weight[c] * inv)
+        b = bias[c]
+        for n in range(N):
+            _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
+
+
+def bn_forward_eval(const floating[:, :, ::1] x,   # IN  (N, C, S)
+                    const double[::1] mean,        # IN  (C,) statistics to normalise with
+                    const double[::1] invstd,      # IN  (C,) 1 / sqrt(var + eps)
+                    const floating[::1] weight,    # IN  (C,) gamma
+                    const floating[::1] bias,      # IN  (C,) beta
+                    floating[:, :, ::1] y,         # OUT (N, C, S)
+                    int n_threads):
+    """Forward with given statistics: y = (x - mean) * gamma * invstd + beta. One pass."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
+    cdef floating mu, a, b
+    if N * S == 0 or C == 0:
+        return
+    # Race-free: iteration c writes only y[:, c, :].
+    for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
+        mu = <floating> mean[c]
+        a = <floating> (weight[c] * invstd[c])
+        b = bias[c]
+        for n in range(N):
+            _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
+
+
+def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input
+                const floating[:, :, ::1] dy,    # IN  (N, C, S) gradient of y
+                const double[::1] mean,          # IN  (C,) statistics used by the forward pass
+                const double[::1] invstd,        # IN  (C,) 1 / sqrt(var + eps)
+                const floating[::1] weight,      # IN  (C,) gamma
+                floating[:, :, ::1] dx,          # OUT (N, C, S)
+                floating[::1] dweight,           # OUT (C,) sum(dy * xhat) (summed in float64)
+                floating[::1] dbias,             # OUT (C,) sum(dy) (summed in float64)
+                bint training, int n_threads):
+    """Backward. Pass 1: dbeta = sum g, dgamma = invstd * sum g*(x - mu).
+    Pass 2, training (statistics from the batch):
+    dx = gamma*invstd * (g - dbeta/m - xhat*dgamma/m), xhat = (x - mu)*invstd;
+    eval (fixed statistics): dx = gamma*invstd * g.
+    """
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
+    cdef double m = <double> (N * S)
+    cdef double sg, sgx, inv
+    cdef floating mu, a, k1, k0
+    if C == 0:
+        return
+    # Race-free: iteration c writes only dweight[c], dbias[c] and dx[:, c, :].
+    for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
+        sg = 0
+        sgx = 0
+        for n in range(N):
+            _lane_grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], &sg, &sgx)
+        inv = invstd[c]
+        dbias[c] = <floating> sg
+        dweight[c] = <floating> (sgx * inv)
+        mu = <floating> mean[c]
+        a = <floating> (weight[c] * inv)
+        if training:
+            k1 = <floating> (inv * inv * sgx / m)
+            k0 = <floating> (sg / m)
+        else:
+            k1 = 0
+            k0 = 0
+        for n in range(N):
+            _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mu, a, k1, k0)
