@@ -222,9 +222,8 @@ def test_special_values_match_torch(name, dtype):
         assert y.tobytes() == want_y.tobytes()
         if name == "relu":  # NaN input: fastcnn's gradient is 0 (x > 0), PyTorch's is g
             assert dx[0] == 0
-            dx, want_dx = dx[1:], want_dx[1:]
-            keep = keep[1:]
-        assert dx.tobytes() == want_dx.tobytes()
+            keep[0] = False
+        assert dx[keep].tobytes() == want_dx[keep].tobytes()
     keep &= np.isfinite(x) | (name in ("relu", "leaky_relu", "elu", "tanh", "sigmoid"))
     if name == "elu":  # PyTorch's ELU gradient at NaN is NaN in float64 but g in float32
         keep &= ~np.isnan(x)
