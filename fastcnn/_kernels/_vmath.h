@@ -24,6 +24,14 @@
 
 #include <math.h>
 #include <stddef.h>
+
+/* The selects below (x > 0 ? x : x * s) are vectorised only if gcc may evaluate both sides,
+   which -ftrapping-math (the default) forbids: the flags of FP exceptions are never read here,
+   and the values computed are the same, so it is switched off for this file's functions. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
 #include <stdint.h>
 #include <string.h>
 
@@ -194,8 +202,8 @@ static void vm_unary_##T(int op, const T *x, T *y, ptrdiff_t n, double a) {     
         return;                                                                             \
     }                                                                                       \
     if (op == VM_LEAKY_RELU) {                                                              \
-        const T s = (T)a;                                                                   \
-        for (i = 0; i < n; i++) y[i] = x[i] > 0 ? x[i] : x[i] * s;                          \
+        const T s = (T)a;      /* multiply unconditionally: a select gcc can vectorise */   \
+        for (i = 0; i < n; i++) { T v = x[i], m = v * s; y[i] = v > 0 ? v : m; }            \
         return;                                                                             \
     }                                                                                       \
     if (op == VM_GELU) {       /* erfc is not vectorised yet: C library */                  \
@@ -232,7 +240,7 @@ static void vm_binary_##T(int op, const T *g, const T *x, T *dx, ptrdiff_t n, do
         return;                                                                             \
     case VM_LEAKY_RELU_B: {                                                                 \
         const T s = (T)a;                                                                   \
-        for (i = 0; i < n; i++) dx[i] = x[i] > 0 ? g[i] : g[i] * s;                         \
+        for (i = 0; i < n; i++) { T m = g[i] * s; dx[i] = x[i] > 0 ? g[i] : m; }            \
         return;                                                                             \
     }                                                                                       \
     case VM_TANH_B:            /* y = tanh(x): dx = g (1 - y^2) */                          \
@@ -374,5 +382,9 @@ static void vm_softmax_cols_##T(const T *x, T *y, ptrdiff_t K, ptrdiff_t I, ptrd
 
 VM_DEFINE_SOFTMAX(double)
 VM_DEFINE_SOFTMAX(float)
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
 
 #endif
