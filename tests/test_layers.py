@@ -745,7 +745,7 @@ BAD_FORWARDS = [
                  r"larger than the padded input", id="pool-window-larger-than-input"),
     pytest.param(lambda: ReLU(), (3, 4), F64, TypeError, r"x has dtype float64",
                  id="relu-wrong-dtype"),
-    pytest.param(lambda: Flatten(), (5,), F32, ValueError, r"at least 2-D.*\(5,\)",
+    pytest.param(lambda: Flatten(), (5,), F32, ValueError, r"start_dim=1 is out of range.*\(5,\)",
                  id="flatten-1d-input"),
     pytest.param(lambda: Linear(4, 3), (2, 1, 2, 2), F32, ValueError,
                  r"2-D input, got shape \(2, 1, 2, 2\)", id="linear-4d-input"),
@@ -762,30 +762,6 @@ BAD_FORWARDS = [
 def test_bad_forward_input_raises_clear_error(make, shape, dtype, exc, match):
     with pytest.raises(exc, match=match):
         make().forward(np.ones(shape, dtype=dtype))
-
-
-def test_cross_entropy_rejects_1d_logits():
-    with pytest.raises(ValueError, match=r"logits must be 2-D, got shape \(3,\)"):
-        CrossEntropyLoss().forward(np.zeros(3, dtype=F32), [0])
-
-
-BAD_LABELS = [
-    pytest.param([0, 4, 1], ValueError, r"label 4 is out of range for 4 classes", id="too-large"),
-    pytest.param([0, -1, 1], ValueError, r"label -1 is out of range", id="negative"),
-    pytest.param([0.0, np.nan, 1.0], ValueError, r"NaN", id="nan"),
-    pytest.param([0.0, np.inf, 1.0], ValueError, r"inf", id="inf"),
-    pytest.param([0.0, 1.5, 2.0], ValueError, r"whole numbers", id="float-non-integer"),
-    pytest.param([[0], [1], [2]], ValueError, r"shape \(3,\).*got \(3, 1\)", id="column-shape"),
-    pytest.param([0, 1], ValueError, r"shape \(3,\).*got \(2,\)", id="too-few"),
-    pytest.param(["a", "b", "c"], TypeError, r"integer class indices", id="strings"),
-    pytest.param([True, False, True], TypeError, r"integer class indices.*bool", id="bool"),
-]
-
-
-@pytest.mark.parametrize("labels, exc, match", BAD_LABELS)
-def test_cross_entropy_rejects_bad_labels(labels, exc, match):
-    with pytest.raises(exc, match=match):
-        CrossEntropyLoss().forward(np.zeros((3, 4), dtype=F32), np.array(labels))
 
 
 BACKWARD_FIRST = {

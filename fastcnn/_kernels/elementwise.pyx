@@ -1,8 +1,10 @@
-"""ReLU forward and backward, and the softmax cross-entropy loss.
+"""Element-wise activations (forward and backward), softmax / log-softmax over any axis, and the
+fused softmax cross-entropy loss.
 
-Each call splits the flat arrays into contiguous blocks, one per prange iteration; every output
-element is written by exactly one iteration, so the loops are race-free and the result does not
-depend on the thread count.
+The element-wise kernels split the flat arrays into contiguous blocks of BLOCK elements, one per
+prange iteration; every output element is written by exactly one iteration and depends only on
+its own input element(s), so the loops are race-free and the result does not depend on the thread
+count. The arithmetic (vectorised exp/expm1, formulas) is in ``_vmath.h``.
 """
 
 from cython.parallel cimport prange
@@ -12,30 +14,50 @@ from libc.stdint cimport int64_t
 
 cdef enum:
     BLOCK = 4096  # elements per prange iteration
+    CHUNK = 64    # softmax columns per prange iteration (VM_SOFTMAX_CHUNK in _vmath.h)
+
+cdef extern from "_vmath.h" nogil:
+    void vm_unary_double(int op, const double* x, double* y, Py_ssize_t n, double a)
+    void vm_unary_float(int op, const float* x, float* y, Py_ssize_t n, double a)
+    void vm_binary_double(int op, const double* g, const double* x, double* dx, Py_ssize_t n,
+                          double a)
+    void vm_binary_float(int op, const float* g, const float* x, float* dx, Py_ssize_t n,
+                         double a)
+    void vm_softmax_row_double(const double* x, double* y, Py_ssize_t K, int logmode)
+    void vm_softmax_row_float(const float* x, float* y, Py_ssize_t K, int logmode)
+    void vm_softmax_cols_double(const double* x, double* y, Py_ssize_t K, Py_ssize_t I,
+                                Py_ssize_t i0, Py_ssize_t i1, int logmode)
+    void vm_softmax_cols_float(const float* x, float* y, Py_ssize_t K, Py_ssize_t I,
+                               Py_ssize_t i0, Py_ssize_t i1, int logmode)
+
+# Operation codes (the VM_* enum of _vmath.h).
+RELU, LEAKY_RELU, ELU, GELU, GELU_TANH, TANH, SIGMOID, EXP = 0, 1, 2, 3, 4, 5, 6, 7
+RELU_B, LEAKY_RELU_B, ELU_B, GELU_B, GELU_TANH_B, TANH_B, SIGMOID_B = 16, 17, 18, 19, 20, 21, 22
 
 
-# The loops work on raw pointers: a store through a memoryview could alias the view's own data
-# pointer as far as the C compiler knows, which would stop it from vectorising.
-
-cdef inline void _relu_block(const floating* x, floating* y, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t k
-    cdef floating v
-    for k in range(n):
-        v = x[k]
-        y[k] = 0 if v < 0 else v  # NaN < 0 is false: NaN is kept
+cdef inline void _unary_block(int op, const floating* x, floating* y, Py_ssize_t n,
+                              double a) noexcept nogil:
+    if floating is double:
+        vm_unary_double(op, x, y, n, a)
+    else:
+        vm_unary_float(op, x, y, n, a)
 
 
-cdef inline void _relu_backward_block(const floating* dy, const floating* x, floating* dx,
-                                      Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(n):
-        dx[k] = dy[k] if x[k] > 0 else 0
+cdef inline void _binary_block(int op, const floating* g, const floating* x, floating* dx,
+                               Py_ssize_t n, double a) noexcept nogil:
+    if floating is double:
+        vm_binary_double(op, g, x, dx, n, a)
+    else:
+        vm_binary_float(op, g, x, dx, n, a)
 
 
-def relu_forward(const floating[::1] x,   # IN  (size,)
-                 floating[::1] y,         # OUT (size,)
-                 int n_threads):
-    """y = max(x, 0) elementwise; NaN propagates."""
+def unary(int op,
+          const floating[::1] x,   # IN  (size,)
+          floating[::1] y,         # OUT (size,) may be x itself (in place)
+          double a,
+          int n_threads):
+    """y = f(x; a) elementwise, f chosen by ``op`` (RELU, LEAKY_RELU with slope a, ELU with
+    alpha a, GELU, GELU_TANH, TANH, SIGMOID, EXP); formulas in _vmath.h."""
     cdef Py_ssize_t size = x.shape[0]
     cdef Py_ssize_t n_blocks = (size + BLOCK - 1) // BLOCK
     cdef Py_ssize_t blk
@@ -43,14 +65,17 @@ def relu_forward(const floating[::1] x,   # IN  (size,)
         return
     # Race-free: block blk owns y[blk*BLOCK : (blk+1)*BLOCK].
     for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):
-        _relu_block(&x[blk * BLOCK], &y[blk * BLOCK], min(<Py_ssize_t> BLOCK, size - blk * BLOCK))
+        _unary_block(op, &x[blk * BLOCK], &y[blk * BLOCK],
+                     min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
 
 
-def relu_backward(const floating[::1] dy,  # IN  (size,) gradient of the output
-                  const floating[::1] x,   # IN  (size,) input of the forward pass (or its output)
-                  floating[::1] dx,        # OUT (size,)
-                  int n_threads):
-    """dx = dy * (x > 0)."""
+def binary(int op,
+           const floating[::1] g,   # IN  (size,) gradient of the output
+           const floating[::1] x,   # IN  (size,) forward input (TANH_B, SIGMOID_B: output)
+           floating[::1] dx,        # OUT (size,)
+           double a,
+           int n_threads):
+    """dx = g * f'(x; a) elementwise for the backward ops (RELU_B, ..., SIGMOID_B)."""
     cdef Py_ssize_t size = x.shape[0]
     cdef Py_ssize_t n_blocks = (size + BLOCK - 1) // BLOCK
     cdef Py_ssize_t blk
@@ -58,8 +83,81 @@ def relu_backward(const floating[::1] dy,  # IN  (size,) gradient of the output
         return
     # Race-free: block blk owns dx[blk*BLOCK : (blk+1)*BLOCK].
     for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):
-        _relu_backward_block(&dy[blk * BLOCK], &x[blk * BLOCK], &dx[blk * BLOCK],
-                             min(<Py_ssize_t> BLOCK, size - blk * BLOCK))
+        _binary_block(op, &g[blk * BLOCK], &x[blk * BLOCK], &dx[blk * BLOCK],
+                      min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
+
+
+cdef inline void _softmax_item(const floating* x, floating* y, Py_ssize_t K, Py_ssize_t I,
+                               Py_ssize_t i0, Py_ssize_t i1, int logmode) noexcept nogil:
+    if I == 1:
+        if floating is double:
+            vm_softmax_row_double(x, y, K, logmode)
+        else:
+            vm_softmax_row_float(x, y, K, logmode)
+    elif floating is double:
+        vm_softmax_cols_double(x, y, K, I, i0, i1, logmode)
+    else:
+        vm_softmax_cols_float(x, y, K, I, i0, i1, logmode)
+
+
+def softmax_forward(const floating[:, :, ::1] x,   # IN  (O, K, I), softmax over K
+                    floating[:, :, ::1] y,         # OUT (O, K, I)
+                    bint logmode,
+                    int n_threads):
+    """y[o, :, i] = softmax(x[o, :, i]) (log-softmax when ``logmode``), with the maximum
+    subtracted first and the sum of exponentials in double in the order k = 0, 1, ...
+
+    K >= 1. Work items are (o, chunk of CHUNK columns); each owns y[o, :, chunk].
+    """
+    cdef Py_ssize_t n_outer = x.shape[0], K = x.shape[1], n_inner = x.shape[2]
+    cdef Py_ssize_t n_chunks = (n_inner + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t item, o, i0
+    if n_outer == 0 or n_inner == 0:
+        return
+    # Race-free: item (o, c) writes only y[o, :, c*CHUNK : (c+1)*CHUNK].
+    for item in prange(n_outer * n_chunks, nogil=True, schedule='static', num_threads=n_threads):
+        o = item // n_chunks
+        i0 = (item % n_chunks) * CHUNK
+        _softmax_item(&x[o, 0, 0], &y[o, 0, 0], K, n_inner, i0, min(i0 + CHUNK, n_inner), logmode)
+
+
+cdef void _softmax_backward_item(const floating* g, const floating* y, floating* dx,
+                                 Py_ssize_t K, Py_ssize_t I, Py_ssize_t i0, Py_ssize_t i1,
+                                 int logmode) noexcept nogil:
+    cdef double acc
+    cdef Py_ssize_t i, k
+    for i in range(i0, i1):
+        acc = 0
+        if logmode:
+            for k in range(K):
+                acc = acc + g[k * I + i]
+            for k in range(K):
+                dx[k * I + i] = <floating> (g[k * I + i] - exp(<double> y[k * I + i]) * acc)
+        else:
+            for k in range(K):
+                acc = acc + <double> g[k * I + i] * y[k * I + i]
+            for k in range(K):
+                dx[k * I + i] = <floating> (y[k * I + i] * (g[k * I + i] - acc))
+
+
+def softmax_backward(const floating[:, :, ::1] g,   # IN  (O, K, I) gradient of the output
+                     const floating[:, :, ::1] y,   # IN  (O, K, I) output of the forward pass
+                     floating[:, :, ::1] dx,        # OUT (O, K, I)
+                     bint logmode,
+                     int n_threads):
+    """softmax: dx = y * (g - sum_k g*y); log-softmax: dx = g - exp(y) * sum_k g (sums in double,
+    in the order k = 0, 1, ...). Items as in softmax_forward."""
+    cdef Py_ssize_t n_outer = g.shape[0], K = g.shape[1], n_inner = g.shape[2]
+    cdef Py_ssize_t n_chunks = (n_inner + CHUNK - 1) // CHUNK
+    cdef Py_ssize_t item, o, i0
+    if n_outer == 0 or n_inner == 0 or K == 0:
+        return
+    # Race-free: item (o, c) writes only dx[o, :, c*CHUNK : (c+1)*CHUNK].
+    for item in prange(n_outer * n_chunks, nogil=True, schedule='static', num_threads=n_threads):
+        o = item // n_chunks
+        i0 = (item % n_chunks) * CHUNK
+        _softmax_backward_item(&g[o, 0, 0], &y[o, 0, 0], &dx[o, 0, 0], K, n_inner, i0,
+                               min(i0 + CHUNK, n_inner), logmode)
 
 
 def softmax_cross_entropy(const floating[:, ::1] z,      # IN  (N, K) logits

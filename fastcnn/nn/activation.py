@@ -1,24 +1,226 @@
-"""Element-wise activations (functional: ``fastcnn.functional.activation``; kernels:
-``_kernels/elementwise.pyx``; tests: ``tests/test_activation.py``)."""
+"""Element-wise activations, softmax and Identity's neighbours (functional:
+``fastcnn.functional.activation``; kernels: ``_kernels/elementwise.pyx``, ``_kernels/_vmath.h``;
+twins: ``fastcnn._reference.activation``; tests: ``tests/test_activation.py``).
 
-from ..functional.activation import _relu_backward_into, _relu_into
+``inplace=True`` is accepted for PyTorch compatibility, but a fastcnn layer always writes a new
+buffer (its input may be the previous layer's kept array, and the backward pass needs it).
+"""
+
+import numpy as np
+
+from .. import _kernels
+from ..functional import activation as _f
 from .module import Module
 
-__all__ = ["ReLU"]
+__all__ = ["ReLU", "LeakyReLU", "ELU", "GELU", "Tanh", "Sigmoid", "Softmax", "LogSoftmax"]
 
 
-class ReLU(Module):
-    """``y = max(x, 0)``; keeps its output for the backward pass (``y > 0`` iff ``x > 0``)."""
+class _Elementwise(Module):
+    """y = op(x) for any shape; keeps ``x`` (``_keep = "x"``) or ``y`` for the backward pass."""
+
+    _op = _op_b = None
+    _keep = "x"
+
+    def _a(self):
+        return 0.0
 
     def _forward(self, x, reuse):
-        x = self._input(x, ndim=None)
+        shape = np.shape(x)
+        x = self._input(x, ndim=None).reshape(shape)
         y = self._buffer("y", x.shape, reuse)
-        _relu_into(x, y)
-        self._cache = y
+        _f._unary_into(self._op, x, y, self._a())
+        self._cache = x if self._keep == "x" else y
         return y
 
     def _backward(self, grad_y, reuse):
-        y = self._cache
-        grad_y = self._grad_input(grad_y, None if y is None else y.shape)
+        saved = self._cache
+        grad_y = self._grad_input(grad_y, None if saved is None else saved.shape)
+        grad_y = grad_y.reshape(saved.shape)
+        grad_x = self._buffer("dx", saved.shape, reuse)
+        return _f._binary_into(self._op_b, grad_y, saved, grad_x, self._a())
+
+
+class ReLU(_Elementwise):
+    """``y = max(x, 0)``; keeps its output for the backward pass (``y > 0`` iff ``x > 0``).
+
+    Parameters
+    ----------
+    inplace : bool, default False
+        Accepted for PyTorch compatibility; a new buffer is always written.
+
+    Shape
+    -----
+    Input: any shape. Output: the same shape.
+    """
+
+    _op, _op_b, _keep = _kernels.elementwise.RELU, _kernels.elementwise.RELU_B, "y"
+
+    def __init__(self, inplace=False, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.inplace = _f._inplace(inplace)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
+class LeakyReLU(_Elementwise):
+    """``y = x if x > 0 else negative_slope * x``; keeps its input.
+
+    Parameters
+    ----------
+    negative_slope : float, default 0.01
+    inplace : bool, default False
+        Accepted; a new buffer is always written.
+
+    Shape
+    -----
+    Input: any shape. Output: the same shape.
+    """
+
+    _op, _op_b = _kernels.elementwise.LEAKY_RELU, _kernels.elementwise.LEAKY_RELU_B
+
+    def __init__(self, negative_slope=0.01, inplace=False, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.negative_slope = _f._real(negative_slope, "negative_slope")
+        self.inplace = _f._inplace(inplace)
+
+    def _a(self):
+        return self.negative_slope
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
+
+
+class ELU(_Elementwise):
+    """``y = x if x > 0 else alpha * (exp(x) - 1)``; keeps its input.
+
+    Parameters
+    ----------
+    alpha : float, default 1.0
+        Must be >= 0.
+    inplace : bool, default False
+        Accepted; a new buffer is always written.
+
+    Shape
+    -----
+    Input: any shape. Output: the same shape.
+    """
+
+    _op, _op_b = _kernels.elementwise.ELU, _kernels.elementwise.ELU_B
+
+    def __init__(self, alpha=1.0, inplace=False, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.alpha = _f._alpha(alpha)
+        self.inplace = _f._inplace(inplace)
+
+    def _a(self):
+        return self.alpha
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}" + (", inplace=True" if self.inplace else "")
+
+
+class GELU(_Elementwise):
+    """``y = x * Phi(x)`` (exact, erf form) or its tanh approximation; keeps its input.
+
+    Parameters
+    ----------
+    approximate : {'none', 'tanh'}, default 'none'
+
+    Shape
+    -----
+    Input: any shape. Output: the same shape.
+    """
+
+    def __init__(self, approximate="none", *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.approximate = _f._approximate(approximate)
+        ew = _kernels.elementwise
+        self._op, self._op_b = ((ew.GELU, ew.GELU_B) if self.approximate == "none"
+                                else (ew.GELU_TANH, ew.GELU_TANH_B))
+
+    def extra_repr(self):
+        return f"approximate={self.approximate!r}"
+
+
+class Tanh(_Elementwise):
+    """``y = tanh(x)``; keeps its output (``dx = g * (1 - y**2)``).
+
+    Shape
+    -----
+    Input: any shape. Output: the same shape.
+    """
+
+    _op, _op_b, _keep = _kernels.elementwise.TANH, _kernels.elementwise.TANH_B, "y"
+
+    def __init__(self, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+
+
+class Sigmoid(_Elementwise):
+    """``y = 1 / (1 + exp(-x))``; keeps its output (``dx = g * y * (1 - y)``).
+
+    Shape
+    -----
+    Input: any shape. Output: the same shape.
+    """
+
+    _op, _op_b, _keep = _kernels.elementwise.SIGMOID, _kernels.elementwise.SIGMOID_B, "y"
+
+    def __init__(self, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+
+
+class Softmax(Module):
+    """Softmax along ``dim``; keeps its output.
+
+    Parameters
+    ----------
+    dim : int or None
+        None follows PyTorch's deprecated implicit choice (0 for 0-, 1- and 3-D input, else 1),
+        with its warning.
+
+    Shape
+    -----
+    Input: any shape. Output: the same shape.
+    """
+
+    _log = False
+
+    def __init__(self, dim=None, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.dim = None if dim is None else _f._int(dim, "dim")
+
+    def _forward(self, x, reuse):
+        shape = np.shape(x)
+        x = self._input(x, ndim=None).reshape(shape)
+        dim = _f._softmax_dim(x.ndim, self.dim, type(self).__name__)
+        y = self._buffer("y", x.shape, reuse)
+        _f._softmax_into(x, y, dim, self._log)
+        self._cache = (y, dim)
+        return y
+
+    def _backward(self, grad_y, reuse):
+        y, dim = self._cache if self._cache is not None else (None, None)
+        grad_y = self._grad_input(grad_y, None if y is None else y.shape).reshape(y.shape)
         grad_x = self._buffer("dx", y.shape, reuse)
-        return _relu_backward_into(grad_y, y, grad_x)
+        return _f._softmax_backward_into(grad_y, y, grad_x, dim, self._log)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """Log-softmax along ``dim``, ``x - m - log(sum(exp(x - m)))``; keeps its output.
+
+    Parameters
+    ----------
+    dim : int or None
+        As ``Softmax``.
+
+    Shape
+    -----
+    Input: any shape. Output: the same shape.
+    """
+
+    _log = True

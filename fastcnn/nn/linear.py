@@ -3,10 +3,33 @@
 
 import numpy as np
 
+from ..functional._validate import _int
 from ..functional.linear import _gemm_into
 from .module import Module, _positive
 
-__all__ = ["Linear", "Flatten"]
+__all__ = ["Identity", "Linear", "Flatten"]
+
+
+class Identity(Module):
+    """``y = x``: returns its input (and the gradient) unchanged. Any constructor arguments are
+    accepted and ignored, as in PyTorch.
+
+    Shape
+    -----
+    Input: any shape. Output: the same array.
+    """
+
+    def __init__(self, *args, dtype=np.float32, **kwargs):
+        super().__init__(dtype=dtype)
+
+    def _forward(self, x, reuse):
+        shape = np.shape(x)
+        x = self._input(x, ndim=None).reshape(shape)
+        self._cache = x.shape
+        return x
+
+    def _backward(self, grad_y, reuse):
+        return self._grad_input(grad_y, self._cache).reshape(self._cache or ())
 
 
 class Linear(Module):
@@ -53,7 +76,8 @@ class Linear(Module):
         y = self._buffer("y", (x.shape[0], self.out_features), reuse)
         weight_t = self._buffer("weight_t", (self.in_features, self.out_features), reuse)
         np.copyto(weight_t, self.params["weight"].T)
-        _gemm_into(x, weight_t, y)
+        if x.shape[0]:
+            _gemm_into(x, weight_t, y)
         if "bias" in self.params:
             y += self.params["bias"]
         self._cache = x
@@ -62,13 +86,16 @@ class Linear(Module):
     def _backward(self, grad_y, reuse):
         x = self._cache
         grad_y = self._grad_input(grad_y, None if x is None else (x.shape[0], self.out_features))
-        _gemm_into(grad_y.T, x, self.grads["weight"])
+        if x.shape[0]:
+            _gemm_into(grad_y.T, x, self.grads["weight"])
+        else:  # an empty batch contributes nothing
+            self.grads["weight"].fill(0)
         if "bias" in self.grads:
             np.sum(grad_y, axis=0, out=self.grads["bias"])
         if not self.compute_input_grad:
             return None
         grad_x = self._buffer("dx", x.shape, reuse)
-        return _gemm_into(grad_y, self.params["weight"], grad_x)
+        return _gemm_into(grad_y, self.params["weight"], grad_x) if x.shape[0] else grad_x
 
     def extra_repr(self):
         extra = "" if "bias" in self.params else ", bias=False"
@@ -76,17 +103,58 @@ class Linear(Module):
 
 
 class Flatten(Module):
-    """Flatten every axis after the first: ``(N, C, H, W) -> (N, C*H*W)`` (a view, no copy)."""
+    """Flatten the axes ``start_dim`` to ``end_dim`` (inclusive) into one, as PyTorch: by default
+    every axis after the first, ``(N, C, H, W) -> (N, C*H*W)``. A view, no copy; works for an
+    empty batch (N = 0).
+
+    Parameters
+    ----------
+    start_dim : int, default 1
+    end_dim : int, default -1
+
+    Shape
+    -----
+    Input ``(*, S_start, ..., S_end, *)``, output ``(*, S_start * ... * S_end, *)``.
+    """
+
+    def __init__(self, start_dim=1, end_dim=-1, *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.start_dim = _int(start_dim, "start_dim")
+        self.end_dim = _int(end_dim, "end_dim")
+
+    def _dims(self, shape):
+        n = max(len(shape), 1)
+        dims = []
+        for name, d in (("start_dim", self.start_dim), ("end_dim", self.end_dim)):
+            if not -n <= d < n:
+                raise ValueError(f"Flatten {name}={d} is out of range for an input of shape "
+                                 f"{shape} (expected in [{-n}, {n - 1}])")
+            dims.append(d % n)
+        if dims[0] > dims[1]:
+            raise ValueError(f"Flatten start_dim={self.start_dim} comes after end_dim="
+                             f"{self.end_dim} for an input of shape {shape}")
+        return dims
+
+    def output_shape(self, input_shape):
+        shape = tuple(input_shape)
+        s, e = self._dims(shape)
+        if not shape:
+            return (1,)
+        return shape[:s] + (int(np.prod(shape[s:e + 1], dtype=np.int64)),) + shape[e + 1:]
 
     def _forward(self, x, reuse):
-        x = self._input(x, ndim=None)
-        if x.ndim < 2:
-            raise ValueError(f"Flatten expects at least 2-D input, got shape {x.shape}")
-        self._cache = x.shape
-        return x.reshape(x.shape[0], -1)
+        shape = np.shape(x)
+        x = self._input(x, ndim=None).reshape(shape)
+        out = self.output_shape(shape)
+        self._cache = shape
+        return x.reshape(out)  # explicit sizes: reshape(-1) is ambiguous when N = 0
 
     def _backward(self, grad_y, reuse):
         shape = self._cache
-        grad_y = self._grad_input(grad_y, None if shape is None else
-                                  (shape[0], int(np.prod(shape[1:]))))
+        grad_y = self._grad_input(grad_y, None if shape is None else self.output_shape(shape))
         return grad_y.reshape(shape)
+
+    def extra_repr(self):
+        if (self.start_dim, self.end_dim) == (1, -1):
+            return ""
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

@@ -1,91 +1,205 @@
-"""Losses (functional: ``fastcnn.functional.loss``; kernel: ``softmax_cross_entropy`` in
-``_kernels/elementwise.pyx``; tests: ``tests/test_loss.py``)."""
+"""Losses (functional: ``fastcnn.functional.loss``; kernels: ``softmax_cross_entropy`` and
+``softmax_forward`` in ``_kernels/elementwise.pyx``; twins: ``fastcnn._reference.loss``; tests:
+``tests/test_loss.py``).
+
+A loss is used as ``loss = fn.forward(input, target)`` then ``grad_input = fn.backward()``.
+``forward`` returns a Python float for ``reduction='mean'`` / ``'sum'`` and the array of
+per-element losses for ``'none'``. ``backward(grad_output=None)`` returns the gradient with
+respect to ``input``: ``grad_output`` is a number scaling it (default 1) for 'mean' / 'sum', or,
+for 'none', the upstream gradient of the per-element losses (an array of their shape; default
+all ones, i.e. the gradient of their sum).
+"""
 
 import numpy as np
 
-from .. import _kernels
+from ..functional import loss as _fl
 from ..functional._validate import _array
 from .module import Module, Parameter
 
-__all__ = ["CrossEntropyLoss"]
+__all__ = ["CrossEntropyLoss", "NLLLoss", "MSELoss"]
+
+
+def _check_cached(loss):
+    if loss._cache is None:
+        raise RuntimeError(f"{type(loss).__name__}.backward called before forward")
 
 
 class CrossEntropyLoss(Module):
-    """Softmax + cross-entropy, fused and stable for logits of any size, mean over the batch.
+    """Softmax + cross-entropy with PyTorch's arguments, plus fastcnn's optional L2 term.
 
-    ``L = -(1/N) sum_n log softmax(z)[n, t_n] + 0.5 * l2 * sum ||W||^2`` where the L2 sum runs over
-    the weights (not biases) of the parameters passed to ``forward``.
+    ``loss_i = -sum_c q_ic log softmax(z_i)_c`` where ``q_i`` is the one-hot target scaled by
+    its class weight (mixed with the weighted uniform distribution by ``label_smoothing``) or the
+    given probabilities; ``'mean'`` divides by the summed weights of the non-ignored targets.
+    ``forward(..., params)`` adds ``0.5 * l2 * sum ||W||^2`` over the weights (not biases) among
+    ``params``.
 
     Parameters
     ----------
-    l2 : float, default 0
-        L2 regularisation strength.
+    weight : array (C,), optional
+    ignore_index : int, default -100
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    label_smoothing : float in [0, 1], default 0
+    l2 : float, keyword-only, default 0
+        L2 regularisation strength (see ``backward_l2``).
+    dtype : float32 (default) or float64, keyword-only
 
     Methods
     -------
-    forward(logits, labels, params=()) -> float
-    backward() -> grad_logits, ``(softmax(z) - onehot(t)) / N``
+    forward(input, target, params=()) -> float (array for 'none')
+    backward(grad_output=None) -> grad_input
     backward_l2()
         Add ``l2 * W`` to the ``.grad`` of each weight given to ``forward``; call it after the
         model's backward pass (which writes the gradients). Equivalent to SGD's
         ``weight_decay=l2`` applied to weights only.
+
+    Shape
+    -----
+    Input ``(N, C)``, ``(C,)`` or ``(N, C, d1, ..., dk)``; target class indices ``(N,)``, ``()``,
+    ``(N, d1, ..., dk)``, or probabilities of the input's shape.
     """
 
-    def __init__(self, l2=0.0, *, dtype=np.float32):
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, *,
+                 l2=0.0, dtype=np.float32):
         super().__init__(dtype=dtype)
         l2 = float(l2)
         if not np.isfinite(l2) or l2 < 0:
             raise ValueError(f"l2 must be a finite number >= 0, got {l2}")
         self.l2 = l2
+        self.weight = None if weight is None else np.array(weight, dtype=np.float64)
+        if self.weight is not None and self.weight.ndim != 1:
+            raise ValueError(f"weight must be 1-D (one weight per class), got shape "
+                             f"{self.weight.shape}")
+        self.ignore_index = _fl._int(ignore_index, "ignore_index")
+        self.reduction = _fl._reduction(reduction)
+        self.label_smoothing = _fl._smoothing(label_smoothing)
 
-    def forward(self, logits, labels, params=()):
-        z = _array(logits, "logits", 2)
-        if z.shape[0] < 1 or z.shape[1] < 1:
-            raise ValueError(f"logits must be (N, num_classes) with N, num_classes >= 1, got "
-                             f"shape {z.shape}")
-        labels = _labels(labels, z.shape)
-        grad = np.empty_like(z)
-        loss = float(_kernels.elementwise.softmax_cross_entropy(z, labels, grad))
+    def _fast(self, input, target):
+        """Inputs for the fused kernel when it computes exactly this loss, else None."""
+        if (self.weight is not None or self.label_smoothing or self.reduction != "mean"
+                or not isinstance(input, np.ndarray) or input.ndim != 2 or input.shape[0] < 1
+                or input.shape[1] < 1):
+            return None
+        t = np.asarray(target)
+        if t.dtype.kind not in "iuf" or t.shape != (input.shape[0],) or t.shape == input.shape:
+            return None
+        z = _array(input, "input")
+        if t.dtype.kind == "f":  # whole numbers as class indices (checked there)
+            t = _fl._class_target(t, t.shape, z.shape[1], self.ignore_index)
+        t = np.ascontiguousarray(t, dtype=np.int64)
+        if t.min() < 0 or t.max() >= z.shape[1]:
+            return None  # ignored or invalid targets: the general path handles / reports them
+        return z, t
+
+    def forward(self, input, target, params=()):
+        fast = self._fast(input, target)
+        if fast is not None:
+            loss, grad = _fl._fused_cross_entropy(*fast)
+            self._cache = ("fused", grad)
+        else:
+            ce = _fl._CE(input, target, self.weight, self.ignore_index, self.reduction,
+                         self.label_smoothing)
+            loss = ce.loss()
+            self._cache = ("general", ce)
         weights = [p for p in params if isinstance(p, Parameter) and p.is_weight]
         if self.l2 > 0 and weights:
             # einsum, not BLAS dot: no extra threads, no temporary
-            loss += 0.5 * self.l2 * sum(float(np.einsum("i,i->", p.data.ravel(), p.data.ravel()))
-                                        for p in weights)
-        self._cache = (grad, weights)
+            penalty = 0.5 * self.l2 * sum(float(np.einsum("i,i->", p.data.ravel(),
+                                                          p.data.ravel())) for p in weights)
+            loss = loss + penalty
+        self._weights = weights
         return loss
 
-    def backward(self):
-        if self._cache is None:
-            raise RuntimeError("CrossEntropyLoss.backward called before forward")
-        return self._cache[0]
+    def backward(self, grad_output=None):
+        _check_cached(self)
+        kind, value = self._cache
+        if kind == "general":
+            return value.grad(grad_output)
+        if grad_output is None:
+            return value
+        g = _fl._grad_output(grad_output, "mean", ())
+        return value if g == 1.0 else (value * g).astype(value.dtype)
 
     def backward_l2(self):
         if self._cache is None:
             raise RuntimeError("CrossEntropyLoss.backward_l2 called before forward")
         if self.l2 > 0:
-            for p in self._cache[1]:
+            for p in self._weights:
                 p.grad += self.l2 * p.data
 
     def extra_repr(self):
-        return f"l2={self.l2}"
+        parts = []
+        if self.weight is not None:
+            parts.append(f"weight={self.weight.tolist()}")
+        if self.ignore_index != -100:
+            parts.append(f"ignore_index={self.ignore_index}")
+        if self.reduction != "mean":
+            parts.append(f"reduction={self.reduction!r}")
+        if self.label_smoothing:
+            parts.append(f"label_smoothing={self.label_smoothing}")
+        parts.append(f"l2={self.l2}")
+        return ", ".join(parts)
 
 
-def _labels(labels, logits_shape):
-    """Integer class labels in range, one per row of the logits."""
-    labels = np.asarray(labels)
-    N, K = logits_shape
-    if labels.dtype.kind == "f":
-        if not np.all(np.isfinite(labels)):
-            raise ValueError("labels contain NaN or inf")
-        if not np.all(labels == np.round(labels)):
-            raise ValueError("labels must be whole numbers (class indices)")
-        labels = labels.astype(np.int64)
-    elif labels.dtype.kind not in "iu":
-        raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
-    if labels.shape != (N,):
-        raise ValueError(f"labels must have shape ({N},) to match logits {logits_shape}, got "
-                         f"{labels.shape}")
-    if N and (labels.min() < 0 or labels.max() >= K):
-        bad = labels.min() if labels.min() < 0 else labels.max()
-        raise ValueError(f"label {bad} is out of range for {K} classes [0, {K})")
-    return np.ascontiguousarray(labels, dtype=np.int64)
+class NLLLoss(Module):
+    """Negative log-likelihood of log-probabilities (``LogSoftmax`` then ``NLLLoss`` equals
+    ``CrossEntropyLoss``): ``loss_i = -weight[t_i] * input[i, t_i]``.
+
+    Parameters
+    ----------
+    weight : array (C,), optional
+    ignore_index : int, default -100
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    dtype : float32 (default) or float64, keyword-only
+
+    Shape
+    -----
+    As ``CrossEntropyLoss`` with class-index targets.
+    """
+
+    def __init__(self, weight=None, ignore_index=-100, reduction="mean", *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.weight = None if weight is None else np.array(weight, dtype=np.float64)
+        self.ignore_index = _fl._int(ignore_index, "ignore_index")
+        self.reduction = _fl._reduction(reduction)
+
+    def forward(self, input, target, params=()):
+        nll = _fl._NLL(input, target, self.weight, self.ignore_index, self.reduction)
+        self._cache = nll
+        return nll.loss()
+
+    def backward(self, grad_output=None):
+        _check_cached(self)
+        return self._cache.grad(grad_output)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}" if self.reduction != "mean" else ""
+
+
+class MSELoss(Module):
+    """Mean squared error ``(input - target)**2``, reduced by mean, sum or none.
+
+    Parameters
+    ----------
+    reduction : {'mean', 'sum', 'none'}, default 'mean'
+    dtype : float32 (default) or float64, keyword-only
+
+    Shape
+    -----
+    ``input`` and ``target`` of one (any) shape.
+    """
+
+    def __init__(self, reduction="mean", *, dtype=np.float32):
+        super().__init__(dtype=dtype)
+        self.reduction = _fl._reduction(reduction)
+
+    def forward(self, input, target, params=()):
+        loss = _fl.mse_loss(input, target, self.reduction)
+        self._cache = (input, target)
+        return loss
+
+    def backward(self, grad_output=None):
+        _check_cached(self)
+        return _fl.mse_loss_backward(grad_output, *self._cache, self.reduction)
+
+    def extra_repr(self):
+        return f"reduction={self.reduction!r}" if self.reduction != "mean" else ""

@@ -1,0 +1,390 @@
+/* Vectorised element-wise activations and softmax (used by elementwise.pyx).
+ *
+ * exp and expm1 are evaluated four doubles at a time with GCC/Clang vector extensions (one YMM
+ * register in the AVX2 build, two SSE2 registers in the generic one), without -ffast-math:
+ *
+ *   x = k*ln2 + r,  k = round(x / ln2),  |r| <= ln2/2    (Cody-Waite: ln2 = LN2_HI + LN2_LO,
+ *                                                         k*LN2_HI exact for |k| < 2^21)
+ *   expm1(r) = r + r^2 * (1/2! + r/3! + ... + r^11/13!)   (Taylor; the first term left out,
+ *                                                         r^14/14!, is < 2e-17 * |r|)
+ *   exp(x)   = 2^k * (1 + expm1(r))
+ *   expm1(x) = (2^k - 1) + 2^k * expm1(r)
+ *
+ * 2^k is built from its bits, so the vector path covers |x| <= 708 (k in [-1022, 1022]); lanes
+ * outside that range, or NaN, are recomputed with the C library (rare: overflow, underflow to
+ * subnormals, inf, NaN). float32 data is widened to double, computed in double and rounded once,
+ * so float32 results are within one ulp of the correctly rounded value. Every result depends only
+ * on its own input element(s): the thread count cannot change it.
+ *
+ * Operations (VM_*): y = f(x; a, b) for the forward passes and dx = g * f'(x or y; a) for the
+ * backward passes; which of x (input) or y (output) each backward takes is listed below.
+ */
+#ifndef FASTCNN_VMATH_H
+#define FASTCNN_VMATH_H
+
+#include <math.h>
+#include <stddef.h>
+
+/* The selects below (x > 0 ? x : x * s) are vectorised only if gcc may evaluate both sides,
+   which -ftrapping-math (the default) forbids: the flags of FP exceptions are never read here,
+   and the values computed are the same, so it is switched off for this file's functions. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC push_options
+#pragma GCC optimize("no-trapping-math")
+#endif
+#include <stdint.h>
+#include <string.h>
+
+typedef double vm_d __attribute__((vector_size(32)));
+typedef int64_t vm_l __attribute__((vector_size(32)));
+typedef float vm_f4 __attribute__((vector_size(16)));
+
+#define VM_LANES 4
+
+enum {
+    /* forward: y = f(x) */
+    VM_RELU = 0, VM_LEAKY_RELU = 1, VM_ELU = 2, VM_GELU = 3, VM_GELU_TANH = 4, VM_TANH = 5,
+    VM_SIGMOID = 6, VM_EXP = 7,
+    /* backward: dx = g * f'(.) ; the second input is the forward input x, except for TANH and
+       SIGMOID (the forward output y); RELU accepts either (y > 0 exactly where x > 0) */
+    VM_RELU_B = 16, VM_LEAKY_RELU_B = 17, VM_ELU_B = 18, VM_GELU_B = 19, VM_GELU_TANH_B = 20,
+    VM_TANH_B = 21, VM_SIGMOID_B = 22
+};
+
+static inline vm_d vm_set(double v) { return (vm_d){v, v, v, v}; }
+static inline vm_d vm_ld_d(const double *p) { vm_d v; memcpy(&v, p, sizeof v); return v; }
+static inline vm_d vm_ld_f(const float *p) {
+    vm_f4 v; memcpy(&v, p, sizeof v); return __builtin_convertvector(v, vm_d);
+}
+static inline void vm_st_d(double *p, vm_d v) { memcpy(p, &v, sizeof v); }
+static inline void vm_st_f(float *p, vm_d v) {
+    vm_f4 f = __builtin_convertvector(v, vm_f4); memcpy(p, &f, sizeof f);
+}
+/* m ? a : b, lane by lane (m is all ones or all zeros per lane) */
+static inline vm_d vm_sel(vm_l m, vm_d a, vm_d b) {
+    return (vm_d)((m & (vm_l)a) | (~m & (vm_l)b));
+}
+static inline vm_d vm_abs(vm_d x) { return (vm_d)((vm_l)x & ~(vm_l)vm_set(-0.0)); }
+static inline int vm_any(vm_l m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
+
+/* expm1(r) for |r| <= ln2/2 and, through scale = 2^k, the reduction of x (|x| <= 708). */
+static inline vm_d vm_reduce(vm_d x, vm_d *scale) {
+    const vm_d shifter = vm_set(0x1.8p52);
+    vm_d t = x * vm_set(1.4426950408889634074) + shifter;
+    vm_d k = t - shifter;  /* round(x / ln2), exactly an integer */
+    vm_l ki = (vm_l)t - (vm_l)shifter;
+    *scale = (vm_d)((ki + 1023) << 52);
+    vm_d r = (x - k * vm_set(6.93147180369123816490e-01)) - k * vm_set(1.90821492927058770002e-10);
+    vm_d p = vm_set(1.0 / 6227020800.0);              /* 1/13! */
+    p = p * r + vm_set(1.0 / 479001600.0);
+    p = p * r + vm_set(1.0 / 39916800.0);
+    p = p * r + vm_set(1.0 / 3628800.0);
+    p = p * r + vm_set(1.0 / 362880.0);
+    p = p * r + vm_set(1.0 / 40320.0);
+    p = p * r + vm_set(1.0 / 5040.0);
+    p = p * r + vm_set(1.0 / 720.0);
+    p = p * r + vm_set(1.0 / 120.0);
+    p = p * r + vm_set(1.0 / 24.0);
+    p = p * r + vm_set(1.0 / 6.0);
+    p = p * r + vm_set(0.5);
+    return r + (r * r) * p;
+}
+
+/* exp and expm1 for |x| <= 708 (callers clamp or fall back to libm outside). */
+static inline vm_d vm_exp_in(vm_d x) {
+    vm_d s; vm_d p = vm_reduce(x, &s); return s + s * p;
+}
+static inline vm_d vm_expm1_in(vm_d x) {
+    vm_d s; vm_d p = vm_reduce(x, &s); return (s - vm_set(1.0)) + s * p;
+}
+static inline vm_l vm_in_range(vm_d x) {
+    return (x >= vm_set(-708.0)) & (x <= vm_set(708.0));  /* false for NaN */
+}
+
+/* ---- scalar versions: the fallback for lanes outside the vector range (and the definition) */
+static inline double vm_sigmoid_s(double x) {
+    if (x >= 0) return 1.0 / (1.0 + exp(-x));
+    double e = exp(x);
+    return e / (1.0 + e);
+}
+static const double VM_SQRT1_2 = 0.70710678118654752440;
+static const double VM_INV_SQRT_2PI = 0.39894228040143267794;
+static const double VM_SQRT_2_OVER_PI = 0.79788456080286535588;
+static const double VM_GELU_C = 0.044715;
+
+static const double VM_SQRT1_2_LO = -4.833646656726457e-17;  /* 1/sqrt2 - VM_SQRT1_2 */
+static const double VM_INV_SQRT_PI = 0.56418958354775628695;
+
+/* Phi(x) = erfc(-x/sqrt2)/2. erfc(z) changes by a relative 2z^2 * (relative change of z), so
+   the rounding of z = -x/sqrt2 alone would cost 1e-13 at x = -37: the rounding error dz of z is
+   recovered with an fma and applied to first order, erfc(z + dz) = erfc(z) - dz 2/sqrt(pi) e^-z^2. */
+static inline double vm_phi_s(double x) {
+    double z = -x * VM_SQRT1_2;
+    double dz = fma(-x, VM_SQRT1_2, -z) - x * VM_SQRT1_2_LO;
+    double c = 0.5 * erfc(z);
+    return z > 1.0 ? c - dz * VM_INV_SQRT_PI * exp(-z * z) : c;
+}
+/* exp(-x^2/2) with x^2 = h + l split exactly (the rounding of x^2 would cost x^2/2 ulps) */
+static inline double vm_gauss_s(double x) {
+    double h = x * x, l = fma(x, x, -h);
+    double e = exp(-0.5 * h);
+    return e - e * (0.5 * l);
+}
+static inline double vm_gelu_s(double x) { return x * vm_phi_s(x); }
+static inline double vm_gelu_b_s(double x) {
+    return vm_phi_s(x) + x * (VM_INV_SQRT_2PI * vm_gauss_s(x));
+}
+static inline double vm_scalar(int op, double x, double g, double a) {
+    switch (op) {
+    case VM_ELU: return x > 0 || x != x ? x : a * expm1(x);
+    case VM_TANH: return tanh(x);
+    case VM_SIGMOID: return vm_sigmoid_s(x);
+    case VM_EXP: return exp(x);
+    case VM_ELU_B: return x <= 0 ? g * (a * exp(x)) : g;
+    default: return NAN;
+    }
+}
+
+/* ---- vector forms of the exp-based functions; *bad marks lanes to redo in scalar */
+static inline vm_d vm_sigmoid_v(vm_d x, vm_l *bad) {
+    vm_d ax = vm_abs(x);
+    vm_l ok = ax <= vm_set(708.0);
+    *bad = ~ok;
+    vm_d t = vm_exp_in(vm_sel(ok, -ax, vm_set(0.0)));  /* exp(-|x|) */
+    vm_d s = vm_set(1.0) / (vm_set(1.0) + t);
+    return vm_sel(x >= vm_set(0.0), s, t * s);
+}
+static inline vm_d vm_tanh_v(vm_d x, vm_l *bad) {
+    /* tanh|x| = e / (e + 2), e = expm1(2|x|): accurate near 0; |x| >= 20 gives 1 exactly */
+    vm_d ax = vm_abs(x);
+    *bad = x != x;
+    ax = vm_sel(ax < vm_set(20.0), ax, vm_set(20.0));
+    vm_d e = vm_expm1_in(ax + ax);
+    vm_d t = e / (e + vm_set(2.0));
+    return (vm_d)((vm_l)t | ((vm_l)x & (vm_l)vm_set(-0.0)));
+}
+
+/* Apply a forward op to n elements: one template per storage type T (double, float). */
+#define VM_DEFINE_UNARY(T, LD, ST)                                                           \
+static inline vm_d vm_unary_v_##T(int op, vm_d x, double a, vm_l *bad) {                   \
+    const vm_d zero = vm_set(0.0);                                                          \
+    *bad = (vm_l){0, 0, 0, 0};                                                              \
+    switch (op) {                                                                           \
+    case VM_ELU: {                                                                          \
+        vm_d xc = vm_sel(x < zero, x, zero);                                                \
+        xc = vm_sel(xc > vm_set(-40.0), xc, vm_set(-40.0)); /* expm1 = -1 below -37.5 */    \
+        vm_d em = vm_set(a) * vm_expm1_in(xc);                                              \
+        return vm_sel((x > zero) | (x != x), x, em);                                        \
+    }                                                                                       \
+    case VM_GELU_TANH: {                                                                    \
+        /* 0.5 x (1 + tanh u) = x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */       \
+        vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI) * (x + vm_set(VM_GELU_C) * x * x * x);    \
+        vm_l b2;                                                                            \
+        vm_d s = vm_sigmoid_v(u, &b2);                                                      \
+        vm_d big = vm_sel(u > zero, vm_set(1.0), zero);  /* |2u| > 708: sigmoid is 0 or 1 */\
+        s = vm_sel(b2 & (u == u), big, s);                                                  \
+        return x * s;                                                                       \
+    }                                                                                       \
+    case VM_TANH: return vm_tanh_v(x, bad);                                                 \
+    case VM_SIGMOID: return vm_sigmoid_v(x, bad);                                           \
+    case VM_EXP: {                                                                          \
+        vm_l ok = vm_in_range(x);                                                           \
+        *bad = ~ok;                                                                         \
+        return vm_exp_in(vm_sel(ok, x, zero));                                              \
+    }                                                                                       \
+    default: return x;                                                                      \
+    }                                                                                       \
+}                                                                                           \
+static void vm_unary_##T(int op, const T *x, T *y, ptrdiff_t n, double a) {                \
+    ptrdiff_t i;                                                                            \
+    if (op == VM_RELU) {       /* NaN < 0 is false: NaN is kept */                          \
+        for (i = 0; i < n; i++) y[i] = x[i] < 0 ? (T)0 : x[i];                              \
+        return;                                                                             \
+    }                                                                                       \
+    if (op == VM_LEAKY_RELU) {                                                              \
+        const T s = (T)a;      /* multiply unconditionally: a select gcc can vectorise */   \
+        for (i = 0; i < n; i++) { T v = x[i], m = v * s; y[i] = v > 0 ? v : m; }            \
+        return;                                                                             \
+    }                                                                                       \
+    if (op == VM_GELU) {       /* erfc is not vectorised yet: C library */                  \
+        for (i = 0; i < n; i++) y[i] = (T)vm_gelu_s((double)x[i]);                          \
+        return;                                                                             \
+    }                                                                                       \
+    for (i = 0; i < n; i += VM_LANES) {                                                     \
+        T in[VM_LANES], out[VM_LANES];                                                      \
+        const T *px = x + i;                                                                \
+        T *py = y + i;                                                                      \
+        ptrdiff_t m = n - i < VM_LANES ? n - i : VM_LANES;                                  \
+        if (m < VM_LANES) {    /* tail: pad a local vector */                               \
+            for (ptrdiff_t j = 0; j < VM_LANES; j++) in[j] = j < m ? x[i + j] : (T)0;       \
+            px = in;                                                                        \
+            py = out;                                                                       \
+        }                                                                                   \
+        vm_l bad;                                                                           \
+        vm_d r = vm_unary_v_##T(op, LD(px), a, &bad);                                       \
+        if (vm_any(bad)) {                                                                  \
+            for (int j = 0; j < VM_LANES; j++)                                              \
+                if (bad[j]) r[j] = vm_scalar(op, (double)px[j], 0.0, a);                    \
+        }                                                                                   \
+        ST(py, r);                                                                          \
+        if (m < VM_LANES)                                                                   \
+            for (ptrdiff_t j = 0; j < m; j++) y[i + j] = out[j];                            \
+    }                                                                                       \
+}                                                                                           \
+static void vm_binary_##T(int op, const T *g, const T *x, T *dx, ptrdiff_t n, double a) {  \
+    ptrdiff_t i;                                                                            \
+    const vm_d zero = vm_set(0.0), one = vm_set(1.0);                                       \
+    switch (op) {                                                                           \
+    case VM_RELU_B:            /* x > 0: NaN stops the gradient, as the fused kernels */    \
+        for (i = 0; i < n; i++) dx[i] = x[i] > 0 ? g[i] : (T)0;                             \
+        return;                                                                             \
+    case VM_LEAKY_RELU_B: {                                                                 \
+        const T s = (T)a;                                                                   \
+        for (i = 0; i < n; i++) { T m = g[i] * s; dx[i] = x[i] > 0 ? g[i] : m; }            \
+        return;                                                                             \
+    }                                                                                       \
+    case VM_TANH_B:            /* y = tanh(x): dx = g (1 - y^2) */                          \
+        for (i = 0; i < n; i++) dx[i] = (T)((double)g[i] * (1.0 - (double)x[i] * x[i]));    \
+        return;                                                                             \
+    case VM_SIGMOID_B:         /* y = sigmoid(x): dx = g y (1 - y) */                       \
+        for (i = 0; i < n; i++)                                                             \
+            dx[i] = (T)((double)g[i] * ((1.0 - (double)x[i]) * (double)x[i]));              \
+        return;                                                                             \
+    case VM_GELU_B:                                                                         \
+        for (i = 0; i < n; i++) dx[i] = (T)((double)g[i] * vm_gelu_b_s((double)x[i]));      \
+        return;                                                                             \
+    default: break;                                                                         \
+    }                                                                                       \
+    for (i = 0; i < n; i += VM_LANES) {                                                     \
+        T in[VM_LANES], gin[VM_LANES], out[VM_LANES];                                       \
+        const T *px = x + i, *pg = g + i;                                                   \
+        T *pd = dx + i;                                                                     \
+        ptrdiff_t m = n - i < VM_LANES ? n - i : VM_LANES;                                  \
+        if (m < VM_LANES) {                                                                 \
+            for (ptrdiff_t j = 0; j < VM_LANES; j++) {                                      \
+                in[j] = j < m ? x[i + j] : (T)0;                                            \
+                gin[j] = j < m ? g[i + j] : (T)0;                                           \
+            }                                                                               \
+            px = in; pg = gin; pd = out;                                                    \
+        }                                                                                   \
+        vm_d xv = LD(px), gv = LD(pg), r;                                                   \
+        vm_l bad = (vm_l){0, 0, 0, 0};                                                      \
+        if (op == VM_ELU_B) {  /* dx = g for x > 0, g * a * exp(x) otherwise */             \
+            vm_l neg = xv <= zero;                                                          \
+            bad = neg & (xv < vm_set(-708.0));                                              \
+            vm_d e = vm_exp_in(vm_sel(neg & ~bad, xv, zero));                               \
+            r = vm_sel(neg, gv * (vm_set(a) * e), vm_sel(xv != xv, xv, gv)); /* NaN: NaN */ \
+        } else {               /* VM_GELU_TANH_B: s = sigmoid(2u), dx = g (s + 2 x s (1-s) u') */ \
+            vm_d x2 = xv * xv;                                                              \
+            vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI) * (xv + vm_set(VM_GELU_C) * x2 * xv); \
+            vm_l b2;                                                                        \
+            vm_d s = vm_sigmoid_v(u, &b2);                                                  \
+            s = vm_sel(b2 & (u == u), vm_sel(u > zero, one, zero), s);                      \
+            vm_d du = vm_set(VM_SQRT_2_OVER_PI) * (one + vm_set(3.0 * VM_GELU_C) * x2);    \
+            vm_d d = s + vm_set(2.0) * xv * (s * (one - s)) * du;                           \
+            d = vm_sel(s * (one - s) == zero, s, d);  /* saturated: no inf * 0 */           \
+            r = gv * d;                                                                     \
+        }                                                                                   \
+        if (vm_any(bad)) {                                                                  \
+            for (int j = 0; j < VM_LANES; j++)                                              \
+                if (bad[j]) r[j] = vm_scalar(op, (double)px[j], (double)pg[j], a);          \
+        }                                                                                   \
+        ST(pd, r);                                                                          \
+        if (m < VM_LANES)                                                                   \
+            for (ptrdiff_t j = 0; j < m; j++) dx[i + j] = out[j];                           \
+    }                                                                                       \
+}
+
+VM_DEFINE_UNARY(double, vm_ld_d, vm_st_d)
+VM_DEFINE_UNARY(float, vm_ld_f, vm_st_f)
+
+/* ---- softmax / log-softmax over axis k of one (K, I) slab, columns [i0, i1) of it --------
+ *
+ *   m = max_k x[k, i] (NaN wins),  s = sum_k exp(x[k, i] - m) (double, in order k = 0, 1, ...)
+ *   softmax:     y = exp(x - m) / s
+ *   log-softmax: y = (x - m) - log(s)
+ *
+ * Columns are done VM_LANES at a time (the exponentials of a row segment are one vector op).
+ * I == 1 (softmax over the last axis) is a row: the exponentials run along k instead. */
+#define VM_SOFTMAX_CHUNK 64
+
+static inline vm_d vm_exp_any(vm_d z) {
+    vm_l ok = vm_in_range(z);
+    vm_d r = vm_exp_in(vm_sel(ok, z, vm_set(0.0)));
+    if (vm_any(~ok))
+        for (int j = 0; j < VM_LANES; j++)
+            if (!ok[j]) r[j] = exp(z[j]);
+    return r;
+}
+
+#define VM_DEFINE_SOFTMAX(T)                                                                 \
+static void vm_softmax_row_##T(const T *x, T *y, ptrdiff_t K, int logmode) {                \
+    double m = x[0], s = 0.0;                                                               \
+    ptrdiff_t k;                                                                            \
+    for (k = 1; k < K; k++)                                                                 \
+        if (x[k] > m || x[k] != x[k]) m = x[k];                                             \
+    /* four partial sums, lanes k % 4, added in a fixed order: independent of threads */    \
+    vm_d acc = vm_set(0.0);                                                                 \
+    for (k = 0; k + VM_LANES <= K; k += VM_LANES) {                                         \
+        vm_d z = (vm_d){x[k], x[k + 1], x[k + 2], x[k + 3]} - vm_set(m);                   \
+        vm_d e = vm_exp_any(z);                                                             \
+        acc += e;                                                                           \
+        if (!logmode) for (int j = 0; j < VM_LANES; j++) y[k + j] = (T)e[j];                \
+    }                                                                                       \
+    s = (acc[0] + acc[1]) + (acc[2] + acc[3]);                                              \
+    for (; k < K; k++) {                                                                    \
+        double e = exp((double)x[k] - m);                                                   \
+        s += e;                                                                             \
+        if (!logmode) y[k] = (T)e;                                                          \
+    }                                                                                       \
+    if (logmode) {                                                                          \
+        double ls = log(s);                                                                 \
+        for (k = 0; k < K; k++) y[k] = (T)(((double)x[k] - m) - ls);                        \
+    } else {                                                                                \
+        /* recompute in double for float32 (y holds rounded values); double divides */      \
+        for (k = 0; k < K; k++) y[k] = (T)((double)y[k] / s);                               \
+    }                                                                                       \
+}                                                                                           \
+static void vm_softmax_cols_##T(const T *x, T *y, ptrdiff_t K, ptrdiff_t I, ptrdiff_t i0,  \
+                                ptrdiff_t i1, int logmode) {                                \
+    double m[VM_SOFTMAX_CHUNK], s[VM_SOFTMAX_CHUNK];                                        \
+    ptrdiff_t w = i1 - i0, k, j;                                                            \
+    for (j = 0; j < w; j++) { m[j] = x[i0 + j]; s[j] = 0.0; }                               \
+    for (k = 1; k < K; k++)                                                                 \
+        for (j = 0; j < w; j++) {                                                           \
+            double v = x[k * I + i0 + j];                                                   \
+            if (v > m[j] || v != v) m[j] = v;                                               \
+        }                                                                                   \
+    for (k = 0; k < K; k++) {                                                               \
+        const T *xr = x + k * I + i0;                                                       \
+        T *yr = y + k * I + i0;                                                             \
+        for (j = 0; j < w; j += VM_LANES) {                                                 \
+            double z[VM_LANES];                                                             \
+            for (int l = 0; l < VM_LANES; l++)                                              \
+                z[l] = j + l < w ? (double)xr[j + l] - m[j + l] : 0.0;                      \
+            vm_d e = vm_exp_any(vm_ld_d(z));                                                \
+            for (int l = 0; l < VM_LANES && j + l < w; l++) {                               \
+                s[j + l] += e[l];                                                           \
+                if (!logmode) yr[j + l] = (T)e[l];                                          \
+            }                                                                               \
+        }                                                                                   \
+    }                                                                                       \
+    if (logmode) for (j = 0; j < w; j++) s[j] = log(s[j]);                                  \
+    for (k = 0; k < K; k++) {                                                               \
+        const T *xr = x + k * I + i0;                                                       \
+        T *yr = y + k * I + i0;                                                             \
+        if (logmode)                                                                        \
+            for (j = 0; j < w; j++) yr[j] = (T)(((double)xr[j] - m[j]) - s[j]);             \
+        else                                                                                \
+            for (j = 0; j < w; j++) yr[j] = (T)((double)yr[j] / s[j]);                      \
+    }                                                                                       \
+}
+
+VM_DEFINE_SOFTMAX(double)
+VM_DEFINE_SOFTMAX(float)
+
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC pop_options
+#endif
+
+#endif

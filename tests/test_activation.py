@@ -1,0 +1,489 @@
+"""Tests of the element-wise activations, softmax / log-softmax and their layers
+(``fastcnn.functional.activation``, ``fastcnn.nn.activation``), plus Identity and Flatten.
+
+Each function is held to: PyTorch autograd on random shapes, its NumPy twin, float64 central
+differences, the exact function evaluated point by point with Python's ``math`` module (float64
+to ~1e-15 relative, float32 within 2 ulp of the correctly rounded value), special values (NaN,
+inf, -0.0, huge, subnormal) against PyTorch, 1/2/3-thread bitwise equality on arrays split into
+several blocks, 0-d / empty / non-contiguous / read-only inputs and input validation.
+"""
+
+import math
+import warnings
+from decimal import Decimal
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import _reference as ref
+from fastcnn import functional as F
+from fastcnn import nn
+
+F32, F64 = np.float32, np.float64
+DTYPES = [pytest.param(F32, id="f32"), pytest.param(F64, id="f64")]
+
+# name: (forward, backward, reference forward, reference backward, backward takes "x" or "y",
+#        torch forward builder (torch -> callable), layer builder)
+ACTS = {
+    "relu": (F.relu, F.relu_backward, ref.relu_ref, ref.relu_backward_ref, "x",
+             lambda t: t.relu, lambda d: nn.ReLU(dtype=d)),
+    "leaky_relu": (lambda x: F.leaky_relu(x, 0.2), lambda g, x: F.leaky_relu_backward(g, x, 0.2),
+                   lambda x: ref.leaky_relu_ref(x, 0.2),
+                   lambda g, x: ref.leaky_relu_backward_ref(g, x, 0.2), "x",
+                   lambda t: lambda a: t.nn.functional.leaky_relu(a, 0.2),
+                   lambda d: nn.LeakyReLU(0.2, dtype=d)),
+    "elu": (lambda x: F.elu(x, 1.5), lambda g, x: F.elu_backward(g, x, 1.5),
+            lambda x: ref.elu_ref(x, 1.5), lambda g, x: ref.elu_backward_ref(g, x, 1.5), "x",
+            lambda t: lambda a: t.nn.functional.elu(a, 1.5), lambda d: nn.ELU(1.5, dtype=d)),
+    "gelu": (F.gelu, F.gelu_backward, ref.gelu_ref, ref.gelu_backward_ref, "x",
+             lambda t: t.nn.functional.gelu, lambda d: nn.GELU(dtype=d)),
+    "gelu_tanh": (lambda x: F.gelu(x, "tanh"), lambda g, x: F.gelu_backward(g, x, "tanh"),
+                  lambda x: ref.gelu_ref(x, "tanh"),
+                  lambda g, x: ref.gelu_backward_ref(g, x, "tanh"), "x",
+                  lambda t: lambda a: t.nn.functional.gelu(a, approximate="tanh"),
+                  lambda d: nn.GELU("tanh", dtype=d)),
+    "tanh": (F.tanh, F.tanh_backward, ref.tanh_ref, ref.tanh_backward_ref, "y",
+             lambda t: t.tanh, lambda d: nn.Tanh(dtype=d)),
+    "sigmoid": (F.sigmoid, F.sigmoid_backward, ref.sigmoid_ref, ref.sigmoid_backward_ref, "y",
+                lambda t: t.sigmoid, lambda d: nn.Sigmoid(dtype=d)),
+}
+NAMES = list(ACTS)
+SHAPES = [pytest.param(s, id="x".join(map(str, s)) or "0d")
+          for s in [(3, 5, 7, 2), (1, 13), (2, 3, 9, 9), (4099,), (), (0, 3, 4)]]
+
+
+def _x(shape, dtype, seed=0, scale=3.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def _saved(name, x):
+    fwd, _, _, _, saved, _, _ = ACTS[name]
+    return x if saved == "x" else fwd(x)
+
+
+def _tol(dtype):
+    return (1e-13, 1e-300) if dtype == F64 else (2e-6, 1e-30)
+
+
+# --- exact values, point by point -------------------------------------------------------------
+
+def _exact(name, v):
+    """The function at one float64 point, from Python's math module (NaN stays NaN)."""
+    if math.isnan(v):
+        return math.nan
+    if name == "elu":
+        return v if v > 0 else 1.5 * math.expm1(v)
+    if name == "gelu":
+        if not math.isfinite(v):
+            return v if v > 0 else math.nan
+        # erfc at the exact -v/sqrt2: the float z and its error dz, to first order
+        zd = -Decimal(v) / Decimal(2).sqrt()
+        z = float(zd)
+        dz = float(zd - Decimal(z))
+        phi = 0.5 * math.erfc(z) - dz * math.exp(-z * z) / math.sqrt(math.pi)
+        return v * phi
+    if name == "tanh":
+        return math.tanh(v)
+    if name == "sigmoid":
+        if v >= 0:
+            return 1 / (1 + math.exp(-v))
+        e = math.exp(v) if v > -745.2 else 0.0
+        return e / (1 + e)
+    raise KeyError(name)
+
+
+def _grid():
+    rng = np.random.default_rng(7)
+    pts = [0.0, -0.0, 1e-320, -1e-320, 1e-300, -1e-300, 1e-17, -1e-17, 1e-9, -1e-9, 0.3466,
+           -0.3466, 0.5, -0.5, 1.0, -1.0, 19.99, 20.5, -37.0, -40.0, 707.9, -707.9, 708.5,
+           -708.5, 709.7, -709.7, -744.0, -746.0, 1e300, -1e300, np.inf, -np.inf, np.nan]
+    pts += list(rng.standard_normal(2000) * 4) + list(rng.uniform(-800, 800, 500))
+    pts += list(np.ldexp(1.0, rng.integers(-60, 3, 300)) * rng.choice([-1, 1], 300))
+    return np.array(pts)
+
+
+@pytest.mark.parametrize("name", ["elu", "gelu", "tanh", "sigmoid"])
+def test_float64_is_within_1e_15_of_the_exact_function(name):
+    x = _grid()
+    y = ACTS[name][0](x)
+    exact = np.array([_exact(name, v) for v in x])
+    assert np.array_equal(np.isnan(y), np.isnan(exact)), x[np.isnan(y) != np.isnan(exact)]
+    ok = ~np.isnan(exact)
+    with np.errstate(invalid="ignore"):
+        err = np.where(y[ok] == exact[ok], 0.0, np.abs(y[ok] - exact[ok]))
+    allowed = 1e-15 * np.abs(exact[ok]) + 5e-324
+    worst = np.argmax(err / allowed)
+    assert np.all(err <= allowed), (x[ok][worst], y[ok][worst], exact[ok][worst])
+
+
+def _ulps(a, b):
+    """Distance in float32 ulps (a, b float32, same sign or zero)."""
+    ia = a.view(np.int32).astype(np.int64)
+    ib = b.view(np.int32).astype(np.int64)
+    ia = np.where(ia < 0, -(ia & 0x7FFFFFFF), ia)
+    ib = np.where(ib < 0, -(ib & 0x7FFFFFFF), ib)
+    return np.abs(ia - ib)
+
+
+@pytest.mark.parametrize("name", ["elu", "gelu", "gelu_tanh", "tanh", "sigmoid"])
+def test_float32_is_within_2_ulp_of_the_rounded_float64_result(name):
+    x = _grid()
+    x = x[np.abs(x) < 1e38].astype(F32)
+    y32 = ACTS[name][0](x)
+    y64 = ACTS[name][0](x.astype(F64)).astype(F32)
+    ok = np.isfinite(y64)
+    assert np.array_equal(np.isfinite(y32), ok)
+    assert _ulps(y32[ok], y64[ok]).max() <= 2
+
+
+# --- against PyTorch, the twins and finite differences ---------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_and_backward_match_torch_autograd(name, shape, dtype):
+    torch = pytest.importorskip("torch")
+    fwd, bwd, _, _, _, tfn, _ = ACTS[name]
+    x = _x(shape, dtype, seed=len(shape))
+    g = _x(shape, dtype, seed=9)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tfn(torch)(tx)
+    ty.backward(torch.tensor(g))
+    y = fwd(x)
+    assert y.shape == x.shape and y.dtype == dtype
+    _close_to_torch(y, ty.detach().numpy(), np.abs(x) + 1)
+    dx = bwd(g, _saved(name, x))
+    assert dx.shape == x.shape and dx.dtype == dtype
+    _close_to_torch(dx, tx.grad.numpy(), np.abs(g) * (np.abs(x) + 1))
+
+
+def _close_to_torch(actual, desired, scale):
+    """|actual - desired| <= rtol |desired| + 8 eps * scale: PyTorch's own rounding (e.g. its
+    ``1 + erf`` in GELU for negative x, in float32) is an absolute error of a few eps * scale."""
+    dtype = actual.dtype
+    rtol, eps = _tol(dtype)[0], np.finfo(dtype).eps
+    actual, desired = actual.astype(F64), np.asarray(desired, F64)
+    assert actual.shape == desired.shape
+    err = np.abs(actual - desired)
+    allowed = rtol * np.abs(desired) + 8 * eps * np.asarray(scale, F64)
+    assert np.all(err <= allowed), np.max(err - allowed)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_and_backward_match_the_numpy_twins(name, dtype):
+    fwd, bwd, rfwd, rbwd, saved, _, _ = ACTS[name]
+    x = _x((2, 7, 11, 5), dtype, seed=3)
+    g = _x(x.shape, dtype, seed=4)
+    # The twins are plain formulas: near-cancellations (1 - y^2, tiny GELU values) and fused
+    # multiply-adds in the kernels leave differences of a few ulp of the operands' scale.
+    rtol = 1e-13 if dtype == F64 else 4e-7
+    y = fwd(x)
+    err = np.abs(y.astype(F64) - rfwd(x))
+    assert np.all(err <= rtol * (np.abs(rfwd(x)) + 1e-3 * np.abs(x))), err.max()
+    s = x if saved == "x" else rfwd(x)
+    err = np.abs(bwd(g, s).astype(F64) - rbwd(g, s))
+    assert np.all(err <= rtol * (np.abs(rbwd(g, s)) + np.abs(g))), err.max()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_matches_float64_finite_differences(name, numerical_gradient, relative_error):
+    fwd, bwd, *_ = ACTS[name]
+    x = _x((3, 4, 5), F64, seed=11)
+    x[np.abs(x) < 1e-3] = 0.5  # away from the kinks of the ReLU family
+    g = _x(x.shape, F64, seed=12)
+    numeric = numerical_gradient(lambda a: np.sum(fwd(a) * g), x)
+    assert relative_error(bwd(g, _saved(name, x)), numeric) < 1e-7
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_special_values_match_torch(name, dtype):
+    torch = pytest.importorskip("torch")
+    fwd, bwd, _, _, _, tfn, _ = ACTS[name]
+    big = np.finfo(dtype).max / 4
+    tiny = np.finfo(dtype).smallest_subnormal
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, big, -big, tiny, -tiny, 1.0, -1.0, 30.0,
+                  -30.0, -90.0, -200.0], dtype=dtype)
+    g = np.linspace(-2, 2, x.size).astype(dtype)
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tfn(torch)(tx)
+    ty.backward(torch.tensor(g))
+    y, dx = fwd(x), bwd(g, _saved(name, x))
+    want_y, want_dx = ty.detach().numpy(), tx.grad.numpy()
+    # PyTorch's float32 gelu_tanh of +-big overflows x**3 to NaN where fastcnn gives x / 0
+    keep = np.ones(x.size, bool)
+    if name.startswith("gelu"):
+        keep &= np.abs(x) < big / 2
+    np.testing.assert_array_equal(np.isnan(y[keep]), np.isnan(want_y[keep]))
+    np.testing.assert_allclose(y[keep], want_y[keep], rtol=_tol(dtype)[0] * 10, atol=1e-35)
+    if name in ("relu", "leaky_relu"):  # exact selects: bitwise, signs of zeros included
+        assert y.tobytes() == want_y.tobytes()
+        if name == "relu":  # NaN input: fastcnn's gradient is 0 (x > 0), PyTorch's is g
+            assert dx[0] == 0
+            keep[0] = False
+        assert dx[keep].tobytes() == want_dx[keep].tobytes()
+    keep &= np.isfinite(x) | (name in ("relu", "leaky_relu", "elu", "tanh", "sigmoid"))
+    if name == "elu":  # PyTorch's ELU gradient at NaN is NaN in float64 but g in float32
+        keep &= ~np.isnan(x)
+        assert np.isnan(dx[np.isnan(x)]).all()
+    np.testing.assert_array_equal(np.isnan(dx[keep]), np.isnan(want_dx[keep]))
+    np.testing.assert_allclose(dx[keep], want_dx[keep], rtol=_tol(dtype)[0] * 100, atol=1e-30)
+
+
+# --- threads, layouts, shapes -----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_bitwise_identical_for_1_2_3_threads(name, dtype, set_threads):
+    fwd, bwd, *_ = ACTS[name]
+    x = _x((3 * 4096 + 1001,), dtype, seed=5)  # four blocks, a partial one and a vector tail
+    g = _x(x.shape, dtype, seed=6)
+    results = []
+    for n in (1, 2, 3):
+        set_threads(n)
+        y = fwd(x)
+        results.append((y.tobytes(), bwd(g, _saved(name, x)).tobytes()))
+    assert results[0] == results[1] == results[2]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_zero_d_and_empty_arrays_keep_their_shape(name):
+    fwd, bwd, *_ = ACTS[name]
+    for x in (np.array(-0.75), np.array(2.0, dtype=F32), np.zeros((0, 3)), np.zeros((2, 0, 4))):
+        y = fwd(x)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert bwd(np.ones_like(x), _saved(name, x)).shape == x.shape
+    assert float(fwd(np.array(-0.75))) == float(fwd(np.array([-0.75]))[0])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_non_contiguous_and_read_only_inputs(name):
+    fwd, bwd, *_ = ACTS[name]
+    base = _x((6, 10), F64, seed=8)
+    x = base[::2, 1::3]
+    x_ro = np.array(x)
+    x_ro.setflags(write=False)
+    np.testing.assert_array_equal(fwd(x), fwd(np.ascontiguousarray(x)))
+    np.testing.assert_array_equal(fwd(x_ro), fwd(np.ascontiguousarray(x)))
+    g = base[1::2, 1::3]
+    s = _saved(name, np.ascontiguousarray(x))
+    np.testing.assert_array_equal(bwd(g, s), bwd(np.ascontiguousarray(g), s))
+
+
+@pytest.mark.parametrize("fn, kw", [(F.relu, {}), (F.leaky_relu, {"negative_slope": 0.1}),
+                                    (F.elu, {"alpha": 0.5})])
+def test_inplace_writes_into_the_input(fn, kw):
+    x = _x((4, 5), F64)
+    want = fn(x, **kw)
+    out = fn(x, inplace=True, **kw)
+    assert out is x
+    np.testing.assert_array_equal(x, want)
+    y = _x((4, 10), F64)
+    view = y[:, ::2]
+    want = fn(view, **kw)
+    assert fn(view, inplace=True, **kw) is view
+    np.testing.assert_array_equal(y[:, ::2], want)
+
+
+def test_relu_hand_case():
+    x = np.array([-2.0, -0.0, 0.0, 0.5, np.nan])
+    y = F.relu(x)
+    np.testing.assert_array_equal(y, [0, 0, 0, 0.5, np.nan])
+    assert np.signbit(y[1])
+    np.testing.assert_array_equal(F.relu_backward(np.full(5, 3.0), x), [0, 0, 0, 3, 0])
+
+
+# --- softmax ----------------------------------------------------------------------------------
+
+SOFTMAX_CASES = [pytest.param(s, d, id=f"{'x'.join(map(str, s))}-dim{d}")
+                 for s, d in [((5, 11), 1), ((5, 11), 0), ((2, 3, 4, 5), 1), ((2, 3, 4, 5), -1),
+                              ((3, 130, 2), 1), ((7, 3, 67), 2), ((6,), 0), ((3, 0, 2), 1),
+                              ((2, 70), -2)]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape, dim", SOFTMAX_CASES)
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_matches_torch_and_twin(shape, dim, log, dtype):
+    torch = pytest.importorskip("torch")
+    x = _x(shape, dtype, seed=2, scale=5)
+    g = _x(shape, dtype, seed=3)
+    fwd, bwd = (F.log_softmax, F.log_softmax_backward) if log else (F.softmax, F.softmax_backward)
+    rfwd, rbwd = ((ref.log_softmax_ref, ref.log_softmax_backward_ref) if log
+                  else (ref.softmax_ref, ref.softmax_backward_ref))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = (torch.log_softmax if log else torch.softmax)(tx, dim)
+    ty.backward(torch.tensor(g))
+    y = fwd(x, dim)
+    dx = bwd(g, y, dim)
+    rtol = 1e-13 if dtype == F64 else 3e-6
+    # float32 log-softmax: PyTorch rounds x - max in float32 (an error of eps * |x|)
+    atol = (1e-15 if dtype == F64 else 1e-7) + 4 * np.finfo(dtype).eps * np.abs(x).max(initial=0)
+    np.testing.assert_allclose(y, ty.detach().numpy(), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=rtol * 10, atol=atol * 10)
+    np.testing.assert_allclose(y, rfwd(x, dim), rtol=rtol, atol=atol)
+    np.testing.assert_allclose(dx, rbwd(g, y, dim), rtol=rtol * 10, atol=atol * 10)
+
+
+@pytest.mark.parametrize("log", [False, True], ids=["softmax", "log_softmax"])
+def test_softmax_gradient_matches_finite_differences(log, numerical_gradient, relative_error):
+    fwd, bwd = (F.log_softmax, F.log_softmax_backward) if log else (F.softmax, F.softmax_backward)
+    x = _x((3, 4, 5), F64, seed=1)
+    g = _x(x.shape, F64, seed=2)
+    numeric = numerical_gradient(lambda a: np.sum(fwd(a, 1) * g), x)
+    assert relative_error(bwd(g, fwd(x, 1), 1), numeric) < 1e-7
+
+
+def test_softmax_special_values_and_huge_logits():
+    x = np.array([[1e308, 0.0, -1e308], [np.nan, 1.0, 2.0], [-np.inf, 0.0, 0.0],
+                  [-np.inf, -np.inf, -np.inf]])
+    with np.errstate(all="ignore"):
+        y = F.softmax(x, 1)
+    np.testing.assert_array_equal(y[0], [1, 0, 0])
+    assert np.isnan(y[1]).all() and np.isnan(y[3]).all()
+    np.testing.assert_array_equal(y[2], [0, 0.5, 0.5])
+    np.testing.assert_allclose(F.log_softmax(np.array([1000.0, 0.0]), 0), [0.0, -1000.0])
+
+
+def test_softmax_implicit_dim_follows_torch_and_warns():
+    for shape, dim in [((4,), 0), ((3, 4), 1), ((2, 3, 4), 0), ((2, 3, 4, 5), 1)]:
+        x = _x(shape, F64)
+        with pytest.warns(UserWarning, match="Implicit dimension"):
+            y = F.softmax(x)
+        np.testing.assert_array_equal(y, F.softmax(x, dim))
+    with pytest.warns(UserWarning):
+        assert F.softmax(np.array(3.0)) == 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("log", [False, True])
+def test_softmax_bitwise_identical_for_1_2_3_threads(log, dtype, set_threads):
+    fwd, bwd = (F.log_softmax, F.log_softmax_backward) if log else (F.softmax, F.softmax_backward)
+    for shape, dim in [((300, 37), 1), ((5, 7, 301), 1)]:
+        x, g = _x(shape, dtype, 1), _x(shape, dtype, 2)
+        out = []
+        for n in (1, 2, 3):
+            set_threads(n)
+            y = fwd(x, dim)
+            out.append((y.tobytes(), bwd(g, y, dim).tobytes()))
+        assert out[0] == out[1] == out[2]
+
+
+# --- layers -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
+def test_layer_equals_functional_and_reuses_nothing_wrong(name, dtype):
+    fwd, bwd, *_, make = ACTS[name]
+    layer = make(dtype)
+    x = _x((2, 3, 5, 4), dtype)
+    g = _x(x.shape, dtype, seed=1)
+    np.testing.assert_array_equal(layer.forward(x), fwd(x))
+    np.testing.assert_array_equal(layer.backward(g), bwd(g, _saved(name, x)))
+    seq = nn.Sequential(nn.Flatten(dtype=dtype), make(dtype), nn.Identity(dtype=dtype))
+    np.testing.assert_array_equal(seq.forward(x), fwd(x).reshape(2, -1))
+    np.testing.assert_array_equal(seq.backward(g.reshape(2, -1)), bwd(g, _saved(name, x)))
+    assert layer.forward(np.zeros((0, 3), dtype)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("cls", [nn.Softmax, nn.LogSoftmax])
+def test_softmax_layers(cls):
+    torch = pytest.importorskip("torch")
+    x = _x((3, 4, 5), F64)
+    g = _x(x.shape, F64, 1)
+    layer = cls(dim=2, dtype=F64)
+    tx = torch.tensor(x, requires_grad=True)
+    getattr(torch.nn, cls.__name__)(dim=2)(tx).backward(torch.tensor(g))
+    y = layer.forward(x)
+    np.testing.assert_allclose(layer.backward(g), tx.grad.numpy(), rtol=1e-12, atol=1e-15)
+    assert y.shape == x.shape
+    assert repr(layer) == f"{cls.__name__}(dim=2)"
+
+
+def test_layer_constructors_follow_torch_order_and_repr():
+    assert repr(nn.ReLU()) == "ReLU()" and nn.ReLU(True).inplace
+    assert repr(nn.LeakyReLU(0.2, True)) == "LeakyReLU(negative_slope=0.2, inplace=True)"
+    assert repr(nn.ELU(0.5)) == "ELU(alpha=0.5)"
+    assert repr(nn.GELU("tanh")) == "GELU(approximate='tanh')"
+    assert fastcnn.Tanh is nn.Tanh and fastcnn.Identity is nn.Identity
+    assert nn.LeakyReLU(0.3).init_args()["negative_slope"] == 0.3
+
+
+def test_identity_and_flatten():
+    torch = pytest.importorskip("torch")
+    x = _x((2, 3, 4, 5), F32)
+    ident = nn.Identity(54, unused=1)
+    assert ident.forward(x) is not None and np.array_equal(ident.forward(x), x)
+    np.testing.assert_array_equal(ident.backward(x), x)
+    for start, end in [(1, -1), (0, -1), (2, 3), (1, 2), (-3, -2), (3, 3)]:
+        layer = nn.Flatten(start, end)
+        y = layer.forward(x)
+        assert y.shape == tuple(torch.nn.Flatten(start, end)(torch.tensor(x)).shape)
+        assert layer.backward(y).shape == x.shape
+    assert repr(nn.Flatten()) == "Flatten()"
+    assert repr(nn.Flatten(0, 2)) == "Flatten(start_dim=0, end_dim=2)"
+
+
+def test_empty_batch_runs_through_flatten_and_linear():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(18, 4),
+                          nn.Tanh())
+    x = np.zeros((0, 1, 5, 5), F32)
+    y = model.forward(x)
+    assert y.shape == (0, 4)
+    dx = model.backward(np.zeros((0, 4), F32))
+    assert dx.shape == x.shape
+    lin = model[3]
+    np.testing.assert_array_equal(lin.grads["weight"], 0)
+    np.testing.assert_array_equal(lin.grads["bias"], 0)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("call, exc, match", [
+    pytest.param(lambda: F.elu(np.ones(3), alpha=-1.0), ValueError, r"alpha must be >= 0, got -1",
+                 id="elu-negative-alpha"),
+    pytest.param(lambda: nn.ELU(float("nan")), ValueError, r"alpha must be finite",
+                 id="elu-nan-alpha"),
+    pytest.param(lambda: F.gelu(np.ones(3), approximate="fast"), ValueError,
+                 r"approximate must be 'none' or 'tanh', got 'fast'", id="gelu-approximate"),
+    pytest.param(lambda: nn.GELU("erf"), ValueError, r"got 'erf'", id="GELU-approximate"),
+    pytest.param(lambda: F.leaky_relu(np.ones(3), "x"), TypeError, r"negative_slope must be",
+                 id="slope-type"),
+    pytest.param(lambda: F.relu(np.ones(3), inplace=1), TypeError, r"inplace must be a bool",
+                 id="inplace-type"),
+    pytest.param(lambda: F.relu(np.ones(3, dtype=np.int64)), TypeError, r"got dtype int64",
+                 id="int-input"),
+    pytest.param(lambda: F.tanh_backward(np.ones(3), np.ones(4)), ValueError,
+                 r"grad_y has shape \(3,\), expected \(4,\)", id="grad-shape"),
+    pytest.param(lambda: F.sigmoid_backward(np.ones(3, F32), np.ones(3)), TypeError,
+                 r"share one dtype", id="grad-dtype"),
+    pytest.param(lambda: F.softmax(np.ones((2, 3)), dim=2), ValueError,
+                 r"dim 2 is out of range .* \[-2, 1\]", id="softmax-dim"),
+    pytest.param(lambda: F.log_softmax(np.ones((2, 3)), dim=-3), ValueError,
+                 r"dim -3 is out of range", id="log-softmax-dim"),
+    pytest.param(lambda: nn.Softmax(dim=1.5), TypeError, r"dim must be an int", id="dim-type"),
+    pytest.param(lambda: F.relu(np.ones(3), inplace="yes"), TypeError,
+                 r"inplace must be a bool", id="inplace-str"),
+    pytest.param(lambda: nn.Flatten(2, 1).forward(np.ones((2, 3, 4), F32)), ValueError,
+                 r"start_dim=2 comes after end_dim=1", id="flatten-order"),
+    pytest.param(lambda: nn.Flatten(4).forward(np.ones((2, 3, 4), F32)), ValueError,
+                 r"start_dim=4 is out of range", id="flatten-range"),
+])
+def test_validation_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_inplace_needs_a_writable_array():
+    x = np.ones(3)
+    x.setflags(write=False)
+    with pytest.raises(ValueError, match="inplace=True needs a writable"):
+        F.relu(x, inplace=True)
+
+
+def test_no_warning_with_explicit_dim():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        F.softmax(np.ones((2, 3)), 1)
