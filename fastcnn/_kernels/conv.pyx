@@ -152,6 +152,19 @@ cdef inline void _wtile(Py_ssize_t mr, const floating* x, Py_ssize_t x_img, cons
 # Layout passes
 # ---------------------------------------------------------------------------------------------
 
+cdef inline void _copy_row(const floating* s, Py_ssize_t W, Py_ssize_t left, floating* d,
+                           Py_ssize_t n) noexcept nogil:
+    """d[b] = s[b - left] for 0 <= b - left < W, else 0, for b < n."""
+    cdef Py_ssize_t lo = min(max(left, <Py_ssize_t> 0), n)
+    cdef Py_ssize_t hi = min(max(left + W, lo), n), b
+    for b in range(lo):
+        d[b] = 0
+    for b in range(lo, hi):
+        d[b] = s[b - left]
+    for b in range(hi, n):
+        d[b] = 0
+
+
 def pad_split(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
               floating[::1] out,               # OUT (N, C, sh, sw, HPh, WPh) (+ slack)
               Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw,
@@ -176,9 +189,12 @@ def pad_split(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                     if h < 0 or h >= H:
                         memset(d + a * WPh, 0, WPh * sizeof(floating))
                         continue
-                    for b in range(WPh):
-                        v = b * sw + rw - left
-                        d[a * WPh + b] = s[h * W + v] if 0 <= v < W else 0
+                    if sw == 1:
+                        _copy_row(s + h * W, W, left, d + a * WPh, WPh)
+                    else:
+                        for b in range(WPh):
+                            v = b * sw + rw - left
+                            d[a * WPh + b] = s[h * W + v] if 0 <= v < W else 0
 
 
 def to_pixels_major(const floating[:, :, :, ::1] g,  # IN  (N, F, OH, OW)
@@ -236,19 +252,31 @@ cdef inline void _store_tile(const floating* ct, Py_ssize_t ldc, Py_ssize_t nrow
                              Py_ssize_t OW, const floating* bias, bint relu, floating* y,
                              Py_ssize_t y_plane) noexcept nogil:
     """y[o*y_plane + i*OW + j] = ct[o*ldc + u] (+ bias[o], ReLU) for the positions t = t0 + u of
-    the tile that are outputs: t < T and j = t % row < OW."""
-    cdef Py_ssize_t u, t, i, j, o, n = min(NR, T - t0)
+    the tile that are outputs: t < T and j = t % row < OW. Copied by runs of one output row,
+    so that the inner loops are contiguous and vectorise."""
+    cdef Py_ssize_t n = min(NR, T - t0), o, u, i, j, run, m, r
     cdef floating v, bo
-    i = t0 // row
-    j = t0 - i * row
-    for u in range(n):
-        if j < OW:
-            for o in range(nrows):
-                bo = bias[o] if bias != NULL else 0
-                v = ct[o * ldc + u] + bo
-                y[o * y_plane + i * OW + j] = 0 if relu and v < 0 else v  # NaN is kept
-        j = j + 1
-        if j == row:
+    cdef const floating* src
+    cdef floating* dst
+    for o in range(nrows):
+        bo = bias[o] if bias != NULL else 0
+        u = 0
+        i = t0 // row
+        j = t0 - i * row
+        while u < n:
+            run = min(n - u, row - j)
+            if j < OW:
+                m = min(run, OW - j)
+                src = ct + o * ldc + u
+                dst = y + o * y_plane + i * OW + j
+                if relu:
+                    for r in range(m):
+                        v = src[r] + bo
+                        dst[r] = 0 if v < 0 else v  # NaN is kept
+                else:
+                    for r in range(m):
+                        dst[r] = src[r] + bo
+            u = u + run
             j = 0
             i = i + 1
 
@@ -423,19 +451,41 @@ cdef void _backward_input_task(const floating* gpad, const floating* apack,
             else:
                 memset(ct, 0, MR * NR * sizeof(floating))
             nr = min(MR, Cg - cb * MR)
-            for u in range(min(NR, T - t0)):
-                t = t0 + u
-                a = t // GW
-                bb = t - a * GW
-                if bb >= WPh:
-                    continue
-                h = a * sh + rh - pt
-                v = bb * sw + rw - pl
-                if h < 0 or h >= H or v < 0 or v >= W:
-                    continue
-                for o in range(nr):
-                    c = cb * MR + o
-                    dxn[(c * H + h) * W + v] = ct[o * NR + u]
+            _store_phase(ct, NR, nr, t0, min(NR, T - t0), GW, WPh, sh, sw, rh - pt, rw - pl,
+                         H, W, dxn + cb * MR * H * W)
+
+
+cdef inline void _store_phase(const floating* ct, Py_ssize_t ldc, Py_ssize_t nrows,
+                              Py_ssize_t t0, Py_ssize_t n, Py_ssize_t row, Py_ssize_t WPh,
+                              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t h0, Py_ssize_t v0,
+                              Py_ssize_t H, Py_ssize_t W, floating* dx) noexcept nogil:
+    """dx[o, a*sh + h0, b*sw + v0] = ct[o*ldc + u] for the tile positions t0 + u = a*row + b
+    with b < WPh that land inside the H x W plane; by runs of one row."""
+    cdef Py_ssize_t o, u, a, b, run, blo, bhi, h, r
+    cdef const floating* src
+    cdef floating* dst
+    u = 0
+    a = t0 // row
+    b = t0 - a * row
+    while u < n:
+        run = min(n - u, row - b)
+        h = a * sh + h0
+        if 0 <= h < H:
+            # columns b .. b+run-1 of this row; keep those with b' < WPh and 0 <= b'*sw+v0 < W
+            blo = max(b, (-v0 + sw - 1) // sw if v0 < 0 else 0)
+            bhi = min(b + run, WPh, (W - 1 - v0) // sw + 1 if W - 1 - v0 >= 0 else 0)
+            for o in range(nrows):
+                src = ct + o * ldc + u - b
+                dst = dx + (o * H + h) * W + v0
+                if sw == 1:
+                    for r in range(blo, bhi):
+                        dst[r] = src[r]
+                else:
+                    for r in range(blo, bhi):
+                        dst[r * sw] = src[r]
+        u = u + run
+        b = 0
+        a = a + 1
 
 
 # ---------------------------------------------------------------------------------------------
