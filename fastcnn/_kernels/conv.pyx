@@ -436,7 +436,7 @@ cdef void _backward_input_task(const floating* gpad, const floating* apack,
     cdef Py_ssize_t rh = ph // sw, rw = ph % sw
     cdef Py_ssize_t ncb = (Cg + MR - 1) // MR
     cdef Py_ssize_t k0 = phase_start[ph], K = phase_start[ph + 1] - k0
-    cdef Py_ssize_t apos = 0, q, tile, t0, cb, nr, u, t, a, bb, h, v, o, c
+    cdef Py_ssize_t apos = 0, q, tile, t0, cb, nr
     cdef const floating* base = gpad + (n * G + g) * Fg * GH * GW
     cdef floating* dxn = dx + (n * G + g) * Cg * H * W
     # Start of this (phase, group)'s panels: the earlier phases hold G*ncb panels each.
@@ -597,7 +597,7 @@ def forward_direct(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                    Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t G, bint relu, int n_threads):
     """y[n,f,i,j] = b[f] + sum over the taps that read x (not padding) of
     w[f,c,p,q] * x[n, g*Cg + c, i*sh + p*dh - pt, j*sw + q*dw - pl]. Parallel over (n, f)."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3], Fg = F // G
     cdef Py_ssize_t nf, n, f, g, i, j, c, p, q, h, v
@@ -699,6 +699,9 @@ def all_finite(const floating[::1] a):
     return not bad
 
 
+# ---------------------------------------------------------------------------------------------
+# Matrix-product tiles
+# ---------------------------------------------------------------------------------------------
 
 cdef inline void _corr_tile(Py_ssize_t ob, const floating* inp, Py_ssize_t plane, Py_ssize_t row,
                             Py_ssize_t Cin, const floating* w, Py_ssize_t ws_o, Py_ssize_t ws_i,

@@ -355,8 +355,9 @@ def _check_bias(bias, F, dtype):
 def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """2-D convolution (cross-correlation, as in PyTorch's ``torch.nn.functional.conv2d``).
 
-    ``y[n,f,i,j] = bias[f] + sum_{c,p,q} weight[f,c,p,q] * xp[n, g*C/G + c, i*sh + p*dh, j*sw + q*dw]``
-    where ``xp`` is ``x`` zero-padded and ``g = f // (F/G)`` is the group of filter ``f``.
+    ``y[n,f,i,j] = bias[f] + sum_{c,p,q} weight[f,c,p,q] * xp[n, gC + c, i*sh + p*dh, j*sw + q*dw]``
+    where ``xp`` is ``x`` zero-padded, ``g = f // (F/G)`` is the group of filter ``f`` and
+    ``gC = g * C/G`` its first channel.
 
     Parameters
     ----------
@@ -432,8 +433,8 @@ def conv2d_backward_input(grad_y, weight, input_size, stride=1, padding=0, dilat
 def conv2d_backward_weight(x, grad_y, kernel_size, stride=1, padding=0, dilation=1, groups=1):
     """Gradients of :func:`conv2d` with respect to its weight and bias.
 
-    ``grad_weight[f,c,p,q] = sum_{n,i,j} grad_y[n,f,i,j] * xp[n, g*C/G + c, i*sh + p*dh, j*sw + q*dw]``
-    and ``grad_bias[f] = sum_{n,i,j} grad_y[n,f,i,j]``.
+    ``grad_weight[f,c,p,q] = sum_{n,i,j} grad_y[n,f,i,j] * xp[n, gC + c, i*sh + p*dh, j*sw + q*dw]``
+    (``gC`` the first channel of f's group) and ``grad_bias[f] = sum_{n,i,j} grad_y[n,f,i,j]``.
 
     Parameters
     ----------
@@ -512,7 +513,8 @@ def _fit(a, OH, OW):
 
 def conv_transpose2d_output_size(input_size, kernel_size, stride=1, padding=0,
                                  output_padding=0, dilation=1):
-    """``(Hout, Wout)`` with ``Hout = (H-1)*stride - 2*padding + dilation*(KH-1) + output_padding + 1``."""
+    """``(Hout, Wout)`` of a transposed convolution:
+    ``Hout = (H-1)*stride - 2*padding + dilation*(KH-1) + output_padding + 1``."""
     H, W = _hyper(input_size, "input_size", 1)
     KH, KW = _hyper(kernel_size, "kernel_size", 1)
     g, size = _transpose_geometry((1, 1, H, W), (1, 1, KH, KW), stride, padding,
