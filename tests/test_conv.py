@@ -13,7 +13,7 @@ from fastcnn import nn
 from fastcnn._reference import conv as ref
 from fastcnn.functional import conv as F
 
-ALGOS = ["auto", "tiles", "direct"]
+ALGOS = ["auto", "tiles", "lanes", "direct"]
 
 
 def _algo(name):

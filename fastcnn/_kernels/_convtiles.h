@@ -94,6 +94,34 @@ static inline void fc_wtile##MR##x##NV##_##SUF(const T *x, ptrdiff_t x_img, cons
         for (int v = 0; v < NV; v++) STORE(c + o * ldc + v * NL, acc[o][v]);                     \
 }
 
+/* fc_ftile{NP}x{NV}: NP consecutive output positions x NV vectors of filters (forward, the
+ * filters on the vector lanes: each input value is broadcast against a vector of packed weights),
+ *
+ *     c[u*NV*NL + v*NL + l] = sum_{k<K} x[off[k] + u] * w[k*NV*NL + v*NL + l]        u < NP
+ *
+ * summed k = 0, 1, ... in order. No position is computed that is not an output (apart from a
+ * row's shifted-back last tile, which recomputes the same values). */
+#define FC_DEFINE_FTILE(NP, NV, SUF, T, V, LOAD, STORE, NL)                                     \
+static inline void fc_ftile##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *off, ptrdiff_t K,    \
+                                               const T *w, T *c)                                 \
+{                                                                                                \
+    V acc[NP][NV];                                                                               \
+    for (int u = 0; u < NP; u++)                                                                 \
+        for (int v = 0; v < NV; v++) acc[u][v] = (V){0};                                         \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                          \
+        const T *xk = x + off[k];                                                                \
+        const T *wk = w + k * NV * NL;                                                           \
+        V wv[NV];                                                                                \
+        for (int v = 0; v < NV; v++) wv[v] = LOAD(wk + v * NL);                                  \
+        for (int u = 0; u < NP; u++) {                                                           \
+            T s = xk[u];                                                                         \
+            for (int v = 0; v < NV; v++) acc[u][v] += s * wv[v];                                 \
+        }                                                                                        \
+    }                                                                                            \
+    for (int u = 0; u < NP; u++)                                                                 \
+        for (int v = 0; v < NV; v++) STORE(c + u * NV * NL + v * NL, acc[u][v]);                 \
+}
+
 #define FC_BOTH(M, MR, NV)                                                                       \
     M(MR, NV, f, float, fc_gvf, fc_gload_f, fc_gstore_f, FC_NL_F)                                \
     M(MR, NV, d, double, fc_gvd, fc_gload_d, fc_gstore_d, FC_NL_D)
@@ -104,5 +132,6 @@ FC_BOTH(FC_DEFINE_GTILE, 2, 4)
 FC_BOTH(FC_DEFINE_GTILE, 1, 4)
 FC_BOTH(FC_DEFINE_WTILE, 6, 2)
 FC_BOTH(FC_DEFINE_WTILE, 12, 1)
+FC_BOTH(FC_DEFINE_FTILE, 6, 2)
 
 #endif

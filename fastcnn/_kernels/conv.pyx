@@ -67,6 +67,10 @@ cdef extern from "_convtiles.h" nogil:
                         const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                         Py_ssize_t, double*, Py_ssize_t)
 
+cdef extern from "_convtiles.h" nogil:
+    void fc_ftile6x2_f(const float*, const Py_ssize_t*, Py_ssize_t, const float*, float*)
+    void fc_ftile6x2_d(const double*, const Py_ssize_t*, Py_ssize_t, const double*, double*)
+
 cdef extern from "_microkernels.h" nogil:
     const int FC_TILE_F  # output positions per tile of the matrix product, float32
     const int FC_TILE_D
@@ -85,6 +89,7 @@ cdef enum:
     TILES_PER_TASK = 4  # wide-row tiles per forward / input-gradient task
     DW_CHUNK = 8     # images per weight-gradient chunk (a fixed size: never the thread count)
     LANES = 16       # independent partial sums in _sum
+    FTILE_NP = 6     # output positions per filters-on-lanes tile (fc_ftile6x2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +333,86 @@ cdef void _forward_task(const floating* xs, const floating* apack, const Py_ssiz
             _gtile(MR, apack + (g * nfb + fb) * Kg * MR, base + t0, off, Kg, ct, NR)
             _store_tile(ct, NR, min(MR, Fg - fb * MR), t0, NR, T, WPh, OW, b + f0, relu,
                         y + (n * G * Fg + f0) * OH * OW, OH * OW)
+
+
+def ftile_shape(bint is_double):
+    """(NP positions, NF filters) of the filters-on-lanes forward tile."""
+    return FTILE_NP, 2 * (FC_NL_D if is_double else FC_NL_F)
+
+
+def pack_forward_lanes(const floating[:, :, :, ::1] w,  # IN  (F, Cg, KH, KW)
+                       floating[::1] wpk,               # OUT (G, nfb, Kg, NF)
+                       Py_ssize_t G, Py_ssize_t NF):
+    """wpk[g, fb, k, fl] = w[g*Fg + fb*NF + fl].flat[k], 0 for the filters past Fg."""
+    cdef Py_ssize_t F = w.shape[0], Kg = w.shape[1] * w.shape[2] * w.shape[3]
+    cdef Py_ssize_t Fg = F // G, nfb = (Fg + NF - 1) // NF, g, fb, k, fl, f
+    cdef const floating* ws = &w[0, 0, 0, 0]
+    with nogil:
+        for g in range(G):
+            for fb in range(nfb):
+                for k in range(Kg):
+                    for fl in range(NF):
+                        f = fb * NF + fl
+                        wpk[((g * nfb + fb) * Kg + k) * NF + fl] = (
+                            ws[(g * Fg + f) * Kg + k] if f < Fg else 0)
+
+
+def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, HPh, WPh) + slack
+                  const floating[::1] wpk,    # IN  pack_forward_lanes
+                  const Py_ssize_t[::1] off,  # IN  tap offsets (forward_offsets)
+                  const floating[::1] b,      # IN  (F,)
+                  floating[:, :, :, ::1] y,   # OUT (N, F, OH, OW)
+                  Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh,
+                  Py_ssize_t G, Py_ssize_t NF, bint relu, int n_threads):
+    """The same convolution as ``forward`` with the filters on the vector lanes: tiles of
+    FTILE_NP outputs of one row x NF filters (fc_ftile6x2), each input value broadcast against
+    packed weight vectors, then stored transposed into the output planes.
+
+    Parallel over (image, group, output row): each task owns y[n, group's filters, i, :]; each
+    output is one register sum over k = 0 .. Kg-1 in order.
+    """
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t Fg = F // G, Cg = C // G, Kg = off.shape[0]
+    cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
+    cdef Py_ssize_t task
+    if N == 0 or F == 0:
+        return
+    # Race-free: task (n, g, i) writes only row i of y[n, g*Fg:(g+1)*Fg].
+    for task in prange(N * G * OH, nogil=True, schedule='static', num_threads=n_threads):
+        _forward_lanes_task(&xs[0], &wpk[0], &off[0], &b[0], &y[0, 0, 0, 0], task, G, Fg, Kg,
+                            NF, WPh, OH, OW, img, gsz, relu)
+
+
+cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const Py_ssize_t* off,
+                              const floating* b, floating* y, Py_ssize_t task, Py_ssize_t G,
+                              Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t NF, Py_ssize_t WPh,
+                              Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t img,
+                              Py_ssize_t gsz, bint relu) noexcept nogil:
+    cdef floating ct[FTILE_NP * 32]  # NF <= 2 vectors of 16 lanes
+    cdef Py_ssize_t i = task % OH, g = (task // OH) % G, n = task // (OH * G)
+    cdef Py_ssize_t nfb = (Fg + NF - 1) // NF, j0, j, fb, f0, nl, u, fl, nu
+    cdef const floating* row = xs + n * img + g * gsz + i * WPh
+    cdef floating* yrow
+    cdef floating v
+    j0 = 0
+    while j0 < OW:
+        # The last tile of a row is shifted back to end at OW (same values recomputed); a row
+        # shorter than the tile reads past it into memory the caller keeps readable.
+        j = max(min(j0, OW - FTILE_NP), <Py_ssize_t> 0)
+        nu = min(<Py_ssize_t> FTILE_NP, OW - j)
+        for fb in range(nfb):
+            f0 = fb * NF
+            if floating is float:
+                fc_ftile6x2_f(row + j, off, Kg, wpk + (g * nfb + fb) * Kg * NF, ct)
+            else:
+                fc_ftile6x2_d(row + j, off, Kg, wpk + (g * nfb + fb) * Kg * NF, ct)
+            nl = min(NF, Fg - f0)
+            for fl in range(nl):
+                yrow = y + ((n * G + g) * Fg + f0 + fl) * OH * OW + i * OW + j
+                for u in range(nu):
+                    v = ct[u * NF + fl] + b[g * Fg + f0 + fl]
+                    yrow[u] = 0 if relu and v < 0 else v  # NaN is kept
+        j0 = j0 + FTILE_NP
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ __all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_
 
 _LIMIT = 2 ** 31  # largest plane (elements) and hyper-parameter accepted
 _SLACK = 256      # elements after each scratch buffer: the last tile's vector loads stay inside
-_ALGOS = ("tiles", "direct", "matmul")
+_ALGOS = ("tiles", "lanes", "direct", "matmul")
 _forced = None
 
 
@@ -185,14 +185,33 @@ def _geometry(x_shape, w_shape, stride, padding, dilation, groups, pad4=None):
 def _algo(g, kind, weight=None):
     """Algorithm for one kernel call (see the module docstring)."""
     if _forced is not None:
-        if _forced == "matmul" and not g.covers_input():
+        if _forced == "matmul" and not g.covers_input() or _forced == "lanes" and kind != "forward":
             return "tiles"
         return _forced
     if g.covers_input():
         return "matmul"
     if kind == "input" and not _kernels.conv.all_finite(weight.reshape(-1)):
         return "direct"
+    if kind == "forward":
+        return "lanes" if _lanes_cost(g, weight.dtype) < _tiles_cost(g, weight.dtype) else "tiles"
     return "tiles"
+
+
+def _tiles_cost(g, dtype):
+    """Products the positions-on-lanes forward tiles compute (wide rows, padded filter rows)."""
+    Fg = g.F // g.groups
+    MR, NR = _kernels.conv.gtile_shape(Fg, dtype == np.float64)
+    _, WPh = _phase_sizes(g)
+    T = (g.OH - 1) * WPh + g.OW
+    return -(-T // NR) * NR * -(-Fg // MR) * MR
+
+
+def _lanes_cost(g, dtype):
+    """Products the filters-on-lanes forward tiles compute (whole tiles per row, padded filter
+    vectors); ties go to the positions-on-lanes tiles."""
+    Fg = g.F // g.groups
+    NP, NF = _kernels.conv.ftile_shape(dtype == np.float64)
+    return g.OH * -(-g.OW // NP) * NP * -(-Fg // NF) * NF
 
 
 def _phase_sizes(g):
@@ -227,7 +246,7 @@ def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None):
         bias = np.zeros(g.F, dtype=x.dtype)
     if g.N == 0:
         return y
-    algo = _algo(g, "forward")
+    algo = _algo(g, "forward", weight)
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
     dh, dw = g.dilation
@@ -246,9 +265,20 @@ def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None):
         return y
     G = g.groups
     Fg, Cg = g.F // G, g.C // G
+    Kg = Cg * g.KH * g.KW
+    if algo == "lanes":
+        NP, NF = _kernels.conv.ftile_shape(x.dtype == np.float64)
+        # x is read in place only when every row holds a whole tile (no read past the end)
+        xs, HPh, WPh, _ = _phase_planes(x, g, ws, 0 if g.OW >= NP else 1 << 62)
+        off = ws.get("off", Kg, np.intp)[:Kg]
+        _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
+        wpk = ws.get("apack", G * -(-Fg // NF) * NF * Kg, x.dtype)
+        _kernels.conv.pack_forward_lanes(weight, wpk, G, NF)
+        _kernels.conv.forward_lanes(xs, wpk, off, bias, y, g.C, sh, sw, HPh, WPh, G, NF,
+                                    bool(relu), n_threads)
+        return y
     MR, NR = _kernels.conv.gtile_shape(Fg, x.dtype == np.float64)
     xs, HPh, WPh, _ = _phase_planes(x, g, ws, NR)
-    Kg = Cg * g.KH * g.KW
     off = ws.get("off", Kg, np.intp)[:Kg]
     _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
     apack = ws.get("apack", G * -(-Fg // MR) * MR * Kg, x.dtype)
@@ -299,15 +329,17 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
     None: not computed)."""
     ws = ws if ws is not None else _Workspace()
     n_threads = get_num_threads()
+    algo = _algo(g, "weight")
     if grad_b is not None:
         if g.N == 0:
             grad_b[...] = 0
+        elif algo == "matmul":  # one value per (image, filter): a column sum, in image order
+            np.sum(grad_y.reshape(g.N, g.F), axis=0, out=grad_b)
         else:
             _kernels.conv.bias_grad(grad_y, grad_b, n_threads)
     if g.N == 0:
         grad_w[...] = 0
         return grad_w, grad_b
-    algo = _algo(g, "weight")
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
     dh, dw = g.dilation
