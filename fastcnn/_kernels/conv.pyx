@@ -1,40 +1,79 @@
-"""Direct 2-D convolution: forward, input gradient and weight gradient (no im2col).
+"""General 2-D convolution: forward, input gradient and weight gradient, with stride, asymmetric
+zero padding, dilation and groups (DESIGN.md section 3).
 
-Shapes (NCHW, C-contiguous, validated by ``fastcnn.functional``):
+Shapes (NCHW, C-contiguous, validated by ``fastcnn.functional.conv``):
 
-    x  (N, C, H, W)      w  (F, C, KH, KW)      b  (F,)      y, dy  (N, F, OH, OW)
-    OH = (H + 2*ph - KH) // sh + 1              OW = (W + 2*pw - KW) // sw + 1
+    x  (N, C, H, W)     w  (F, C/G, KH, KW)     b  (F,)     y, dy  (N, F, OH, OW)
+    OH = (H + pt + pb - dh*(KH-1) - 1) // sh + 1   (the same for OW with pl, pr, dw, sw)
 
-``xp`` is ``x`` zero-padded by ``ph`` rows and ``pw`` columns on every side (``HP x WP``).
+One mechanism serves every shape ("phase planes" + register tiles, see ``_convtiles.h``):
 
-Stride-1 layers (all of LeNet-5) take the "wide row" fast path: a padded plane of width ``WP`` is
-read as one flat vector, and output position ``(i, j)`` is computed at flat index ``t = i*WP + j``.
-Then tap ``(p, q)`` of the kernel reads the input at ``t + p*WP + q`` for every output at once, so
-the innermost loop runs over ``T = (OH-1)*WP + OW`` contiguous elements and vectorises; the
-``WP - OW`` positions per row that are not real outputs are computed and dropped (they never read
-outside the plane). Strided layers use the plain definition.
+* The input is zero-padded and split by stride phase: plane (c, rh, rw) holds
+  ``xp[c, a*sh + rh, b*sw + rw]`` (``HPh x WPh``). Output (i, j) and tap (p, q) then read plane
+  (c, (p*dh) % sh, (q*dw) % sw) at row i + (p*dh)//sh, column j + (q*dw)//sw: a strided,
+  dilated convolution becomes a stride-1 correlation with a table of tap offsets.
+* Forward: on "wide rows" (output (i, j) at flat index i*WPh + j, the WPh - OW extra columns
+  computed and dropped), a tile of MR output channels x NR positions is held in registers; each
+  packed weight is broadcast against NR/NL input vectors read at its tap offset.
+* Input gradient: for each stride phase (rh, rw) of the padded input, only the taps with
+  (p*dh) % sh == rh and (q*dw) % sw == rw reach it; over the zero-bordered output gradient it is
+  again a stride-1 correlation (channels and filters exchanged), with the same tiles. No product
+  with a stride gap is ever formed.
+* Weight gradient: tiles of MR taps x NV vectors of filters over the output gradient laid out
+  (N, OH*OW, F), summed over fixed chunks of DW_CHUNK images (by shape, never by thread count);
+  the chunks' partial sums are then added in index order.
+* ``*_direct``: the plain definitions, leaving out every tap that reads padding or falls in a
+  stride gap. They give exact IEEE semantics when a weight (or input) is inf or NaN, and are the
+  test oracle's "direct" algorithm.
 
-Where the filters fill whole vectors (F a multiple of 16 floats with AVX-512, 8 otherwise) and
-the wide rows would waste more, the forward pass and the weight gradient put the filters on the
-vector lanes instead (fc_crow, fc_dwrow in _microkernels.h): every product is then an output's.
-A convolution whose kernel covers its whole input (LeNet's C5) is a matrix product: ``gemm``.
-
-Every reduction runs in an order fixed by the shapes alone, never by the thread count, so results
-are bitwise identical for any number of threads.
+Every reduction runs in an order fixed by the shapes, so results are bitwise identical for any
+number of threads. Scratch (phase planes, packed weights, offsets, partial sums) is passed in by
+the caller (a workspace owned by the layer): the kernels never allocate.
 """
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport prange
 from cython cimport floating
-from libc.stdlib cimport malloc, free
 from libc.string cimport memset
-from libc.stdint cimport int64_t
 
-include "_pool_plane.pxi"
+cdef extern from "_convtiles.h" nogil:
+    const int FC_NL_F
+    const int FC_NL_D
+    void fc_gtile6x2_f(const float*, const float*, const Py_ssize_t*, Py_ssize_t, float*,
+                       Py_ssize_t)
+    void fc_gtile4x3_f(const float*, const float*, const Py_ssize_t*, Py_ssize_t, float*,
+                       Py_ssize_t)
+    void fc_gtile2x4_f(const float*, const float*, const Py_ssize_t*, Py_ssize_t, float*,
+                       Py_ssize_t)
+    void fc_gtile1x4_f(const float*, const float*, const Py_ssize_t*, Py_ssize_t, float*,
+                       Py_ssize_t)
+    void fc_gtile6x2_d(const double*, const double*, const Py_ssize_t*, Py_ssize_t, double*,
+                       Py_ssize_t)
+    void fc_gtile4x3_d(const double*, const double*, const Py_ssize_t*, Py_ssize_t, double*,
+                       Py_ssize_t)
+    void fc_gtile2x4_d(const double*, const double*, const Py_ssize_t*, Py_ssize_t, double*,
+                       Py_ssize_t)
+    void fc_gtile1x4_d(const double*, const double*, const Py_ssize_t*, Py_ssize_t, double*,
+                       Py_ssize_t)
+    void fc_wtile6x2_f(const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, const float*,
+                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
+                       Py_ssize_t)
+    void fc_wtile12x1_f(const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, const float*,
+                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
+                        Py_ssize_t)
+    void fc_wtile6x2_d(const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, const double*,
+                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
+                       Py_ssize_t)
+    void fc_wtile12x1_d(const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t,
+                        const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        Py_ssize_t, double*, Py_ssize_t)
+
+cdef extern from "_convtiles.h" nogil:
+    void fc_ftile6x2_f(const float*, const Py_ssize_t*, Py_ssize_t, const float*, float*)
+    void fc_ftile6x2_d(const double*, const Py_ssize_t*, Py_ssize_t, const double*, double*)
 
 cdef extern from "_microkernels.h" nogil:
-    # Register-blocked inner loops (GCC/Clang vector extensions), documented in the header.
-    const int FC_TILE_F  # output positions per tile, float32
-    const int FC_TILE_D  # output positions per tile, float64
+    const int FC_TILE_F  # output positions per tile of the matrix product, float32
+    const int FC_TILE_D
     void fc_tile4_f(const float* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
                     const float* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
                     Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, float* out, Py_ssize_t ostride)
@@ -42,102 +81,722 @@ cdef extern from "_microkernels.h" nogil:
                     const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
                     Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
                     Py_ssize_t ostride)
-    void fc_tile1_f(const float* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
-                    const float* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
-                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, float* out, Py_ssize_t ostride)
-    void fc_tile1_d(const double* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
-                    const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
-                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
-                    Py_ssize_t ostride)
-    void fc_tile6_f(const float* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
-                    const float* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
-                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, float* out, Py_ssize_t ostride)
-    void fc_tile6_d(const double* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
-                    const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
-                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
-                    Py_ssize_t ostride)
-    const int FC_LANES_F  # lanes per vector, float32
-    const int FC_LANES_D  # lanes per vector, float64
-    const int FC_ROW  # output positions per channel-vectorised row tile
-    void fc_crow_f(const float* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
-                   const float* wt, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW, const float* b,
-                   int relu, float* out)
-    void fc_crow_d(const double* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
-                   const double* wt, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW, const double* b,
-                   int relu, double* out)
-    void fc_dwrow3_f(const float* x, Py_ssize_t x_img, Py_ssize_t row, const float* g,
-                     Py_ssize_t gs, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, float* acc)
-    void fc_dwrow3_d(const double* x, Py_ssize_t x_img, Py_ssize_t row, const double* g,
-                     Py_ssize_t gs, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, double* acc)
-    void fc_dwrow5_f(const float* x, Py_ssize_t x_img, Py_ssize_t row, const float* g,
-                     Py_ssize_t gs, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, float* acc)
-    void fc_dwrow5_d(const double* x, Py_ssize_t x_img, Py_ssize_t row, const double* g,
-                     Py_ssize_t gs, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, double* acc)
-    void fc_dw4x2_f(const float* g0, const float* g1, const float* g2, const float* g3,
-                    const float* x, Py_ssize_t xlen, Py_ssize_t n, float* acc)
-    void fc_dw4x2_d(const double* g0, const double* g1, const double* g2, const double* g3,
-                    const double* x, Py_ssize_t xlen, Py_ssize_t n, double* acc)
 
 cdef enum:
-    OB = 4        # output channels per block (gemm, weight gradient): each vector loaded feeds OB
-    DW_CHUNKS = 8  # batch chunks of the wide weight gradient (fixed, never the thread count)
-    MAX_TILE = 32  # the largest FC_TILE_F or FC_TILE_D of any build (AVX-512 float32)
-    LANES = 16    # independent partial sums in _sum, added in a fixed order at the end
+    OB = 4           # rows of C per block of the matrix product
+    MAX_TILE = 32    # the largest FC_TILE of any build
+    MAX_CTILE = 512  # >= MR * NV * NL of every register tile (6*2*32 with AVX-512 float32)
+    TILES_PER_TASK = 4  # wide-row tiles per forward / input-gradient task
+    DW_CHUNK = 8     # images per weight-gradient chunk (a fixed size: never the thread count)
+    LANES = 16       # independent partial sums in _sum
+    FTILE_NP = 6     # output positions per filters-on-lanes tile (fc_ftile6x2)
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers. All of them assume valid sizes and non-overlapping buffers.
+# Tile selection and dispatch
 # ---------------------------------------------------------------------------------------------
 
-cdef inline void _pad_planes(const floating* src, Py_ssize_t C, Py_ssize_t H, Py_ssize_t W,
-                             Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw,
-                             floating* dst, Py_ssize_t DH, Py_ssize_t DW) noexcept nogil:
-    """dst[c] (DH x DW) = zeros with src[c, i, j] placed at (top + i*sh, left + j*sw).
+def gtile_shape(Py_ssize_t M, bint is_double):
+    """(MR, NR) of the forward / input-gradient register tile for M output rows: the tile that
+    wastes the fewest rows (the wider one on ties)."""
+    cdef Py_ssize_t NL = FC_NL_D if is_double else FC_NL_F
+    best, best_waste = 6, None
+    for mr in (6, 4, 2, 1):
+        waste = (M + mr - 1) // mr * mr - M
+        if best_waste is None or waste < best_waste:
+            best, best_waste = mr, waste
+    return best, {6: 2, 4: 3, 2: 4, 1: 4}[best] * NL
 
-    With sh = sw = 1 this is zero padding; with larger steps it also dilates (zeros between rows
-    and columns), as the input gradient of a strided convolution needs.
+
+cdef inline void _gtile(Py_ssize_t mr, const floating* a, const floating* b, const Py_ssize_t* off,
+                        Py_ssize_t K, floating* c, Py_ssize_t ldc) noexcept nogil:
+    if floating is float:
+        if mr == 6:
+            fc_gtile6x2_f(a, b, off, K, c, ldc)
+        elif mr == 4:
+            fc_gtile4x3_f(a, b, off, K, c, ldc)
+        elif mr == 2:
+            fc_gtile2x4_f(a, b, off, K, c, ldc)
+        else:
+            fc_gtile1x4_f(a, b, off, K, c, ldc)
+    else:
+        if mr == 6:
+            fc_gtile6x2_d(a, b, off, K, c, ldc)
+        elif mr == 4:
+            fc_gtile4x3_d(a, b, off, K, c, ldc)
+        elif mr == 2:
+            fc_gtile2x4_d(a, b, off, K, c, ldc)
+        else:
+            fc_gtile1x4_d(a, b, off, K, c, ldc)
+
+
+def wtile_shape(Py_ssize_t Fg, bint is_double):
+    """(MR taps, NF filters) of the weight-gradient tile: one vector of filters (12 taps) when a
+    group has at most one vector of filters, else two vectors (6 taps)."""
+    cdef Py_ssize_t NL = FC_NL_D if is_double else FC_NL_F
+    return (12, NL) if Fg <= NL else (6, 2 * NL)
+
+
+cdef inline void _wtile(Py_ssize_t mr, const floating* x, Py_ssize_t x_img, const Py_ssize_t* xoff,
+                        Py_ssize_t xrow, const floating* g, Py_ssize_t g_img, Py_ssize_t ldg,
+                        Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, floating* c,
+                        Py_ssize_t ldc) noexcept nogil:
+    if floating is float:
+        if mr == 12:
+            fc_wtile12x1_f(x, x_img, xoff, xrow, g, g_img, ldg, N, OH, OW, c, ldc)
+        else:
+            fc_wtile6x2_f(x, x_img, xoff, xrow, g, g_img, ldg, N, OH, OW, c, ldc)
+    else:
+        if mr == 12:
+            fc_wtile12x1_d(x, x_img, xoff, xrow, g, g_img, ldg, N, OH, OW, c, ldc)
+        else:
+            fc_wtile6x2_d(x, x_img, xoff, xrow, g, g_img, ldg, N, OH, OW, c, ldc)
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout passes
+# ---------------------------------------------------------------------------------------------
+
+cdef inline void _copy_row(const floating* s, Py_ssize_t W, Py_ssize_t left, floating* d,
+                           Py_ssize_t n) noexcept nogil:
+    """d[b] = s[b - left] for 0 <= b - left < W, else 0, for b < n."""
+    cdef Py_ssize_t lo = min(max(left, <Py_ssize_t> 0), n)
+    cdef Py_ssize_t hi = min(max(left + W, lo), n), b
+    for b in range(lo):
+        d[b] = 0
+    for b in range(lo, hi):
+        d[b] = s[b - left]
+    for b in range(hi, n):
+        d[b] = 0
+
+
+def pad_split(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+              floating[::1] out,               # OUT (N, C, sh, sw, HPh, WPh) (+ slack)
+              Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw,
+              Py_ssize_t HPh, Py_ssize_t WPh, int n_threads):
+    """out[n, c, rh, rw, a, b] = x[n, c, a*sh + rh - top, b*sw + rw - left], 0 outside x.
+
+    Zero padding (top rows, left columns; the rest of HPh*sh x WPh*sw on the bottom/right) and
+    the split into stride phases in one pass. Parallel over (n, c): each owns its planes.
     """
-    cdef Py_ssize_t c, i, j
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t plane = HPh * WPh, nc, rh, rw, a, b, h, v
+    cdef floating* d
+    cdef const floating* s
+    # Race-free: (n, c) writes only its sh*sw phase planes.
+    for nc in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        s = &x[nc // C, nc % C, 0, 0]
+        for rh in range(sh):
+            for rw in range(sw):
+                d = &out[((nc * sh + rh) * sw + rw) * plane]
+                for a in range(HPh):
+                    h = a * sh + rh - top
+                    if h < 0 or h >= H:
+                        memset(d + a * WPh, 0, WPh * sizeof(floating))
+                        continue
+                    if sw == 1:
+                        _copy_row(s + h * W, W, left, d + a * WPh, WPh)
+                    else:
+                        for b in range(WPh):
+                            v = b * sw + rw - left
+                            d[a * WPh + b] = s[h * W + v] if 0 <= v < W else 0
+
+
+def to_pixels_major(const floating[:, :, :, ::1] g,  # IN  (N, F, OH, OW)
+                    floating[::1] out,               # OUT (N, OH*OW, F) (+ slack)
+                    int n_threads):
+    """out[n, i*OW + j, f] = g[n, f, i, j]. Parallel over n."""
+    cdef Py_ssize_t N = g.shape[0], F = g.shape[1], P = g.shape[2] * g.shape[3], n, f, t
     cdef const floating* s
     cdef floating* d
-    memset(dst, 0, C * DH * DW * sizeof(floating))
-    for c in range(C):
-        for i in range(H):
-            s = src + (c * H + i) * W
-            d = dst + (c * DH + top + i * sh) * DW + left
-            for j in range(W):
-                d[j * sw] = s[j]
+    # Race-free: image n writes only out[n].
+    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
+        d = &out[n * P * F]
+        for f in range(F):
+            s = &g[n, f, 0, 0]
+            for t in range(P):
+                d[t * F + f] = s[t]
 
 
-cdef inline Py_ssize_t _block(Py_ssize_t n) noexcept nogil:
-    """Channels per correlation tile for n output channels: 6 when that divides n, else 4, and
-    1 below 4 channels."""
-    return 6 if n % 6 == 0 else 4 if n >= 4 else 1
+# ---------------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------------
 
+def pack_forward(const floating[:, :, :, ::1] w,  # IN  (F, Cg, KH, KW)
+                 floating[::1] apack,             # OUT (G, nfb, Kg, MR)
+                 Py_ssize_t G, Py_ssize_t MR):
+    """apack[g, fb, k, o] = w[g*Fg + fb*MR + o].flat[k], 0 for the rows past Fg."""
+    cdef Py_ssize_t F = w.shape[0], Kg = w.shape[1] * w.shape[2] * w.shape[3]
+    cdef Py_ssize_t Fg = F // G, nfb = (Fg + MR - 1) // MR, g, fb, k, o, f
+    cdef const floating* ws = &w[0, 0, 0, 0]
+    with nogil:
+        for g in range(G):
+            for fb in range(nfb):
+                for k in range(Kg):
+                    for o in range(MR):
+                        f = fb * MR + o
+                        apack[((g * nfb + fb) * Kg + k) * MR + o] = (
+                            ws[(g * Fg + f) * Kg + k] if f < Fg else 0)
+
+
+def forward_offsets(Py_ssize_t Cg, Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
+                    Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t HPh, Py_ssize_t WPh,
+                    Py_ssize_t[::1] off):
+    """off[(c*KH + p)*KW + q] = flat offset of tap (c, p, q) in a group's phase planes."""
+    cdef Py_ssize_t c, p, q
+    for c in range(Cg):
+        for p in range(KH):
+            for q in range(KW):
+                off[(c * KH + p) * KW + q] = (
+                    ((c * sh + (p * dh) % sh) * sw + (q * dw) % sw) * HPh * WPh
+                    + (p * dh) // sh * WPh + (q * dw) // sw)
+
+
+cdef inline void _store_tile(const floating* ct, Py_ssize_t ldc, Py_ssize_t nrows,
+                             Py_ssize_t t0, Py_ssize_t NR, Py_ssize_t T, Py_ssize_t row,
+                             Py_ssize_t OW, const floating* bias, bint relu, floating* y,
+                             Py_ssize_t y_plane) noexcept nogil:
+    """y[o*y_plane + i*OW + j] = ct[o*ldc + u] (+ bias[o], ReLU) for the positions t = t0 + u of
+    the tile that are outputs: t < T and j = t % row < OW. Copied by runs of one output row,
+    so that the inner loops are contiguous and vectorise."""
+    cdef Py_ssize_t n = min(NR, T - t0), o, u, i, j, run, m, r
+    cdef floating v, bo
+    cdef const floating* src
+    cdef floating* dst
+    for o in range(nrows):
+        bo = bias[o] if bias != NULL else 0
+        u = 0
+        i = t0 // row
+        j = t0 - i * row
+        while u < n:
+            run = min(n - u, row - j)
+            if j < OW:
+                m = min(run, OW - j)
+                src = ct + o * ldc + u
+                dst = y + o * y_plane + i * OW + j
+                if relu:
+                    for r in range(m):
+                        v = src[r] + bo
+                        dst[r] = 0 if v < 0 else v  # NaN is kept
+                else:
+                    for r in range(m):
+                        dst[r] = src[r] + bo
+            u = u + run
+            j = 0
+            i = i + 1
+
+
+def forward(const floating[::1] xs,          # IN  phase planes (N, C, sh, sw, HPh, WPh) + slack
+            const floating[::1] apack,       # IN  packed weights (pack_forward)
+            const Py_ssize_t[::1] off,       # IN  tap offsets (forward_offsets), Kg of them
+            const floating[::1] b,           # IN  (F,) (zeros when there is no bias)
+            floating[:, :, :, ::1] y,        # OUT (N, F, OH, OW)
+            Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh,
+            Py_ssize_t G, Py_ssize_t MR, Py_ssize_t NR, bint relu, int n_threads):
+    """y[n,f,i,j] = b[f] + sum_{c,p,q} w[f,c,p,q] * xp[n, g*Cg + c, i*sh + p*dh, j*sw + q*dw]
+    (then max(., 0) if relu), on wide rows of the phase planes.
+
+    Parallel over tasks (image, group, run of TILES_PER_TASK tiles): each owns the outputs of
+    its tiles for every filter of its group. Each output is one register-tile sum over
+    k = 0 .. Kg-1 in order.
+    """
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t Fg = F // G, Cg = C // G, Kg = off.shape[0]
+    cdef Py_ssize_t nfb = (Fg + MR - 1) // MR
+    cdef Py_ssize_t T = (OH - 1) * WPh + OW
+    cdef Py_ssize_t ntile = (T + NR - 1) // NR
+    cdef Py_ssize_t nrun = (ntile + TILES_PER_TASK - 1) // TILES_PER_TASK
+    cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
+    cdef Py_ssize_t task
+    if N == 0 or F == 0:
+        return
+    # Race-free: task (n, g, run) writes only y[n, g*Fg:(g+1)*Fg] at its own tiles' positions.
+    for task in prange(N * G * nrun, nogil=True, schedule='static', num_threads=n_threads):
+        _forward_task(&xs[0], &apack[0], &off[0], &b[0], &y[0, 0, 0, 0], task, nrun, G, Fg,
+                      Kg, nfb, MR, NR, T, ntile, WPh, OH, OW, img, gsz, relu)
+
+
+cdef void _forward_task(const floating* xs, const floating* apack, const Py_ssize_t* off,
+                        const floating* b, floating* y, Py_ssize_t task, Py_ssize_t nrun,
+                        Py_ssize_t G, Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t nfb,
+                        Py_ssize_t MR, Py_ssize_t NR, Py_ssize_t T, Py_ssize_t ntile,
+                        Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t img,
+                        Py_ssize_t gsz, bint relu) noexcept nogil:
+    cdef floating ct[MAX_CTILE]
+    cdef Py_ssize_t run = task % nrun, g = (task // nrun) % G, n = task // (nrun * G)
+    cdef Py_ssize_t tile, t0, fb, f0
+    cdef const floating* base = xs + n * img + g * gsz
+    for tile in range(run * TILES_PER_TASK, min(ntile, (run + 1) * TILES_PER_TASK)):
+        t0 = tile * NR
+        for fb in range(nfb):
+            f0 = g * Fg + fb * MR
+            _gtile(MR, apack + (g * nfb + fb) * Kg * MR, base + t0, off, Kg, ct, NR)
+            _store_tile(ct, NR, min(MR, Fg - fb * MR), t0, NR, T, WPh, OW, b + f0, relu,
+                        y + (n * G * Fg + f0) * OH * OW, OH * OW)
+
+
+def ftile_shape(bint is_double):
+    """(NP positions, NF filters) of the filters-on-lanes forward tile."""
+    return FTILE_NP, 2 * (FC_NL_D if is_double else FC_NL_F)
+
+
+def pack_forward_lanes(const floating[:, :, :, ::1] w,  # IN  (F, Cg, KH, KW)
+                       floating[::1] wpk,               # OUT (G, nfb, Kg, NF)
+                       Py_ssize_t G, Py_ssize_t NF):
+    """wpk[g, fb, k, fl] = w[g*Fg + fb*NF + fl].flat[k], 0 for the filters past Fg."""
+    cdef Py_ssize_t F = w.shape[0], Kg = w.shape[1] * w.shape[2] * w.shape[3]
+    cdef Py_ssize_t Fg = F // G, nfb = (Fg + NF - 1) // NF, g, fb, k, fl, f
+    cdef const floating* ws = &w[0, 0, 0, 0]
+    with nogil:
+        for g in range(G):
+            for fb in range(nfb):
+                for k in range(Kg):
+                    for fl in range(NF):
+                        f = fb * NF + fl
+                        wpk[((g * nfb + fb) * Kg + k) * NF + fl] = (
+                            ws[(g * Fg + f) * Kg + k] if f < Fg else 0)
+
+
+def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, HPh, WPh) + slack
+                  const floating[::1] wpk,    # IN  pack_forward_lanes
+                  const Py_ssize_t[::1] off,  # IN  tap offsets (forward_offsets)
+                  const floating[::1] b,      # IN  (F,)
+                  floating[:, :, :, ::1] y,   # OUT (N, F, OH, OW)
+                  Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh,
+                  Py_ssize_t G, Py_ssize_t NF, bint relu, int n_threads):
+    """The same convolution as ``forward`` with the filters on the vector lanes: tiles of
+    FTILE_NP outputs of one row x NF filters (fc_ftile6x2), each input value broadcast against
+    packed weight vectors, then stored transposed into the output planes.
+
+    Parallel over (image, group, output row): each task owns y[n, group's filters, i, :]; each
+    output is one register sum over k = 0 .. Kg-1 in order.
+    """
+    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
+    cdef Py_ssize_t Fg = F // G, Cg = C // G, Kg = off.shape[0]
+    cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
+    cdef Py_ssize_t task
+    if N == 0 or F == 0:
+        return
+    # Race-free: task (n, g, i) writes only row i of y[n, g*Fg:(g+1)*Fg].
+    for task in prange(N * G * OH, nogil=True, schedule='static', num_threads=n_threads):
+        _forward_lanes_task(&xs[0], &wpk[0], &off[0], &b[0], &y[0, 0, 0, 0], task, G, Fg, Kg,
+                            NF, WPh, OH, OW, img, gsz, relu)
+
+
+cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const Py_ssize_t* off,
+                              const floating* b, floating* y, Py_ssize_t task, Py_ssize_t G,
+                              Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t NF, Py_ssize_t WPh,
+                              Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t img,
+                              Py_ssize_t gsz, bint relu) noexcept nogil:
+    cdef floating ct[FTILE_NP * 32]  # NF <= 2 vectors of 16 lanes
+    cdef Py_ssize_t i = task % OH, g = (task // OH) % G, n = task // (OH * G)
+    cdef Py_ssize_t nfb = (Fg + NF - 1) // NF, j0, j, fb, f0, nl, u, fl, nu
+    cdef const floating* row = xs + n * img + g * gsz + i * WPh
+    cdef floating* yrow
+    cdef floating v
+    j0 = 0
+    while j0 < OW:
+        # The last tile of a row is shifted back to end at OW (same values recomputed); a row
+        # shorter than the tile reads past it into memory the caller keeps readable.
+        j = max(min(j0, OW - FTILE_NP), <Py_ssize_t> 0)
+        nu = min(<Py_ssize_t> FTILE_NP, OW - j)
+        for fb in range(nfb):
+            f0 = fb * NF
+            if floating is float:
+                fc_ftile6x2_f(row + j, off, Kg, wpk + (g * nfb + fb) * Kg * NF, ct)
+            else:
+                fc_ftile6x2_d(row + j, off, Kg, wpk + (g * nfb + fb) * Kg * NF, ct)
+            nl = min(NF, Fg - f0)
+            for fl in range(nl):
+                yrow = y + ((n * G + g) * Fg + f0 + fl) * OH * OW + i * OW + j
+                for u in range(nu):
+                    v = ct[u * NF + fl] + b[g * Fg + f0 + fl]
+                    yrow[u] = 0 if relu and v < 0 else v  # NaN is kept
+        j0 = j0 + FTILE_NP
+
+
+# ---------------------------------------------------------------------------------------------
+# Input gradient
+# ---------------------------------------------------------------------------------------------
+
+def pack_backward_input(const floating[:, :, :, ::1] w,  # IN  (F, Cg, KH, KW)
+                        floating[::1] apack,             # OUT per (g, phase, cb): (K_phase, MR)
+                        Py_ssize_t[::1] off,             # OUT per phase: K_phase offsets
+                        Py_ssize_t[::1] phase_start,     # OUT (sh*sw + 1,) start of each phase
+                        Py_ssize_t G, Py_ssize_t MR, Py_ssize_t sh, Py_ssize_t sw,
+                        Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t GH, Py_ssize_t GW):
+    """Weights and tap offsets of the input gradient, phase by phase.
+
+    Phase (rh, rw) of the padded input is reached by the taps with (p*dh) % sh == rh and
+    (q*dw) % sw == rw; for k = (f, p, q) over those taps, ``off[k]`` is the offset of
+    dy[f, a - (p*dh)//sh, b - (q*dw)//sw] from gpad position (a, b) (gpad = dy with A top rows
+    and B left columns of zeros, A = ((KH-1)*dh)//sh, B = ((KW-1)*dw)//sw) and
+    ``apack[.., k, o] = w[g*Fg + f, cb*MR + o, p, q]``. Layout of apack: for each phase, for
+    each group, for each channel block cb, the (K_phase, MR) panel.
+    """
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t Fg = F // G, ncb = (Cg + MR - 1) // MR
+    cdef Py_ssize_t A = ((KH - 1) * dh) // sh, B = ((KW - 1) * dw) // sw
+    cdef Py_ssize_t rh, rw, ph, k, k0, f, p, q, g, cb, o, c, K, pos = 0
+    cdef Py_ssize_t apos = 0
+    k = 0
+    for rh in range(sh):
+        for rw in range(sw):
+            ph = rh * sw + rw
+            phase_start[ph] = k
+            k0 = k
+            for f in range(Fg):
+                for p in range(KH):
+                    if (p * dh) % sh != rh:
+                        continue
+                    for q in range(KW):
+                        if (q * dw) % sw != rw:
+                            continue
+                        off[k] = (f * GH * GW + (A - (p * dh) // sh) * GW
+                                  + (B - (q * dw) // sw))
+                        k = k + 1
+            K = k - k0
+            for g in range(G):
+                for cb in range(ncb):
+                    pos = 0
+                    for f in range(Fg):
+                        for p in range(KH):
+                            if (p * dh) % sh != rh:
+                                continue
+                            for q in range(KW):
+                                if (q * dw) % sw != rw:
+                                    continue
+                                for o in range(MR):
+                                    c = cb * MR + o
+                                    apack[apos + pos * MR + o] = (
+                                        w[g * Fg + f, c, p, q] if c < Cg else 0)
+                                pos = pos + 1
+                    apos = apos + K * MR
+    phase_start[sh * sw] = k
+
+
+def backward_input(const floating[::1] gpad,      # IN  (N, F, GH, GW) + slack
+                   const floating[::1] apack,     # IN  pack_backward_input
+                   const Py_ssize_t[::1] off,     # IN  pack_backward_input
+                   const Py_ssize_t[::1] phase_start,
+                   floating[:, :, :, ::1] dx,     # OUT (N, C, H, W)
+                   Py_ssize_t F, Py_ssize_t GH, Py_ssize_t GW, Py_ssize_t HPh, Py_ssize_t WPh,
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl, Py_ssize_t G,
+                   Py_ssize_t MR, Py_ssize_t NR, int n_threads):
+    """dx[n, c, h, w] = sum over the taps (f, p, q) of c's group that read x[n, c, h, w] of
+    dy[n, f, i, j] * w[f, c, p, q] (i*sh + p*dh = h + pt, j*sw + q*dw = w + pl).
+
+    For each stride phase (rh, rw): the padded-input positions (a*sh + rh, b*sw + rw),
+    a < HPh, b < WPh, on wide rows of width GW over gpad. Parallel over tasks (image, group,
+    phase, run of tiles): each dx element belongs to exactly one (phase, position), so each task
+    owns what it writes; each element is one register-tile sum in a fixed order.
+    """
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t Cg = C // G, Fg = F // G
+    cdef Py_ssize_t T = (HPh - 1) * GW + WPh
+    cdef Py_ssize_t ntile = (T + NR - 1) // NR
+    cdef Py_ssize_t nrun = (ntile + TILES_PER_TASK - 1) // TILES_PER_TASK
+    cdef Py_ssize_t nph = sh * sw, task
+    if N == 0 or C == 0:
+        return
+    # Race-free: see the docstring.
+    for task in prange(N * G * nph * nrun, nogil=True, schedule='static',
+                       num_threads=n_threads):
+        _backward_input_task(&gpad[0], &apack[0], &off[0], &phase_start[0], &dx[0, 0, 0, 0],
+                             task, nrun, nph, G, Fg, Cg, H, W, GH, GW, HPh, WPh, sh, sw, pt,
+                             pl, MR, NR, T, ntile)
+
+
+cdef void _backward_input_task(const floating* gpad, const floating* apack,
+                               const Py_ssize_t* off, const Py_ssize_t* phase_start,
+                               floating* dx, Py_ssize_t task, Py_ssize_t nrun, Py_ssize_t nph,
+                               Py_ssize_t G, Py_ssize_t Fg, Py_ssize_t Cg, Py_ssize_t H,
+                               Py_ssize_t W, Py_ssize_t GH, Py_ssize_t GW, Py_ssize_t HPh,
+                               Py_ssize_t WPh, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt,
+                               Py_ssize_t pl, Py_ssize_t MR, Py_ssize_t NR, Py_ssize_t T,
+                               Py_ssize_t ntile) noexcept nogil:
+    cdef floating ct[MAX_CTILE]
+    cdef Py_ssize_t run = task % nrun, ph = (task // nrun) % nph
+    cdef Py_ssize_t g = (task // (nrun * nph)) % G, n = task // (nrun * nph * G)
+    cdef Py_ssize_t rh = ph // sw, rw = ph % sw
+    cdef Py_ssize_t ncb = (Cg + MR - 1) // MR
+    cdef Py_ssize_t k0 = phase_start[ph], K = phase_start[ph + 1] - k0
+    cdef Py_ssize_t apos = 0, q, tile, t0, cb, nr
+    cdef const floating* base = gpad + (n * G + g) * Fg * GH * GW
+    cdef floating* dxn = dx + (n * G + g) * Cg * H * W
+    # Start of this (phase, group)'s panels: the earlier phases hold G*ncb panels each.
+    for q in range(ph):
+        apos = apos + G * ncb * (phase_start[q + 1] - phase_start[q]) * MR
+    apos = apos + g * ncb * K * MR
+    for tile in range(run * TILES_PER_TASK, min(ntile, (run + 1) * TILES_PER_TASK)):
+        t0 = tile * NR
+        for cb in range(ncb):
+            if K > 0:
+                _gtile(MR, apack + apos + cb * K * MR, base + t0, off + k0, K, ct, NR)
+            else:
+                memset(ct, 0, MR * NR * sizeof(floating))
+            nr = min(MR, Cg - cb * MR)
+            _store_phase(ct, NR, nr, t0, min(NR, T - t0), GW, WPh, sh, sw, rh - pt, rw - pl,
+                         H, W, dxn + cb * MR * H * W)
+
+
+cdef inline void _store_phase(const floating* ct, Py_ssize_t ldc, Py_ssize_t nrows,
+                              Py_ssize_t t0, Py_ssize_t n, Py_ssize_t row, Py_ssize_t WPh,
+                              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t h0, Py_ssize_t v0,
+                              Py_ssize_t H, Py_ssize_t W, floating* dx) noexcept nogil:
+    """dx[o, a*sh + h0, b*sw + v0] = ct[o*ldc + u] for the tile positions t0 + u = a*row + b
+    with b < WPh that land inside the H x W plane; by runs of one row."""
+    cdef Py_ssize_t o, u, a, b, run, blo, bhi, h, r
+    cdef const floating* src
+    cdef floating* dst
+    u = 0
+    a = t0 // row
+    b = t0 - a * row
+    while u < n:
+        run = min(n - u, row - b)
+        h = a * sh + h0
+        if 0 <= h < H:
+            # columns b .. b+run-1 of this row; keep those with b' < WPh and 0 <= b'*sw+v0 < W
+            blo = max(b, (-v0 + sw - 1) // sw if v0 < 0 else 0)
+            bhi = min(b + run, WPh, (W - 1 - v0) // sw + 1 if W - 1 - v0 >= 0 else 0)
+            for o in range(nrows):
+                src = ct + o * ldc + u - b
+                dst = dx + (o * H + h) * W + v0
+                if sw == 1:
+                    for r in range(blo, bhi):
+                        dst[r] = src[r]
+                else:
+                    for r in range(blo, bhi):
+                        dst[r * sw] = src[r]
+        u = u + run
+        b = 0
+        a = a + 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight gradient
+# ---------------------------------------------------------------------------------------------
+
+def backward_weight(const floating[::1] xs,      # IN  phase planes (N, C, sh, sw, HPh, WPh)
+                    const floating[::1] gt,      # IN  dy as (N, OH*OW, F) + slack
+                    const Py_ssize_t[::1] off,   # IN  tap offsets (forward_offsets)
+                    floating[::1] part,          # OUT scratch: (n_chunks, G, nkb*MR, nfb*NF)
+                    floating[:, :, :, ::1] dw,   # OUT (F, Cg, KH, KW)
+                    Py_ssize_t N, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh,
+                    Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t G, Py_ssize_t MR,
+                    Py_ssize_t NF, int n_threads):
+    """dw[f, c, p, q] = sum_{n, i, j} dy[n, f, i, j] * xp[n, g*Cg + c, i*sh + p*dh, j*sw + q*dw].
+
+    The batch is cut into chunks of DW_CHUNK images. Tasks (chunk, group, tap block, filter
+    block) each sum their chunk into their own slot of ``part`` (register tiles of MR taps x NF
+    filters, positions in the order n, i, j); then each dw element adds its chunks in index
+    order. Both loops are race-free: every task and every f owns what it writes.
+    """
+    cdef Py_ssize_t F = dw.shape[0], Kg = off.shape[0]
+    cdef Py_ssize_t Fg = F // G, Cg = C // G
+    cdef Py_ssize_t nkb = (Kg + MR - 1) // MR, nfb = (Fg + NF - 1) // NF
+    cdef Py_ssize_t n_chunks = (N + DW_CHUNK - 1) // DW_CHUNK
+    cdef Py_ssize_t ldp = nfb * NF, slot = G * nkb * MR * ldp
+    cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
+    cdef Py_ssize_t task, f, k, ch, g, fl
+    cdef floating s
+    if N == 0:
+        dw[...] = 0
+        return
+    # Race-free: task writes only its (chunk, g, kb, fb) tile of part.
+    for task in prange(n_chunks * G * nkb * nfb, nogil=True, schedule='static',
+                       num_threads=n_threads):
+        _backward_weight_task(&xs[0], &gt[0], &off[0], &part[0], task, N, G, Fg, Kg, nkb, nfb,
+                              MR, NF, F, img, gsz, WPh, OH, OW, ldp, slot)
+    # Race-free: f writes only dw[f]; chunks are added in index order.
+    for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
+        g = f // Fg
+        fl = f - g * Fg
+        for k in range(Kg):
+            s = 0
+            for ch in range(n_chunks):
+                s = s + part[ch * slot + (g * nkb * MR + k) * ldp + fl]
+            (&dw[f, 0, 0, 0])[k] = s
+
+
+cdef void _backward_weight_task(const floating* xs, const floating* gt, const Py_ssize_t* off,
+                                floating* part, Py_ssize_t task, Py_ssize_t N, Py_ssize_t G,
+                                Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t nkb, Py_ssize_t nfb,
+                                Py_ssize_t MR, Py_ssize_t NF, Py_ssize_t F, Py_ssize_t img,
+                                Py_ssize_t gsz, Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW,
+                                Py_ssize_t ldp, Py_ssize_t slot) noexcept nogil:
+    cdef Py_ssize_t xoff[12]
+    cdef Py_ssize_t fb = task % nfb, kb = (task // nfb) % nkb
+    cdef Py_ssize_t g = (task // (nfb * nkb)) % G, ch = task // (nfb * nkb * G)
+    cdef Py_ssize_t n0 = ch * DW_CHUNK, nn = min(<Py_ssize_t> DW_CHUNK, N - n0), o, k
+    for o in range(MR):
+        k = min(kb * MR + o, Kg - 1)  # a short last block repeats the last tap (discarded)
+        xoff[o] = g * gsz + off[k]
+    _wtile(MR, xs + n0 * img, img, xoff, WPh, gt + n0 * OH * OW * F + g * Fg + fb * NF,
+           OH * OW * F, F, nn, OH, OW,
+           part + ch * slot + (g * nkb + kb) * MR * ldp + fb * NF, ldp)
+
+
+cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    """sum_k a[k] as LANES partial sums added in a fixed order (vectorises without -ffast-math)."""
+    cdef floating acc[LANES]
+    cdef floating s = 0
+    cdef Py_ssize_t k, lane, nb = n - n % LANES
+    for lane in range(LANES):
+        acc[lane] = 0
+    k = 0
+    while k < nb:
+        for lane in range(LANES):
+            acc[lane] = acc[lane] + a[k + lane]
+        k = k + LANES
+    for lane in range(n - nb):
+        acc[lane] = acc[lane] + a[nb + lane]
+    for lane in range(LANES):
+        s = s + acc[lane]
+    return s
+
+
+def bias_grad(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
+              floating[::1] db,                 # OUT (F,)
+              int n_threads):
+    """db[f] = sum_{n,i,j} dy[n,f,i,j], the batch added in the order n = 0, 1, ..."""
+    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], HW = dy.shape[2] * dy.shape[3], f, n
+    cdef floating s
+    # Race-free: f writes only db[f].
+    for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
+        s = 0
+        for n in range(N):
+            s = s + _sum(&dy[n, f, 0, 0], HW)
+        db[f] = s
+
+
+# ---------------------------------------------------------------------------------------------
+# Direct definitions (exact IEEE semantics for inf/NaN; the forced "direct" algorithm)
+# ---------------------------------------------------------------------------------------------
+
+def forward_direct(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                   const floating[:, :, :, ::1] w,  # IN  (F, Cg, KH, KW)
+                   const floating[::1] b,           # IN  (F,)
+                   floating[:, :, :, ::1] y,        # OUT (N, F, OH, OW)
+                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                   Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t G, bint relu, int n_threads):
+    """y[n,f,i,j] = b[f] + sum over the taps that read x (not padding) of
+    w[f,c,p,q] * x[n, g*Cg + c, i*sh + p*dh - pt, j*sw + q*dw - pl]. Parallel over (n, f)."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3], Fg = F // G
+    cdef Py_ssize_t nf, n, f, g, i, j, c, p, q, h, v
+    cdef floating s
+    # Race-free: (n, f) writes only y[n, f].
+    for nf in prange(N * F, nogil=True, schedule='static', num_threads=n_threads):
+        n = nf // F
+        f = nf % F
+        g = f // Fg
+        for i in range(OH):
+            for j in range(OW):
+                s = 0
+                for c in range(Cg):
+                    for p in range(KH):
+                        h = i * sh + p * dh - pt
+                        if h < 0 or h >= H:
+                            continue
+                        for q in range(KW):
+                            v = j * sw + q * dw - pl
+                            if 0 <= v < W:
+                                s = s + w[f, c, p, q] * x[n, g * Cg + c, h, v]
+                s = s + b[f]
+                y[n, f, i, j] = 0 if relu and s < 0 else s
+
+
+def backward_input_direct(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
+                          const floating[:, :, :, ::1] w,   # IN  (F, Cg, KH, KW)
+                          floating[:, :, :, ::1] dx,        # OUT (N, C, H, W)
+                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                          Py_ssize_t dh, Py_ssize_t dw, Py_ssize_t G, int n_threads):
+    """dx[n,c,h,v] = sum over (f, p, q) with h + pt - p*dh = i*sh, 0 <= i < OH (and the same
+    for v) of dy[n,f,i,j] * w[f,c,p,q]: only the products the forward pass formed. Parallel
+    over (n, c)."""
+    cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3], Fg = F // G
+    cdef Py_ssize_t nc, n, c, g, cl, h, v, f, p, q, ih, jw
+    cdef floating s
+    # Race-free: (n, c) writes only dx[n, c].
+    for nc in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
+        n = nc // C
+        c = nc % C
+        g = c // Cg
+        cl = c - g * Cg
+        for h in range(H):
+            for v in range(W):
+                s = 0
+                for f in range(g * Fg, (g + 1) * Fg):
+                    for p in range(KH):
+                        ih = h + pt - p * dh
+                        if ih < 0 or ih % sh != 0 or ih // sh >= OH:
+                            continue
+                        for q in range(KW):
+                            jw = v + pl - q * dw
+                            if jw < 0 or jw % sw != 0 or jw // sw >= OW:
+                                continue
+                            s = s + dy[n, f, ih // sh, jw // sw] * w[f, cl, p, q]
+                dx[n, c, h, v] = s
+
+
+def backward_weight_direct(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
+                           const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
+                           floating[:, :, :, ::1] dw,        # OUT (F, Cg, KH, KW)
+                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t pt, Py_ssize_t pl,
+                           Py_ssize_t dh, Py_ssize_t dwl, Py_ssize_t G, int n_threads):
+    """dw[f,c,p,q] = sum over n, i, j whose tap reads x (not padding) of
+    dy[n,f,i,j] * x[n, g*Cg + c, i*sh + p*dh - pt, j*sw + q*dwl - pl]. Parallel over f."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t F = dw.shape[0], Cg = dw.shape[1], KH = dw.shape[2], KW = dw.shape[3]
+    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3], Fg = F // G
+    cdef Py_ssize_t f, g, c, p, q, n, i, j, h, v
+    cdef floating s
+    # Race-free: f writes only dw[f].
+    for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
+        g = f // Fg
+        for c in range(Cg):
+            for p in range(KH):
+                for q in range(KW):
+                    s = 0
+                    for n in range(N):
+                        for i in range(OH):
+                            h = i * sh + p * dh - pt
+                            if h < 0 or h >= H:
+                                continue
+                            for j in range(OW):
+                                v = j * sw + q * dwl - pl
+                                if 0 <= v < W:
+                                    s = s + dy[n, f, i, j] * x[n, g * Cg + c, h, v]
+                    dw[f, c, p, q] = s
+
+
+def all_finite(const floating[::1] a):
+    """True when no element is inf or NaN (v - v is 0 exactly for finite v)."""
+    cdef Py_ssize_t k, n = a.shape[0]
+    cdef int bad = 0
+    with nogil:
+        for k in range(n):
+            bad = bad | (a[k] - a[k] != 0)
+    return not bad
+
+
+# ---------------------------------------------------------------------------------------------
+# Matrix-product tiles
+# ---------------------------------------------------------------------------------------------
 
 cdef inline void _corr_tile(Py_ssize_t ob, const floating* inp, Py_ssize_t plane, Py_ssize_t row,
                             Py_ssize_t Cin, const floating* w, Py_ssize_t ws_o, Py_ssize_t ws_i,
                             Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW,
                             floating* out, Py_ssize_t ostride) noexcept nogil:
-    """out[o*ostride + u] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + u], o < ob, u < tile.
-
-    ``ob`` is 1, 4 or 6; ``w(o, c, p, q) = w[o*ws_o + c*ws_i + p*ws_p + q*ws_q]``: negative strides
-    read the kernel rotated by 180 degrees. The accumulators stay in registers for the whole sum.
-    """
+    """out[o*ostride + u] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + u], o < 4."""
     if floating is float:
-        if ob == 6:
-            fc_tile6_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
-        elif ob == 4:
-            fc_tile4_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
-        else:
-            fc_tile1_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+        fc_tile4_f(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
     else:
-        if ob == 6:
-            fc_tile6_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
-        elif ob == 4:
-            fc_tile4_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
-        else:
-            fc_tile1_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
+        fc_tile4_d(inp, plane, row, Cin, w, ws_o, ws_i, ws_p, ws_q, KH, KW, out, ostride)
 
 
 cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
@@ -160,611 +819,6 @@ cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t r
                     a[u] = a[u] + wv * xs[u]
     for u in range(n):
         out[u] = a[u]
-
-
-cdef inline void _corr_wide(Py_ssize_t ob, const floating* inp, Py_ssize_t plane,
-                            Py_ssize_t row, Py_ssize_t Cin, const floating* w, Py_ssize_t ws_o,
-                            Py_ssize_t ws_i, Py_ssize_t ws_p, Py_ssize_t ws_q, Py_ssize_t n_out,
-                            Py_ssize_t KH, Py_ssize_t KW, floating* out, Py_ssize_t T,
-                            Py_ssize_t base, Py_ssize_t r0, Py_ssize_t r1) noexcept nogil:
-    """Stride-1 correlation over flat "wide" rows, for n_out output channels in tiles of ob.
-
-    out[o*T + t] = sum_{c,p,q} w(o,c,p,q) * inp[c*plane + p*row + q + t],  0 <= t < T.
-
-    Tiles of FC_TILE positions; the last tile is shifted back to end at T and recomputes a few
-    positions with exactly the same operations, so no separate remainder loop is needed.
-    Only rows r0 <= r < r1 of each input plane may be non-zero (``inp`` starts ``base`` elements
-    into the plane): kernel rows p that would read only zero rows for a whole tile are skipped.
-    The input gradient uses this for the zero rows of its padded output gradient.
-    """
-    cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
-    cdef Py_ssize_t o, t0, t, n, p0, p1, u
-    o = 0
-    while o + ob <= n_out and T >= TT:
-        t0 = 0
-        while t0 < T:
-            t = min(t0, T - TT)
-            # Input rows this tile reads through kernel row p: (base+t)//row + p up to
-            # (base+t+TT+KW-2)//row + p; keep the p for which that range meets [r0, r1).
-            p0 = max(<Py_ssize_t> 0, r0 - (base + t + TT + KW - 2) // row)
-            p1 = min(KH, r1 - (base + t) // row)
-            if p1 > p0:
-                _corr_tile(ob, inp + t + p0 * row, plane, row, Cin, w + o * ws_o + p0 * ws_p,
-                           ws_o, ws_i, ws_p, ws_q, p1 - p0, KW, out + o * T + t, T)
-            else:
-                for n in range(ob):
-                    for u in range(TT):
-                        out[(o + n) * T + t + u] = 0
-            t0 = t0 + TT
-        o = o + ob
-    while o < n_out:
-        t0 = 0
-        while t0 < T:
-            n = min(TT, T - t0)
-            _corr_tile1(inp + t0, plane, row, Cin, w + o * ws_o, ws_i, ws_p, ws_q,
-                        KH, KW, out + o * T + t0, n)
-            t0 = t0 + TT
-        o = o + 1
-
-
-cdef inline void _dw4x2(const floating* gw, Py_ssize_t TP, const floating* x, Py_ssize_t xlen,
-                        floating* acc) noexcept nogil:
-    """acc[(2r + k)*NL + l] += lane l of sum_t gw[r*TP + t] * x[t + k], r < 4, k < 2, t < TP;
-    only xlen elements of x are read (see the header)."""
-    if floating is float:
-        fc_dw4x2_f(gw, gw + TP, gw + 2 * TP, gw + 3 * TP, x, xlen, TP, acc)
-    else:
-        fc_dw4x2_d(gw, gw + TP, gw + 2 * TP, gw + 3 * TP, x, xlen, TP, acc)
-
-
-cdef bint _all_finite(const floating* a, Py_ssize_t n) noexcept nogil:
-    """True when no element is inf or NaN (v - v is 0 exactly for finite v)."""
-    cdef Py_ssize_t k
-    cdef int bad = 0
-    for k in range(n):
-        bad = bad | (a[k] - a[k] != 0)
-    return not bad
-
-
-cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:
-    """sum_k a[k] as LANES partial sums added in a fixed order (vectorises without -ffast-math)."""
-    cdef floating acc[LANES]
-    cdef floating s = 0
-    cdef Py_ssize_t k, lane, nb = n - n % LANES
-    for lane in range(LANES):
-        acc[lane] = 0
-    k = 0
-    while k < nb:
-        for lane in range(LANES):
-            acc[lane] = acc[lane] + a[k + lane]
-        k = k + LANES
-    for lane in range(n - nb):
-        acc[lane] = acc[lane] + a[nb + lane]
-    for lane in range(LANES):
-        s = s + acc[lane]
-    return s
-
-
-cdef inline void _store_rows(const floating* acc, Py_ssize_t row, floating bias, bint relu,
-                             floating* y, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
-    """y[i, j] = acc[i*row + j] + bias (then max(., 0) if relu): keep the real outputs of a
-    wide-row result, dropping the row - OW columns that are not outputs."""
-    cdef Py_ssize_t i, j
-    cdef floating v
-    for i in range(OH):
-        for j in range(OW):
-            v = acc[i * row + j] + bias
-            y[i * OW + j] = 0 if relu and v < 0 else v  # NaN < 0 is false: NaN is kept
-
-
-cdef inline void _conv_plane_strided(const floating* xp, Py_ssize_t C, Py_ssize_t HP,
-                                     Py_ssize_t WP, const floating* w, Py_ssize_t KH,
-                                     Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw, floating bias,
-                                     bint relu, floating* y, Py_ssize_t OH,
-                                     Py_ssize_t OW) noexcept nogil:
-    """One output plane straight from the definition (any stride), on padded input planes:
-    y[i, j] = bias + sum_{c,p,q} w[c, p, q] * xp[c, i*sh + p, j*sw + q]."""
-    cdef Py_ssize_t i, j, c, p, q
-    cdef floating v
-    for i in range(OH):
-        for j in range(OW):
-            v = 0
-            for c in range(C):
-                for p in range(KH):
-                    for q in range(KW):
-                        v = v + (w[(c * KH + p) * KW + q]
-                                 * xp[(c * HP + i * sh + p) * WP + j * sw + q])
-            v = v + bias
-            y[i * OW + j] = 0 if relu and v < 0 else v
-
-
-# ---------------------------------------------------------------------------------------------
-# Forward
-# ---------------------------------------------------------------------------------------------
-
-cdef inline bint _rows_beat_wide(Py_ssize_t F, Py_ssize_t OW, Py_ssize_t WP, Py_ssize_t NL,
-                                 bint wide) noexcept nogil:
-    """Use channel-vectorised row tiles (fc_crow) rather than wide rows? They need F a multiple of
-    the vector width and rows of at least FC_ROW outputs, and win when they compute fewer
-    positions that are not outputs: FC_ROW * ceil(OW / FC_ROW) positions per row against WP."""
-    if not wide or F % NL != 0 or OW < FC_ROW:
-        return False
-    return ((OW + FC_ROW - 1) // FC_ROW) * FC_ROW < WP
-
-
-cdef inline void _forward_block(const floating* xin, Py_ssize_t C, Py_ssize_t HP, Py_ssize_t WP,
-                                const floating* w, const floating* wt, const floating* b,
-                                Py_ssize_t F, Py_ssize_t f0, Py_ssize_t nb, Py_ssize_t ob,
-                                Py_ssize_t KH, Py_ssize_t KW, Py_ssize_t sh, Py_ssize_t sw,
-                                Py_ssize_t OH, Py_ssize_t OW, bint relu, bint rows,
-                                floating* acc, floating* out) noexcept nogil:
-    """Planes f0 .. f0+nb-1 of one image's (bias, ReLU) convolution into out (nb x OH x OW).
-
-    ``xin`` holds the image's padded planes. Three ways, by shape: channel-vectorised row tiles
-    (``rows``: nb is the vector width, wt the weights as (C, KH, KW, F)), wide rows (stride 1;
-    acc is scratch for ob wide planes), or the plain definition (any stride).
-    """
-    cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t fb, o, i, j0, j
-    if rows:
-        for i in range(OH):
-            j0 = 0
-            while j0 < OW:
-                j = min(j0, OW - FC_ROW)  # the last tile is shifted back to end at OW
-                _row_tile(xin + i * WP + j, HP * WP, WP, C, wt + f0, F, KH, KW, b + f0, nb,
-                          relu, out + i * OW + j, OH * OW)
-                j0 = j0 + FC_ROW
-    elif sh == 1 and sw == 1:
-        # A short last block (F % ob != 0) recomputes the ob channels ending at F, so it too
-        # runs on the register tiles; only its own last nb planes are kept.
-        fb = F - ob if nb < ob and F >= ob else f0
-        _corr_wide(ob, xin, HP * WP, WP, C, w + fb * C * KH * KW, C * KH * KW, KH * KW, KW, 1,
-                   min(ob, F - fb), KH, KW, acc, T, 0, 0, HP)
-        for o in range(nb):
-            _store_rows(acc + (f0 - fb + o) * T, WP, b[f0 + o], relu, out + o * OH * OW, OH, OW)
-    else:
-        for o in range(nb):
-            _conv_plane_strided(xin, C, HP, WP, w + (f0 + o) * C * KH * KW, KH, KW, sh, sw,
-                                b[f0 + o], relu, out + o * OH * OW, OH, OW)
-
-
-cdef inline void _row_tile(const floating* x, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t C,
-                           const floating* wt, Py_ssize_t F, Py_ssize_t KH, Py_ssize_t KW,
-                           const floating* b, Py_ssize_t nl, bint relu, floating* out,
-                           Py_ssize_t out_plane) noexcept nogil:
-    """FC_ROW outputs of a row for nl channels, with bias and ReLU (fc_crow), transposed into nl
-    output planes: out[l*out_plane + r]."""
-    cdef floating tile[FC_ROW * 16]  # FC_ROW positions x up to 16 lanes
-    cdef Py_ssize_t lane, r
-    if floating is float:
-        fc_crow_f(x, plane, row, C, wt, F, KH, KW, b, relu, tile)
-    else:
-        fc_crow_d(x, plane, row, C, wt, F, KH, KW, b, relu, tile)
-    for lane in range(nl):
-        for r in range(FC_ROW):
-            out[lane * out_plane + r] = tile[r * nl + lane]
-
-
-cdef class _Scratch:
-    """A malloc'd buffer owned by a Python object, so that it is freed however the call ends."""
-    cdef void* data
-
-    def __cinit__(self, Py_ssize_t nbytes):
-        self.data = malloc(max(nbytes, 1))
-        if self.data == NULL:
-            raise MemoryError("fastcnn: could not allocate kernel scratch memory")
-
-    def __dealloc__(self):
-        free(self.data)
-
-
-cdef _Scratch _transposed(const floating[:, :, :, ::1] w):
-    """w (F, C, KH, KW) copied to (C, KH, KW, F), the layout of the row tiles' weights."""
-    cdef Py_ssize_t F = w.shape[0], K = w.shape[1] * w.shape[2] * w.shape[3], f, k
-    cdef _Scratch wt = _Scratch(F * K * sizeof(floating))
-    cdef floating* d = <floating*> wt.data
-    cdef const floating* s = &w[0, 0, 0, 0]
-    for f in range(F):
-        for k in range(K):
-            d[k * F + f] = s[f * K + k]
-    return wt
-
-
-def conv2d_forward(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                   const floating[:, :, :, ::1] w,   # IN  (F, C, KH, KW)
-                   const floating[::1] b,            # IN  (F,)  (zeros when there is no bias)
-                   floating[:, :, :, ::1] y,         # OUT (N, F, OH, OW)
-                   Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                   bint relu, int n_threads):
-    """y[n,f,i,j] = b[f] + sum_{c,p,q} w[f,c,p,q] * xp[n,c, i*sh+p, j*sw+q], then max(., 0) if relu.
-
-    Parallel over (n, block of filters): each task owns y[n, f0:f0+block].
-    """
-    cdef int64_t[:, :, :, ::1] no_argmax = None
-    _forward(x, w, b, y, no_argmax, sh, sw, ph, pw, y.shape[2], y.shape[3], relu,
-             0, 0, 0, 0, 0, 0, n_threads)
-
-
-def conv2d_relu_maxpool_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
-                                const floating[:, :, :, ::1] w,  # IN  (F, C, KH, KW)
-                                const floating[::1] b,           # IN  (F,)
-                                floating[:, :, :, ::1] y,        # OUT (N, F, PH, PW) pooled
-                                int64_t[:, :, :, ::1] argmax,    # OUT (N, F, PH, PW)
-                                Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                                Py_ssize_t OH, Py_ssize_t OW,
-                                Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t psh, Py_ssize_t psw,
-                                Py_ssize_t pph, Py_ssize_t ppw, int n_threads):
-    """y = max_pool2d(relu(conv2d(x, w, b))) with the argmax, never storing the conv output.
-
-    Each block of relu(conv) planes (OH x OW) is computed into a per-thread buffer and pooled at
-    once, with the same code as maxpool2d_forward: the result and argmax (flat index into the
-    OH x OW plane) are bitwise those of the three separate steps. Parallel as conv2d_forward.
-    """
-    _forward(x, w, b, y, argmax, sh, sw, ph, pw, OH, OW, True, kh, kw, psh, psw, pph, ppw,
-             n_threads)
-
-
-cdef _forward(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] w,
-              const floating[::1] b, floating[:, :, :, ::1] y, int64_t[:, :, :, ::1] argmax,
-              Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-              Py_ssize_t OH, Py_ssize_t OW, bint relu, Py_ssize_t kh, Py_ssize_t kw,
-              Py_ssize_t psh, Py_ssize_t psw, Py_ssize_t pph, Py_ssize_t ppw, int n_threads):
-    """Both forward kernels: y is the convolution itself when argmax is None, else its pooling."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = w.shape[0], KH = w.shape[2], KW = w.shape[3]
-    cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
-    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
-    cdef bint pool = argmax is not None
-    cdef bint padded = ph > 0 or pw > 0
-    cdef bint rows = _rows_beat_wide(F, OW, WP, NL, sh == 1 and sw == 1)
-    cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t ob = NL if rows else _block(F)
-    cdef Py_ssize_t n_fb = (F + ob - 1) // ob
-    cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
-    cdef Py_ssize_t task, n, f0, nb, o
-    cdef floating* scratch
-    cdef floating* planes
-    cdef const floating* xin
-    cdef _Scratch wt = _transposed(w) if rows else None
-    cdef const floating* wtp = <const floating*> wt.data if rows else NULL
-    cdef int fail = 0
-    cdef int* failed = &fail  # written through the pointer, so it stays shared
-    with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((pad_size + ob * T + (ob * OH * OW if pool else 0) + 1)
-                                     * sizeof(floating))
-        if scratch == NULL:
-            failed[0] = 1
-        planes = scratch + pad_size + ob * T
-        # Race-free: task (n, f-block) writes only y[n, f0:f0+nb] (and argmax[n, f0:f0+nb]);
-        # scratch is per thread.
-        for task in prange(N * n_fb, schedule='static'):
-            if scratch == NULL:
-                continue
-            n = task // n_fb
-            f0 = (task % n_fb) * ob
-            nb = min(ob, F - f0)
-            if padded:
-                _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
-                xin = scratch
-            else:
-                xin = &x[n, 0, 0, 0]
-            if not pool:
-                _forward_block(xin, C, HP, WP, &w[0, 0, 0, 0], wtp, &b[0], F, f0, nb, ob, KH,
-                               KW, sh, sw, OH, OW, relu, rows, scratch + pad_size,
-                               &y[n, f0, 0, 0])
-            else:
-                _forward_block(xin, C, HP, WP, &w[0, 0, 0, 0], wtp, &b[0], F, f0, nb, ob, KH,
-                               KW, sh, sw, OH, OW, True, rows, scratch + pad_size, planes)
-                for o in range(nb):
-                    _pool_plane(planes + o * OH * OW, &y[n, f0 + o, 0, 0],
-                                &argmax[n, f0 + o, 0, 0], OH, OW, y.shape[2], y.shape[3],
-                                kh, kw, psh, psw, pph, ppw)
-        free(scratch)
-    if fail:
-        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
-
-
-# ---------------------------------------------------------------------------------------------
-# Input gradient
-# ---------------------------------------------------------------------------------------------
-
-def conv2d_backward_input(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
-                          const floating[:, :, :, ::1] w,   # IN  (F, C, KH, KW)
-                          floating[:, :, :, ::1] dx,        # OUT (N, C, H, W)
-                          Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                          int n_threads):
-    """dx = full correlation of the zero-dilated, zero-padded dy with w rotated 180 degrees.
-
-    gpad[n,f] (GH x GW, GH = HP + KH - 1) holds dy[n,f,i,j] at (KH-1 + i*sh, KW-1 + j*sw) and
-    zeros elsewhere (sh-1 zeros between rows, KH-1 rows of padding on top, and at the bottom also
-    the rows of xp that no window reached). Then, with f and c swapping roles,
-
-        dxp[n,c,u,v] = sum_{f,p,q} gpad[n,f,u+p,v+q] * w[f,c,KH-1-p,KW-1-q]
-        dx = dxp cropped by (ph, pw)
-
-    computed only for the kept (u, v), as a stride-1 wide-row correlation. Parallel over
-    (n, block of ob input channels), ob = 6 or 4: each task owns dx[n, c0:c0+ob].
-    """
-    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t C = w.shape[1], KH = w.shape[2], KW = w.shape[3]
-    cdef Py_ssize_t H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t GH = H + 2 * ph + KH - 1, GW = W + 2 * pw + KW - 1
-    cdef Py_ssize_t T = (H - 1) * GW + W
-    cdef Py_ssize_t t0 = ph * GW + pw
-    cdef Py_ssize_t ob = _block(C)
-    cdef Py_ssize_t n_cb = (C + ob - 1) // ob
-    cdef Py_ssize_t gsize = F * GH * GW
-    cdef Py_ssize_t task, n, c0, cb, nb, o, i, j
-    cdef floating* scratch
-    cdef floating* acc
-    cdef floating* dxp
-
-    cdef int fail = 0
-    cdef int* failed = &fail  # written through the pointer, so it stays shared
-    with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((gsize + ob * T + 1) * sizeof(floating))
-        if scratch == NULL:
-            failed[0] = 1
-        acc = scratch + gsize
-        # Race-free: task (n, c-block) writes only dx[n, c0:c0+nb]; scratch is per thread.
-        for task in prange(N * n_cb, schedule='static'):
-            if scratch == NULL:
-                continue
-            n = task // n_cb
-            c0 = (task % n_cb) * ob
-            nb = min(ob, C - c0)
-            _pad_planes(&dy[n, 0, 0, 0], F, OH, OW, KH - 1, KW - 1, sh, sw,
-                        scratch, GH, GW)
-            # Output channel c reads w[f, c, KH-1-p, KW-1-q]: start at w[0, c0, KH-1, KW-1]
-            # and walk p, q with negative strides (the 180-degree rotation).
-            # As in the forward pass, a short last block recomputes the ob channels ending at C.
-            cb = C - ob if nb < ob and C >= ob else c0
-            # Rows of gpad below KH-1 and from KH + (OH-1)*sh on are zero padding.
-            _corr_wide(ob, scratch + t0, GH * GW, GW, F, &w[0, cb, KH - 1, KW - 1],
-                       KH * KW, C * KH * KW, -KW, -1, min(ob, C - cb), KH, KW, acc, T,
-                       t0, KH - 1, KH + (OH - 1) * sh)
-            for o in range(nb):
-                dxp = &dx[n, c0 + o, 0, 0]
-                for i in range(H):
-                    for j in range(W):
-                        dxp[i * W + j] = acc[(c0 - cb + o) * T + i * GW + j]
-        free(scratch)
-    if fail:
-        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
-
-
-# ---------------------------------------------------------------------------------------------
-# Weight gradient
-# ---------------------------------------------------------------------------------------------
-
-cdef inline void _dw_row_task(const floating* x, Py_ssize_t x_img, Py_ssize_t row,
-                              const floating* gt, Py_ssize_t F, Py_ssize_t N, Py_ssize_t OH,
-                              Py_ssize_t OW, Py_ssize_t KW, Py_ssize_t NL,
-                              floating* dw, Py_ssize_t dw_f) noexcept nogil:
-    """One kernel row (KW taps) of one input channel for NL filters (fc_dwrow), written to
-    dw[l*dw_f + q]. The accumulators are local to this call, hence to its thread."""
-    cdef floating acc[5 * 16]  # KW <= 5 taps x up to 16 lanes
-    cdef Py_ssize_t q, lane
-    for q in range(KW * NL):
-        acc[q] = 0
-    if floating is float:
-        if KW == 5:
-            fc_dwrow5_f(x, x_img, row, gt, F, N, OH, OW, acc)
-        else:
-            fc_dwrow3_f(x, x_img, row, gt, F, N, OH, OW, acc)
-    else:
-        if KW == 5:
-            fc_dwrow5_d(x, x_img, row, gt, F, N, OH, OW, acc)
-        else:
-            fc_dwrow3_d(x, x_img, row, gt, F, N, OH, OW, acc)
-    for lane in range(NL):
-        for q in range(KW):
-            dw[lane * dw_f + q] = acc[q * NL + lane]
-
-
-cdef _backward_weight_rows(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
-                           floating[:, :, :, ::1] dw, int n_threads):
-    """conv2d_backward_weight for stride 1, no padding, F a multiple of the vector width and
-    KW in (3, 5): filters on the vector lanes (see fc_dwrow), every product a useful one.
-
-    dy is first copied to (N, OH, OW, F) so that a vector of filters is contiguous. Parallel
-    over (c, p, block of filters): each task owns dw[f0:f0+NL, c, p, :] and sums the batch in a
-    fixed order.
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t KH = dw.shape[2], KW = dw.shape[3]
-    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
-    cdef Py_ssize_t n_fb = F // NL
-    cdef Py_ssize_t n, f, i, j, t, c, p, fb
-    cdef _Scratch buf = _Scratch(N * OH * OW * F * sizeof(floating))
-    cdef floating* gt = <floating*> buf.data
-    cdef const floating* g
-    # Race-free: image n writes only gt[n].
-    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
-        for f in range(F):
-            g = &dy[n, f, 0, 0]
-            for i in range(OH):
-                for j in range(OW):
-                    gt[((n * OH + i) * OW + j) * F + f] = g[i * OW + j]
-    # Race-free: task (c, p, fb) writes only dw[fb*NL:(fb+1)*NL, c, p, :].
-    for t in prange(C * KH * n_fb, nogil=True, schedule='static', num_threads=n_threads):
-        c = t // (KH * n_fb)
-        p = (t // n_fb) % KH
-        fb = t % n_fb
-        _dw_row_task(&x[0, c, p, 0], C * H * W, W, gt + fb * NL, F, N, OH, OW, KW, NL,
-                     &dw[fb * NL, c, p, 0], C * KH * KW)
-
-
-cdef _bias_grad(const floating[:, :, :, ::1] dy, floating[::1] db, int n_threads):
-    """db[f] = sum_{n,i,j} dy[n,f,i,j], the batch added in the order n = 0, 1, ..."""
-    cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], HW = dy.shape[2] * dy.shape[3], f, n
-    cdef floating s
-    # Race-free: f writes only db[f].
-    for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
-        s = 0
-        for n in range(N):
-            s = s + _sum(&dy[n, f, 0, 0], HW)
-        db[f] = s
-
-
-cdef _backward_weight_wide(const floating[:, :, :, ::1] x, const floating[:, :, :, ::1] dy,
-                           floating[:, :, :, ::1] dw, Py_ssize_t ph, Py_ssize_t pw,
-                           int n_threads):
-    """Stride-1 weight gradient on wide rows, in tasks of (chunk of images, block of OB filters).
-
-    With dy[n, f] laid out on rows of width WP (zeros in the extra columns), tap (p, q) is
-    dw[f,c,p,q] = sum_n sum_t g[n,f,t] * xp[n,c, t + p*WP + q], computed for 4 filters and 2 taps
-    at a time with one partial sum per vector lane. The batch is cut into DW_CHUNKS fixed chunks
-    (by shape, never by thread count); each task accumulates its own chunk, and the chunks' lanes
-    are then added in order: chunk 0 lane 0, lane 1, ..., chunk 1 lane 0, ...
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t KH = dw.shape[2], KW = dw.shape[3]
-    cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
-    cdef bint padded = ph > 0 or pw > 0
-    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
-    cdef Py_ssize_t T = (OH - 1) * WP + OW
-    cdef Py_ssize_t TP = (T + NL - 1) // NL * NL  # wide length rounded up to whole vectors
-    cdef Py_ssize_t QP = (KW + 1) // 2           # tap pairs per kernel row
-    cdef Py_ssize_t acc_size = C * KH * QP * 8 * NL
-    cdef Py_ssize_t pad_size = C * HP * WP if padded else 0
-    cdef Py_ssize_t n_fb = (F + OB - 1) // OB
-    cdef Py_ssize_t n_ch = min(N, <Py_ssize_t> DW_CHUNKS)
-    cdef _Scratch accs = _Scratch(n_ch * n_fb * acc_size * sizeof(floating))
-    cdef floating* acc_all = <floating*> accs.data
-    cdef Py_ssize_t task, ch, f0, fb, nb, r, f, n, c, p, q, k, i, j, lane
-    cdef floating* scratch
-    cdef floating* gw
-    cdef floating* acc
-    cdef floating* a
-    cdef const floating* xin
-    cdef const floating* g
-    cdef floating s
-    cdef int fail = 0
-    cdef int* failed = &fail  # written through the pointer, so it stays shared
-    with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((pad_size + OB * TP + 1) * sizeof(floating))
-        if scratch == NULL:
-            failed[0] = 1
-        # Race-free: task (ch, block) writes only its own accumulator region; scratch is per
-        # thread.
-        for task in prange(n_ch * n_fb, schedule='static'):
-            if scratch == NULL:
-                continue
-            ch = task // n_fb
-            f0 = (task % n_fb) * OB
-            nb = min(<Py_ssize_t> OB, F - f0)
-            # A short last block works on the OB filters ending at F (when there are that many)
-            # and keeps its own; with fewer than OB filters the missing rows repeat filter 0.
-            fb = F - OB if nb < OB and F >= OB else f0
-            gw = scratch + pad_size
-            acc = acc_all + task * acc_size
-            memset(acc, 0, acc_size * sizeof(floating))
-            memset(gw, 0, OB * TP * sizeof(floating))
-            for n in range(ch * N // n_ch, (ch + 1) * N // n_ch):
-                if padded:
-                    _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
-                    xin = scratch
-                else:
-                    xin = &x[n, 0, 0, 0]
-                for r in range(OB):
-                    g = &dy[n, fb + r if fb + r < F else fb, 0, 0]
-                    for i in range(OH):
-                        for j in range(OW):
-                            gw[r * TP + i * WP + j] = g[i * OW + j]
-                for c in range(C):
-                    for p in range(KH):
-                        for k in range(QP):
-                            _dw4x2(gw, TP, xin + c * HP * WP + p * WP + 2 * k,
-                                   HP * WP - p * WP - 2 * k,
-                                   acc + ((c * KH + p) * QP + k) * 8 * NL)
-        free(scratch)
-    if fail:
-        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
-    # Race-free: f writes only dw[f]. Row r = f - fb of block f0's accumulators holds filter f;
-    # dw[f, c, p, 2k + kk] is in tap pair k, tap kk.
-    for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
-        f0 = f // OB * OB
-        fb = F - OB if F - f0 < OB and F >= OB else f0
-        r = f - fb
-        for c in range(C):
-            for p in range(KH):
-                for q in range(KW):
-                    s = 0
-                    for ch in range(n_ch):
-                        a = acc_all + ((ch * n_fb + f // OB) * acc_size
-                                       + (((c * KH + p) * QP + q // 2) * 8 + 2 * r + q % 2) * NL)
-                        for lane in range(NL):
-                            s = s + a[lane]
-                    dw[f, c, p, q] = s
-
-
-def conv2d_backward_weight(const floating[:, :, :, ::1] x,   # IN  (N, C, H, W)
-                           const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
-                           floating[:, :, :, ::1] dw,        # OUT (F, C, KH, KW)
-                           floating[::1] db,                 # OUT (F,)
-                           Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw,
-                           int n_threads):
-    """dw[f,c,p,q] = sum_{n,i,j} dy[n,f,i,j] * xp[n,c, i*sh+p, j*sw+q]; db[f] = sum dy[n,f,i,j].
-
-    The correlation of the padded input with the output gradient, by shape: filters on vector
-    lanes (_backward_weight_rows: stride 1, no padding, F a multiple of the vector width, 3- or
-    5-wide kernels), wide rows (_backward_weight_wide: stride 1, finite input), or the plain
-    definition (any stride, or input holding inf/NaN, which wide rows would leak into taps that
-    never see it). Every sum runs in an order fixed by the shapes, whatever the thread count.
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t F = dy.shape[1], OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t KH = dw.shape[2], KW = dw.shape[3]
-    cdef Py_ssize_t HP = H + 2 * ph, WP = W + 2 * pw
-    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
-    cdef bint stride1 = sh == 1 and sw == 1
-    cdef Py_ssize_t f, n, c, p, q, i, j
-    cdef floating* scratch
-    cdef const floating* xin
-    cdef const floating* g
-    cdef floating s
-    cdef int fail = 0
-    cdef int* failed = &fail  # written through the pointer, so it stays shared
-
-    _bias_grad(dy, db, n_threads)
-    if N == 0:
-        dw[...] = 0
-        return
-    if (stride1 and ph == 0 and pw == 0 and F % NL == 0 and (KW == 3 or KW == 5)
-            and OW + KW - 1 <= W):
-        _backward_weight_rows(x, dy, dw, n_threads)
-        return
-    if stride1 and _all_finite(&x[0, 0, 0, 0], N * C * H * W):
-        _backward_weight_wide(x, dy, dw, ph, pw, n_threads)
-        return
-    with nogil, parallel(num_threads=n_threads):
-        scratch = <floating*> malloc((C * HP * WP + 1) * sizeof(floating))
-        if scratch == NULL:
-            failed[0] = 1
-        # Race-free: f writes only dw[f]; the batch runs in the order n = 0, 1, ...
-        for f in prange(F, schedule='static'):
-            if scratch == NULL:
-                continue
-            memset(&dw[f, 0, 0, 0], 0, C * KH * KW * sizeof(floating))
-            for n in range(N):
-                _pad_planes(&x[n, 0, 0, 0], C, H, W, ph, pw, 1, 1, scratch, HP, WP)
-                xin = scratch
-                g = &dy[n, f, 0, 0]
-                for c in range(C):
-                    for p in range(KH):
-                        for q in range(KW):
-                            s = 0
-                            for i in range(OH):
-                                for j in range(OW):
-                                    s = s + g[i * OW + j] * xin[(c * HP + i * sh + p) * WP
-                                                                + j * sw + q]
-                            dw[f, c, p, q] = dw[f, c, p, q] + s
-        free(scratch)
-    if fail:
-        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
 
 
 # ---------------------------------------------------------------------------------------------

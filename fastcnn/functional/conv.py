@@ -1,94 +1,407 @@
-"""Convolutions: forward, input gradient and weight gradient (kernels: ``_kernels/conv.pyx``;
-formulas: DESIGN.md section 3; twins: ``fastcnn._reference.conv``)."""
+"""Convolutions and transposed convolutions: forward, input gradient and weight gradient
+(kernels: ``_kernels/conv.pyx``; formulas: DESIGN.md section 3; twins: ``fastcnn._reference.conv``).
+
+Every function accepts stride, padding, dilation and groups as PyTorch does. Internally the
+padding is always four numbers (top, bottom, left, right): ``padding='same'`` with an even
+effective kernel puts the extra row/column at the bottom/right, as PyTorch.
+
+Algorithms (chosen by shape; ``_force_algo`` forces one, for tests):
+
+* ``"tiles"``: the general register-tile kernels (phase planes, packed weights), any shape;
+* ``"direct"``: the plain definitions, leaving out every product with padding or a stride gap;
+  used automatically for the input gradient when a weight is inf or NaN, so that such a weight
+  poisons only the input positions it really touches (as in PyTorch);
+* ``"matmul"``: a kernel that covers the whole unpadded input (LeNet's C5, groups 1) is one
+  matrix product over the batch.
+
+Size limits: every padded plane and every output plane must hold fewer than 2**31 elements and
+every hyper-parameter must be below 2**31; anything larger is refused with a ValueError before
+any allocation (whatever the batch size, N = 0 included).
+
+Workspaces: the kernels never allocate. Their scratch (phase planes, packed weights, partial
+sums) comes from a ``_Workspace``: a fresh one per call for these public functions, one owned
+by the layer for ``Conv2d`` / ``ConvTranspose2d``, so a training step reuses its buffers. A
+layer (and so a model) must therefore not run forward/backward from two Python threads at once;
+the public functions here are safe to call concurrently.
+"""
+
+import contextlib
 
 import numpy as np
 
 from .. import _kernels
 from .._threads import get_num_threads
-from ._validate import _array, _check_grad, _covers_input, _nonempty, _pair, conv2d_output_size
+from ._validate import _array, _check_grad, _int, _nonempty
+from ._validate import _pair as _vpair
 from .linear import _gemm_into
 
-__all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_output_size"]
+__all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_output_size",
+           "conv_transpose2d", "conv_transpose2d_backward_input",
+           "conv_transpose2d_backward_weight", "conv_transpose2d_output_size"]
+
+_LIMIT = 2 ** 31  # largest plane (elements) and hyper-parameter accepted
+_SLACK = 256      # elements after each scratch buffer: the last tile's vector loads stay inside
+_ALGOS = ("tiles", "lanes", "direct", "matmul")
+_forced = None
 
 
+@contextlib.contextmanager
+def _force_algo(name):
+    """Test-only: run every convolution kernel with algorithm ``name`` (``"tiles"``,
+    ``"direct"``, or ``"matmul"`` where the kernel covers the input; elsewhere ``"matmul"``
+    falls back to ``"tiles"``)."""
+    global _forced
+    if name not in _ALGOS:
+        raise ValueError(f"algo must be one of {_ALGOS}, got {name!r}")
+    old, _forced = _forced, name
+    try:
+        yield
+    finally:
+        _forced = old
 
-def _conv2d_into(x, weight, bias, y, stride, padding, relu=False, weight_t=None):
-    """y = conv2d(x, weight, bias) [then ReLU]; arguments already validated, y preallocated.
 
-    When one window covers the whole input (LeNet's C5), the convolution is exactly the matrix
-    product ``x.reshape(N, C*H*W) @ weight.reshape(F, C*H*W).T``; ``weight_t`` may hold that
-    transposed weight, else it is made here.
+class _Workspace:
+    """Grow-only scratch buffers by name (flat arrays); ``get`` returns a view of the size asked.
+    Not thread-safe: one workspace per layer, used by one call at a time."""
+
+    def __init__(self):
+        self._bufs = {}
+
+    def get(self, name, size, dtype):
+        size = int(size) + _SLACK
+        buf = self._bufs.get(name)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = np.empty(size, dtype=dtype)
+            self._bufs[name] = buf
+        return buf[:size]
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument handling
+# ---------------------------------------------------------------------------------------------
+
+def _hyper(value, name, minimum):
+    pair = _vpair(value, name, minimum)
+    if max(pair) >= _LIMIT:
+        raise ValueError(f"{name} must be < 2**31, got {value!r}")
+    return pair
+
+
+def _padding4(padding, kernel_size, dilation, stride):
+    """(top, bottom, left, right) from an int, a pair, 'valid' or 'same'."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"padding='same' is not supported for strided convolutions "
+                                 f"(stride {stride})")
+            th = dilation[0] * (kernel_size[0] - 1)
+            tw = dilation[1] * (kernel_size[1] - 1)
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    ph, pw = _hyper(padding, "padding", 0)
+    return (ph, ph, pw, pw)
+
+
+def _out_size(H, W, kernel_size, stride, pad4, dilation):
+    """(OH, OW), or ValueError when the dilated kernel does not fit the padded input or a plane
+    would exceed the size limit."""
+    pt, pb, pl, pr = pad4
+    HP, WP = H + pt + pb, W + pl + pr
+    eh = dilation[0] * (kernel_size[0] - 1) + 1
+    ew = dilation[1] * (kernel_size[1] - 1) + 1
+    if HP * WP >= _LIMIT:
+        raise ValueError(f"padded input plane {HP}x{WP} is too large (input {(H, W)}, padding "
+                         f"{pad4}): at most 2**31 - 1 elements per plane")
+    if eh > HP or ew > WP:
+        raise ValueError(f"kernel {tuple(kernel_size)} is larger than the padded input "
+                         f"{(HP, WP)} (dilation {tuple(dilation)}: extent {(eh, ew)}; input "
+                         f"{(H, W)}, padding (top, bottom, left, right) {pad4})")
+    return (HP - eh) // stride[0] + 1, (WP - ew) // stride[1] + 1
+
+
+def conv2d_output_size(input_size, kernel_size, stride=1, padding=0, dilation=1):
+    """(OH, OW) of a convolution; ValueError if the kernel does not fit.
+
+    ``OH = (H + pad_top + pad_bottom - dilation*(KH-1) - 1) // stride + 1``, the same for OW;
+    ``padding`` may be an int, a pair, 'valid' or 'same'.
     """
-    N, C, H, W = x.shape
-    F, _, KH, KW = weight.shape
+    H, W = _hyper(input_size, "input_size", 1)
+    kernel_size = _hyper(kernel_size, "kernel_size", 1)
+    stride = _hyper(stride, "stride", 1)
+    dilation = _hyper(dilation, "dilation", 1)
+    pad4 = _padding4(padding, kernel_size, dilation, stride)
+    return _out_size(H, W, kernel_size, stride, pad4, dilation)
+
+
+def _groups(groups, C, F, what="x"):
+    groups = _int(groups, "groups")
+    if groups < 1:
+        raise ValueError(f"groups must be >= 1, got {groups}")
+    if C % groups:
+        raise ValueError(f"groups={groups} does not divide the {C} input channels of {what}")
+    if F % groups:
+        raise ValueError(f"groups={groups} does not divide the {F} output channels")
+    return groups
+
+
+class _Conv:
+    """The validated geometry of one convolution (private: fields are trusted downstream)."""
+
+    __slots__ = ("N", "C", "H", "W", "F", "KH", "KW", "OH", "OW", "stride", "pad4", "dilation",
+                 "groups")
+
+    def __init__(self, N, C, H, W, F, KH, KW, stride, pad4, dilation, groups):
+        self.N, self.C, self.H, self.W, self.F, self.KH, self.KW = N, C, H, W, F, KH, KW
+        self.stride, self.pad4, self.dilation, self.groups = stride, pad4, dilation, groups
+        self.OH, self.OW = _out_size(H, W, (KH, KW), stride, pad4, dilation)
+        if self.OH * self.OW >= _LIMIT:
+            raise ValueError(f"output plane {self.OH}x{self.OW} is too large")
+
+    def covers_input(self):
+        return (self.pad4 == (0, 0, 0, 0) and self.groups == 1 and self.KH == self.H
+                and self.KW == self.W)
+
+
+def _geometry(x_shape, w_shape, stride, padding, dilation, groups, pad4=None):
+    """Validate hyper-parameters against the shapes; return a _Conv (for conv2d's view).
+    ``pad4`` (top, bottom, left, right), when given, replaces ``padding``."""
+    stride = _hyper(stride, "stride", 1)
+    dilation = _hyper(dilation, "dilation", 1)
+    KH, KW = w_shape[2], w_shape[3]
+    if pad4 is None:
+        pad4 = _padding4(padding, (KH, KW), dilation, stride)
+    N, C, H, W = x_shape
+    F = w_shape[0]
+    groups = _groups(groups, C, F)
+    if w_shape[1] * groups != C:
+        raise ValueError(f"weight {tuple(w_shape)} expects {w_shape[1] * groups} input channels "
+                         f"(weight.shape[1] * groups = {w_shape[1]} * {groups}) but x has {C} "
+                         f"(shape {tuple(x_shape)})")
+    return _Conv(N, C, H, W, F, KH, KW, stride, pad4, dilation, groups)
+
+
+def _algo(g, kind, weight=None):
+    """Algorithm for one kernel call (see the module docstring)."""
+    if _forced is not None:
+        if _forced == "matmul" and not g.covers_input() or _forced == "lanes" and kind != "forward":
+            return "tiles"
+        return _forced
+    if g.covers_input():
+        return "matmul"
+    if kind == "input" and not _kernels.conv.all_finite(weight.reshape(-1)):
+        return "direct"
+    if kind == "forward":
+        return "lanes" if _lanes_cost(g, weight.dtype) < _tiles_cost(g, weight.dtype) else "tiles"
+    return "tiles"
+
+
+def _tiles_cost(g, dtype):
+    """Products the positions-on-lanes forward tiles compute (wide rows, padded filter rows)."""
+    Fg = g.F // g.groups
+    MR, NR = _kernels.conv.gtile_shape(Fg, dtype == np.float64)
+    _, WPh = _phase_sizes(g)
+    T = (g.OH - 1) * WPh + g.OW
+    return -(-T // NR) * NR * -(-Fg // MR) * MR
+
+
+def _lanes_cost(g, dtype):
+    """Products the filters-on-lanes forward tiles compute (whole tiles per row, padded filter
+    vectors); ties go to the positions-on-lanes tiles."""
+    Fg = g.F // g.groups
+    NP, NF = _kernels.conv.ftile_shape(dtype == np.float64)
+    return g.OH * -(-g.OW // NP) * NP * -(-Fg // NF) * NF
+
+
+def _phase_sizes(g):
+    sh, sw = g.stride
+    pt, pb, pl, pr = g.pad4
+    return -(-(g.H + pt + pb) // sh), -(-(g.W + pl + pr) // sw)
+
+
+def _phase_planes(x, g, ws, NR):
+    """The input as zero-padded stride-phase planes (flat), and their (HPh, WPh). A stride-1,
+    unpadded input whose wide rows hold at least one tile is used as it is."""
+    sh, sw = g.stride
+    pt, pb, pl, pr = g.pad4
+    if (sh, sw) == (1, 1) and g.pad4 == (0, 0, 0, 0) and (g.OH - 1) * g.W + g.OW >= NR:
+        return x.reshape(-1), g.H, g.W, True
+    HPh, WPh = _phase_sizes(g)
+    xs = ws.get("xs", g.N * g.C * sh * sw * HPh * WPh, x.dtype)
+    _kernels.conv.pad_split(x, xs, pt, pl, sh, sw, HPh, WPh, get_num_threads())
+    return xs, HPh, WPh, False
+
+
+# ---------------------------------------------------------------------------------------------
+# Kernels on validated arguments (used by the layers)
+# ---------------------------------------------------------------------------------------------
+
+def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None):
+    """y = conv2d(x, weight, bias) (then ReLU); arguments validated, y preallocated, ``g`` the
+    geometry. ``weight_t`` may hold the (C*KH*KW, F) transposed weight for the matrix product."""
+    ws = ws if ws is not None else _Workspace()
+    n_threads = get_num_threads()
     if bias is None:
-        bias = np.zeros(F, dtype=x.dtype)
-    if _covers_input(H, W, KH, KW, padding):
+        bias = np.zeros(g.F, dtype=x.dtype)
+    if g.N == 0:
+        return y
+    algo = _algo(g, "forward", weight)
+    sh, sw = g.stride
+    pt, pb, pl, pr = g.pad4
+    dh, dw = g.dilation
+    if algo == "matmul":
         if weight_t is None:
-            weight_t = np.ascontiguousarray(weight.reshape(F, -1).T)
-        y2 = y.reshape(N, F)
-        _gemm_into(x.reshape(N, C * H * W), weight_t, y2)
+            weight_t = np.ascontiguousarray(weight.reshape(g.F, -1).T)
+        y2 = y.reshape(g.N, g.F)
+        _gemm_into(x.reshape(g.N, -1), weight_t, y2)
         y2 += bias
         if relu:
             np.maximum(y2, 0, out=y2)  # NaN stays NaN
         return y
-    _kernels.conv.conv2d_forward(x, weight, bias, y, stride[0], stride[1], padding[0], padding[1],
-                                 bool(relu), get_num_threads())
+    if algo == "direct":
+        _kernels.conv.forward_direct(x, weight, bias, y, sh, sw, pt, pl, dh, dw, g.groups,
+                                     bool(relu), n_threads)
+        return y
+    G = g.groups
+    Fg, Cg = g.F // G, g.C // G
+    Kg = Cg * g.KH * g.KW
+    if algo == "lanes":
+        NP, NF = _kernels.conv.ftile_shape(x.dtype == np.float64)
+        # x is read in place only when every row holds a whole tile (no read past the end)
+        xs, HPh, WPh, _ = _phase_planes(x, g, ws, 0 if g.OW >= NP else 1 << 62)
+        off = ws.get("off", Kg, np.intp)[:Kg]
+        _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
+        wpk = ws.get("apack", G * -(-Fg // NF) * NF * Kg, x.dtype)
+        _kernels.conv.pack_forward_lanes(weight, wpk, G, NF)
+        _kernels.conv.forward_lanes(xs, wpk, off, bias, y, g.C, sh, sw, HPh, WPh, G, NF,
+                                    bool(relu), n_threads)
+        return y
+    MR, NR = _kernels.conv.gtile_shape(Fg, x.dtype == np.float64)
+    xs, HPh, WPh, _ = _phase_planes(x, g, ws, NR)
+    off = ws.get("off", Kg, np.intp)[:Kg]
+    _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
+    apack = ws.get("apack", G * -(-Fg // MR) * MR * Kg, x.dtype)
+    _kernels.conv.pack_forward(weight, apack, G, MR)
+    _kernels.conv.forward(xs, apack, off, bias, y, g.C, sh, sw, HPh, WPh, G, MR, NR,
+                          bool(relu), n_threads)
     return y
 
 
-def _conv2d_backward_input_into(grad_y, weight, grad_x, stride, padding):
-    """grad_x = input gradient; arguments already validated, grad_x preallocated."""
-    N, C, H, W = grad_x.shape
-    F, _, KH, KW = weight.shape
-    if _covers_input(H, W, KH, KW, padding):
-        _gemm_into(grad_y.reshape(N, F), weight.reshape(F, -1), grad_x.reshape(N, C * H * W))
+def _conv2d_backward_input_into(grad_y, weight, grad_x, g, ws=None):
+    """grad_x = input gradient of conv2d; arguments validated, grad_x preallocated."""
+    ws = ws if ws is not None else _Workspace()
+    n_threads = get_num_threads()
+    if g.N == 0:
         return grad_x
-    _kernels.conv.conv2d_backward_input(grad_y, weight, grad_x, stride[0], stride[1],
-                                        padding[0], padding[1], get_num_threads())
+    algo = _algo(g, "input", weight)
+    sh, sw = g.stride
+    pt, pb, pl, pr = g.pad4
+    dh, dw = g.dilation
+    if algo == "matmul":
+        _gemm_into(grad_y.reshape(g.N, g.F), weight.reshape(g.F, -1),
+                   grad_x.reshape(g.N, -1))
+        return grad_x
+    if algo == "direct":
+        _kernels.conv.backward_input_direct(grad_y, weight, grad_x, sh, sw, pt, pl, dh, dw,
+                                            g.groups, n_threads)
+        return grad_x
+    G = g.groups
+    Fg, Cg = g.F // G, g.C // G
+    MR, NR = _kernels.conv.gtile_shape(Cg, grad_y.dtype == np.float64)
+    HPh, WPh = -(-(pt + g.H) // sh), -(-(pl + g.W) // sw)
+    A, B = (g.KH - 1) * dh // sh, (g.KW - 1) * dw // sw
+    GH, GW = A + max(HPh, g.OH), B + max(WPh, g.OW)
+    gpad = ws.get("gpad", g.N * g.F * GH * GW, grad_y.dtype)
+    _kernels.conv.pad_split(grad_y, gpad, A, B, 1, 1, GH, GW, n_threads)
+    K = Fg * g.KH * g.KW
+    apack = ws.get("apack_in", G * -(-Cg // MR) * MR * K, grad_y.dtype)
+    off = ws.get("off_in", K, np.intp)
+    starts = ws.get("phase_start", sh * sw + 1, np.intp)
+    _kernels.conv.pack_backward_input(weight, apack, off, starts, G, MR, sh, sw, dh, dw, GH, GW)
+    _kernels.conv.backward_input(gpad, apack, off, starts, grad_x, g.F, GH, GW, HPh, WPh, sh,
+                                 sw, pt, pl, G, MR, NR, n_threads)
     return grad_x
 
 
-def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, stride, padding):
-    """(grad_w, grad_b) = weight and bias gradients; arguments validated, outputs preallocated."""
-    N, C, H, W = x.shape
-    F, _, KH, KW = grad_w.shape
-    if _covers_input(H, W, KH, KW, padding):
-        g2 = grad_y.reshape(N, F)
-        _gemm_into(g2.T, x.reshape(N, C * H * W), grad_w.reshape(F, -1))
-        np.sum(g2, axis=0, out=grad_b)
+def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
+    """(grad_w, grad_b) of conv2d; arguments validated, outputs preallocated (grad_b may be
+    None: not computed)."""
+    ws = ws if ws is not None else _Workspace()
+    n_threads = get_num_threads()
+    algo = _algo(g, "weight")
+    if grad_b is not None:
+        if g.N == 0:
+            grad_b[...] = 0
+        elif algo == "matmul":  # one value per (image, filter): a column sum, in image order
+            np.sum(grad_y.reshape(g.N, g.F), axis=0, out=grad_b)
+        else:
+            _kernels.conv.bias_grad(grad_y, grad_b, n_threads)
+    if g.N == 0:
+        grad_w[...] = 0
         return grad_w, grad_b
-    _kernels.conv.conv2d_backward_weight(x, grad_y, grad_w, grad_b, stride[0], stride[1],
-                                         padding[0], padding[1], get_num_threads())
+    sh, sw = g.stride
+    pt, pb, pl, pr = g.pad4
+    dh, dw = g.dilation
+    if algo == "matmul":
+        _gemm_into(grad_y.reshape(g.N, g.F).T, x.reshape(g.N, -1), grad_w.reshape(g.F, -1))
+        return grad_w, grad_b
+    if algo == "direct":
+        _kernels.conv.backward_weight_direct(x, grad_y, grad_w, sh, sw, pt, pl, dh, dw,
+                                             g.groups, n_threads)
+        return grad_w, grad_b
+    G = g.groups
+    Fg, Cg = g.F // G, g.C // G
+    MR, NF = _kernels.conv.wtile_shape(Fg, x.dtype == np.float64)
+    if (sh, sw) == (1, 1) and g.pad4 == (0, 0, 0, 0):
+        xs, HPh, WPh = x.reshape(-1), g.H, g.W  # the tiles read only real positions
+    else:
+        xs, HPh, WPh, _ = _phase_planes(x, g, ws, 1 << 62)
+    Kg = Cg * g.KH * g.KW
+    off = ws.get("off", Kg, np.intp)[:Kg]
+    _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
+    P = g.OH * g.OW
+    gt = ws.get("gt", g.N * P * g.F, x.dtype)
+    _kernels.conv.to_pixels_major(grad_y, gt, n_threads)
+    n_chunks = -(-g.N // 8)
+    nkb, nfb = -(-Kg // MR), -(-Fg // NF)
+    part = ws.get("part", n_chunks * G * nkb * MR * nfb * NF, x.dtype)
+    _kernels.conv.backward_weight(xs, gt, off, part, grad_w, g.N, g.C, sh, sw, HPh, WPh, g.OH,
+                                  g.OW, G, MR, NF, n_threads)
     return grad_w, grad_b
 
 
-def _conv_args(x, weight, stride, padding):
-    x = _array(x, "x", 4)
-    weight = _array(weight, "weight", 4, x.dtype)
-    stride = _pair(stride, "stride", 1)
-    padding = _pair(padding, "padding", 0)
-    _nonempty(x.shape, "x")
-    _nonempty(weight.shape, "weight", 0)
-    if weight.shape[1] != x.shape[1]:
-        raise ValueError(f"weight expects {weight.shape[1]} input channels (shape {weight.shape}) "
-                         f"but x has {x.shape[1]} (shape {x.shape})")
-    return x, weight, stride, padding
+# ---------------------------------------------------------------------------------------------
+# Public functions
+# ---------------------------------------------------------------------------------------------
+
+def _check_bias(bias, F, dtype):
+    if bias is None:
+        return None
+    bias = _array(bias, "bias", 1, dtype)
+    if bias.shape != (F,):
+        raise ValueError(f"bias must have shape ({F},), got {bias.shape}")
+    return bias
 
 
-def conv2d(x, weight, bias=None, stride=1, padding=0):
-    """2-D convolution (cross-correlation, as in PyTorch), computed directly (no im2col).
+def conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """2-D convolution (cross-correlation, as in PyTorch's ``torch.nn.functional.conv2d``).
 
-    ``y[n,f,i,j] = bias[f] + sum_{c,p,q} weight[f,c,p,q] * xp[n,c,i*sh+p,j*sw+q]`` where ``xp``
-    is ``x`` zero-padded by ``padding``.
+    ``y[n,f,i,j] = bias[f] + sum_{c,p,q} weight[f,c,p,q] * xp[n, gC + c, i*sh + p*dh, j*sw + q*dw]``
+    where ``xp`` is ``x`` zero-padded, ``g = f // (F/G)`` is the group of filter ``f`` and
+    ``gC = g * C/G`` its first channel.
 
     Parameters
     ----------
     x : ndarray, shape (N, C, H, W), float32 or float64
-    weight : ndarray, shape (F, C, KH, KW), same dtype
+    weight : ndarray, shape (F, C/groups, KH, KW), same dtype
     bias : ndarray, shape (F,), same dtype, optional
     stride : int or (int, int), >= 1
-    padding : int or (int, int), >= 0
+    padding : int, (int, int), 'valid' or 'same'
+        'same' requires stride 1; with an even effective kernel the extra row/column of padding
+        goes at the bottom/right (as PyTorch).
+    dilation : int or (int, int), >= 1
+    groups : int, >= 1, dividing C and F (``groups == C``: depthwise)
 
     Returns
     -------
@@ -96,94 +409,256 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
 
     Shape
     -----
-    ``OH = (H + 2*padding - KH) // stride + 1``, ``OW = (W + 2*padding - KW) // stride + 1``.
+    ``OH = (H + pad_top + pad_bottom - dilation*(KH-1) - 1) // stride + 1``, the same for OW.
     """
-    x, weight, stride, padding = _conv_args(x, weight, stride, padding)
-    N, C, H, W = x.shape
-    F, _, KH, KW = weight.shape
-    if bias is not None:
-        bias = _array(bias, "bias", 1, x.dtype)
-        if bias.shape != (F,):
-            raise ValueError(f"bias must have shape ({F},) to match weight {weight.shape}, "
-                             f"got {bias.shape}")
-    OH, OW = conv2d_output_size((H, W), (KH, KW), stride, padding)
-    y = np.empty((N, F, OH, OW), dtype=x.dtype)
-    return _conv2d_into(x, weight, bias, y, stride, padding)
+    x = _array(x, "x", 4)
+    weight = _array(weight, "weight", 4, x.dtype)
+    _nonempty(x.shape, "x")
+    _nonempty(weight.shape, "weight", 0)
+    g = _geometry(x.shape, weight.shape, stride, padding, dilation, groups)
+    bias = _check_bias(bias, g.F, x.dtype)
+    y = np.empty((g.N, g.F, g.OH, g.OW), dtype=x.dtype)
+    return _conv2d_into(x, weight, bias, y, g)
 
 
-def conv2d_backward_input(grad_y, weight, input_size, stride=1, padding=0):
-    """Gradient of conv2d with respect to its input.
+def conv2d_backward_input(grad_y, weight, input_size, stride=1, padding=0, dilation=1,
+                          groups=1):
+    """Gradient of :func:`conv2d` with respect to its input.
 
-    The correlation of the zero-padded (and, for stride > 1, zero-dilated) output gradient with
-    the kernel rotated by 180 degrees, cropped by ``padding`` (DESIGN.md section 3).
+    ``grad_x[n,c,h,w] = sum grad_y[n,f,i,j] * weight[f,c',p,q]`` over the filters ``f`` of
+    ``c``'s group and the taps with ``i*sh + p*dh = h + pad_top``, ``j*sw + q*dw = w + pad_left``
+    (DESIGN.md section 3). Only products the forward pass formed are added: an inf or NaN
+    weight reaches only the positions it is applied to (not padding, not stride gaps).
 
     Parameters
     ----------
     grad_y : ndarray, shape (N, F, OH, OW)
-    weight : ndarray, shape (F, C, KH, KW), same dtype
-    input_size : (int, int)
-        ``(H, W)`` of the forward input: with stride > 1 several sizes give the same OH, OW.
-    stride, padding : int or (int, int)
+    weight : ndarray, shape (F, C/groups, KH, KW), same dtype
+    input_size : (int, int) or (N, C, H, W)
+        ``(H, W)`` of the forward input (with stride > 1 several sizes give the same OH, OW).
+    stride, padding, dilation, groups : as :func:`conv2d`
 
     Returns
     -------
-    grad_x : ndarray, shape (N, C, H, W)
+    grad_x : ndarray, shape (N, C, H, W) with ``C = weight.shape[1] * groups``
+
+    Shape
+    -----
+    ``grad_y`` must have the shape conv2d gives for ``input_size``.
     """
     grad_y = _array(grad_y, "grad_y", 4)
     weight = _array(weight, "weight", 4, grad_y.dtype)
     _nonempty(weight.shape, "weight", 0)
-    H, W = _pair(input_size, "input_size", 1)
-    stride = _pair(stride, "stride", 1)
-    padding = _pair(padding, "padding", 0)
-    F, C, KH, KW = weight.shape
-    OH, OW = conv2d_output_size((H, W), (KH, KW), stride, padding)
-    _check_grad(grad_y, (grad_y.shape[0], F, OH, OW))
-    grad_x = np.empty((grad_y.shape[0], C, H, W), dtype=grad_y.dtype)
-    return _conv2d_backward_input_into(grad_y, weight, grad_x, stride, padding)
+    if isinstance(input_size, (tuple, list)) and len(input_size) == 4:
+        input_size = tuple(input_size)[2:]
+    H, W = _hyper(input_size, "input_size", 1)
+    G = _int(groups, "groups")
+    if G < 1:
+        raise ValueError(f"groups must be >= 1, got {G}")
+    C = weight.shape[1] * G
+    g = _geometry((grad_y.shape[0], C, H, W), weight.shape, stride, padding, dilation, G)
+    _check_grad(grad_y, (grad_y.shape[0], g.F, g.OH, g.OW))
+    grad_x = np.empty((g.N, C, H, W), dtype=grad_y.dtype)
+    return _conv2d_backward_input_into(grad_y, weight, grad_x, g)
 
 
-def conv2d_backward_weight(x, grad_y, kernel_size, stride=1, padding=0):
-    """Gradients of conv2d with respect to its weight and bias.
+def conv2d_backward_weight(x, grad_y, kernel_size, stride=1, padding=0, dilation=1, groups=1):
+    """Gradients of :func:`conv2d` with respect to its weight and bias.
 
-    ``grad_weight[f,c,p,q] = sum_{n,i,j} grad_y[n,f,i,j] * xp[n,c,i*sh+p,j*sw+q]`` (the correlation
-    of the padded input with the output gradient) and
-    ``grad_bias[f] = sum_{n,i,j} grad_y[n,f,i,j]``.
+    ``grad_weight[f,c,p,q] = sum_{n,i,j} grad_y[n,f,i,j] * xp[n, gC + c, i*sh + p*dh, j*sw + q*dw]``
+    (``gC`` the first channel of f's group) and ``grad_bias[f] = sum_{n,i,j} grad_y[n,f,i,j]``.
 
     Parameters
     ----------
     x : ndarray, shape (N, C, H, W)
     grad_y : ndarray, shape (N, F, OH, OW), same dtype
     kernel_size : int or (int, int)
-    stride, padding : int or (int, int)
+    stride, padding, dilation, groups : as :func:`conv2d`
 
     Returns
     -------
-    grad_weight : ndarray, shape (F, C, KH, KW)
+    grad_weight : ndarray, shape (F, C/groups, KH, KW)
     grad_bias : ndarray, shape (F,)
     """
     x = _array(x, "x", 4)
     grad_y = _array(grad_y, "grad_y", 4, x.dtype)
     _nonempty(x.shape, "x")
-    KH, KW = _pair(kernel_size, "kernel_size", 1)
-    stride = _pair(stride, "stride", 1)
-    padding = _pair(padding, "padding", 0)
-    N, C, H, W = x.shape
-    OH, OW = conv2d_output_size((H, W), (KH, KW), stride, padding)
+    KH, KW = _hyper(kernel_size, "kernel_size", 1)
     F = grad_y.shape[1]
     if F < 1:
         raise ValueError(f"grad_y has no output channels: shape {grad_y.shape}")
-    _check_grad(grad_y, (N, F, OH, OW))
-    grad_w = np.empty((F, C, KH, KW), dtype=x.dtype)
+    G = _int(groups, "groups")
+    if G < 1:
+        raise ValueError(f"groups must be >= 1, got {G}")
+    if x.shape[1] % G:
+        raise ValueError(f"groups={G} does not divide the {x.shape[1]} input channels of x")
+    g = _geometry(x.shape, (F, x.shape[1] // G, KH, KW), stride, padding, dilation, G)
+    _check_grad(grad_y, (g.N, F, g.OH, g.OW))
+    grad_w = np.empty((F, g.C // G, KH, KW), dtype=x.dtype)
     grad_b = np.empty(F, dtype=x.dtype)
-    return _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, stride, padding)
+    return _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g)
 
 
-def _conv2d_relu_max_pool2d_into(x, weight, bias, y, argmax, stride, padding, conv_size, kernel,
-                                 pool_stride, pool_padding):
-    """y, argmax = max_pool2d(relu(conv2d(x, weight, bias))) in one pass, never storing the conv
-    output (``conv_size`` is its (OH, OW)); bitwise equal to the three separate calls."""
-    _kernels.conv.conv2d_relu_maxpool_forward(
-        x, weight, bias, y, argmax, stride[0], stride[1], padding[0], padding[1],
-        conv_size[0], conv_size[1], kernel[0], kernel[1], pool_stride[0], pool_stride[1],
-        pool_padding[0], pool_padding[1], get_num_threads())
-    return y, argmax
+# ---------------------------------------------------------------------------------------------
+# Transposed convolution: conv2d's input gradient as a forward pass
+# ---------------------------------------------------------------------------------------------
+
+def _transpose_geometry(x_shape, w_shape, stride, padding, output_padding, groups, dilation):
+    """(_Conv of the adjoint conv2d, (Hout, Wout)) for a transposed convolution of x."""
+    if isinstance(padding, str):
+        raise ValueError(f"conv_transpose2d takes an int or a pair as padding, got {padding!r}")
+    stride = _hyper(stride, "stride", 1)
+    dilation = _hyper(dilation, "dilation", 1)
+    ph, pw = _hyper(padding, "padding", 0)
+    oph, opw = _hyper(output_padding, "output_padding", 0)
+    if not (oph < max(stride[0], dilation[0]) and opw < max(stride[1], dilation[1])):
+        raise ValueError(f"output_padding {(oph, opw)} must be smaller than either stride "
+                         f"{stride} or dilation {dilation}")
+    N, Cin, H, W = x_shape
+    if w_shape[0] != Cin:
+        raise ValueError(f"weight {tuple(w_shape)} expects {w_shape[0]} input channels "
+                         f"(weight.shape[0]) but x has {Cin} (shape {tuple(x_shape)})")
+    G = _int(groups, "groups")
+    if G < 1:
+        raise ValueError(f"groups must be >= 1, got {G}")
+    G = _groups(G, Cin, w_shape[1] * G)
+    KH, KW = w_shape[2], w_shape[3]
+    Hout = (H - 1) * stride[0] - 2 * ph + dilation[0] * (KH - 1) + oph + 1
+    Wout = (W - 1) * stride[1] - 2 * pw + dilation[1] * (KW - 1) + opw + 1
+    if Hout < 1 or Wout < 1:
+        raise ValueError(f"conv_transpose2d output size {(Hout, Wout)} is not positive "
+                         f"(input {(H, W)}, padding {(ph, pw)})")
+    Cout = w_shape[1] * G
+    g = _Conv(N, Cout, Hout, Wout, Cin, KH, KW, stride, (ph, ph, pw, pw), dilation, G)
+    return g, (Hout, Wout)
+
+
+def _fit(a, OH, OW):
+    """a (N, F, H, W) zero-extended or cropped to (OH, OW) (output_padding >= stride only)."""
+    if a.shape[2:] == (OH, OW):
+        return a
+    out = np.zeros(a.shape[:2] + (OH, OW), dtype=a.dtype)
+    h, w = min(OH, a.shape[2]), min(OW, a.shape[3])
+    out[:, :, :h, :w] = a[:, :, :h, :w]
+    return out
+
+
+def conv_transpose2d_output_size(input_size, kernel_size, stride=1, padding=0,
+                                 output_padding=0, dilation=1):
+    """``(Hout, Wout)`` of a transposed convolution:
+    ``Hout = (H-1)*stride - 2*padding + dilation*(KH-1) + output_padding + 1``."""
+    H, W = _hyper(input_size, "input_size", 1)
+    KH, KW = _hyper(kernel_size, "kernel_size", 1)
+    g, size = _transpose_geometry((1, 1, H, W), (1, 1, KH, KW), stride, padding,
+                                  output_padding, 1, dilation)
+    return size
+
+
+def conv_transpose2d(x, weight, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1):
+    """2-D transposed convolution (PyTorch's ``conv_transpose2d``): the input gradient of
+    :func:`conv2d` used as a forward pass, plus a bias.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    weight : ndarray, shape (C_in, C_out/groups, KH, KW), same dtype
+    bias : ndarray, shape (C_out,), optional
+    stride, padding, output_padding, dilation : int or (int, int)
+        ``output_padding`` must be smaller than stride or dilation.
+    groups : int, dividing C_in and C_out
+
+    Returns
+    -------
+    y : ndarray, shape (N, C_out, Hout, Wout)
+
+    Shape
+    -----
+    ``Hout = (H-1)*stride - 2*padding + dilation*(KH-1) + output_padding + 1``, the same for Wout.
+    """
+    x = _array(x, "x", 4)
+    weight = _array(weight, "weight", 4, x.dtype)
+    _nonempty(x.shape, "x")
+    _nonempty(weight.shape, "weight", 0)
+    g, (Hout, Wout) = _transpose_geometry(x.shape, weight.shape, stride, padding,
+                                          output_padding, groups, dilation)
+    bias = _check_bias(bias, g.C, x.dtype)
+    y = np.empty((g.N, g.C, Hout, Wout), dtype=x.dtype)
+    _conv2d_backward_input_into(_fit(x, g.OH, g.OW), weight, y, g)
+    if bias is not None:
+        y += bias.reshape(1, -1, 1, 1)
+    return y
+
+
+def conv_transpose2d_backward_input(grad_y, weight, stride=1, padding=0, output_padding=0,
+                                    groups=1, dilation=1, input_size=None):
+    """Gradient of :func:`conv_transpose2d` with respect to its input: ``conv2d(grad_y, weight)``.
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape (N, C_out, Hout, Wout)
+    weight : ndarray, shape (C_in, C_out/groups, KH, KW)
+    stride, padding, output_padding, groups, dilation : as :func:`conv_transpose2d`
+    input_size : (int, int), optional
+        ``(H, W)`` of the forward input; by default the size conv2d gives back.
+
+    Returns
+    -------
+    grad_x : ndarray, shape (N, C_in, H, W)
+    """
+    grad_y = _array(grad_y, "grad_y", 4)
+    weight = _array(weight, "weight", 4, grad_y.dtype)
+    _nonempty(weight.shape, "weight", 0)
+    G = _int(groups, "groups")
+    stride_, dil_ = _hyper(stride, "stride", 1), _hyper(dilation, "dilation", 1)
+    if input_size is None:
+        ph, pw = _hyper(padding, "padding", 0)
+        Hout, Wout = grad_y.shape[2:]
+        input_size = ((Hout + 2 * ph - dil_[0] * (weight.shape[2] - 1) - 1) // stride_[0] + 1,
+                      (Wout + 2 * pw - dil_[1] * (weight.shape[3] - 1) - 1) // stride_[1] + 1)
+    H, W = _hyper(input_size, "input_size", 1)
+    g, size = _transpose_geometry((grad_y.shape[0], weight.shape[0], H, W), weight.shape,
+                                  stride, padding, output_padding, G, dilation)
+    _check_grad(grad_y, (grad_y.shape[0], g.C) + size)
+    y = np.empty((g.N, g.F, g.OH, g.OW), dtype=grad_y.dtype)
+    _conv2d_into(grad_y, weight, None, y, g)
+    return _fit(y, H, W) if (g.OH, g.OW) != (H, W) else y
+
+
+def conv_transpose2d_backward_weight(x, grad_y, kernel_size, stride=1, padding=0,
+                                     output_padding=0, groups=1, dilation=1):
+    """Gradients of :func:`conv_transpose2d` with respect to its weight and bias: conv2d's
+    weight gradient with the roles of input and output gradient exchanged.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, C_in, H, W)
+    grad_y : ndarray, shape (N, C_out, Hout, Wout)
+    kernel_size : int or (int, int)
+
+    Returns
+    -------
+    grad_weight : ndarray, shape (C_in, C_out/groups, KH, KW)
+    grad_bias : ndarray, shape (C_out,)
+    """
+    x = _array(x, "x", 4)
+    grad_y = _array(grad_y, "grad_y", 4, x.dtype)
+    _nonempty(x.shape, "x")
+    KH, KW = _hyper(kernel_size, "kernel_size", 1)
+    G = _int(groups, "groups")
+    if G < 1:
+        raise ValueError(f"groups must be >= 1, got {G}")
+    if grad_y.shape[1] % G:
+        raise ValueError(f"groups={G} does not divide the {grad_y.shape[1]} output channels")
+    g, size = _transpose_geometry(x.shape, (x.shape[1], grad_y.shape[1] // G, KH, KW), stride,
+                                  padding, output_padding, G, dilation)
+    _check_grad(grad_y, (g.N, g.C) + size)
+    grad_w = np.empty((g.F, g.C // G, KH, KW), dtype=x.dtype)
+    grad_b = np.empty(g.C, dtype=x.dtype)
+    # conv2d's weight gradient with input grad_y and output gradient x: (F=C_in, C_out/G, ...)
+    _conv2d_backward_weight_into(grad_y, _fit(x, g.OH, g.OW), grad_w, None, g)
+    if g.N == 0:
+        grad_b[...] = 0
+    else:
+        _kernels.conv.bias_grad(grad_y, grad_b, get_num_threads())
+    return grad_w, grad_b

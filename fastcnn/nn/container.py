@@ -2,10 +2,9 @@
 
 The layers stay plain: a ``Conv2d`` used alone computes a convolution and nothing else. A
 ``Sequential`` sees the whole chain, so it alone decides which runs of layers execute together
-(see ``_plan``): a ``Conv2d - ReLU`` pair applies the ReLU in the convolution's output loop, and a
-``Conv2d - ReLU - MaxPool2d`` triple runs as one kernel that pools each output plane as soon as it
-is computed (the convolution's output is never stored, and the backward pass needs no ReLU mask
-of its own). Fused steps are bitwise equal to the separate layers (tested). New fusions are new
+(see ``_plan``): a ``Conv2d - ReLU`` pair applies the ReLU in the convolution's output loop (also
+inside a ``Conv2d - ReLU - MaxPool2d`` triple, whose pool then reads the convolution's reused
+buffer). Fused steps are bitwise equal to the separate layers (tested). New fusions are new
 step classes here and one more rule in ``_plan``.
 
 Work arrays are reused across steps; the output returned by ``forward`` and the gradient returned
@@ -14,9 +13,6 @@ by ``backward`` are fresh arrays unless ``copy=False``.
 
 import numpy as np
 
-from ..functional._validate import _covers_input
-from ..functional.conv import _conv2d_relu_max_pool2d_into
-from ..functional.pooling import _max_pool2d_relu_backward_into
 from .activation import ReLU
 from .conv import Conv2d
 from .module import Module
@@ -51,7 +47,6 @@ class _ConvReLU(_Step):
         x = conv._input(x, conv.in_channels)
         y = conv._buffer("y", conv.output_shape(x.shape), True)
         conv._conv_into(x, y, True, relu=True)
-        conv._cache = x
         relu._cache = y  # ReLU's backward needs only its output
         return y
 
@@ -61,46 +56,20 @@ class _ConvReLU(_Step):
 
 
 class _ConvReLUMaxPool(_Step):
-    """Conv2d, ReLU and MaxPool2d as one kernel; the pool's backward applies the ReLU mask from
-    the pooled output (``y > 0`` exactly where the ReLU let the gradient through)."""
+    """Conv2d, ReLU and MaxPool2d: the ReLU applied in the convolution's output loop, the pool
+    run on the convolution's own (reused) output buffer, then the pool's and the ReLU's
+    backward into the convolution's. Bitwise equal to the three layers (the same kernels)."""
 
     def __init__(self, conv, relu, pool):
         self.layers = (conv, relu, pool)
 
-    @staticmethod
-    def applies(conv, x_shape):
-        """The fused kernel covers convolutions that are not a plain matrix product."""
-        return not _covers_input(x_shape[2], x_shape[3], *conv.kernel_size, conv.padding)
-
     def forward(self, x):
         conv, relu, pool = self.layers
-        x = conv._input(x, conv.in_channels)
-        if not self.applies(conv, x.shape):
-            y = _ConvReLU(conv, relu).forward(x)
-            return pool._forward(y, reuse=True)
-        conv_shape = conv.output_shape(x.shape)
-        y_shape = pool.output_shape(conv_shape)
-        y = pool._buffer("y", y_shape, True)
-        argmax = pool._buffer("argmax", y_shape, True, np.int64)
-        _conv2d_relu_max_pool2d_into(
-            x, conv.params["weight"], conv.params.get("bias", conv._zero_bias), y, argmax,
-            conv.stride, conv.padding, conv_shape[2:], pool.kernel_size, pool.stride,
-            pool.padding)
-        conv._cache = x
-        pool._cache = (conv_shape, argmax)
-        relu._cache = None
-        self._pooled = y
-        return y
+        return pool._forward(_ConvReLU(conv, relu).forward(x), reuse=True)
 
     def backward(self, grad):
         conv, relu, pool = self.layers
-        if relu._cache is not None:  # the unfused fallback ran
-            return _ConvReLU(conv, relu).backward(pool._backward(grad, reuse=True))
-        conv_shape, argmax = pool._cache
-        grad = pool._grad_input(grad, argmax.shape)
-        grad_conv = pool._buffer("dx", conv_shape, True)
-        _max_pool2d_relu_backward_into(grad, argmax, self._pooled, grad_conv)
-        return conv._backward(grad_conv, reuse=True)
+        return _ConvReLU(conv, relu).backward(pool._backward(grad, reuse=True))
 
 
 class _ConvBN(_Step):

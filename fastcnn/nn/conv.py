@@ -1,38 +1,71 @@
 """Convolution layers (functional: ``fastcnn.functional.conv``; kernels: ``_kernels/conv.pyx``;
-formulas: DESIGN.md section 3; tests: ``tests/test_conv.py``)."""
+formulas: DESIGN.md section 3; tests: ``tests/test_conv.py``).
+
+Each layer owns a workspace for its kernels' scratch, reused from one call to the next: a layer
+(so a model) must not run forward/backward from two Python threads at once.
+"""
 
 import numpy as np
 
-from ..functional._validate import _covers_input, _pair, conv2d_output_size
+from .. import _kernels
+from .._threads import get_num_threads
+from ..functional._validate import _int
 from ..functional.conv import (
     _conv2d_backward_input_into,
     _conv2d_backward_weight_into,
     _conv2d_into,
+    _fit,
+    _geometry,
+    _hyper,
+    _padding4,
+    _transpose_geometry,
+    _Workspace,
 )
 from .module import Module, _positive
 
-__all__ = ["Conv2d"]
+__all__ = ["Conv2d", "ConvTranspose2d"]
+
+_PAD_MODES = {"zeros": None, "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+def _fold(grad_p, pad4, H, W, mode):
+    """Adjoint of ``np.pad(x, pad4, mode)`` on the last two axes: each padded position's
+    gradient is added to the input position it copies (in a fixed order)."""
+    pt, pb, pl, pr = pad4
+    rows = np.pad(np.arange(H), (pt, pb), mode=mode)
+    cols = np.pad(np.arange(W), (pl, pr), mode=mode)
+    g_cols = np.zeros(grad_p.shape[:3] + (W,), dtype=grad_p.dtype)
+    np.add.at(g_cols, (slice(None), slice(None), slice(None), cols), grad_p)
+    out = np.zeros(grad_p.shape[:2] + (H, W), dtype=grad_p.dtype)
+    np.add.at(out, (slice(None), slice(None), rows), g_cols)
+    return out
 
 
 class Conv2d(Module):
-    """2-D convolution layer, ``y = conv2d(x, weight, bias, stride, padding)``.
+    """2-D convolution layer, ``y = conv2d(x, weight, bias, stride, padding, dilation, groups)``
+    (PyTorch's ``torch.nn.Conv2d``).
 
     Parameters
     ----------
     in_channels, out_channels : int
     kernel_size : int or (int, int)
     stride : int or (int, int), default 1
-    padding : int or (int, int), default 0
+    padding : int, (int, int), 'valid' or 'same', default 0
+    dilation : int or (int, int), default 1
+    groups : int, default 1, dividing in_channels and out_channels
     bias : bool, default True
-    dtype : float32 (default) or float64
-    seed : int or None
-        Seed of the Kaiming (He) uniform fan-in initialisation of the weight (biases start at 0).
+    padding_mode : 'zeros' (default), 'reflect', 'replicate' or 'circular'
+    dtype : float32 (default) or float64, keyword-only
+    seed : int or None, keyword-only
+        Seed of the initialisation: Kaiming (He) uniform fan-in for the weight,
+        ``U(-sqrt(6/fan_in), sqrt(6/fan_in))`` with ``fan_in = in_channels/groups * KH * KW``;
+        biases start at 0.
 
     Shape
     -----
     Input ``(N, in_channels, H, W)``, output ``(N, out_channels, OH, OW)`` with
-    ``OH = (H + 2*padding - KH) // stride + 1``.
-    ``weight`` is ``(out_channels, in_channels, KH, KW)``.
+    ``OH = (H + pad_top + pad_bottom - dilation*(KH-1) - 1) // stride + 1``.
+    ``weight`` is ``(out_channels, in_channels/groups, KH, KW)``.
 
     Attributes
     ----------
@@ -40,17 +73,27 @@ class Conv2d(Module):
         False makes ``backward`` skip the input gradient and return None (for a first layer).
     """
 
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
-                 *, dtype=np.float32, seed=None):
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, padding_mode="zeros", *, dtype=np.float32, seed=None):
         super().__init__(dtype=dtype)
         self.in_channels = _positive(in_channels, "in_channels")
         self.out_channels = _positive(out_channels, "out_channels")
-        self.kernel_size = _pair(kernel_size, "kernel_size", 1)
-        self.stride = _pair(stride, "stride", 1)
-        self.padding = _pair(padding, "padding", 0)
+        self.kernel_size = _hyper(kernel_size, "kernel_size", 1)
+        self.stride = _hyper(stride, "stride", 1)
+        self.dilation = _hyper(dilation, "dilation", 1)
+        self.groups = _positive(groups, "groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"groups={self.groups} must divide in_channels="
+                             f"{self.in_channels} and out_channels={self.out_channels}")
+        if padding_mode not in _PAD_MODES:
+            raise ValueError(f"padding_mode must be one of {tuple(_PAD_MODES)}, got "
+                             f"{padding_mode!r}")
+        self.padding_mode = padding_mode
+        self._pad4 = _padding4(padding, self.kernel_size, self.dilation, self.stride)
+        self.padding = padding if isinstance(padding, str) else _hyper(padding, "padding", 0)
         self.compute_input_grad = True
-        shape = (self.out_channels, self.in_channels) + self.kernel_size
-        fan_in = self.in_channels * self.kernel_size[0] * self.kernel_size[1]
+        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+        fan_in = shape[1] * self.kernel_size[0] * self.kernel_size[1]
         rng = np.random.default_rng(seed)
         self.params["weight"] = self._init_uniform(shape, fan_in, np.sqrt(2.0), rng)
         self.grads["weight"] = np.zeros(shape, dtype=self.dtype)
@@ -58,51 +101,222 @@ class Conv2d(Module):
             self.params["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
             self.grads["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
         self._zero_bias = np.zeros(self.out_channels, dtype=self.dtype)
+        self._ws = _Workspace()
+        self._geom = None  # (input shape, geometry): validated once per shape
+
+    def _geometry(self, shape):
+        """The convolution's geometry for an input shape (validated once per shape); with a
+        padding_mode other than 'zeros' the padding is applied first (np.pad), then none."""
+        if self._geom is None or self._geom[0] != shape:
+            pad4, inner = self._pad4, shape
+            if self.padding_mode != "zeros":
+                pt, pb, pl, pr = pad4
+                if self.padding_mode == "reflect" and (max(pt, pb) >= shape[2]
+                                                       or max(pl, pr) >= shape[3]):
+                    raise ValueError(f"padding {pad4} must be smaller than the input "
+                                     f"{shape[2:]} for padding_mode='reflect'")
+                inner = shape[:2] + (shape[2] + pt + pb, shape[3] + pl + pr)
+                pad4 = (0, 0, 0, 0)
+            wshape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
+            g = _geometry(inner, wshape, self.stride, 0, self.dilation, self.groups, pad4)
+            self._geom = (shape, g)
+        return self._geom[1]
 
     def output_shape(self, input_shape):
         """``(N, out_channels, OH, OW)`` for an input of shape ``(N, C, H, W)``."""
-        OH, OW = conv2d_output_size(input_shape[2:], self.kernel_size, self.stride,
-                                      self.padding)
-        return (input_shape[0], self.out_channels, OH, OW)
+        g = self._geometry(tuple(input_shape))
+        return (input_shape[0], self.out_channels, g.OH, g.OW)
 
     def macs(self, input_shape):
-        """Multiply-adds per image: ``OH*OW*KH*KW*C*F``."""
+        """Multiply-adds per image: ``OH*OW*KH*KW*C/groups*F``."""
         _, Fo, OH, OW = self.output_shape(input_shape)
-        return OH * OW * self.kernel_size[0] * self.kernel_size[1] * self.in_channels * Fo
+        return (OH * OW * self.kernel_size[0] * self.kernel_size[1]
+                * (self.in_channels // self.groups) * Fo)
+
+    def _padded(self, x):
+        if self.padding_mode == "zeros":
+            return x
+        pt, pb, pl, pr = self._pad4
+        return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=_PAD_MODES[self.padding_mode])
 
     def _forward(self, x, reuse):
         x = self._input(x, self.in_channels)
         y = self._buffer("y", self.output_shape(x.shape), reuse)
         self._conv_into(x, y, reuse, relu=False)
-        self._cache = x
         return y
 
     def _conv_into(self, x, y, reuse, relu):
-        """y = conv(x) (then ReLU when ``relu``, for Sequential's fused steps); x validated."""
+        """y = conv(x) (then ReLU when ``relu``, for Sequential's fused steps); x validated.
+        Keeps what backward needs."""
+        g = self._geometry(x.shape)
+        xin = self._padded(x)
         bias = self.params.get("bias", self._zero_bias)
         weight = self.params["weight"]
         weight_t = None
-        if _covers_input(x.shape[2], x.shape[3], *self.kernel_size, self.padding):
+        if g.covers_input():
             # A matrix product: the transposed weight goes in a work array of its own.
             weight_t = self._buffer("weight_t", (weight[0].size, self.out_channels), reuse)
             np.copyto(weight_t, weight.reshape(self.out_channels, -1).T)
-        _conv2d_into(x, weight, bias, y, self.stride, self.padding, relu, weight_t)
+        _conv2d_into(xin, weight, bias, y, g, relu, self._ws, weight_t)
+        self._cache = (x, xin)
         return y
 
     def _backward(self, grad_y, reuse):
         """Fill ``grads`` and return the input gradient (None if ``compute_input_grad`` is off)."""
-        x = self._cache
-        grad_y = self._grad_input(grad_y, None if x is None else self.output_shape(x.shape))
-        grad_b = self.grads.get("bias", self._buffer("db", (self.out_channels,), reuse))
-        _conv2d_backward_weight_into(x, grad_y, self.grads["weight"], grad_b, self.stride,
-                                       self.padding)
+        cache = self._cache
+        grad_y = self._grad_input(grad_y, None if cache is None else
+                                  self.output_shape(cache[0].shape))
+        x, xin = cache
+        g = self._geometry(x.shape)
+        grad_b = self.grads.get("bias")
+        _conv2d_backward_weight_into(xin, grad_y, self.grads["weight"], grad_b, g, self._ws)
         if not self.compute_input_grad:
             return None
-        grad_x = self._buffer("dx", x.shape, reuse)
-        return _conv2d_backward_input_into(grad_y, self.params["weight"], grad_x, self.stride,
-                                             self.padding)
+        if self.padding_mode == "zeros":
+            grad_x = self._buffer("dx", x.shape, reuse)
+            return _conv2d_backward_input_into(grad_y, self.params["weight"], grad_x, g,
+                                               self._ws)
+        grad_p = np.empty(xin.shape, dtype=self.dtype)
+        _conv2d_backward_input_into(grad_y, self.params["weight"], grad_p, g, self._ws)
+        return _fold(grad_p, self._pad4, x.shape[2], x.shape[3], _PAD_MODES[self.padding_mode])
 
     def extra_repr(self):
-        extra = "" if "bias" in self.params else ", bias=False"
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}{extra}")
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding!r}" if isinstance(self.padding, str) else \
+                f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if "bias" not in self.params:
+            s += ", bias=False"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
+        return s
+
+
+class ConvTranspose2d(Module):
+    """2-D transposed convolution layer (PyTorch's ``torch.nn.ConvTranspose2d``): the input
+    gradient of a convolution used as a forward pass.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+    output_padding : int or (int, int), default 0 (smaller than stride or dilation)
+    groups : int, default 1
+    bias : bool, default True
+    dilation : int or (int, int), default 1
+    padding_mode : 'zeros' only (as PyTorch)
+    dtype, seed : keyword-only; Kaiming (He) uniform weight with
+        ``fan_in = out_channels/groups * KH * KW`` (PyTorch's fan-in of this weight), zero bias.
+
+    Shape
+    -----
+    Input ``(N, in_channels, H, W)``, output ``(N, out_channels, Hout, Wout)`` with
+    ``Hout = (H-1)*stride - 2*padding + dilation*(KH-1) + output_padding + 1``.
+    ``weight`` is ``(in_channels, out_channels/groups, KH, KW)``.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
+                 output_padding=0, groups=1, bias=True, dilation=1, padding_mode="zeros", *,
+                 dtype=np.float32, seed=None):
+        super().__init__(dtype=dtype)
+        self.in_channels = _positive(in_channels, "in_channels")
+        self.out_channels = _positive(out_channels, "out_channels")
+        self.kernel_size = _hyper(kernel_size, "kernel_size", 1)
+        self.stride = _hyper(stride, "stride", 1)
+        if isinstance(padding, str):
+            raise ValueError(f"ConvTranspose2d takes an int or a pair as padding, got "
+                             f"{padding!r}")
+        self.padding = _hyper(padding, "padding", 0)
+        self.output_padding = _hyper(output_padding, "output_padding", 0)
+        self.dilation = _hyper(dilation, "dilation", 1)
+        self.groups = _positive(_int(groups, "groups"), "groups")
+        if self.in_channels % self.groups or self.out_channels % self.groups:
+            raise ValueError(f"groups={self.groups} must divide in_channels="
+                             f"{self.in_channels} and out_channels={self.out_channels}")
+        if any(op >= max(s, d) for op, s, d in zip(self.output_padding, self.stride,
+                                                  self.dilation)):
+            raise ValueError(f"output_padding {self.output_padding} must be smaller than "
+                             f"either stride {self.stride} or dilation {self.dilation}")
+        if padding_mode != "zeros":
+            raise ValueError(f"Only 'zeros' padding mode is supported for ConvTranspose2d, got "
+                             f"{padding_mode!r}")
+        self.padding_mode = padding_mode
+        self.compute_input_grad = True
+        shape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
+        fan_in = shape[1] * self.kernel_size[0] * self.kernel_size[1]
+        rng = np.random.default_rng(seed)
+        self.params["weight"] = self._init_uniform(shape, fan_in, np.sqrt(2.0), rng)
+        self.grads["weight"] = np.zeros(shape, dtype=self.dtype)
+        if bias:
+            self.params["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
+            self.grads["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
+        self._ws = _Workspace()
+        self._geom = None
+
+    def _geometry(self, shape):
+        if self._geom is None or self._geom[0] != shape:
+            g, size = _transpose_geometry(shape, self.params["weight"].shape, self.stride,
+                                          self.padding, self.output_padding, self.groups,
+                                          self.dilation)
+            self._geom = (shape, g, size)
+        return self._geom[1], self._geom[2]
+
+    def output_shape(self, input_shape):
+        _, size = self._geometry(tuple(input_shape))
+        return (input_shape[0], self.out_channels) + size
+
+    def macs(self, input_shape):
+        """Multiply-adds per image: ``H*W*KH*KW*in_channels*out_channels/groups``."""
+        return (input_shape[2] * input_shape[3] * self.kernel_size[0] * self.kernel_size[1]
+                * self.in_channels * (self.out_channels // self.groups))
+
+    def _forward(self, x, reuse):
+        x = self._input(x, self.in_channels)
+        g, size = self._geometry(x.shape)
+        y = self._buffer("y", (x.shape[0], self.out_channels) + size, reuse)
+        xin = _fit(x, g.OH, g.OW)
+        _conv2d_backward_input_into(xin, self.params["weight"], y, g, self._ws)
+        if "bias" in self.params:
+            y += self.params["bias"].reshape(1, -1, 1, 1)
+        self._cache = (x, xin)
+        return y
+
+    def _backward(self, grad_y, reuse):
+        cache = self._cache
+        grad_y = self._grad_input(grad_y, None if cache is None else
+                                  self.output_shape(cache[0].shape))
+        x, xin = cache
+        g, _ = self._geometry(x.shape)
+        _conv2d_backward_weight_into(grad_y, xin, self.grads["weight"], None, g, self._ws)
+        if "bias" in self.grads:
+            if x.shape[0] == 0:
+                self.grads["bias"][...] = 0
+            else:
+                _kernels.conv.bias_grad(grad_y, self.grads["bias"], get_num_threads())
+        if not self.compute_input_grad:
+            return None
+        dx = self._buffer("dx", (x.shape[0], self.in_channels, g.OH, g.OW), reuse)
+        _conv2d_into(grad_y, self.params["weight"], None, dx, g, False, self._ws)
+        return _fit(dx, x.shape[2], x.shape[3]) if (g.OH, g.OW) != x.shape[2:] else dx
+
+    def extra_repr(self):
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if self.output_padding != (0, 0):
+            s += f", output_padding={self.output_padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if "bias" not in self.params:
+            s += ", bias=False"
+        return s

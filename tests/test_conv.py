@@ -1,0 +1,425 @@
+"""Convolutions and transposed convolutions: functional API, every algorithm, layers.
+
+Oracles: the NumPy twins (loops and im2col, fastcnn._reference.conv), PyTorch, float64 central
+finite differences, and the transpose identity."""
+
+import contextlib
+
+import numpy as np
+import pytest
+
+import fastcnn
+from fastcnn import nn
+from fastcnn._reference import conv as ref
+from fastcnn.functional import conv as F
+
+ALGOS = ["auto", "tiles", "lanes", "direct"]
+
+
+def _algo(name):
+    return contextlib.nullcontext() if name == "auto" else F._force_algo(name)
+
+
+def _random_case(seed):
+    """A random convolution: odd sizes, stride/padding/dilation/groups, non-square kernels."""
+    rng = np.random.default_rng(seed)
+    G = int(rng.choice([1, 1, 2, 3]))
+    C = G * int(rng.integers(1, 4))
+    Fo = G * int(rng.integers(1, 5))
+    KH, KW = int(rng.integers(1, 5)), int(rng.integers(1, 5))
+    dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    if rng.random() < 0.25:
+        stride, padding = (1, 1), str(rng.choice(["same", "valid"]))
+    else:
+        stride = (int(rng.integers(1, 4)), int(rng.integers(1, 3)))
+        padding = (int(rng.integers(0, 3)), int(rng.integers(0, 3)))
+    if isinstance(padding, tuple):
+        ph, pw = padding
+    else:  # 'valid' pads nothing; 'same' keeps the size, so any input fits
+        ph, pw = (0, 0) if padding == "valid" else (dh * KH, dw * KW)
+    H = max(dh * (KH - 1) + 1 - 2 * ph, 1) + int(rng.integers(0, 9))
+    W = max(dw * (KW - 1) + 1 - 2 * pw, 1) + int(rng.integers(0, 9))
+    N = int(rng.choice([0, 1, 2, 3]))
+    return dict(N=N, C=C, H=H, W=W, F=Fo, KH=KH, KW=KW, stride=stride, padding=padding,
+                dilation=(dh, dw), groups=G)
+
+
+CASES = [_random_case(s) for s in range(30)]
+FIXED = [  # shapes that stress the tiles' edges: tails, depthwise, 1x1, asymmetric 'same'
+    dict(N=2, C=4, H=4, W=4, F=8, KH=2, KW=2, stride=(1, 1), padding="same", dilation=(1, 1),
+         groups=1),
+    dict(N=3, C=6, H=7, W=7, F=6, KH=3, KW=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+         groups=6),
+    dict(N=2, C=5, H=9, W=9, F=7, KH=1, KW=1, stride=(2, 2), padding=(0, 0), dilation=(1, 1),
+         groups=1),
+    dict(N=9, C=3, H=11, W=10, F=17, KH=3, KW=2, stride=(2, 3), padding=(2, 1), dilation=(2, 1),
+         groups=1),
+    dict(N=1, C=16, H=5, W=5, F=12, KH=5, KW=5, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+         groups=1),
+    dict(N=2, C=8, H=3, W=3, F=13, KH=3, KW=3, stride=(1, 1), padding=(4, 4), dilation=(1, 1),
+         groups=1),
+]
+
+
+def _ids(cases):
+    return [f"N{c['N']}C{c['C']}F{c['F']}_{c['H']}x{c['W']}_k{c['KH']}{c['KW']}_s{c['stride']}"
+            f"_p{c['padding']}_d{c['dilation']}_g{c['groups']}" for c in cases]
+
+
+def _arrays(case, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case["N"], case["C"], case["H"], case["W"])).astype(dtype)
+    w = rng.standard_normal((case["F"], case["C"] // case["groups"], case["KH"],
+                             case["KW"])).astype(dtype)
+    b = rng.standard_normal(case["F"]).astype(dtype)
+    OH, OW = F.conv2d_output_size((case["H"], case["W"]), (case["KH"], case["KW"]),
+                                  case["stride"], case["padding"], case["dilation"])
+    g = rng.standard_normal((case["N"], case["F"], OH, OW)).astype(dtype)
+    return x, w, b, g
+
+
+def _args(case):
+    return case["stride"], case["padding"], case["dilation"], case["groups"]
+
+
+def _pad4(case):
+    return F._padding4(case["padding"], (case["KH"], case["KW"]), case["dilation"],
+                       case["stride"])
+
+
+def _close(a, b, rtol):
+    scale = max(np.abs(b).max(initial=0.0), 1e-30)
+    assert a.shape == b.shape
+    assert np.abs(a - b).max(initial=0.0) <= rtol * scale
+
+
+# ---------------------------------------------------------------------------------------------
+# Against PyTorch and the twins
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CASES + FIXED, ids=_ids(CASES + FIXED))
+def test_conv2d_matches_torch_float64(case, algo):
+    torch = pytest.importorskip("torch")
+    x, w, b, g = _arrays(case, np.float64)
+    s, p, d, G = _args(case)
+    tx = torch.tensor(x, requires_grad=True)
+    tw = torch.tensor(w, requires_grad=True)
+    tb = torch.tensor(b, requires_grad=True)
+    ty = torch.nn.functional.conv2d(tx, tw, tb, s, p, d, G)
+    ty.backward(torch.tensor(g))
+    with _algo(algo):
+        y = F.conv2d(x, w, b, s, p, d, G)
+        dx = F.conv2d_backward_input(g, w, x.shape[2:], s, p, d, G)
+        dw, db = F.conv2d_backward_weight(x, g, w.shape[2:], s, p, d, G)
+    _close(y, ty.detach().numpy(), 1e-10)
+    _close(dx, tx.grad.numpy(), 1e-10)
+    _close(dw, tw.grad.numpy(), 1e-10)
+    _close(db, tb.grad.numpy(), 1e-10)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CASES[:12] + FIXED, ids=_ids(CASES[:12] + FIXED))
+def test_conv2d_matches_twins_float32(case, algo):
+    x, w, b, g = _arrays(case, np.float32, seed=1)
+    s, p, d, G = _args(case)
+    pad4 = _pad4(case)
+    x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, w, b, g))
+    with _algo(algo):
+        y = F.conv2d(x, w, b, s, p, d, G)
+        dx = F.conv2d_backward_input(g, w, x.shape[2:], s, p, d, G)
+        dw, db = F.conv2d_backward_weight(x, g, w.shape[2:], s, p, d, G)
+    for twin in ("loops", "im2col"):
+        fwd = getattr(ref, f"conv2d_general_{twin}")
+        bwi = getattr(ref, f"conv2d_backward_input_general_{twin}")
+        bww = getattr(ref, f"conv2d_backward_weight_general_{twin}")
+        _close(y, fwd(x64, w64, b64, s, pad4, d, G), 1e-5)
+        _close(dx, bwi(g64, w64, x.shape[2:], s, pad4, d, G), 1e-5)
+        rdw, rdb = bww(x64, g64, w.shape[2:], s, pad4, d, G)
+        _close(dw, rdw, 1e-5)
+        _close(db, rdb, 1e-5)
+
+
+def test_twins_agree_with_each_other():
+    for case in CASES[:8]:
+        x, w, b, g = _arrays(case, np.float64, seed=2)
+        s, _, d, G = _args(case)
+        pad4 = _pad4(case)
+        _close(ref.conv2d_general_loops(x, w, b, s, pad4, d, G),
+               ref.conv2d_general_im2col(x, w, b, s, pad4, d, G), 1e-12)
+
+
+@pytest.mark.parametrize("shape", [(5, 16, 5, 5, 120, 5, 5), (3, 3, 4, 6, 7, 4, 6)],
+                         ids=["lenet_c5", "odd"])
+@pytest.mark.parametrize("algo", ["matmul", "tiles", "direct"])
+def test_kernel_covering_the_input(shape, algo):
+    N, C, H, W, Fo, KH, KW = shape
+    case = dict(N=N, C=C, H=H, W=W, F=Fo, KH=KH, KW=KW, stride=(1, 1), padding=(0, 0),
+                dilation=(1, 1), groups=1)
+    x, w, b, g = _arrays(case, np.float64, seed=3)
+    with F._force_algo(algo):
+        y = F.conv2d(x, w, b)
+        dx = F.conv2d_backward_input(g, w, (H, W))
+        dw, db = F.conv2d_backward_weight(x, g, (KH, KW))
+    _close(y, ref.conv2d_general_loops(x, w, b), 1e-12)
+    _close(dx, ref.conv2d_backward_input_general_loops(g, w, (H, W)), 1e-12)
+    _close(dw, ref.conv2d_backward_weight_general_loops(x, g, (KH, KW))[0], 1e-12)
+
+
+def test_finite_differences_float64():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 4, 6, 5))
+    w = rng.standard_normal((6, 2, 3, 2))
+    args = ((2, 1), (1, 2), (2, 1), 2)
+    g = rng.standard_normal(F.conv2d(x, w, None, *args).shape)
+    dx = F.conv2d_backward_input(g, w, x.shape[2:], *args)
+    dw, _ = F.conv2d_backward_weight(x, g, w.shape[2:], *args)
+    h = 1e-5
+    for arr, grad in ((x, dx), (w, dw)):
+        for idx in [tuple(rng.integers(0, n) for n in arr.shape) for _ in range(12)]:
+            old = arr[idx]
+            arr[idx] = old + h
+            up = np.sum(F.conv2d(x, w, None, *args) * g)
+            arr[idx] = old - h
+            down = np.sum(F.conv2d(x, w, None, *args) * g)
+            arr[idx] = old
+            num = (up - down) / (2 * h)
+            assert abs(num - grad[idx]) <= 1e-6 * max(1.0, abs(num))
+
+
+def test_transpose_identity():
+    """<conv(x), g> == <x, conv_transpose(g)> (the input gradient is the adjoint)."""
+    for case in CASES[:10]:
+        x, w, _, g = _arrays(case, np.float64, seed=5)
+        if case["N"] == 0:
+            continue
+        s, p, d, G = _args(case)
+        lhs = np.sum(F.conv2d(x, w, None, s, p, d, G) * g)
+        rhs = np.sum(x * F.conv2d_backward_input(g, w, x.shape[2:], s, p, d, G))
+        assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+# ---------------------------------------------------------------------------------------------
+# Threads, NaN, layouts
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", FIXED[:4] + CASES[:3], ids=_ids(FIXED[:4] + CASES[:3]))
+def test_bitwise_identical_for_1_2_3_threads(case, algo):
+    case = dict(case, N=max(case["N"], 11))
+    x, w, b, g = _arrays(case, np.float32, seed=6)
+    s, p, d, G = _args(case)
+    results = []
+    try:
+        for k in (1, 2, 3):
+            fastcnn.set_num_threads(k)
+            with _algo(algo):
+                results.append((F.conv2d(x, w, b, s, p, d, G),
+                                F.conv2d_backward_input(g, w, x.shape[2:], s, p, d, G),
+                                *F.conv2d_backward_weight(x, g, w.shape[2:], s, p, d, G)))
+    finally:
+        fastcnn.set_num_threads(None)
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            assert a.tobytes() == b_.tobytes()
+
+
+def test_nan_weight_reaches_only_positions_it_touches():
+    """A 1x1 NaN kernel at stride 2 reads only even positions: the others get gradient 0."""
+    w = np.full((1, 1, 1, 1), np.nan)
+    g = np.ones((1, 1, 3, 3))
+    dx = F.conv2d_backward_input(g, w, (6, 6), stride=2)
+    assert np.isnan(dx[0, 0, ::2, ::2]).all()
+    mask = np.ones((6, 6), bool)
+    mask[::2, ::2] = False
+    assert (dx[0, 0][mask] == 0).all()
+
+
+def test_inf_weight_and_zero_padding_match_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(7)
+    w = rng.standard_normal((2, 3, 3, 3))
+    w[0, 1, 0, 0] = np.inf
+    w[1, 2, 2, 1] = np.nan
+    g = rng.standard_normal((2, 2, 4, 5))
+    dx = F.conv2d_backward_input(g, w, (8, 9), stride=2, padding=1)
+    tx = torch.zeros((2, 3, 8, 9), dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(tx, torch.tensor(w), None, 2, 1).backward(torch.tensor(g))
+    t = tx.grad.numpy()
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(t))
+    np.testing.assert_allclose(np.nan_to_num(dx), np.nan_to_num(t), rtol=1e-10, atol=1e-12)
+
+
+def test_non_contiguous_and_read_only_inputs():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, 4, 9, 11))[:, :, ::2, ::2]
+    w = np.asfortranarray(rng.standard_normal((6, 2, 3, 3)))
+    w.setflags(write=False)
+    y = F.conv2d(x, w, None, 1, 1, 1, 2)
+    _close(y, ref.conv2d_general_loops(np.ascontiguousarray(x), np.ascontiguousarray(w), None,
+                                       1, (1, 1, 1, 1), 1, 2), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Transposed convolution
+# ---------------------------------------------------------------------------------------------
+
+TRANSPOSED = [  # N, Cin, H, W, Cout, KH, KW, stride, padding, output_padding, groups, dilation
+    (2, 4, 5, 6, 6, 3, 3, (2, 2), (1, 1), (1, 0), 2, (1, 1)),
+    (1, 3, 4, 4, 2, 2, 3, (1, 2), (0, 1), (0, 1), 1, (2, 1)),
+    (3, 2, 3, 5, 4, 4, 4, (3, 1), (2, 0), (2, 0), 2, (1, 1)),
+    (2, 3, 4, 3, 3, 3, 2, (1, 1), (0, 0), (1, 0), 1, (2, 1)),  # output_padding < dilation
+    (0, 2, 4, 4, 2, 3, 3, (1, 1), (1, 1), (0, 0), 1, (1, 1)),
+]
+
+
+@pytest.mark.parametrize("case", TRANSPOSED, ids=[str(i) for i in range(len(TRANSPOSED))])
+def test_conv_transpose2d_matches_torch(case):
+    torch = pytest.importorskip("torch")
+    N, Cin, H, W, Cout, KH, KW, s, p, op, G, d = case
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((N, Cin, H, W))
+    w = rng.standard_normal((Cin, Cout // G, KH, KW))
+    b = rng.standard_normal(Cout)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv_transpose2d(tx, tw, tb, s, p, op, G, d)
+    g = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(g))
+    y = F.conv_transpose2d(x, w, b, s, p, op, G, d)
+    _close(y, ty.detach().numpy(), 1e-10)
+    dx = F.conv_transpose2d_backward_input(g, w, s, p, op, G, d, input_size=(H, W))
+    _close(dx, tx.grad.numpy(), 1e-10)
+    dw, db = F.conv_transpose2d_backward_weight(x, g, (KH, KW), s, p, op, G, d)
+    _close(dw, tw.grad.numpy(), 1e-10)
+    _close(db, tb.grad.numpy(), 1e-10)
+    assert y.shape[2:] == F.conv_transpose2d_output_size((H, W), (KH, KW), s, p, op, d)
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------
+
+X = np.zeros((1, 4, 8, 8))
+W4 = np.zeros((6, 2, 3, 3))
+
+
+@pytest.mark.parametrize(("call", "exc", "match"), [
+    (lambda: F.conv2d(X, W4, groups=3), ValueError, "groups=3 does not divide"),
+    (lambda: F.conv2d(X, np.zeros((6, 3, 3, 3))), ValueError, "expects 3 input channels"),
+    (lambda: F.conv2d(X, W4, groups=2, dilation=0), ValueError, "dilation must be >= 1"),
+    (lambda: F.conv2d(X, W4, groups=2, dilation=5), ValueError, "larger than the padded input"),
+    (lambda: F.conv2d(X, W4, groups=2, stride=2 ** 63), ValueError, "stride must be < 2"),
+    (lambda: F.conv2d(np.zeros((0, 4, 8, 8)), W4, groups=2, padding=2 ** 20), ValueError,
+     "too large"),
+    (lambda: F.conv2d(X, W4, groups=2, stride=2, padding="same"), ValueError, "'same'"),
+    (lambda: F.conv2d(X, W4, groups=2, padding="full"), ValueError, "'valid' or 'same'"),
+    (lambda: F.conv2d(X, W4, groups=0), ValueError, "groups must be >= 1"),
+    (lambda: F.conv2d(X, np.zeros((6, 2, 3))), ValueError, "weight must be 4-D"),
+    (lambda: F.conv2d(X, W4, np.zeros(5), groups=2), ValueError, r"bias must have shape \(6,\)"),
+    (lambda: F.conv2d_backward_input(np.zeros((1, 6, 5, 5)), W4, (8, 8), groups=2), ValueError,
+     "grad_y has shape"),
+    (lambda: F.conv_transpose2d(X, np.zeros((4, 2, 3, 3)), output_padding=1), ValueError,
+     "output_padding"),
+    (lambda: F.conv_transpose2d(X, np.zeros((4, 2, 3, 3)), padding="same"), ValueError,
+     "int or a pair"),
+    (lambda: nn.Conv2d(4, 6, 3, groups=4), ValueError, "groups=4 must divide"),
+    (lambda: nn.Conv2d(4, 6, 3, padding_mode="mirror"), ValueError, "padding_mode"),
+    (lambda: nn.ConvTranspose2d(4, 6, 3, padding_mode="reflect"), ValueError, "'zeros'"),
+])
+def test_bad_arguments_raise(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers against torch.nn
+# ---------------------------------------------------------------------------------------------
+
+LAYERS = [  # in, out, kernel, kwargs
+    (4, 6, 3, dict(stride=2, padding=1, groups=2)),
+    (3, 5, (2, 3), dict(padding="same", dilation=(2, 1))),
+    (6, 6, 3, dict(padding=1, groups=6, bias=False)),
+    (3, 4, 3, dict(padding=(1, 2), padding_mode="reflect")),
+    (3, 4, 3, dict(padding=2, padding_mode="replicate", stride=2)),
+    (3, 4, (3, 2), dict(padding="same", padding_mode="circular")),
+]
+
+
+@pytest.mark.parametrize("case", LAYERS, ids=[str(i) for i in range(len(LAYERS))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_conv2d_layer_matches_torch(case, dtype):
+    torch = pytest.importorskip("torch")
+    cin, cout, k, kw = case
+    layer = nn.Conv2d(cin, cout, k, **kw, dtype=dtype, seed=0)
+    if "bias" in layer.params:
+        layer.params["bias"][...] = np.arange(cout) * 0.1
+    tl = torch.nn.Conv2d(cin, cout, k, **kw, dtype=torch.float64)
+    tl.load_state_dict({k_: torch.tensor(v, dtype=torch.float64)
+                        for k_, v in layer.state_dict().items()})
+    x = np.random.default_rng(10).standard_normal((3, cin, 9, 10)).astype(dtype)
+    y = layer.forward(x)
+    tx = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ty = tl(tx)
+    g = np.random.default_rng(11).standard_normal(tuple(ty.shape)).astype(dtype)
+    ty.backward(torch.tensor(g, dtype=torch.float64))
+    dx = layer.backward(g)
+    rtol = 1e-10 if dtype == np.float64 else 1e-4
+    _close(y, ty.detach().numpy(), rtol)
+    _close(dx, tx.grad.numpy(), rtol)
+    _close(layer.grads["weight"], tl.weight.grad.numpy(), rtol)
+    if "bias" in layer.params:
+        _close(layer.grads["bias"], tl.bias.grad.numpy(), rtol)
+    layer.compute_input_grad = False
+    layer.forward(x)
+    assert layer.backward(g) is None
+
+
+@pytest.mark.parametrize("kw", [dict(stride=2, padding=1, output_padding=1, groups=2),
+                                dict(dilation=2, padding=(1, 0), bias=False)],
+                         ids=["strided", "dilated"])
+def test_conv_transpose2d_layer_matches_torch(kw):
+    torch = pytest.importorskip("torch")
+    layer = nn.ConvTranspose2d(4, 6, 3, **kw, dtype=np.float64, seed=1)
+    tl = torch.nn.ConvTranspose2d(4, 6, 3, **kw, dtype=torch.float64)
+    tl.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
+    x = np.random.default_rng(12).standard_normal((2, 4, 5, 6))
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tl(tx)
+    y = layer.forward(x)
+    g = np.random.default_rng(13).standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(g))
+    dx = layer.backward(g)
+    _close(y, ty.detach().numpy(), 1e-10)
+    _close(dx, tx.grad.numpy(), 1e-10)
+    _close(layer.grads["weight"], tl.weight.grad.numpy(), 1e-10)
+    assert layer.output_shape(x.shape) == tuple(ty.shape)
+
+
+def test_layers_accept_batch_zero():
+    conv = nn.Conv2d(2, 3, 3, padding=1, dtype=np.float64)
+    y = conv.forward(np.zeros((0, 2, 5, 5)))
+    assert y.shape == (0, 3, 5, 5)
+    assert conv.backward(np.zeros_like(y)).shape == (0, 2, 5, 5)
+    assert (conv.grads["weight"] == 0).all()
+
+
+def test_sequential_fusion_is_bitwise_equal_to_the_layers():
+    layers = [nn.Conv2d(3, 8, 3, padding="same", groups=1, seed=2), nn.ReLU(), nn.MaxPool2d(2),
+              nn.Conv2d(8, 8, 3, padding=1, groups=8, seed=3), nn.ReLU()]
+    seq = nn.Sequential(*layers)
+    assert [k for _, _, k in seq.fusion_plan()] == ["ConvReLUMaxPool", "ConvReLU"]
+    x = np.random.default_rng(14).standard_normal((4, 3, 10, 10)).astype(np.float32)
+    y = seq.forward(x)
+    g = np.random.default_rng(15).standard_normal(y.shape).astype(np.float32)
+    dx = seq.backward(g)
+    grads = [layer.grads["weight"].copy() for layer in (layers[0], layers[3])]
+    out = x
+    for layer in layers:
+        out = layer.forward(out)
+    assert out.tobytes() == y.tobytes()
+    back = g
+    for layer in reversed(layers):
+        back = layer.backward(back)
+    assert back.tobytes() == dx.tobytes()
+    for layer, gw in zip((layers[0], layers[3]), grads):
+        assert layer.grads["weight"].tobytes() == gw.tobytes()
