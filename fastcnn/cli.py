@@ -334,7 +334,9 @@ def _cmd_train(args):
     from .checkpoint import load_checkpoint
     from .nn import CrossEntropyLoss
     from .optim import SGD, Adam
-    from .train import Trainer, TrainingInterrupted
+    from .schedules import get_schedule
+    from .train import Checkpointer, Progress, Trainer, TrainingInterrupted, _upgrade_config
+    from .transforms import RandomShift
 
     if args.plot:
         _check_matplotlib()
@@ -353,14 +355,16 @@ def _cmd_train(args):
             raise _UsageError(f"{', '.join(given)} cannot be combined with --resume: the "
                               f"checkpoint fixes the training settings")
         model, _, header = load_checkpoint(args.resume)
-        cfg = header["trainer"]
         info = header["optimizer"]
+        cfg = _upgrade_config(header["trainer"], len(info.get("param_groups", [None])))
+        shift = [t.get("max_shift", 0) for t in cfg.get("augment", [])
+                 if t.get("name") == "RandomShift"]
         settings = {
             "epochs": args.epochs or cfg["epochs"], "batch_size": cfg["batch_size"],
-            "seed": cfg["seed"], "schedule": cfg["lr_schedule"], "step_size": cfg["step_size"],
-            "gamma": cfg["gamma"], "lr": cfg["base_lr"], "optimizer": info["type"].lower(),
+            "seed": cfg["seed"], "schedule": cfg["schedule"], "lr": cfg["base_lrs"][0],
+            "optimizer": info["type"].lower(),
             "momentum": info.get("momentum"), "weight_decay": info["weight_decay"],
-            "l2": cfg.get("l2", 0.0), "shift": cfg.get("shift", 0),
+            "l2": cfg["loss"].get("l2", 0.0), "shift": shift[0] if shift else 0,
         }
         recorded = (header.get("metadata") or {}).get("data") or {}
         data_path = args.data if args.data is not None else recorded.get("path")
@@ -402,20 +406,24 @@ def _cmd_train(args):
         raise CommandError(f"{args.resume}: the model has {model.num_classes} classes but the "
                            f"data set has {data.num_classes}")
     opt_class = SGD if settings["optimizer"] == "sgd" else Adam
-    optimizer = opt_class(model.parameters(), lr=settings["lr"],
-                          weight_decay=settings["weight_decay"], **opt_kwargs)
+    optimizer = opt_class(model.param_groups(settings["weight_decay"]), lr=settings["lr"],
+                          **opt_kwargs)
     checkpoint = args.checkpoint or _default_checkpoint(args.out)
     metadata = {"data": {"name": data.name,
                          "path": None if data_path is None else os.path.abspath(data_path),
                          "normalize": normalize}}
+    schedule = settings["schedule"]
+    if schedule == "step":
+        schedule = get_schedule("step", settings["epochs"], step_size=settings["step_size"],
+                                gamma=settings["gamma"])
     trainer = Trainer(
-        model, optimizer, CrossEntropyLoss(l2=settings["l2"]), data,
+        model, optimizer, data, loss=CrossEntropyLoss(l2=settings["l2"]),
         batch_size=settings["batch_size"], epochs=settings["epochs"], seed=settings["seed"],
-        lr_schedule=settings["schedule"], step_size=settings["step_size"],
-        gamma=settings["gamma"], shift=settings["shift"],
-        progress=False if args.no_progress else None, log=_print_flush,
-        history_path=args.history, plot_path=args.plot,
-        checkpoint_path=checkpoint, checkpoint_every_epoch=args.checkpoint is not None,
+        schedule=schedule,
+        augment=[RandomShift(settings["shift"])] if settings["shift"] else [],
+        progress=Progress(bar=False if args.no_progress else None, log=_print_flush,
+                          history_path=args.history, plot_path=args.plot),
+        checkpoint=Checkpointer(checkpoint, every_epoch=args.checkpoint is not None),
         metadata=metadata)
     if args.resume:
         trainer.load_checkpoint(args.resume)
@@ -435,10 +443,10 @@ def _cmd_train(args):
 
     last = history[-1] if history else None
     train_seconds = sum(h["seconds"] for h in history)
-    images = trainer.train_labels.shape[0] * len(history)
+    images = trainer.data.n_train * len(history)
     rate = images / train_seconds if train_seconds > 0 else 0.0
     acc = ("no test split" if last is None or last["test_acc"] is None else
-           f"test accuracy {100 * last['test_acc']:.2f}% on {trainer.test_labels.shape[0]:,} "
+           f"test accuracy {100 * last['test_acc']:.2f}% on {trainer.data.test[1].shape[0]:,} "
            f"images")
     threads = _threads()
     print(f"{acc}; trained {_plural(len(history), 'epoch')} in {wall:.1f} s ({rate:,.0f} "

@@ -1,4 +1,12 @@
-"""Data sets: an IDX (MNIST-format) reader, the embedded MNIST subset and minibatch iterators.
+"""Data sets: IDX (MNIST-format) directories, image folders, ``.npz`` arrays, the embedded MNIST
+subset and minibatch iterators.
+
+:func:`load_dataset` recognises the three on-disk layouts a user's data comes in:
+
+- an **IDX directory** (MNIST, Fashion-MNIST): see :func:`load_idx_dir`;
+- an **image folder** laid out as torchvision's ``ImageFolder``: see :func:`load_image_folder`;
+- an **.npz file** with ``x_train``, ``y_train`` (and ``x_test``, ``y_test``), as Keras ships
+  MNIST: see :func:`load_npz_dataset`.
 
 The IDX format (http://yann.lecun.com/exdb/mnist/) is a 4-byte big-endian magic number
 ``0x0000TTDD`` (``TT`` the element type code, ``DD`` the number of dimensions), then ``DD``
@@ -15,6 +23,7 @@ import gzip
 import importlib.resources
 import operator
 import os
+import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -30,8 +39,12 @@ __all__ = [
     "BatchIterator",
     "Dataset",
     "Split",
+    "IMAGE_EXTENSIONS",
     "iterate_minibatches",
+    "load_dataset",
     "load_idx_dir",
+    "load_image_folder",
+    "load_npz_dataset",
     "load_mnist5k",
     "read_idx",
 ]
@@ -97,12 +110,13 @@ class Dataset:
     name : str
         Short name, e.g. ``"mnist5k"`` or the directory name it was loaded from.
     train, test : Split
-        The two splits.
+        The two splits (``test`` may be None).
     classes : list of str
         ``classes[k]`` names label ``k``.
-    mean, std : float or None
+    mean, std : float, list of float, or None
         The training-set pixel mean and standard deviation (on the [0, 1] scale) that were used to
-        standardise both splits, or None when the data set was not normalised.
+        standardise the splits: one number (IDX data) or one per channel, or None when the data
+        set was not normalised.
     """
 
     name: str
@@ -116,6 +130,21 @@ class Dataset:
     def num_classes(self) -> int:
         """The number of classes, ``len(classes)``."""
         return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple:
+        """``(C, H, W)`` of the images."""
+        return tuple(self.train.images.shape[1:])
+
+    @property
+    def normalization(self) -> dict | None:
+        """``{"mean": [..per channel..], "std": [...]}`` (what model files record), or None."""
+        if self.mean is None:
+            return None
+        channels = self.train.images.shape[1]
+        mean = np.broadcast_to(np.asarray(self.mean, dtype=np.float64), (channels,))
+        std = np.broadcast_to(np.asarray(self.std, dtype=np.float64), (channels,))
+        return {"mean": mean.tolist(), "std": std.tolist()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -554,3 +583,445 @@ class BatchIterator:
             np.take(self.images, idx, axis=0, out=x, mode="clip")
             np.take(self.labels, idx, axis=0, out=y, mode="clip")
             yield x, y
+
+
+# --------------------------------------------------------------------------------------------
+# A user's own data: image folders, .npz arrays, and one entry point
+
+
+#: File name endings read as images by :func:`load_image_folder` (case-insensitive), as
+#: torchvision's ``IMG_EXTENSIONS``.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+# Pillow modes holding one channel of intensity.
+_GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16L", "I;16B", "F")
+# Names of the test part of an already split image folder, in order of preference.
+_TEST_DIRS = ("test", "val")
+
+
+def load_dataset(path, *, normalize: bool = False, pad: int | None = None, dtype=np.float32,
+                 test_split: float = 0.2, seed: int = 0, channels: int | None = None,
+                 size=None, layout: str | None = None) -> Dataset:
+    """Load a data set from an IDX directory, an image folder or an ``.npz`` file.
+
+    The kind is recognised from what `path` holds: a file ending in ``.npz`` is read by
+    :func:`load_npz_dataset`; a directory holding the four MNIST IDX files by
+    :func:`load_idx_dir`; any other directory by :func:`load_image_folder`. When the data set
+    has no test part (an image folder without ``train/`` and ``test/``, an ``.npz`` without
+    ``x_test``), a fraction `test_split` of it is held out as the test split, chosen by a
+    permutation seeded with `seed` (stratification is not attempted).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    normalize : bool, default False
+        Standardise every split with the training images' mean and standard deviation, per
+        channel (one value over all pixels for IDX data, as :func:`load_idx_dir`); recorded as
+        ``Dataset.mean`` / ``.std`` and ``Dataset.normalization``.
+    pad : int, optional
+        Zero rows/columns added on each side; default 2 for IDX directories (MNIST's 28x28 to
+        LeNet-5's 32x32) and 0 otherwise.
+    dtype : float dtype, default float32
+    test_split : float in [0, 1), default 0.2
+        Held-out fraction when the data set has no test part (0: no test split).
+    seed : int, default 0
+    channels : {1, 3}, optional
+        Image folders: force grayscale or RGB (default: 1 if every image is grayscale, else 3).
+    size : int or (int, int), optional
+        Image folders: resize every image to ``(height, width)`` (bilinear). Without it all
+        images must share one size.
+    layout : {"NHWC", "NCHW"}, optional
+        ``.npz`` files: the layout of 4-D image arrays (default: see :func:`load_npz_dataset`).
+
+    Returns
+    -------
+    Dataset
+
+    Raises
+    ------
+    FileNotFoundError
+        If `path` does not exist.
+    ValueError
+        One line naming the file or folder, for every bad file or layout.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"data set not found: {root}")
+    if root.is_file():
+        if root.suffix.lower() != ".npz":
+            raise ValueError(f"{root}: not a data set: expected a directory (IDX files or one "
+                             f"folder of images per class) or an .npz file")
+        if size is not None or channels is not None:
+            raise ValueError("size and channels apply to image folders, not .npz files")
+        return load_npz_dataset(root, normalize=normalize, pad=pad or 0, dtype=dtype,
+                                test_split=test_split, seed=seed, layout=layout)
+    if _is_idx_dir(root):
+        if size is not None or channels is not None or layout is not None:
+            raise ValueError("size, channels and layout do not apply to IDX directories")
+        return load_idx_dir(root, normalize=normalize, pad=2 if pad is None else pad,
+                            dtype=dtype)
+    if layout is not None:
+        raise ValueError("layout applies to .npz files, not image folders")
+    return load_image_folder(root, normalize=normalize, pad=pad or 0, dtype=dtype,
+                             test_split=test_split, seed=seed, channels=channels, size=size)
+
+
+def _is_idx_dir(root) -> bool:
+    names = {p.name for p in root.iterdir()}
+    return any(stem + ext in names or stem.replace("-idx", ".idx") + ext in names
+               for stem in (_FILES[("train", "images")],) for ext in ("", ".gz"))
+
+
+def _require_pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise ImportError("reading image folders needs Pillow: pip install 'fastcnn[image]' "
+                          "(or pip install Pillow)") from None
+    return Image
+
+
+def _class_dirs(folder):
+    """Sorted class sub-folders of `folder` (hidden ones skipped), as torchvision."""
+    return sorted((e for e in folder.iterdir() if e.is_dir() and not e.name.startswith(".")),
+                  key=lambda e: e.name)
+
+
+def _image_files(folder):
+    return sorted(e for e in folder.iterdir() if e.is_file() and not e.name.startswith(".")
+                  and e.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def load_image_folder(path, *, normalize: bool = False, pad: int = 0, dtype=np.float32,
+                      test_split: float = 0.2, seed: int = 0, channels: int | None = None,
+                      size=None) -> Dataset:
+    """Load images laid out as torchvision's ``ImageFolder``: one sub-folder per class.
+
+    ``root/<class>/<image>`` is a data set to split (a fraction `test_split` is held out as the
+    test split by a permutation seeded with `seed`); ``root/train/<class>/...`` together with
+    ``root/test/<class>/...`` (or ``root/val/...``) is one already split. Class names are the
+    sub-folder names, sorted (label ``k`` is the k-th name); the test part may lack classes but
+    not add any. Files ending in one of :data:`IMAGE_EXTENSIONS` are read with Pillow (other
+    files and hidden entries are ignored); pixels are scaled from 0-255 to [0, 1].
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    normalize, pad, dtype, test_split, seed
+        As in :func:`load_dataset` (normalisation is per channel).
+    channels : {1, 3}, optional
+        1 converts every image to grayscale (Pillow's "L"), 3 to RGB (alpha dropped). Default:
+        1 when every image is grayscale, else 3.
+    size : int or (int, int), optional
+        Resize every image to ``(height, width)`` with bilinear interpolation. Without it, all
+        images must have the size of the first one.
+
+    Returns
+    -------
+    Dataset
+        ``name`` is the folder name.
+
+    Shape
+    -----
+    images ``(N, channels, H, W)`` (plus `pad` on each side), labels ``(N,)`` int64.
+
+    Raises
+    ------
+    ImportError
+        If Pillow is not installed.
+    ValueError
+        Naming the folder or file: no class folders, an empty class folder, an unreadable image,
+        an image of another size (without `size`), a test class the training part lacks.
+    """
+    Image = _require_pil()
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder not found: {root}")
+    if channels is not None and channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels!r}")
+    if size is not None:
+        size = _size_pair(size)
+    pad = _pad(pad)
+    dtype = _float_dtype(dtype)
+    test_split = _fraction(test_split, "test_split")
+    sub = {e.name: e for e in _class_dirs(root)}
+    test_dir = next((sub[n] for n in _TEST_DIRS if n in sub), None)
+    split = "train" in sub and test_dir is not None and set(sub) <= {"train", *_TEST_DIRS}
+    parts = {"train": sub["train"], "test": test_dir} if split else {"train": root}
+    classes = [e.name for e in _class_dirs(parts["train"])]
+    if not classes:
+        raise ValueError(f"{parts['train']}: no class folders (expected one sub-folder of "
+                         f"images per class, as torchvision's ImageFolder)")
+    files = {}
+    for part, folder in parts.items():
+        entries = []
+        for class_dir in _class_dirs(folder):
+            if class_dir.name not in classes:
+                raise ValueError(f"{class_dir}: class {class_dir.name!r} is not among the "
+                                 f"training classes {classes}")
+            images = _image_files(class_dir)
+            if not images:
+                raise ValueError(f"{class_dir}: empty class folder (no "
+                                 f"{'/'.join(e[1:] for e in IMAGE_EXTENSIONS[:3])} files)")
+            label = classes.index(class_dir.name)
+            entries += [(f, label) for f in images]
+        if not entries:
+            raise ValueError(f"{folder}: no class folders with images")
+        files[part] = entries
+
+    opened = {}
+    grays = True
+    for part, entries in files.items():
+        for f, _ in entries:
+            img = _open_image(Image, f)
+            grays = grays and img.mode in _GRAY_MODES
+            opened[f] = img
+    c = channels or (1 if grays else 3)
+    mode = "L" if c == 1 else "RGB"
+    first = next(iter(opened.values()))
+    h, w = size if size is not None else (first.height, first.width)
+    arrays = {}
+    for part, entries in files.items():
+        x = np.empty((len(entries), c, h, w), dtype=np.uint8)
+        y = np.empty(len(entries), dtype=np.int64)
+        for i, (f, label) in enumerate(entries):
+            img = opened[f]
+            if img.mode.startswith("I"):  # 16-bit grayscale: 0-65535 to 0-255
+                wide = np.asarray(img, dtype=np.float64) / 257
+                img = Image.fromarray(np.clip(np.rint(wide), 0, 255).astype(np.uint8), "L")
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and
+                                                    "transparency" in img.info):
+                img = img.convert("RGBA")
+            img = img.convert(mode)
+            if size is not None and (img.height, img.width) != (h, w):
+                img = img.resize((w, h), Image.BILINEAR)
+            elif (img.height, img.width) != (h, w):
+                raise ValueError(f"{f}: image size {img.width}x{img.height} differs from "
+                                 f"{first.width}x{first.height} ({next(iter(opened))}); pass "
+                                 f"size= to resize every image")
+            a = np.asarray(img, dtype=np.uint8)
+            x[i] = a[None] if c == 1 else a.transpose(2, 0, 1)
+            y[i] = label
+        arrays[part] = (x, y)
+    if not split:
+        arrays = _hold_out(arrays["train"], test_split, seed, root)
+    name = root.resolve().name or str(root)
+    return _finish(name, arrays, classes, normalize, pad, dtype, str(root))
+
+
+def _open_image(Image, f):
+    try:
+        img = Image.open(f)
+        img.load()
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, bombs, ...)
+        raise ValueError(f"{f}: unreadable image: {' '.join(str(exc).split())}") from None
+    return img
+
+
+def load_npz_dataset(path, *, normalize: bool = False, pad: int = 0, dtype=np.float32,
+                     test_split: float = 0.2, seed: int = 0, layout: str | None = None
+                     ) -> Dataset:
+    """Load arrays ``x_train``, ``y_train`` and optionally ``x_test``, ``y_test`` from an
+    ``.npz`` file (the layout of Keras's ``mnist.npz``), read with ``allow_pickle=False``.
+
+    Images: uint8 (scaled from 0-255 to [0, 1]) or floating (taken as they are; must be
+    finite). ``(N, H, W)`` is one channel. A 4-D array is ``(N, H, W, C)`` (Keras) when its
+    last axis has 1, 3 or 4 entries, else ``(N, C, H, W)`` when its second axis does; `layout`
+    ("NHWC" or "NCHW") overrides the guess. Labels: 1-D integers in ``[0, num_classes)``.
+    Class names come from an optional ``classes`` string array, else ``"0"``, ``"1"``, ...
+    up to the largest label. Without ``x_test`` a fraction `test_split` is held out as the
+    test split (seeded).
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    normalize, pad, dtype, test_split, seed
+        As in :func:`load_dataset`.
+    layout : {"NHWC", "NCHW"}, optional
+
+    Returns
+    -------
+    Dataset
+
+    Shape
+    -----
+    images ``(N, C, H, W)`` (plus `pad`), labels ``(N,)`` int64.
+
+    Raises
+    ------
+    ValueError
+        Naming the file: not an .npz archive, missing arrays, an object array, wrong dtypes or
+        dimensions, mismatched lengths or image shapes, labels out of range, NaN or inf.
+    """
+    path = Path(path)
+    if layout not in (None, "NHWC", "NCHW"):
+        raise ValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
+    pad = _pad(pad)
+    dtype = _float_dtype(dtype)
+    test_split = _fraction(test_split, "test_split")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = set(archive.files)
+            missing = [k for k in ("x_train", "y_train") if k not in names]
+            if ("x_test" in names) != ("y_test" in names):
+                missing.append("y_test" if "x_test" in names else "x_test")
+            if missing:
+                raise ValueError(f"{path}: missing array(s) {missing} (an .npz data set holds "
+                                 f"x_train, y_train and optionally x_test, y_test)")
+            wanted = ["x_train", "y_train"] + (["x_test", "y_test"] if "x_test" in names else [])
+            raw = {k: archive[k] for k in wanted}
+            classes = archive["classes"] if "classes" in names else None
+    except ValueError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: cannot read the arrays: {' '.join(str(exc).split())}") \
+            from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path}: not a readable .npz file: {exc}") from None
+    arrays = {}
+    for part in ("train", "test"):
+        if f"x_{part}" not in raw:
+            continue
+        x = _npz_images(raw[f"x_{part}"], f"{path}: x_{part}", layout)
+        y = _npz_labels(raw[f"y_{part}"], f"{path}: y_{part}")
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"{path}: x_{part} holds {x.shape[0]} images but y_{part} "
+                             f"{y.shape[0]} labels")
+        if x.shape[0] == 0:
+            raise ValueError(f"{path}: x_{part} is empty")
+        arrays[part] = (x, y)
+    if "test" in arrays and arrays["test"][0].shape[1:] != arrays["train"][0].shape[1:]:
+        raise ValueError(f"{path}: x_test images {arrays['test'][0].shape[1:]} differ from "
+                         f"x_train images {arrays['train'][0].shape[1:]} (C, H, W)")
+    top = max(int(y.max()) for _, y in arrays.values())
+    if classes is not None:
+        if classes.ndim != 1 or classes.dtype.kind not in "US" or classes.size == 0:
+            raise ValueError(f"{path}: classes must be a 1-D array of strings, got "
+                             f"{classes.dtype} {classes.shape}")
+        classes = [str(c) for c in classes.tolist()]
+        if top >= len(classes):
+            raise ValueError(f"{path}: label {top} is out of range for {len(classes)} classes")
+    else:
+        classes = [str(k) for k in range(top + 1)]
+    if "test" not in arrays:
+        arrays = _hold_out(arrays["train"], test_split, seed, path)
+    name = path.stem
+    return _finish(name, arrays, classes, normalize, pad, dtype, str(path))
+
+
+def _npz_images(x, name, layout):
+    if x.dtype != np.uint8 and x.dtype.kind != "f":
+        raise ValueError(f"{name}: images must be uint8 or floating, got {x.dtype}")
+    if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+        raise ValueError(f"{name}: images hold NaN or inf")
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim != 4:
+        raise ValueError(f"{name}: images must be (N, H, W), (N, H, W, C) or (N, C, H, W), got "
+                         f"shape {x.shape}")
+    if layout is None:
+        if x.shape[3] in (1, 3, 4):
+            layout = "NHWC"
+        elif x.shape[1] in (1, 3, 4):
+            layout = "NCHW"
+        else:
+            raise ValueError(f"{name}: cannot tell the channel axis of shape {x.shape} (neither "
+                             f"the last nor the second axis has 1, 3 or 4 entries); pass layout=")
+    return x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
+
+
+def _npz_labels(y, name):
+    if y.dtype.kind not in "iu":
+        raise ValueError(f"{name}: labels must be integers, got {y.dtype}")
+    if y.ndim == 2 and y.shape[1] == 1:  # Keras CIFAR ships (N, 1)
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise ValueError(f"{name}: labels must be 1-D, got shape {y.shape}")
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name}: label {y.min()} is negative")
+    return y.astype(np.int64)
+
+
+def _hold_out(train, fraction, seed, source):
+    """Split ``(x, y)`` into train and test parts by a seeded permutation."""
+    x, y = train
+    n = y.shape[0]
+    if fraction == 0:
+        return {"train": (x, y)}
+    n_test = int(round(fraction * n))
+    if not 1 <= n_test < n:
+        raise ValueError(f"{source}: test_split={fraction} of {n} images leaves {n_test} for "
+                         f"testing and {n - n_test} for training; both need at least one")
+    order = np.random.default_rng([int(seed), 84, 69, 83]).permutation(n)
+    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    return {"train": (x[train_idx], y[train_idx]), "test": (x[test_idx], y[test_idx])}
+
+
+def _finish(name, arrays, classes, normalize, pad, dtype, source):
+    """Scale, pad and optionally normalise per channel; build the Dataset."""
+    scaled = {}
+    for part, (x, y) in arrays.items():
+        n, c, h, w = x.shape
+        out = np.zeros((n, c, h + 2 * pad, w + 2 * pad), dtype=dtype)
+        inner = out[:, :, pad:pad + h, pad:pad + w]
+        if x.dtype == np.uint8:
+            np.divide(x, 255, out=inner, dtype=dtype)
+        else:
+            inner[...] = x
+        scaled[part] = (out, y)
+    mean = std = None
+    if normalize:
+        x = arrays["train"][0]
+        mean, std = [], []
+        for ch in range(x.shape[1]):
+            plane = x[:, ch]
+            if plane.dtype == np.uint8:
+                m, s = _pixel_stats(plane)
+            else:
+                m, s = float(plane.mean(dtype=np.float64)), float(plane.std(dtype=np.float64))
+            if not s > 0:
+                raise ValueError(f"{source}: cannot normalise, all training pixels of channel "
+                                 f"{ch} are equal")
+            mean.append(m)
+            std.append(s)
+        for out, _ in scaled.values():
+            out -= np.asarray(mean, dtype=dtype).reshape(-1, 1, 1)
+            out /= np.asarray(std, dtype=dtype).reshape(-1, 1, 1)
+    test = scaled.get("test")
+    return Dataset(name=name, train=Split(*scaled["train"]),
+                   test=None if test is None else Split(*test), classes=list(classes),
+                   mean=mean, std=std)
+
+
+def _pad(pad):
+    try:
+        pad = operator.index(pad)
+    except TypeError:
+        raise ValueError(f"pad must be an integer >= 0, got {pad!r}") from None
+    if pad < 0:
+        raise ValueError(f"pad must be an integer >= 0, got {pad}")
+    return pad
+
+
+def _float_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        raise ValueError(f"dtype must be a floating type, got {dtype}")
+    return dtype
+
+
+def _fraction(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _size_pair(size):
+    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                 and v >= 1 for v in pair):
+        raise ValueError(f"size must be an integer >= 1 or a (height, width) pair, got "
+                         f"{size!r}")
+    return (int(pair[0]), int(pair[1]))

@@ -1,12 +1,20 @@
-"""Mini-batch training: progress bar, evaluation, history, learning-rate schedules, checkpoints.
+"""Mini-batch training of any model on any image data: the :class:`Trainer` loop and its
+collaborators.
 
-:class:`Trainer` runs epochs of shuffled mini-batch training of a model (a ``Sequential`` such as
-``LeNet5``) with an optimiser (``SGD`` or ``Adam``) and ``CrossEntropyLoss``, evaluates on the test
-split after every epoch, and records a history. A run is a pure function of its settings: the
-batch order of epoch ``e`` is ``default_rng([seed, e]).permutation(N)`` (see
-:class:`fastcnn.datasets.BatchIterator`), the kernels are bitwise reproducible for any thread
-count, and a run interrupted with Ctrl-C and resumed from its checkpoint ends with the same
-weights, bit for bit, as one that was never interrupted.
+:class:`Trainer` is a loop over four collaborators:
+
+- :class:`TrainingData`: the training, validation and test splits, the shuffled batches of every
+  epoch and their augmentation (:mod:`fastcnn.transforms`);
+- a learning-rate schedule (:mod:`fastcnn.schedules`), applied to every parameter group;
+- :class:`Checkpointer`: where and when checkpoints are written;
+- :class:`Progress`: progress bar, log lines, the JSON history and the learning-curve plot.
+
+A run is a pure function of its settings: the batch order of epoch ``e`` is
+``default_rng([seed, e]).permutation(N)``, augmentation draws are a function of ``(seed, epoch,
+position)``, dropout layers are seeded from the trainer's seed, the kernels are bitwise
+reproducible for any thread count, and a run interrupted (Ctrl-C, :meth:`Trainer.request_stop`)
+and resumed from its checkpoint or :meth:`Trainer.state_dict` ends with the same weights, bit for
+bit, as one that was never interrupted.
 """
 
 from __future__ import annotations
@@ -28,20 +36,21 @@ from .checkpoint import load_checkpoint, save_checkpoint, save_model
 from .datasets import BatchIterator
 from .io import write_atomic
 from .nn import CrossEntropyLoss
+from .schedules import SCHEDULES, get_schedule
+from .transforms import Compose
 
 __all__ = [
     "SCHEDULES",
+    "Checkpointer",
     "Evaluation",
-    "RandomShift",
+    "Progress",
     "Trainer",
+    "TrainingData",
     "TrainingInterrupted",
     "evaluate",
     "learning_rate",
     "plot_history",
 ]
-
-#: The learning-rate schedules :class:`Trainer` knows (None means a constant rate).
-SCHEDULES = (None, "step", "cosine")
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -58,7 +67,7 @@ class TrainingInterrupted(KeyboardInterrupt):
         Batches of epoch ``epoch`` completed.
     steps_per_epoch : int
     checkpoint_path : str or None
-        Where the checkpoint was saved, or None if the trainer had no ``checkpoint_path``.
+        Where the checkpoint was saved, or None if the trainer had no checkpoint path.
     """
 
     def __init__(self, epoch, step, steps_per_epoch, checkpoint_path):
@@ -84,15 +93,17 @@ class Evaluation(NamedTuple):
 def evaluate(model, images, labels, batch_size=1000):
     """Mean cross-entropy loss, accuracy and predictions of `model` on a data set, in batches.
 
-    Only forward passes are run (no gradients are computed).
+    The model runs in evaluation mode (``model.eval()``; batch norm uses its running statistics,
+    dropout is off) and is put back in the mode it was in. Only forward passes are run.
 
     Parameters
     ----------
     model : Sequential
-        E.g. a LeNet5; its dtype must match `images`.
-    images : ndarray, shape (N, 1, 32, 32)
+        Any classifier whose output is ``(N, num_classes)`` logits; its dtype must match `images`.
+    images : ndarray, shape (N, C, H, W)
+        (Or whatever shape the model takes, with a leading sample axis.)
     labels : ndarray, shape (N,)
-        Integer class labels.
+        Integer class labels in ``[0, num_classes)``.
     batch_size : int, default 1000
 
     Returns
@@ -102,56 +113,63 @@ def evaluate(model, images, labels, batch_size=1000):
     """
     images = np.asarray(images)
     labels = np.asarray(labels)
-    n = labels.shape[0]
-    if images.shape[0] != n:
-        raise ValueError(f"{images.shape[0]} images but {n} labels")
+    n = labels.shape[0] if labels.ndim else 0
+    if labels.ndim != 1 or images.ndim < 2 or images.shape[0] != n:
+        raise ValueError(f"images {images.shape} and labels {labels.shape} must share their "
+                         f"leading length, with one label per image")
     if n == 0:
         raise ValueError("cannot evaluate on an empty data set")
     batch_size = _integer(batch_size, "batch_size", 1)
     predictions = np.empty(n, dtype=np.int64)
     total = 0.0
-    for start in range(0, n, batch_size):
-        x = np.ascontiguousarray(images[start:start + batch_size])
-        y = labels[start:start + batch_size]
-        z = model.forward(x, copy=False).astype(np.float64)
-        predictions[start:start + y.shape[0]] = z.argmax(axis=1)
-        z -= z.max(axis=1, keepdims=True)
-        log_sum = np.log(np.exp(z).sum(axis=1))
-        total += float(np.sum(log_sum - z[np.arange(y.shape[0]), y]))
+    modes = _modes(model)
+    model.eval()
+    try:
+        for start in range(0, n, batch_size):
+            x = np.ascontiguousarray(images[start:start + batch_size])
+            y = labels[start:start + batch_size]
+            z = _logits(model, x).astype(np.float64)
+            if y.size and (y.min() < 0 or y.max() >= z.shape[1]):
+                bad = y.min() if y.min() < 0 else y.max()
+                raise ValueError(f"label {bad} is out of range for a model with {z.shape[1]} "
+                                 f"outputs")
+            predictions[start:start + y.shape[0]] = z.argmax(axis=1)
+            z -= z.max(axis=1, keepdims=True)
+            log_sum = np.log(np.exp(z).sum(axis=1))
+            total += float(np.sum(log_sum - z[np.arange(y.shape[0]), y]))
+    finally:
+        _restore_modes(modes)
     accuracy = float(np.count_nonzero(predictions == labels)) / n
     return Evaluation(total / n, accuracy, predictions)
 
 
+def _modes(model):
+    """``(module, training)`` of the model and every sub-module, to put back after a switch."""
+    return [(m, m.training) for _, m in _modules(model) if hasattr(m, "training")]
+
+
+def _restore_modes(modes):
+    for m, training in modes:
+        m.training = training
+
+
+def _logits(model, x):
+    try:
+        z = model.forward(x, copy=False)
+    except TypeError:  # a model whose forward has no copy argument
+        z = model.forward(x)
+    if z.ndim != 2:
+        raise ValueError(f"the model must output (N, num_classes) logits, got shape {z.shape}")
+    return z
+
+
 def learning_rate(schedule, base_lr, epoch, step, steps_per_epoch, epochs, step_size=1,
                   gamma=0.1):
-    """The learning rate of batch `step` of epoch `epoch` (both 0-based).
-
-    Parameters
-    ----------
-    schedule : None, "step" or "cosine"
-        - None: ``base_lr`` throughout.
-        - ``"step"``: ``base_lr * gamma ** (epoch // step_size)``, changing at epoch boundaries.
-        - ``"cosine"``: per step, ``base_lr * (1 + cos(pi * t / T)) / 2`` with ``t = epoch *
-          steps_per_epoch + step`` the global step and ``T = epochs * steps_per_epoch``: it starts
-          at ``base_lr`` and would reach 0 one step after the last.
-    base_lr : float
-    epoch, step, steps_per_epoch, epochs : int
-    step_size : int, default 1
-    gamma : float, default 0.1
-
-    Returns
-    -------
-    float
-    """
-    if schedule is None:
-        return base_lr
-    if schedule == "step":
-        return base_lr * gamma ** (epoch // step_size)
-    if schedule == "cosine":
-        t = epoch * steps_per_epoch + step
-        total = max(epochs * steps_per_epoch, 1)
-        return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
-    raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {schedule!r}")
+    """The learning rate of batch `step` of epoch `epoch` (both 0-based) under a schedule given
+    by name (None, "step", "cosine", ...; see :func:`fastcnn.schedules.get_schedule`)."""
+    kwargs = {"step_size": step_size, "gamma": gamma} if schedule == "step" else {}
+    return get_schedule(schedule, epochs, **kwargs).lr(base_lr, epoch, step, steps_per_epoch,
+                                                       epochs)
 
 
 def _integer(value, name, low):
@@ -165,120 +183,340 @@ def _labels_crc32(labels):
     return zlib.crc32(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
 
 
-class RandomShift:
-    """Random circular translations of ``(N, 1, H, W)`` image batches, into a reused buffer.
+# --------------------------------------------------------------------------------------------
+# Collaborator 1: the data
 
-    Each image of epoch ``e`` is rolled by ``(dy, dx)``, both drawn uniformly from
-    ``[-max_shift, max_shift]`` by ``default_rng([seed, e, 1])``, one pair per position in the
-    epoch's batch order. The shifts of an epoch are thus a function of ``(seed, epoch)`` alone,
-    which keeps training reproducible and resumable mid-epoch. On 28x28 digits padded to 32x32,
-    shifts of up to 2 pixels wrap only background around the edges.
+
+class TrainingData:
+    """The splits of a data set as the trainer uses them: shuffled, augmented training batches,
+    an optional validation split held out of the training data, and a test split.
 
     Parameters
     ----------
-    max_shift : int >= 1
-    seed : int >= 0
-    n_samples, batch_size : int
-    height, width : int
-    dtype : float dtype
+    data : Dataset
+        Anything with ``train`` (an ``(images, labels)`` pair) and ``test`` (a pair or None),
+        such as :func:`fastcnn.datasets.load_dataset`'s result. Images ``(N, C, H, W)`` floating,
+        labels ``(N,)`` integers. Optional attributes ``classes`` and ``normalization`` (or
+        ``mean`` / ``std``) are recorded in model files and checkpoints.
+    batch_size : int, default 64
+        The last batch of an epoch holds the remaining ``N % batch_size`` samples, if any.
+    seed : int, default 0
+        Selects the batch order of every epoch (``default_rng([seed, epoch])``), the
+        augmentation draws and the validation split.
+    augment : sequence of Transform, optional
+        Random transforms of every training batch (e.g. ``[RandomShift(2)]``); they must keep the
+        image shape (the model sees unaugmented validation and test images).
+    val_split : float in [0, 1), default 0
+        Fraction of the training data held out for validation (rounded to whole samples),
+        selected by a permutation seeded with `seed`; the rest, in its original order, is
+        trained on.
+
+    Shape
+    -----
+    ``train``, ``val``, ``test``: ``(images (N, C, H, W), labels (N,))`` pairs or None.
     """
 
-    def __init__(self, max_shift, seed, n_samples, batch_size, height, width, dtype):
-        self.max_shift = max_shift
-        self.seed = seed
-        self.n_samples = n_samples
-        self.shape = (height, width)
-        rows = min(batch_size, n_samples)
-        self._out = np.empty((rows, 1, height, width), dtype=dtype)
-        self._index = np.empty((rows, height, width), dtype=np.intp)
-        self._rows = np.empty((rows, height), dtype=np.intp)
-        self._cols = np.empty((rows, width), dtype=np.intp)
-        self._base = (np.arange(rows) * (height * width))[:, None, None]
-        self._arange_h = np.arange(height)
-        self._arange_w = np.arange(width)
-        self._shifts = np.zeros((n_samples, 2), dtype=np.intp)
+    def __init__(self, data, batch_size=64, *, seed=0, augment=(), val_split=0.0):
+        if data is None or not hasattr(data, "train"):
+            raise TypeError("data must be a Dataset (with .train and .test), e.g. "
+                            "fastcnn.datasets.load_dataset(...)")
+        self.batch_size = _integer(batch_size, "batch_size", 1)
+        self.seed = _integer(seed, "seed", 0)
+        if isinstance(val_split, bool) or not isinstance(val_split, (int, float)) or \
+                not 0 <= val_split < 1:
+            raise ValueError(f"val_split must be a fraction in [0, 1), got {val_split!r}")
+        self.val_split = float(val_split)
+        train_x, train_y = _check_split(*data.train, "train")
+        test = getattr(data, "test", None)
+        self.test = None if test is None else _check_split(*test, "test")
+        self.val = None
+        if self.val_split:
+            n = train_y.shape[0]
+            n_val = int(round(self.val_split * n))
+            if not 1 <= n_val < n:
+                raise ValueError(f"val_split={val_split} of {n} training images leaves "
+                                 f"{n_val} for validation and {n - n_val} for training; both "
+                                 f"need at least one")
+            order = np.random.default_rng([self.seed, 86, 65, 76]).permutation(n)
+            val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
+            self.val = (np.ascontiguousarray(train_x[val_idx]), train_y[val_idx])
+            train_x, train_y = np.ascontiguousarray(train_x[train_idx]), train_y[train_idx]
+        self.train = (train_x, train_y)
+        for name, split in (("validation", self.val), ("test", self.test)):
+            if split is not None and (split[0].shape[1:] != train_x.shape[1:] or
+                                      split[0].dtype != train_x.dtype):
+                raise ValueError(f"the {name} images are {split[0].dtype} {split[0].shape[1:]}, "
+                                 f"the training images {train_x.dtype} {train_x.shape[1:]}")
+        self.classes = list(getattr(data, "classes", None) or []) or None
+        self.normalization = _normalization(data)
+        self.name = getattr(data, "name", None)
+        self.batches = BatchIterator(train_x, train_y, self.batch_size, seed=self.seed)
+        self.augment = Compose(augment)
+        if len(self.augment):
+            shape = train_x.shape[1:]
+            out = self.augment.output_shape(shape)
+            if out != shape:
+                raise ValueError(f"augmentation {self.augment!r} turns {shape} images into "
+                                 f"{out}; it must keep the image shape")
+            self.augment.bind(train_y.shape[0], self.batch_size, shape, train_x.dtype, self.seed)
 
-    def start_epoch(self, epoch):
-        """Draw the shifts of `epoch`."""
-        rng = np.random.default_rng([self.seed, epoch, 1])
-        self._shifts[:] = rng.integers(-self.max_shift, self.max_shift + 1,
-                                       size=(self.n_samples, 2))
+    @property
+    def n_train(self):
+        return int(self.train[1].shape[0])
 
-    def apply(self, x, start):
-        """The batch `x` (C-contiguous, samples ``start ...`` of the epoch's order), shifted.
+    @property
+    def image_shape(self):
+        """``(C, H, W)`` of the images."""
+        return tuple(self.train[0].shape[1:])
 
-        Returns a view of the reused output buffer: it is overwritten by the next call.
-        """
-        b = x.shape[0]
-        H, W = self.shape
-        shifts = self._shifts[start:start + b]
-        rows, cols, index = self._rows[:b], self._cols[:b], self._index[:b]
-        # out[n, i, j] = x[n, (i - dy) % H, (j - dx) % W], as np.roll(x[n], (dy, dx)), gathered
-        # through one flat index array with no temporary the size of the batch.
-        np.subtract(self._arange_h, shifts[:, :1], out=rows)
-        np.remainder(rows, H, out=rows)
-        rows *= W
-        np.subtract(self._arange_w, shifts[:, 1:], out=cols)
-        np.remainder(cols, W, out=cols)
-        np.add(rows[:, :, None], cols[:, None, :], out=index)
-        index += self._base[:b]
-        out = self._out[:b]
-        np.take(x.reshape(-1), index, out=out.reshape(b, H, W), mode="clip")
-        return out
+    @property
+    def dtype(self):
+        return self.train[0].dtype
+
+    @property
+    def steps_per_epoch(self):
+        return len(self.batches)
+
+    def epoch(self, epoch, first_step=0):
+        """Yield ``(i, x, y)`` for batches ``i = first_step, ...`` of `epoch`, augmented. The
+        arrays are reused buffers, overwritten by the next batch."""
+        augment = self.augment if len(self.augment) else None
+        if augment is not None:
+            augment.start_epoch(epoch)
+        for i, (x, y) in enumerate(self.batches.epoch(epoch)):
+            if i < first_step:
+                continue  # done before the interruption this run resumes from
+            if augment is not None:
+                x = augment.apply(x, i * self.batch_size)
+            yield i, x, y
+
+    def config(self):
+        """The settings a checkpoint must agree with to be resumed."""
+        return {"batch_size": self.batch_size, "seed": self.seed,
+                "augment": self.augment.config(), "val_split": self.val_split,
+                "n_train": self.n_train, "train_labels_crc32": _labels_crc32(self.train[1])}
+
+
+def _check_split(images, labels, name):
+    images = np.asarray(images)
+    labels = np.asarray(labels)
+    if images.ndim != 4:
+        raise ValueError(f"{name} images must have shape (N, C, H, W), got {images.shape}")
+    if images.dtype.kind != "f":
+        raise TypeError(f"{name} images must be floating point, got {images.dtype}")
+    if labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
+        raise ValueError(f"{name} labels must be integers of shape ({images.shape[0]},), got "
+                         f"{labels.dtype} {labels.shape}")
+    if images.shape[0] == 0:
+        raise ValueError(f"the {name} split is empty")
+    if labels.min() < 0:
+        raise ValueError(f"{name} label {labels.min()} is negative")
+    return np.ascontiguousarray(images), labels
+
+
+def _normalization(data):
+    """The data set's normalisation for model files: ``{"mean": m, "std": s}`` with numbers for
+    one channel (the format model files have always had) and lists for several, or None."""
+    norm = getattr(data, "normalization", None)
+    if norm is None:
+        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
+        if mean is None:
+            return None
+        norm = {"mean": mean, "std": std}
+    mean = np.atleast_1d(np.asarray(norm["mean"], dtype=np.float64)).tolist()
+    std = np.atleast_1d(np.asarray(norm["std"], dtype=np.float64)).tolist()
+    if len(mean) == 1:
+        return {"mean": mean[0], "std": std[0]}
+    return {"mean": mean, "std": std}
+
+
+# --------------------------------------------------------------------------------------------
+# Collaborators 3 and 4: checkpoints, progress
+
+
+class Checkpointer:
+    """Where and when :class:`Trainer` writes checkpoints.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Written (atomically) when training is interrupted, and after every epoch if
+        `every_epoch`.
+    every_epoch : bool, default True
+    """
+
+    def __init__(self, path, every_epoch=True):
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint path must be a str or os.PathLike, got {path!r}")
+        self.path = path
+        self.every_epoch = bool(every_epoch)
+
+    def epoch_end(self, trainer):
+        if self.every_epoch:
+            trainer.save_checkpoint(self.path)
+
+    def interrupted(self, trainer):
+        trainer.save_checkpoint(self.path)
+        return os.fspath(self.path)
+
+
+class Progress:
+    """Progress bar, log lines, history file and learning-curve plot of a run.
+
+    Parameters
+    ----------
+    bar : bool, optional
+        Show a tqdm bar per epoch on stderr (loss, accuracy, images/s). Default: only when
+        stderr is a terminal.
+    log : callable, optional
+        Called with one line of text at the start of training, after every epoch and at the end
+        (e.g. ``print``). Default: silent.
+    history_path : str or os.PathLike, optional
+        Write the history as JSON here after every epoch.
+    plot_path : str or os.PathLike, optional
+        Save a learning-curve PNG here at the end of training (needs matplotlib).
+    """
+
+    def __init__(self, bar=None, log=None, history_path=None, plot_path=None):
+        self.bar = sys.stderr.isatty() if bar is None else bool(bar)
+        self.log = log
+        self.history_path = history_path
+        self.plot_path = plot_path
+        self._bar = None
+
+    def line(self, text):
+        if self.log is not None:
+            self.log(text)
+
+    def start_epoch(self, epoch, epochs, steps, initial):
+        self._bar = tqdm(total=steps, initial=initial, desc=f"epoch {epoch + 1}/{epochs}",
+                         unit="batch", file=sys.stderr, disable=not self.bar, leave=False,
+                         dynamic_ncols=True)
+        self._start = time.perf_counter()
+        self._seen0 = None
+
+    def step(self, partial):
+        if not self.bar:
+            return
+        if self._seen0 is None:
+            self._seen0 = partial["seen"] - 1
+        elapsed = time.perf_counter() - self._start
+        rate = (partial["seen"] - self._seen0) / elapsed if elapsed > 0 else 0.0
+        self._bar.set_postfix_str(f"loss {partial['loss_sum'] / partial['seen']:.4f}, acc "
+                                  f"{100 * partial['correct'] / partial['seen']:.2f}%, "
+                                  f"{rate:,.0f} img/s", refresh=False)
+        self._bar.update(1)
+
+    def close_epoch(self):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def end_epoch(self, record, history, epochs):
+        if self.history_path is not None:
+            write_history(history, self.history_path)
+        self.line(format_epoch(record, epochs))
+
+    def finish(self, history):
+        if self.history_path is not None and history:
+            write_history(history, self.history_path)
+        if self.plot_path is not None and history:
+            plot_history(history, self.plot_path)
+
+
+# --------------------------------------------------------------------------------------------
+# The loop
+
+
+class _Extra:
+    """An optimiser seen by ``save_checkpoint`` with extra arrays (the best epoch's weights)
+    stored beside its state, under keys that cannot clash with ``<param>.<slot>``."""
+
+    def __init__(self, optimizer, extra):
+        self.optimizer, self.extra = optimizer, extra
+
+    def state_dict(self):
+        arrays, info = self.optimizer.state_dict()
+        arrays = dict(arrays)
+        arrays.update(self.extra)
+        return arrays, info
+
+
+_BEST = "best:"
+
+
+def _modules(module, prefix=""):
+    yield prefix, module
+    for name, child in module.children():
+        yield from _modules(child, f"{prefix}{name}." if prefix else f"{name}.")
+
+
+def _module_steps(model):
+    """``{module path: step}`` of every module with an integer ``step`` (dropout counters)."""
+    out = {}
+    for name, m in _modules(model):
+        step = getattr(m, "step", None)
+        if isinstance(step, (int, np.integer)) and not isinstance(step, bool):
+            out[name.rstrip(".") or "."] = int(step)
+    return out
+
+
+def _set_module_steps(model, steps):
+    by_name = {name.rstrip(".") or ".": m for name, m in _modules(model)}
+    for name, step in steps.items():
+        if name not in by_name or not hasattr(by_name[name], "step"):
+            raise ValueError(f"module {name!r} with a step counter is not in the model")
+    for name, step in steps.items():
+        by_name[name].step = int(step)
 
 
 class Trainer:
-    """Mini-batch training with evaluation, history, schedules, checkpoints and Ctrl-C handling.
+    """Mini-batch training of any model on ``(N, C, H, W)`` images: schedules, validation,
+    best-epoch selection, checkpoints, bitwise resume, Ctrl-C handling.
 
     Parameters
     ----------
     model : Sequential
-        E.g. ``LeNet5()``. Checkpoints and model files need a ``LeNet5``.
-    optimizer : SGD or Adam
-        Built on ``model.parameters()``. Its ``lr`` at construction is the base learning rate; the
-        schedule overwrites ``optimizer.lr`` before every step.
-    loss : CrossEntropyLoss, optional
-        Default ``CrossEntropyLoss()``. With ``l2 > 0`` the L2 term is added to the loss and its
-        gradient to the weights' gradients.
-    data : Dataset
-        Anything with ``train`` (an ``(images, labels)`` pair) and ``test`` (a pair or None), such
-        as :func:`fastcnn.datasets.load_mnist5k`'s result. Images must be ``(N, 1, 32, 32)`` in the
-        model's dtype. Optional attributes ``classes``, ``mean`` and ``std`` are recorded in model
-        files and checkpoints.
-    batch_size : int, default 64
-        The last batch of an epoch holds the remaining ``N % batch_size`` samples, if any.
+        Any model whose output is ``(N, num_classes)`` logits. It is put in training mode
+        (``model.train()``) for training and evaluation mode for evaluation, and left in the
+        mode it was in. Dropout layers are seeded from `seed`.
+    optimizer : SGD, Adam or AdamW
+        Built on the model's parameters or parameter groups (``model.param_groups(wd)``). Each
+        group's ``lr`` at construction is its base rate, scaled by the schedule before every
+        step.
+    data : Dataset or TrainingData
+        A data set (see :class:`TrainingData`; `batch_size`, `augment` and `val_split` build its
+        :class:`TrainingData`) or a ready :class:`TrainingData`. Images in the model's dtype.
+    loss : loss object, optional
+        Default ``CrossEntropyLoss()`` in the model's dtype. Any object with ``forward(logits,
+        labels, params) -> float``, ``backward() -> grad_logits`` and ``backward_l2()`` (e.g.
+        ``CrossEntropyLoss(l2=..., label_smoothing=...)``).
     epochs : int, default 10
+    batch_size : int, default 64
     seed : int, default 0
-        Selects the batch order of every epoch (the model's initialisation has its own seed).
-    lr_schedule : None, "step" or "cosine"
-        See :func:`learning_rate`. "step" multiplies the rate by `gamma` every `step_size` epochs;
-        "cosine" decays it per step (not per epoch) towards 0 over the whole run.
-    step_size : int, optional
-        Epochs between decays of the "step" schedule; default ``max(1, epochs // 3)``.
-    gamma : float, default 0.1
-        Decay factor of the "step" schedule.
-    shift : int, default 0
-        Data augmentation: roll every training image by a random ``(dy, dx)`` with
-        ``|dy|, |dx| <= shift`` pixels, drawn anew each epoch (see :class:`RandomShift`). 0 turns
-        it off. 2 suits digits padded from 28x28 to 32x32.
-    eval_batch_size : int, default 1000
-    progress : bool, optional
-        Show a tqdm progress bar per epoch on stderr (loss, accuracy, images/s). Default: only
-        when stderr is a terminal.
+        Batch order, augmentation, validation split and dropout masks (the model's
+        initialisation has its own seed).
+    schedule : Schedule or str, optional
+        A :mod:`fastcnn.schedules` object, or a name: None / "none" (constant), "step" (decay by
+        0.1 every ``max(1, epochs // 3)`` epochs), "cosine" (per step, to 0), "onecycle".
+        (``lr_schedule`` is an alias.)
+    augment : sequence of Transform, optional
+        E.g. ``[RandomShift(2)]`` or ``[RandomCrop(32, 4), RandomHorizontalFlip()]``.
+    val_split : float in [0, 1), default 0
+        Hold this fraction of the training data out for validation: it is evaluated after every
+        epoch, the weights and buffers of the best epoch (highest validation accuracy, then
+        lowest validation loss) are kept and restored at the end of training, and the test
+        split is evaluated once, on them.
+    checkpoint : str, os.PathLike or Checkpointer, optional
+        Checkpoint file (written after every epoch and on interruption).
+    progress : bool or Progress, optional
+        A :class:`Progress`, or whether to show the progress bar (default: if stderr is a
+        terminal).
     log : callable, optional
-        Called with one line of text at the start of training and after every epoch (e.g.
-        ``print``). Default: silent.
-    history_path : str or os.PathLike, optional
-        Write the history as JSON here after every epoch.
-    plot_path : str or os.PathLike, optional
-        Save a learning-curve PNG here at the end of :meth:`fit` (needs matplotlib).
-    checkpoint_path : str or os.PathLike, optional
-        Where :meth:`fit` saves a checkpoint when interrupted (and after every epoch if
-        `checkpoint_every_epoch`).
-    checkpoint_every_epoch : bool, default True
+        Shortcut for ``Progress(log=...)``.
+    eval_batch_size : int, default 1000
     metadata : dict, optional
-        JSON-serialisable information stored in checkpoints and model files (the CLI records
-        where the data came from).
+        JSON-serialisable information stored in checkpoints and model files.
 
     Attributes
     ----------
@@ -287,122 +525,137 @@ class Trainer:
     step : int
         Batches of the current epoch completed (non-zero only after an interruption).
     history : list of dict
-        One entry per completed epoch: ``epoch`` (1-based), ``loss`` (mean training loss, as
-        computed during the epoch), ``train_acc`` (accuracy of those same forward passes),
-        ``test_loss``, ``test_acc`` (None without a test split), ``seconds`` (training time of the
-        epoch, evaluation excluded), ``eval_seconds``, ``images_per_s`` (training throughput) and
-        ``lr`` (the rate of the epoch's first step).
+        One entry per completed epoch: ``epoch`` (1-based), ``loss`` and ``train_acc`` (of the
+        epoch's training steps), ``val_loss``, ``val_acc`` (None without a validation split),
+        ``test_loss``, ``test_acc``, ``seconds`` (training time of the epoch), ``eval_seconds``,
+        ``images_per_s`` and ``lr`` (the first group's rate at the epoch's first step). Without a
+        validation split the test split is evaluated every epoch; with one, ``test_*`` are None
+        except in the last entry, which after training also holds ``best_epoch`` (the epoch
+        whose weights were restored) and the test evaluation of those weights.
     steps_per_epoch : int
 
     Notes
     -----
     **Ctrl-C.** While :meth:`fit` runs in the main thread it handles SIGINT itself: the first
-    Ctrl-C lets the current step finish, saves a checkpoint (if `checkpoint_path` is set) and
-    raises :class:`TrainingInterrupted`; a second Ctrl-C raises ``KeyboardInterrupt`` at once,
-    without saving. :meth:`request_stop` does the same as the first Ctrl-C.
+    Ctrl-C lets the current step finish, saves a checkpoint (if there is a checkpoint path) and
+    raises :class:`TrainingInterrupted`; a second Ctrl-C raises ``KeyboardInterrupt`` at once.
+    :meth:`request_stop` does the same as the first Ctrl-C.
 
     **Resuming.** Build a trainer with the same settings (``epochs`` may differ), call
-    :meth:`load_checkpoint`, then :meth:`fit`. A checkpoint records the batch index within the
-    interrupted epoch; since the batch order is a function of ``(seed, epoch)`` alone, the
-    resumed run skips the batches already done and continues exactly where it stopped. The
-    final weights are bitwise identical to those of an uninterrupted run (with ``epochs``
-    unchanged, since the cosine schedule depends on it).
+    :meth:`load_checkpoint` (or :meth:`load_state_dict` with a :meth:`state_dict`), then
+    :meth:`fit`. The state holds the weights and buffers (batch-norm statistics), the optimiser
+    state, the epoch and batch reached, the running sums of the interrupted epoch, the dropout
+    step counters, the best epoch's weights and the history; the batch order and augmentation
+    draws are functions of ``(seed, epoch)``. The final weights are bitwise identical to those
+    of an uninterrupted run (with ``epochs`` unchanged, since schedules depend on it).
 
     **Allocation.** A training step runs ``model.forward(x, copy=False)``,
-    ``model.backward(g, copy=False)`` and the optimiser's in-place update on reused buffers; only
-    the loss allocates a few ``(batch, classes)`` arrays. (When ``N`` is not a multiple of
-    ``batch_size``, the layers reallocate their buffers for the short last batch and again for
-    the next full one, since they keep one buffer per shape; evaluation does the same.)
+    ``model.backward(g, copy=False)``, the augmentation and the optimiser's update on reused
+    buffers; only the loss allocates a few ``(batch, classes)`` arrays.
 
     Examples
     --------
     >>> data = fastcnn.datasets.load_mnist5k()
     >>> model = fastcnn.LeNet5()
-    >>> opt = fastcnn.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    >>> trainer = fastcnn.Trainer(model, opt, data=data, epochs=20, lr_schedule="cosine", shift=2)
+    >>> opt = fastcnn.SGD(model.param_groups(5e-4), lr=0.05, momentum=0.9)
+    >>> trainer = fastcnn.Trainer(model, opt, data, epochs=20, schedule="cosine",
+    ...                           augment=[RandomShift(2)])
     >>> history = trainer.fit()  # about 98.5% test accuracy (what `fastcnn train` runs)
     """
 
-    def __init__(self, model, optimizer, loss=None, data=None, *, batch_size=64, epochs=10,
-                 seed=0, lr_schedule=None, step_size=None, gamma=0.1, shift=0,
-                 eval_batch_size=1000, progress=None, log=None, history_path=None, plot_path=None,
-                 checkpoint_path=None, checkpoint_every_epoch=True, metadata=None):
-        if data is None or not hasattr(data, "train"):
-            raise TypeError("data must be a Dataset (or any object with .train and .test "
-                            "(images, labels) pairs)")
+    def __init__(self, model, optimizer, data, *, loss=None, epochs=10, batch_size=64, seed=0,
+                 schedule=None, augment=(), val_split=0.0, checkpoint=None, progress=None,
+                 log=None, eval_batch_size=1000, metadata=None, lr_schedule=None):
         self.model = model
         self.optimizer = optimizer
         self.loss = CrossEntropyLoss(dtype=model.dtype) if loss is None else loss
-        self.batch_size = _integer(batch_size, "batch_size", 1)
+        for method in ("forward", "backward"):
+            if not callable(getattr(self.loss, method, None)):
+                raise TypeError(f"loss must have forward(logits, labels, params) and backward(),"
+                                f" got {self.loss!r}")
         self.epochs = _integer(epochs, "epochs", 1)
-        self.seed = _integer(seed, "seed", 0)
-        if lr_schedule == "none":
-            lr_schedule = None
-        if lr_schedule not in SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {SCHEDULES}, got {lr_schedule!r}")
-        self.lr_schedule = lr_schedule
-        self.step_size = (max(1, self.epochs // 3) if step_size is None
-                          else _integer(step_size, "step_size", 1))
-        self.gamma = float(gamma)
-        if not 0 < self.gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
-        self.shift = _integer(shift, "shift", 0)
         self.eval_batch_size = _integer(eval_batch_size, "eval_batch_size", 1)
-        self.progress = sys.stderr.isatty() if progress is None else bool(progress)
-        self.log = log
-        self.history_path = history_path
-        self.plot_path = plot_path
-        self.checkpoint_path = checkpoint_path
-        self.checkpoint_every_epoch = bool(checkpoint_every_epoch)
-        self.metadata = dict(metadata or {})
-        self.base_lr = float(optimizer.lr)
-
-        train_x, train_y = data.train
-        test = getattr(data, "test", None)
-        self.train_images, self.train_labels = self._check_split(train_x, train_y, "train")
-        self.test_images = self.test_labels = None
-        if test is not None:
-            self.test_images, self.test_labels = self._check_split(test[0], test[1], "test")
-        self.classes = list(getattr(data, "classes", None) or []) or None
-        mean, std = getattr(data, "mean", None), getattr(data, "std", None)
-        self.normalization = None if mean is None else (float(mean), float(std))
-
-        self._batches = BatchIterator(self.train_images, self.train_labels, self.batch_size,
-                                      seed=self.seed)
-        self.steps_per_epoch = len(self._batches)
-        self._shifter = None
-        if self.shift:
-            n, _, height, width = self.train_images.shape
-            if self.shift >= min(height, width):
-                raise ValueError(f"shift must be smaller than the images ({height}x{width}), got "
-                                 f"{shift}")
-            self._shifter = RandomShift(self.shift, self.seed, n, self.batch_size, height, width,
-                                        self.train_images.dtype)
+        if schedule is not None and lr_schedule is not None:
+            raise ValueError("give schedule or lr_schedule, not both")
+        self.schedule = get_schedule(schedule if lr_schedule is None else lr_schedule,
+                                     self.epochs)
+        if isinstance(data, TrainingData):
+            self.data = data
+        else:
+            self.data = TrainingData(data, batch_size, seed=seed, augment=augment,
+                                     val_split=val_split)
+        self.seed = self.data.seed
+        self.checkpointer = (checkpoint if isinstance(checkpoint, Checkpointer) or
+                             checkpoint is None else Checkpointer(checkpoint))
+        self.progress = (progress if isinstance(progress, Progress)
+                         else Progress(bar=progress, log=log))
+        self.metadata = metadata
+        if self.data.dtype != model.dtype:
+            raise TypeError(f"the images have dtype {self.data.dtype} but the model has "
+                            f"{model.dtype}")
+        self._check_model()
+        seed_dropout = getattr(_dropout_module(), "seed_dropout", None)
+        if seed_dropout is not None:
+            seed_dropout(model, self.seed)
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
         self._params = model.parameters()
         self.epoch = 0
         self.step = 0
         self.history = []
         self._partial = self._empty_partial()
+        self._best = None  # {"epoch", "val_acc", "val_loss"} of the best epoch so far
+        self._best_state = None  # its model.state_dict() (arrays reused)
         self._stop_requested = False
 
-    # ----------------------------------------------------------------------------------------
-    # Set-up helpers
+    def _check_model(self):
+        """One forward pass of one training image, in eval mode: the model must take the
+        images and have an output for every class label."""
+        model = self.model
+        x = self.data.train[0][:1]
+        modes, steps = _modes(model), _module_steps(model)
+        model.eval()
+        try:
+            z = _logits(model, np.ascontiguousarray(x))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"the model does not take the training images "
+                             f"{self.data.image_shape}: {exc}") from None
+        finally:
+            _restore_modes(modes)
+            _set_module_steps(model, steps)
+        k = z.shape[1]
+        for name, split in (("train", self.data.train), ("validation", self.data.val),
+                            ("test", self.data.test)):
+            if split is not None and split[1].max() >= k:
+                raise ValueError(f"{name} label {split[1].max()} is out of range for a model "
+                                 f"with {k} outputs")
 
-    def _check_split(self, images, labels, name):
-        images = np.asarray(images)
-        labels = np.asarray(labels)
-        if images.ndim != 4 or images.shape[1:] != (1, 32, 32):
-            raise ValueError(f"{name} images must have shape (N, 1, 32, 32) (28x28 digits padded "
-                             f"by 2), got {images.shape}")
-        if images.dtype != self.model.dtype:
-            raise TypeError(f"{name} images have dtype {images.dtype} but the model has "
-                            f"{self.model.dtype}")
-        if labels.shape != (images.shape[0],) or labels.dtype.kind not in "iu":
-            raise ValueError(f"{name} labels must be integers of shape ({images.shape[0]},), got "
-                             f"{labels.dtype} {labels.shape}")
-        if images.shape[0] == 0:
-            raise ValueError(f"the {name} split is empty")
-        return np.ascontiguousarray(images), labels
+    # -- shortcuts to the collaborators ---------------------------------------------------------
+
+    @property
+    def steps_per_epoch(self):
+        return self.data.steps_per_epoch
+
+    @property
+    def batch_size(self):
+        return self.data.batch_size
+
+    @property
+    def checkpoint_path(self):
+        return None if self.checkpointer is None else self.checkpointer.path
+
+    @property
+    def classes(self):
+        return self.data.classes
+
+    @property
+    def normalization(self):
+        return self.data.normalization
+
+    @property
+    def best_epoch(self):
+        """The 1-based epoch with the best validation accuracy so far (None without a
+        validation split)."""
+        return None if self._best is None else self._best["epoch"]
 
     @staticmethod
     def _empty_partial():
@@ -411,44 +664,31 @@ class Trainer:
 
     def config(self):
         """The settings a checkpoint must agree with to be resumed (plus ``epochs``)."""
-        return {
-            "batch_size": self.batch_size, "epochs": self.epochs, "seed": self.seed,
-            "lr_schedule": self.lr_schedule, "step_size": self.step_size, "gamma": self.gamma,
-            "base_lr": self.base_lr, "l2": float(getattr(self.loss, "l2", 0.0)),
-            "shift": self.shift,
-            "n_train": int(self.train_labels.shape[0]),
-            "train_labels_crc32": _labels_crc32(self.train_labels),
-        }
+        cfg = {"epochs": self.epochs, "schedule": self.schedule.config(),
+               "base_lrs": list(self.base_lrs), "loss": _loss_config(self.loss)}
+        cfg.update(self.data.config())
+        return cfg
 
-    def lr_at(self, epoch, step):
-        """The learning rate of batch `step` of epoch `epoch` under this trainer's schedule."""
-        return learning_rate(self.lr_schedule, self.base_lr, epoch, step, self.steps_per_epoch,
-                             self.epochs, self.step_size, self.gamma)
+    def lr_at(self, epoch, step, base_lr=None):
+        """The learning rate of batch `step` of epoch `epoch` for a group whose base rate is
+        `base_lr` (default: the first group's)."""
+        base = self.base_lrs[0] if base_lr is None else base_lr
+        return self.schedule.lr(base, epoch, step, self.steps_per_epoch, self.epochs)
 
     def request_stop(self):
         """Ask :meth:`fit` to stop after the current step, as the first Ctrl-C does."""
         self._stop_requested = True
 
-    def _log(self, text):
-        if self.log is not None:
-            self.log(text)
-
-    # ----------------------------------------------------------------------------------------
-    # Training
+    # -- training --------------------------------------------------------------------------------
 
     def fit(self):
         """Train from the current epoch and step to ``epochs``; return the history.
 
-        Returns
-        -------
-        list of dict
-            :attr:`history`.
-
         Raises
         ------
         TrainingInterrupted
-            After Ctrl-C or :meth:`request_stop` (a checkpoint is saved first if
-            `checkpoint_path` is set).
+            After Ctrl-C or :meth:`request_stop` (a checkpoint is saved first if there is a
+            checkpoint path).
         FloatingPointError
             If the loss becomes NaN or infinite (the learning rate is too high).
         """
@@ -456,20 +696,25 @@ class Trainer:
         previous = None
         if threading.current_thread() is threading.main_thread():
             previous = signal.signal(signal.SIGINT, self._on_sigint)
+        modes = _modes(self.model)
         try:
+            data = self.data
             where = (f", resuming at epoch {self.epoch + 1} batch {self.step + 1}"
                      if self.epoch or self.step else "")
-            n_test = 0 if self.test_labels is None else self.test_labels.shape[0]
-            self._log(f"training on {self.train_labels.shape[0]} images ({self.steps_per_epoch} "
-                      f"batches of {self.batch_size}), testing on {n_test}, for {self.epochs} "
-                      f"epoch{'s' if self.epochs != 1 else ''}{where}")
+            n_test = 0 if data.test is None else data.test[1].shape[0]
+            val = "" if data.val is None else f", validating on {data.val[1].shape[0]}"
+            self.progress.line(
+                f"training on {data.n_train} images ({self.steps_per_epoch} batches of "
+                f"{self.batch_size}){val}, testing on {n_test}, for {self.epochs} "
+                f"epoch{'s' if self.epochs != 1 else ''}{where}")
             while self.epoch < self.epochs:
                 self._run_epoch()
+            self._finish()
         finally:
+            _restore_modes(modes)
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        if self.plot_path is not None:
-            plot_history(self.history, self.plot_path)
+        self.progress.finish(self.history)
         return self.history
 
     def _on_sigint(self, signum, frame):
@@ -480,25 +725,19 @@ class Trainer:
     def _run_epoch(self):
         """Train the rest of epoch ``self.epoch``, evaluate, record, checkpoint."""
         epoch, n = self.epoch, self.steps_per_epoch
-        model, loss_fn, optimizer = self.model, self.loss, self.optimizer
+        model, loss_fn, optimizer, schedule = self.model, self.loss, self.optimizer, self.schedule
+        groups, base_lrs = optimizer.param_groups, self.base_lrs
         l2_params = self._params if getattr(loss_fn, "l2", 0) > 0 else ()
         partial = self._partial
         first_lr = self.lr_at(epoch, 0)
-        bar = tqdm(total=n, initial=self.step, desc=f"epoch {epoch + 1}/{self.epochs}",
-                   unit="batch", file=sys.stderr, disable=not self.progress, leave=False,
-                   dynamic_ncols=True)
+        seconds_before = partial["seconds"]
+        self.progress.start_epoch(epoch, self.epochs, n, self.step)
         start = time.perf_counter()
-        seconds_before, seen_before = partial["seconds"], partial["seen"]
-        shifter = self._shifter
-        if shifter is not None:
-            shifter.start_epoch(epoch)
+        model.train()
         try:
-            for i, (x, y) in enumerate(self._batches.epoch(epoch)):
-                if i < self.step:
-                    continue  # done before the interruption this run resumes from
-                if shifter is not None:
-                    x = shifter.apply(x, i * self.batch_size)
-                optimizer.lr = self.lr_at(epoch, i)
+            for i, x, y in self.data.epoch(epoch, self.step):
+                for group, base in zip(groups, base_lrs):
+                    group["lr"] = schedule.lr(base, epoch, i, n, self.epochs)
                 logits = model.forward(x, copy=False)
                 loss = loss_fn.forward(logits, y, l2_params)
                 if not math.isfinite(loss):
@@ -513,52 +752,168 @@ class Trainer:
                 partial["loss_sum"] += loss * y.shape[0]
                 partial["seen"] += y.shape[0]
                 self.step = i + 1
-                if self.progress:
-                    elapsed = time.perf_counter() - start
-                    rate = (partial["seen"] - seen_before) / elapsed if elapsed > 0 else 0.0
-                    bar.set_postfix_str(f"loss {partial['loss_sum'] / partial['seen']:.4f}, acc "
-                                        f"{100 * partial['correct'] / partial['seen']:.2f}%, "
-                                        f"{rate:,.0f} img/s", refresh=False)
-                    bar.update(1)
+                self.progress.step(partial)
                 if self._stop_requested and self.step < n:
                     partial["seconds"] = seconds_before + time.perf_counter() - start
                     self._interrupt()
         finally:
-            bar.close()
+            self.progress.close_epoch()
         seconds = seconds_before + time.perf_counter() - start
 
         record = {"epoch": epoch + 1,
                   "loss": partial["loss_sum"] / partial["seen"],
                   "train_acc": partial["correct"] / partial["seen"],
-                  "test_loss": None, "test_acc": None,
+                  "val_loss": None, "val_acc": None, "test_loss": None, "test_acc": None,
                   "seconds": seconds, "eval_seconds": 0.0,
                   "images_per_s": partial["seen"] / seconds if seconds > 0 else None,
                   "lr": first_lr}
-        if self.test_labels is not None:
-            t0 = time.perf_counter()
-            result = evaluate(model, self.test_images, self.test_labels, self.eval_batch_size)
-            record.update(test_loss=result.loss, test_acc=result.accuracy,
-                          eval_seconds=time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        if self.data.val is not None:
+            result = evaluate(model, *self.data.val, self.eval_batch_size)
+            record.update(val_loss=result.loss, val_acc=result.accuracy)
+            self._consider_best(record)
+        elif self.data.test is not None:
+            result = evaluate(model, *self.data.test, self.eval_batch_size)
+            record.update(test_loss=result.loss, test_acc=result.accuracy)
+        record["eval_seconds"] = time.perf_counter() - t0
         self.history.append(record)
         self.epoch, self.step = epoch + 1, 0
         self._partial = self._empty_partial()
-        if self.checkpoint_path is not None and self.checkpoint_every_epoch:
-            self.save_checkpoint(self.checkpoint_path)
-        if self.history_path is not None:
-            write_history(self.history, self.history_path)
-        self._log(format_epoch(record, self.epochs))
+        if self.checkpointer is not None:
+            self.checkpointer.epoch_end(self)
+        self.progress.end_epoch(record, self.history, self.epochs)
         if self._stop_requested and self.epoch < self.epochs:
             self._interrupt()
 
+    def _consider_best(self, record):
+        best = self._best
+        better = (best is None or record["val_acc"] > best["val_acc"] or
+                  (record["val_acc"] == best["val_acc"] and record["val_loss"] <
+                   best["val_loss"]))
+        if not better:
+            return
+        self._best = {"epoch": record["epoch"], "val_acc": record["val_acc"],
+                      "val_loss": record["val_loss"]}
+        if self._best_state is None:
+            self._best_state = self.model.state_dict()
+        else:  # copy into the arrays kept from the last time
+            for (key, target), value in zip(self._best_state.items(),
+                                            self.model.state_dict().values()):
+                np.copyto(target, value)
+
+    def _finish(self):
+        """With a validation split: restore the best epoch's weights and buffers and evaluate
+        the test split once on them (recorded in the last history entry)."""
+        if self._best is None or not self.history or "best_epoch" in self.history[-1]:
+            return
+        self.model.load_state_dict(self._best_state)
+        last = self.history[-1]
+        last["best_epoch"] = self._best["epoch"]
+        text = (f"restored the weights of epoch {self._best['epoch']} (validation accuracy "
+                f"{100 * self._best['val_acc']:.2f}%)")
+        if self.data.test is not None:
+            result = evaluate(self.model, *self.data.test, self.eval_batch_size)
+            last.update(test_loss=result.loss, test_acc=result.accuracy)
+            text += f"; test accuracy {100 * result.accuracy:.2f}%"
+        self.progress.line(text)
+
     def _interrupt(self):
-        path = self.checkpoint_path
-        if path is not None:
-            self.save_checkpoint(path)
-            path = os.fspath(path)
+        path = None
+        if self.checkpointer is not None:
+            path = self.checkpointer.interrupted(self)
         raise TrainingInterrupted(self.epoch, self.step, self.steps_per_epoch, path)
 
-    # ----------------------------------------------------------------------------------------
-    # Files
+    # -- state -----------------------------------------------------------------------------------
+
+    def state_dict(self):
+        """Everything :meth:`load_state_dict` needs to continue this run exactly (copies):
+        ``model`` (weights and buffers), ``optimizer`` (its ``state_dict()``), ``epoch``,
+        ``step``, ``partial``, ``history``, ``module_steps`` (dropout counters), ``best`` (the
+        best epoch's metrics and ``state``, or None) and ``config``."""
+        best = None
+        if self._best is not None:
+            best = dict(self._best, state={k: v.copy() for k, v in self._best_state.items()})
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "epoch": self.epoch, "step": self.step, "partial": dict(self._partial),
+                "history": json.loads(json.dumps(self.history)),
+                "module_steps": _module_steps(self.model), "best": best,
+                "config": self.config()}
+
+    def load_state_dict(self, state, source="the saved state"):
+        """Restore a :meth:`state_dict` (or a checkpoint's contents), after checking that it
+        was made with this trainer's settings (``epochs`` may differ).
+
+        Raises
+        ------
+        ValueError
+            Naming `source`, if the settings (batch size, seed, schedule, base learning rates,
+            loss, augmentation, validation split, optimiser type or settings, training data)
+            differ, or the state is incomplete or does not fit the model.
+        """
+        saved = state.get("config")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{source}: no trainer settings")  # noqa: TRY004
+        saved = _upgrade_config(saved, len(self.optimizer.param_groups))
+        mine = self.config()
+        diffs = [f"{key}={saved.get(key)!r} (this trainer: {mine[key]!r})"
+                 for key in mine if key != "epochs" and saved.get(key) != mine[key]]
+        optim = state.get("optimizer")
+        if not (isinstance(optim, tuple | list) and len(optim) == 2 and
+                isinstance(optim[1], dict)):
+            raise ValueError(f"{source}: no optimizer state")
+        arrays, info = optim
+        if info.get("type") != type(self.optimizer).__name__:
+            diffs.append(f"optimizer type={info.get('type')!r} (this trainer: "
+                         f"{type(self.optimizer).__name__!r})")
+        else:
+            theirs = self.optimizer.settings_by_param(info)
+            ours = self.optimizer.settings_by_param()
+            if set(theirs) != set(ours):
+                diffs.append("optimizer parameters differ")
+            else:
+                for name in ours:
+                    bad = [k for k in ours[name] if _jsonify(theirs[name].get(k)) !=
+                           _jsonify(ours[name][k])]
+                    if bad:
+                        diffs.append(f"optimizer {bad[0]}={theirs[name].get(bad[0])!r} (this "
+                                     f"trainer: {ours[name][bad[0]]!r}) for {name}")
+                        break
+        if diffs:
+            raise ValueError(f"{source}: the checkpoint was made with other settings: "
+                             + ", ".join(diffs))
+        epoch, step, partial = state.get("epoch"), state.get("step"), state.get("partial")
+        ok = (isinstance(epoch, int) and isinstance(step, int) and 0 <= step <=
+              self.steps_per_epoch and epoch >= 0 and isinstance(partial, dict)
+              and set(partial) == set(self._empty_partial()))
+        if not ok:
+            raise ValueError(f"{source}: invalid epoch/step/partial in the trainer state")
+        best = state.get("best")
+        if best is not None and not (isinstance(best, dict) and isinstance(best.get("state"),
+                                                                           dict)):
+            raise ValueError(f"{source}: invalid best-epoch state")
+        module_steps = state.get("module_steps") or {}
+        try:
+            self.model.load_state_dict(state["model"])
+            if best is not None:
+                _check_same_keys(best["state"], self.model.state_dict())
+        except KeyError as exc:
+            raise ValueError(f"{source}: the weights do not fit the model: "
+                             f"{exc.args[0]}") from None
+        except ValueError as exc:
+            raise ValueError(f"{source}: the weights do not fit the model: {exc}") from None
+        self.optimizer.load_state_dict(arrays, info)
+        _set_module_steps(self.model, module_steps)
+        self.epoch, self.step = epoch, step
+        self.history = list(state.get("history") or [])
+        self._partial = dict(partial)
+        if best is None:
+            self._best = self._best_state = None
+        else:
+            self._best = {k: best[k] for k in ("epoch", "val_acc", "val_loss")}
+            self._best_state = {k: np.array(v, dtype=self.model.state_dict()[k].dtype)
+                                for k, v in best["state"].items()}
+
+    # -- files -----------------------------------------------------------------------------------
 
     def _file_kwargs(self):
         return {"classes": self.classes, "normalization": self.normalization,
@@ -571,51 +926,75 @@ class Trainer:
 
     def save_checkpoint(self, path):
         """Save everything :meth:`load_checkpoint` needs to resume, atomically."""
-        save_checkpoint(path, self.model, self.optimizer, **self._file_kwargs(),
-                        header={"step": self.step, "trainer": self.config(),
-                                "partial": dict(self._partial)})
+        state = self.state_dict()
+        best = state["best"]
+        extra = {} if best is None else {_BEST + k: v for k, v in best["state"].items()}
+        header = {"step": self.step, "trainer": state["config"], "partial": state["partial"],
+                  "module_steps": state["module_steps"],
+                  "best": None if best is None else {k: v for k, v in best.items()
+                                                     if k != "state"}}
+        save_checkpoint(path, self.model, _Extra(self.optimizer, extra), **self._file_kwargs(),
+                        header=header)
 
     def load_checkpoint(self, path):
-        """Restore the model, optimiser, epoch, step and history saved by
-        :meth:`save_checkpoint`, so that :meth:`fit` continues the interrupted run.
-
-        Raises
-        ------
-        ValueError
-            If the file is not a checkpoint, or was made with other settings (batch size, seed,
-            schedule, base learning rate, loss, optimiser type or hyper-parameters, model, or
-            training data) than this trainer's; ``epochs`` may differ.
-        """
+        """Restore the state saved by :meth:`save_checkpoint` (see :meth:`load_state_dict`)."""
         model, optim_arrays, header = load_checkpoint(path)
-        saved = header.get("trainer")
-        if not isinstance(saved, dict):
-            raise ValueError(  # noqa: TRY004 (bad file content)
-                f"{path}: the checkpoint has no trainer settings")
-        mine = self.config()
-        diffs = [f"{key}={saved.get(key)!r} (this trainer: {mine[key]!r})"
-                 for key in mine if key != "epochs" and saved.get(key) != mine[key]]
-        info = header["optimizer"]
-        my_info = self.optimizer.state_dict()[1]
-        diffs += [f"optimizer {key}={info.get(key)!r} (this trainer: {my_info[key]!r})"
-                  for key in my_info if key not in ("lr", "steps") and info.get(key) !=
-                  my_info[key]]
-        if model.num_classes != getattr(self.model, "num_classes", None):
-            diffs.append(f"num_classes={model.num_classes}")
-        if diffs:
-            raise ValueError(f"{path}: the checkpoint was made with other settings: "
-                             + ", ".join(diffs))
-        step, epoch = header.get("step"), header.get("epoch")
-        partial = header.get("partial")
-        ok = (isinstance(epoch, int) and isinstance(step, int) and 0 <= step <=
-              self.steps_per_epoch and epoch >= 0 and isinstance(partial, dict)
-              and set(partial) == set(self._empty_partial()))
-        if not ok:
-            raise ValueError(f"{path}: invalid epoch/step/partial in the checkpoint header")
-        self.model.load_state_dict(model.state_dict())
-        self.optimizer.load_state_dict(optim_arrays, info)
-        self.epoch, self.step = epoch, step
-        self.history = list(header.get("history") or [])
-        self._partial = dict(partial)
+        best_arrays = {k[len(_BEST):]: v for k, v in optim_arrays.items() if k.startswith(_BEST)}
+        optim_arrays = {k: v for k, v in optim_arrays.items() if not k.startswith(_BEST)}
+        best = header.get("best")
+        if isinstance(best, dict):
+            best = dict(best, state=best_arrays)
+        state = {"model": model.state_dict(), "optimizer": (optim_arrays, header["optimizer"]),
+                 "epoch": header.get("epoch"), "step": header.get("step"),
+                 "partial": header.get("partial"), "history": header.get("history"),
+                 "module_steps": header.get("module_steps"), "best": best,
+                 "config": header.get("trainer")}
+        self.load_state_dict(state, source=os.fspath(path))
+
+
+def _dropout_module():
+    from .nn import dropout
+
+    return dropout
+
+
+def _loss_config(loss):
+    return {"type": type(loss).__name__, "l2": float(getattr(loss, "l2", 0.0)),
+            "label_smoothing": float(getattr(loss, "label_smoothing", 0.0))}
+
+
+def _jsonify(value):
+    return json.loads(json.dumps(value, default=str))
+
+
+def _check_same_keys(state, reference):
+    if set(state) != set(reference):
+        raise KeyError(f"best-epoch state keys {sorted(state)} differ from the model's")
+    for k, v in state.items():
+        if np.shape(v) != reference[k].shape:
+            raise ValueError(f"best-epoch {k}: shape {np.shape(v)}, model {reference[k].shape}")
+
+
+def _upgrade_config(saved, n_groups):
+    """Trainer settings of a checkpoint written before schedules, transforms and parameter
+    groups were objects (``lr_schedule``, ``step_size``, ``gamma``, ``base_lr``, ``l2``,
+    ``shift``), in today's form."""
+    if "schedule" in saved:
+        return saved
+    cfg = dict(saved)
+    name = cfg.pop("lr_schedule", None)
+    step_size, gamma = cfg.pop("step_size", None), cfg.pop("gamma", None)
+    schedule = get_schedule(name, cfg.get("epochs"),
+                            **({"step_size": step_size, "gamma": gamma} if name == "step"
+                               else {}))
+    cfg["schedule"] = schedule.config()
+    cfg["base_lrs"] = [cfg.pop("base_lr", None)] * n_groups
+    cfg["loss"] = {"type": "CrossEntropyLoss", "l2": float(cfg.pop("l2", 0.0)),
+                   "label_smoothing": 0.0}
+    shift = cfg.pop("shift", 0)
+    cfg["augment"] = [{"name": "RandomShift", "max_shift": shift}] if shift else []
+    cfg["val_split"] = 0.0
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,10 +1003,11 @@ class Trainer:
 
 def format_epoch(record, epochs):
     """One line summing up a history entry, e.g. for a log."""
+    val = "" if record.get("val_acc") is None else f"  val {100 * record['val_acc']:.2f}%"
     test = "" if record["test_acc"] is None else f"  test {100 * record['test_acc']:.2f}%"
     rate = record["images_per_s"] or 0.0
     return (f"epoch {record['epoch']:>{len(str(epochs))}}/{epochs}  loss {record['loss']:.4f}  "
-            f"train {100 * record['train_acc']:.2f}%{test}  {record['seconds']:.1f} s  "
+            f"train {100 * record['train_acc']:.2f}%{val}{test}  {record['seconds']:.1f} s  "
             f"{rate:,.0f} img/s  lr {record['lr']:.4g}")
 
 
@@ -649,7 +1029,7 @@ def _require_matplotlib():
 
 
 def plot_history(history, path):
-    """Save learning curves (loss and accuracy per epoch, train and test) as a PNG.
+    """Save learning curves (loss and accuracy per epoch: train, validation, test) as a PNG.
 
     Uses matplotlib's Agg canvas directly: no window, and pyplot's global backend is left alone.
 
@@ -673,10 +1053,12 @@ def plot_history(history, path):
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [h["loss"] for h in history], "o-", label="train")
     ax_acc.plot(epochs, [100 * h["train_acc"] for h in history], "o-", label="train")
-    if any(h.get("test_acc") is not None for h in history):
-        ax_loss.plot(epochs, [h.get("test_loss") for h in history], "s-", label="test")
-        ax_acc.plot(epochs, [100 * h["test_acc"] if h.get("test_acc") is not None else None
-                             for h in history], "s-", label="test")
+    for key, label, marker in (("val", "validation", "^-"), ("test", "test", "s-")):
+        if sum(h.get(f"{key}_acc") is not None for h in history) > 1 or (
+                len(history) == 1 and history[0].get(f"{key}_acc") is not None):
+            ax_loss.plot(epochs, [h.get(f"{key}_loss") for h in history], marker, label=label)
+            ax_acc.plot(epochs, [100 * h[f"{key}_acc"] if h.get(f"{key}_acc") is not None
+                                 else None for h in history], marker, label=label)
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     from matplotlib.ticker import MaxNLocator

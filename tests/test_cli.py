@@ -232,7 +232,8 @@ def test_train_options_reach_the_model_file(capsys, tmp_path, idx_dir):
     assert [h["lr"] for h in header["history"]] == [0.002, 0.001]
     assert (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
     _, _, ckpt = load_checkpoint(tmp_path / "c.npz")  # written after every epoch
-    assert ckpt["trainer"]["seed"] == 3 and ckpt["trainer"]["shift"] == 1
+    assert ckpt["trainer"]["seed"] == 3 and ckpt["trainer"]["augment"] == [
+        {"name": "RandomShift", "max_shift": 1}]
     assert ckpt["epoch"] == 2
 
 

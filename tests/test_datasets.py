@@ -539,3 +539,247 @@ def test_batch_iterator_bad_epoch():
     images, labels = tiny()
     with pytest.raises(ValueError, match="epoch must be an integer >= 0, got -1"):
         BatchIterator(images, labels, 3).epoch(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# load_dataset: image folders, .npz arrays, dispatch
+
+
+def write_folder(root, spec, mode="L", size=(6, 5), fmt="PNG", seed=0):
+    """Write ``root/<class>/<i>.png`` images; spec maps class name -> count. Returns
+    {path: (pixel array as Pillow gives it, class name)}."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(seed)
+    written = {}
+    for name, count in spec.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            shape = (size[1], size[0]) + ({"L": (), "RGB": (3,), "RGBA": (4,)}[mode])
+            pixels = rng.integers(0, 256, size=shape, dtype=np.uint8)
+            path = root / name / f"{i}.{fmt.lower()}"
+            Image.fromarray(pixels, mode).save(path, fmt)
+            written[path] = (pixels, name)
+    return written
+
+
+def test_image_folder_grayscale(tmp_path):
+    written = write_folder(tmp_path / "pets", {"dog": 3, "cat": 4, "bird": 5})
+    (tmp_path / "pets" / "cat" / "notes.txt").write_text("not an image")
+    data = datasets.load_dataset(tmp_path / "pets", test_split=0.25, seed=1)
+    assert data.classes == ["bird", "cat", "dog"] and data.name == "pets"
+    assert data.train.images.shape == (9, 1, 5, 6) and data.test.images.shape == (3, 1, 5, 6)
+    assert data.train.images.dtype == np.float32
+    # every image is found, in one split, with its label and exact pixels
+    expected = {pixels.tobytes(): data.classes.index(name) for pixels, name in written.values()}
+    found = {}
+    for split in (data.train, data.test):
+        for x, y in zip(split.images, split.labels):
+            found[np.rint(x[0] * 255).astype(np.uint8).tobytes()] = int(y)
+    assert found == expected
+    np.testing.assert_array_equal(data.train.images * 255, np.rint(data.train.images * 255))
+
+
+def test_image_folder_held_out_split_is_seeded(tmp_path):
+    write_folder(tmp_path / "d", {"a": 6, "b": 4})
+    one = datasets.load_dataset(tmp_path / "d", seed=3)
+    again = datasets.load_dataset(tmp_path / "d", seed=3)
+    other = datasets.load_dataset(tmp_path / "d", seed=4)
+    assert one.test.images.shape[0] == 2 and one.train.images.shape[0] == 8
+    np.testing.assert_array_equal(one.test.images, again.test.images)
+    assert not np.array_equal(one.test.images, other.test.images)
+    assert datasets.load_dataset(tmp_path / "d", test_split=0).test is None
+
+
+def test_image_folder_colour_and_mixed(tmp_path):
+    rgb = write_folder(tmp_path / "d", {"a": 2}, mode="RGB")
+    write_folder(tmp_path / "d", {"b": 2}, mode="L", seed=1)
+    data = datasets.load_dataset(tmp_path / "d", test_split=0)
+    assert data.train.images.shape == (4, 3, 5, 6)  # one colour image makes the set RGB
+    first = next(iter(rgb.values()))[0]
+    np.testing.assert_array_equal(np.rint(data.train.images[0] * 255).astype(np.uint8),
+                                  first.transpose(2, 0, 1))
+    gray = np.rint(data.train.images[2] * 255)
+    np.testing.assert_array_equal(gray[0], gray[1])  # a gray image has three equal channels
+    forced = datasets.load_dataset(tmp_path / "d", test_split=0, channels=1)
+    assert forced.train.images.shape == (4, 1, 5, 6)
+
+
+def test_image_folder_rgba_and_jpeg(tmp_path):
+    write_folder(tmp_path / "d", {"a": 2}, mode="RGBA")
+    write_folder(tmp_path / "d", {"b": 2}, mode="RGB", fmt="JPEG")
+    data = datasets.load_dataset(tmp_path / "d", test_split=0)
+    assert data.train.images.shape == (4, 3, 5, 6)
+    assert 0 <= data.train.images.min() and data.train.images.max() <= 1
+
+
+def test_image_folder_already_split(tmp_path):
+    write_folder(tmp_path / "d" / "train", {"x": 3, "y": 2, "z": 2})
+    write_folder(tmp_path / "d" / "test", {"y": 2, "z": 1}, seed=5)
+    data = datasets.load_dataset(tmp_path / "d")
+    assert data.classes == ["x", "y", "z"]
+    assert data.train.images.shape[0] == 7 and data.test.images.shape[0] == 3
+    np.testing.assert_array_equal(data.test.labels, [1, 1, 2])
+    (tmp_path / "d" / "test").rename(tmp_path / "d" / "val")
+    assert datasets.load_dataset(tmp_path / "d").test.images.shape[0] == 3
+
+
+def test_image_folder_resize(tmp_path):
+    write_folder(tmp_path / "d", {"a": 2}, size=(6, 5))
+    write_folder(tmp_path / "d", {"b": 2}, size=(9, 7), seed=1)
+    with pytest.raises(ValueError, match=r"b/0\.png: image size 9x7 differs from 6x5 .*pass "
+                                         r"size="):
+        datasets.load_dataset(tmp_path / "d")
+    data = datasets.load_dataset(tmp_path / "d", size=8, test_split=0)
+    assert data.train.images.shape == (4, 1, 8, 8)
+    data = datasets.load_dataset(tmp_path / "d", size=(4, 10), test_split=0, pad=1)
+    assert data.train.images.shape == (4, 1, 6, 12)
+
+
+def test_image_folder_normalize_per_channel(tmp_path):
+    write_folder(tmp_path / "d", {"a": 3, "b": 3}, mode="RGB")
+    data = datasets.load_dataset(tmp_path / "d", normalize=True, test_split=0)
+    x = data.train.images.astype(np.float64)
+    np.testing.assert_allclose(x.mean(axis=(0, 2, 3)), 0, atol=1e-6)
+    np.testing.assert_allclose(x.std(axis=(0, 2, 3)), 1, rtol=1e-5)
+    norm = data.normalization
+    assert len(norm["mean"]) == 3 and len(norm["std"]) == 3 and len(set(norm["mean"])) == 3
+
+
+@pytest.mark.parametrize("make_bad, match", [
+    (lambda r: r.mkdir(parents=True), r"[/\\]d: no class folders"),
+    (lambda r: (write_folder(r, {"a": 2}), (r / "b").mkdir()), r"[/\\]b: empty class folder"),
+    (lambda r: (write_folder(r, {"a": 2}), (r / "a" / "9.png").write_bytes(b"garbage")),
+     r"a[/\\]9\.png: unreadable image"),
+    (lambda r: (write_folder(r, {"a": 2}), (r / "a" / "8.jpg").write_bytes(b"\xff\xd8\xff\xe0")),
+     r"a[/\\]8\.jpg: unreadable image"),
+    (lambda r: (write_folder(r / "train", {"a": 2}), write_folder(r / "test", {"c": 1})),
+     r"class 'c' is not among the training classes \['a'\]"),
+], ids=["no-classes", "empty-class", "garbage-png", "truncated-jpeg", "unknown-test-class"])
+def test_image_folder_errors(tmp_path, make_bad, match):
+    pytest.importorskip("PIL")
+    root = tmp_path / "d"
+    make_bad(root)
+    with pytest.raises(ValueError, match=match):
+        datasets.load_dataset(root, test_split=0)
+
+
+def test_image_folder_arguments(tmp_path):
+    write_folder(tmp_path / "d", {"a": 2})
+    for kwargs, match in (({"channels": 2}, "channels must be 1 or 3"),
+                          ({"size": 0}, "size must be an integer >= 1"),
+                          ({"test_split": 1.0}, r"test_split must be a fraction in \[0, 1\)"),
+                          ({"test_split": 0.1}, "leaves 0 for testing"),
+                          ({"layout": "NHWC"}, "layout applies to .npz files")):
+        with pytest.raises(ValueError, match=match):
+            datasets.load_dataset(tmp_path / "d", **kwargs)
+
+
+def test_image_folder_without_pillow(tmp_path, monkeypatch):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    monkeypatch.setitem(__import__("sys").modules, "PIL", None)
+    with pytest.raises(ImportError, match=r"reading image folders needs Pillow"):
+        datasets.load_dataset(tmp_path / "d")
+
+
+def save_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+def test_npz_keras_mnist_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    x_train = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    x_test = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    y_train, y_test = np.arange(12) % 10, np.arange(5)
+    path = save_npz(tmp_path / "mnist.npz", x_train=x_train, y_train=y_train.astype(np.uint8),
+                    x_test=x_test, y_test=y_test)
+    data = datasets.load_dataset(path)
+    assert data.name == "mnist" and data.classes == [str(k) for k in range(10)]
+    assert data.train.images.shape == (12, 1, 28, 28) and data.test.images.shape == (5, 1, 28, 28)
+    np.testing.assert_array_equal(data.train.images[:, 0], x_train / np.float32(255))
+    np.testing.assert_array_equal(data.test.labels, y_test)
+    assert data.train.labels.dtype == np.int64
+    padded = datasets.load_dataset(path, pad=2, dtype=np.float64)
+    assert padded.train.images.shape == (12, 1, 32, 32) and padded.train.images.dtype == F64
+
+
+F64 = np.float64
+
+
+@pytest.mark.parametrize("shape, layout, chw", [
+    ((6, 8, 7, 3), None, (3, 8, 7)),
+    ((6, 3, 8, 7), None, (3, 8, 7)),
+    ((6, 8, 7, 1), None, (1, 8, 7)),
+    ((6, 4, 8, 4), "NCHW", (4, 8, 4)),
+    ((6, 4, 8, 4), None, (4, 4, 8)),
+], ids=["nhwc", "nchw", "nhwc-1", "nchw-forced", "ambiguous-is-nhwc"])
+def test_npz_layouts(tmp_path, shape, layout, chw):
+    x = np.random.default_rng(1).random(shape).astype(np.float32)
+    path = save_npz(tmp_path / "d.npz", x_train=x, y_train=np.arange(6) % 2)
+    data = datasets.load_dataset(path, test_split=0, layout=layout)
+    assert data.train.images.shape == (6,) + chw
+    expected = x if (layout == "NCHW" or chw == shape[1:]) else x.transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(data.train.images, expected)
+
+
+def test_npz_held_out_split_and_classes(tmp_path):
+    x = np.random.default_rng(2).integers(0, 256, (10, 4, 4), dtype=np.uint8)
+    path = save_npz(tmp_path / "d.npz", x_train=x, y_train=np.arange(10) % 3,
+                    classes=np.array(["r", "g", "b"]))
+    data = datasets.load_dataset(path, seed=5)
+    assert data.classes == ["r", "g", "b"]
+    assert data.train.images.shape[0] == 8 and data.test.images.shape[0] == 2
+    labels = np.concatenate([data.train.labels, data.test.labels])
+    assert sorted(labels) == sorted(np.arange(10) % 3)
+
+
+@pytest.mark.parametrize("arrays, match", [
+    ({"x_train": np.zeros((3, 4, 4), np.uint8)}, r"missing array\(s\) \['y_train'\]"),
+    ({"x_train": np.zeros((3, 4, 4), np.uint8), "y_train": np.zeros(3, int),
+      "x_test": np.zeros((1, 4, 4), np.uint8)}, r"missing array\(s\) \['y_test'\]"),
+    ({"x_train": np.zeros((3, 4, 4), np.int16), "y_train": np.zeros(3, int)},
+     "x_train: images must be uint8 or floating, got int16"),
+    ({"x_train": np.zeros((3, 4, 4), np.uint8), "y_train": np.zeros(3)},
+     "y_train: labels must be integers, got float64"),
+    ({"x_train": np.zeros((3, 4, 4), np.uint8), "y_train": np.zeros(2, int)},
+     "x_train holds 3 images but y_train 2 labels"),
+    ({"x_train": np.zeros((3, 4), np.uint8), "y_train": np.zeros(3, int)},
+     r"images must be \(N, H, W\).*got shape \(3, 4\)"),
+    ({"x_train": np.zeros((3, 5, 5, 5), np.uint8), "y_train": np.zeros(3, int)},
+     "cannot tell the channel axis"),
+    ({"x_train": np.full((3, 4, 4), np.nan), "y_train": np.zeros(3, int)}, "NaN or inf"),
+    ({"x_train": np.zeros((3, 4, 4), np.uint8), "y_train": np.array([0, -1, 1])},
+     "label -1 is negative"),
+    ({"x_train": np.zeros((3, 4, 4), np.uint8), "y_train": np.array([0, 3, 1]),
+      "classes": np.array(["a", "b"])}, "label 3 is out of range for 2 classes"),
+    ({"x_train": np.zeros((3, 4, 4), np.uint8), "y_train": np.zeros(3, int),
+      "x_test": np.zeros((1, 5, 5), np.uint8), "y_test": np.zeros(1, int)},
+     r"x_test images \(1, 5, 5\) differ from x_train images \(1, 4, 4\)"),
+    ({"x_train": np.array([None, 1, 2], dtype=object), "y_train": np.zeros(3, int)},
+     "cannot read the arrays"),
+], ids=["no-y-train", "no-y-test", "int16-images", "float-labels", "length", "2d", "ambiguous",
+        "nan", "negative", "out-of-range", "test-shape", "object-array"])
+def test_npz_errors(tmp_path, arrays, match):
+    path = save_npz(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match=r"bad\.npz: .*" + match):
+        datasets.load_dataset(path, test_split=0)
+
+
+def test_npz_not_a_zip(tmp_path):
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"not a zip file at all")
+    with pytest.raises(ValueError, match=r"junk\.npz: "):
+        datasets.load_dataset(path)
+
+
+def test_load_dataset_dispatch(tmp_path):
+    make_dir(tmp_path / "idx")
+    data = datasets.load_dataset(tmp_path / "idx")
+    assert data.train.images.shape == (12, 1, 32, 32) and data.classes == MNIST_CLASSES
+    with pytest.raises(FileNotFoundError, match="data set not found"):
+        datasets.load_dataset(tmp_path / "nowhere")
+    (tmp_path / "data.csv").write_text("1,2,3\n")
+    with pytest.raises(ValueError, match=r"data\.csv: not a data set"):
+        datasets.load_dataset(tmp_path / "data.csv")
+    with pytest.raises(ValueError, match="do not apply to IDX directories"):
+        datasets.load_dataset(tmp_path / "idx", size=8)

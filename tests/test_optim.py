@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 from fastcnn import SGD, Adam, CrossEntropyLoss, LeNet5
+from fastcnn.nn import Parameter
+from fastcnn.optim import AdamW
 
 F32, F64 = np.float32, np.float64
 
@@ -50,23 +52,25 @@ CONFIGS = {
 
 @pytest.mark.parametrize("config", list(CONFIGS))
 def test_matches_torch_optim_over_several_steps(config):
+    """A float64 LeNet-5 trained with model.param_groups(weight_decay) follows torch.optim given
+    the same groups (weights decayed, biases not)."""
     torch = pytest.importorskip("torch")
     cls, torch_name, kwargs = CONFIGS[config]
     model = LeNet5(dtype=F64, seed=1)
     rng = np.random.default_rng(2)
     for p in model.parameters():  # non-zero biases: they must not be decayed
-        if not p.is_weight:
+        if not p.decay:
             p.data[...] = 0.05 * rng.standard_normal(p.data.shape)
     tmodel = _torch_lenet(torch)
     tmodel.load_state_dict({k: torch.from_numpy(v) for k, v in model.state_dict().items()})
-    # fastcnn decays weights only: give torch the same split with parameter groups.
     kwargs = dict(kwargs)
     decay = kwargs.pop("weight_decay", 0.0)
-    named = list(tmodel.named_parameters())
-    groups = [{"params": [p for n, p in named if n.endswith("weight")], "weight_decay": decay},
-              {"params": [p for n, p in named if not n.endswith("weight")], "weight_decay": 0.0}]
-    topt = getattr(torch.optim, torch_name)(groups, **kwargs)
-    opt = cls(model.parameters(), weight_decay=decay, **kwargs)
+    tparams = dict(tmodel.named_parameters())
+    groups = model.param_groups(decay)
+    topt = getattr(torch.optim, torch_name)(
+        [{"params": [tparams[p.name] for p in g["params"]], "weight_decay": g["weight_decay"]}
+         for g in groups], **kwargs)
+    opt = cls(groups, **kwargs)
     loss_fn = CrossEntropyLoss(dtype=F64)
     for step in range(5):
         x, labels = _batch(8, seed=10 + step)
@@ -77,10 +81,85 @@ def test_matches_torch_optim_over_several_steps(config):
         tloss.backward()
         topt.step()
         assert loss == pytest.approx(tloss.item(), rel=1e-10), f"step {step}"
-    tparams = dict(tmodel.named_parameters())
     for p in model.parameters():
         expected = tparams[p.name].detach().numpy()
         np.testing.assert_allclose(p.data, expected, rtol=1e-9, atol=1e-11, err_msg=p.name)
+
+
+def _fake_params(rng, shapes=((3, 4), (5,), (2, 3, 3), (7,))):
+    params = []
+    for i, shape in enumerate(shapes):
+        params.append(Parameter(f"p{i}", rng.standard_normal(shape), np.zeros(shape),
+                                decay=len(shape) > 1))
+    return params
+
+
+# name: (fastcnn class, torch class name, defaults, per-group overrides for the two groups)
+GROUP_CONFIGS = {
+    "sgd": (SGD, "SGD", {"lr": 0.1}, [{"weight_decay": 0.05}, {"lr": 0.3}]),
+    "sgd-momentum-dampening": (SGD, "SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.3},
+                               [{"weight_decay": 0.01}, {"momentum": 0.5, "lr": 0.2}]),
+    "sgd-nesterov": (SGD, "SGD", {"lr": 0.05, "momentum": 0.8, "nesterov": True,
+                                  "weight_decay": 0.02}, [{}, {"weight_decay": 0.0}]),
+    "adam": (Adam, "Adam", {"lr": 1e-2}, [{"weight_decay": 0.1}, {"betas": (0.8, 0.99)}]),
+    "adam-amsgrad": (Adam, "Adam", {"lr": 5e-3, "eps": 1e-6, "amsgrad": True},
+                     [{"lr": 1e-2}, {"weight_decay": 0.05, "amsgrad": False}]),
+    "adamw": (AdamW, "AdamW", {"lr": 1e-2}, [{"weight_decay": 0.1}, {"weight_decay": 0.0}]),
+    "adamw-amsgrad": (AdamW, "AdamW", {"lr": 2e-2, "amsgrad": True}, [{}, {"lr": 1e-3}]),
+}
+
+
+@pytest.mark.parametrize("config", list(GROUP_CONFIGS))
+def test_parameter_groups_match_torch_optim_to_rounding(config):
+    """Given the same gradients, every group follows torch.optim to ~1e-15 over several steps."""
+    torch = pytest.importorskip("torch")
+    cls, torch_name, defaults, overrides = GROUP_CONFIGS[config]
+    rng = np.random.default_rng(3)
+    params = _fake_params(rng)
+    tparams = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+    split = [params[:2], params[2:]]
+    tsplit = [tparams[:2], tparams[2:]]
+    opt = cls([dict(o, params=g) for o, g in zip(overrides, split)], **defaults)
+    topt = getattr(torch.optim, torch_name)(
+        [dict(o, params=g) for o, g in zip(overrides, tsplit)], **defaults)
+    for _ in range(6):
+        for p, t in zip(params, tparams):
+            p.grad[...] = rng.standard_normal(p.grad.shape)
+            t.grad = torch.from_numpy(p.grad.copy())
+        opt.step()
+        topt.step()
+    for p, t in zip(params, tparams):
+        np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=2e-15, atol=1e-16,
+                                   err_msg=p.name)
+    for g, tg in zip(opt.param_groups, topt.param_groups):
+        for key in opt.defaults:
+            assert g[key] == tg[key], key
+
+
+def test_param_groups_weight_decay_applies_to_the_whole_group():
+    rng = np.random.default_rng(4)
+    params = _fake_params(rng)
+    before = [p.data.copy() for p in params]
+    SGD([{"params": params[:1], "weight_decay": 0.5}, {"params": params[1:]}], lr=0.1).step()
+    np.testing.assert_array_equal(params[0].data, before[0] - 0.1 * (0.5 * before[0]))
+    for p, b in zip(params[1:], before[1:]):
+        np.testing.assert_array_equal(p.data, b)  # zero gradient, no decay
+    # A plain list decays every parameter, biases included (as PyTorch).
+    params = _fake_params(rng)
+    bias = params[1].data.copy()
+    SGD(params, lr=0.1, weight_decay=0.5).step()
+    np.testing.assert_array_equal(params[1].data, bias - 0.1 * (0.5 * bias))
+
+
+def test_model_param_groups_feed_the_optimizer():
+    model = LeNet5(seed=0)
+    opt = SGD(model.param_groups(5e-4), lr=0.1, momentum=0.9)
+    assert [g["weight_decay"] for g in opt.param_groups] == [5e-4, 0.0]
+    assert {p.name for p in opt.param_groups[1]["params"]} == {
+        p.name for p in model.parameters() if not p.decay}
+    assert opt.params == [p for g in opt.param_groups for p in g["params"]]
+    opt.lr = 0.02
+    assert [g["lr"] for g in opt.param_groups] == [0.02, 0.02] and opt.lr == 0.02
 
 
 def test_sgd_plain_step_is_w_minus_lr_grad():
@@ -99,7 +178,7 @@ def test_weight_decay_equals_cross_entropy_l2():
     # SGD(weight_decay=l2) and CrossEntropyLoss(l2=l2) + backward_l2() give the same update.
     a, b = LeNet5(dtype=F64, seed=5), LeNet5(dtype=F64, seed=5)
     x, labels = _batch(4, seed=6)
-    opt_a = SGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=0.03)
+    opt_a = SGD(a.param_groups(0.03), lr=0.1, momentum=0.9)
     opt_b = SGD(b.parameters(), lr=0.1, momentum=0.9)
     loss_a, loss_b = CrossEntropyLoss(dtype=F64), CrossEntropyLoss(l2=0.03, dtype=F64)
     for _ in range(2):
@@ -155,6 +234,25 @@ BAD_OPTIMIZERS = [
                  id="params-model-instead-of-parameters"),
     pytest.param(lambda: SGD(_params() + [None], lr=0.1), TypeError, r"list of Parameter",
                  id="params-with-none"),
+    pytest.param(lambda: SGD([{"params": _params(), "momentum": 0.9, "lr_decay": 1}], lr=0.1),
+                 ValueError, r"unknown setting\(s\) \['lr_decay'\]", id="group-unknown-key"),
+    pytest.param(lambda: SGD([{"lr": 0.1}], lr=0.1), TypeError, r"'params' list",
+                 id="group-without-params"),
+    pytest.param(lambda: SGD([{"params": []}], lr=0.1), TypeError, r"non-empty list",
+                 id="group-empty"),
+    pytest.param(lambda: SGD([{"params": _params()[:2]}, {"params": _params()[1:3]}], lr=0.1),
+                 ValueError, r"parameter '0\.bias' appears in more than one", id="group-duplicate"),
+    pytest.param(lambda: SGD([{"params": _params(), "lr": -1}], lr=0.1), ValueError,
+                 r"lr must be .*got -1\.0", id="group-bad-lr"),
+    pytest.param(lambda: SGD(_params(), lr=0.1, dampening=1.5), ValueError,
+                 r"dampening must be in \[0\.0, 1\.0\], got 1\.5", id="sgd-dampening"),
+    pytest.param(lambda: SGD(_params(), lr=0.1, momentum=0.9, dampening=0.1, nesterov=True),
+                 ValueError, r"nesterov=True needs momentum > 0 and dampening = 0",
+                 id="sgd-nesterov-dampening"),
+    pytest.param(lambda: Adam(_params(), amsgrad="yes"), TypeError, r"amsgrad must be a bool",
+                 id="adam-amsgrad-string"),
+    pytest.param(lambda: SGD([_params()[0], {"params": _params()[1:]}], lr=0.1), TypeError,
+                 r"not a mix", id="params-mixed"),
 ]
 
 
@@ -180,6 +278,7 @@ RESUME_CONFIGS = {
                                             "weight_decay": 0.01}),
     "adam": (Adam, {"lr": 1e-3}),
     "adam-weight-decay": (Adam, {"lr": 2e-3, "betas": (0.8, 0.99), "weight_decay": 0.01}),
+    "adamw-amsgrad": (AdamW, {"lr": 2e-3, "amsgrad": True}),
 }
 
 
@@ -208,6 +307,45 @@ def test_state_dict_round_trip_continues_identically(config):
     opt2.load_state_dict(arrays, info)
     assert opt2.steps == 3
     _train(resumed, opt2, 2, first=3)
+    for (k, v), expected in zip(resumed.state_dict().items(), straight.state_dict().values()):
+        np.testing.assert_array_equal(v, expected, err_msg=k)
+
+
+def test_state_dict_round_trip_restores_group_settings():
+    model = LeNet5(dtype=F64, seed=7)
+    opt = SGD([{"params": model.param_groups(1e-3)[0]["params"], "lr": 0.3},
+               {"params": model.param_groups(1e-3)[1]["params"], "momentum": 0.5}],
+              lr=0.1, momentum=0.9)
+    _train(model, opt, 2, first=0)
+    arrays, info = opt.state_dict()
+    info = json.loads(json.dumps(info))
+    assert [g["lr"] for g in info["param_groups"]] == [0.3, 0.1]
+    fresh = SGD(model.param_groups(), lr=0.01, momentum=0.9)
+    fresh.load_state_dict(arrays, info)
+    assert [(g["lr"], g["momentum"]) for g in fresh.param_groups] == [(0.3, 0.9), (0.1, 0.5)]
+    one_group = SGD(model.parameters(), lr=0.1, momentum=0.9)
+    with pytest.raises(ValueError, match="2 parameter groups, this optimizer 1"):
+        one_group.load_state_dict(arrays, info)
+
+
+def test_state_saved_before_parameter_groups_still_loads():
+    """Checkpoints written before parameter groups hold one set of settings (weight decay on
+    weights only) and no "param_groups"; they resume an optimiser built on param_groups()."""
+    straight = LeNet5(dtype=F64, seed=7)
+    _train(straight, SGD(straight.param_groups(0.01), lr=0.05, momentum=0.9), 4, first=0)
+    model = LeNet5(dtype=F64, seed=7)
+    opt = SGD(model.param_groups(0.01), lr=0.05, momentum=0.9)
+    _train(model, opt, 2, first=0)
+    arrays, _ = opt.state_dict()
+    old_info = {"type": "SGD", "lr": 0.05, "steps": 2, "weight_decay": 0.01, "momentum": 0.9,
+                "nesterov": False}
+    resumed = LeNet5(dtype=F64, seed=1)
+    resumed.load_state_dict(model.state_dict())
+    opt2 = SGD(resumed.param_groups(0.01), lr=0.5, momentum=0.9)
+    assert opt2.settings_by_param(old_info) == opt2.settings_by_param()
+    opt2.load_state_dict(arrays, old_info)
+    assert opt2.steps == 2 and opt2.lr == 0.05
+    _train(resumed, opt2, 2, first=2)
     for (k, v), expected in zip(resumed.state_dict().items(), straight.state_dict().values()):
         np.testing.assert_array_equal(v, expected, err_msg=k)
 
