@@ -4,8 +4,16 @@ Cython + OpenMP kernels (``fastcnn.functional``) under PyTorch-style layers, a L
 optimisers and a trainer.
 """
 
+import sys as _sys
+
+try:
+    from ._kernels import _openmp as _omp
+except ImportError as _exc:
+    if _sys.argv[:1] == ["-m"]:  # `python -m fastcnn ...`: one sentence, no traceback
+        _sys.exit(f"fastcnn: error: {_exc}")
+    raise
+
 from . import checkpoint, datasets, functional, io, nn
-from ._kernels import _openmp as _omp
 from ._threads import get_num_threads, set_num_threads
 from .checkpoint import load_checkpoint, load_model, save_checkpoint, save_model
 from .model import LeNet5

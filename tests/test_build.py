@@ -1,6 +1,8 @@
 """The installed build: OpenMP, the kernel variant in use, and float behaviour left intact."""
 
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -97,3 +99,18 @@ def test_default_threads_honour_omp_num_threads(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import fastcnn; print(fastcnn.get_num_threads())"],
                          env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "3"
+
+
+def test_unbuilt_source_checkout_fails_with_one_sentence(tmp_path):
+    """`python -m fastcnn` inside a checkout whose kernels are not built says why and what to do
+    (it used to end in an ImportError traceback about _openmp)."""
+    src = pathlib.Path(fastcnn.__file__).parent
+    shutil.copytree(src, tmp_path / "fastcnn",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    (tmp_path / "setup.py").write_text("")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-m", "fastcnn", "info"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stderr.startswith("fastcnn: error: fastcnn's compiled kernels are not built")
+    assert "pip install ." in out.stderr and "Traceback" not in out.stderr

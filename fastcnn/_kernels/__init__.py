@@ -10,7 +10,20 @@ build lacks is an ImportError.
 import importlib
 import os
 
-from ._generic import _openmp as _probe
+try:
+    from ._generic import _openmp as _probe
+except ImportError:
+    import pathlib as _pathlib
+
+    _root = _pathlib.Path(__file__).resolve().parents[2]
+    if (_root / "setup.py").exists():
+        raise ImportError(
+            f"fastcnn's compiled kernels are not built in this source tree ({_root}): Python "
+            "imported the checkout's fastcnn/ instead of the installed package. Run fastcnn from "
+            "another directory after `pip install .`, or build the kernels in place with "
+            "`python setup.py build_ext --inplace`.") from None
+    raise ImportError("fastcnn's compiled kernels are missing from this installation; reinstall "
+                      "it with `pip install --force-reinstall fastcnn`") from None
 
 _ORDER = ("avx512", "avx2", "generic")  # widest first
 _CPU_OK = {"avx512": _probe.cpu_has_avx512, "avx2": _probe.cpu_has_avx2_fma,
