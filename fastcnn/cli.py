@@ -622,11 +622,11 @@ def _new_settings(args):
     schedule = args.schedule or DEFAULTS["schedule"]
     if args.warmup is not None and schedule != "onecycle":
         raise _UsageError("--warmup applies to --schedule onecycle only")
-    if schedule != "step" and (args.step_size is not None or args.gamma is not None):
-        raise _UsageError("--step-size and --gamma apply to --schedule step only")
     gamma = DEFAULTS["gamma"] if args.gamma is None else args.gamma
     if gamma > 1:
         raise _UsageError(f"--gamma must be <= 1, got {gamma}")
+    if schedule != "step" and (args.step_size is not None or args.gamma is not None):
+        raise _UsageError("--step-size and --gamma apply to --schedule step only")
     if args.shift is not None and args.augment is not None:
         raise _UsageError("give --augment or --shift, not both")
     epochs = args.epochs or DEFAULTS["epochs"]

@@ -108,6 +108,9 @@ def test_train_evaluate_predict(capsys, tmp_path, idx_dir, normalize):
     model, header = load_model(model_path, return_header=True)
     assert header["kind"] == "model" and header["epoch"] == 2 and len(header["history"]) == 2
     assert header["metadata"]["data"]["path"] == str(idx_dir)
+    assert header["metadata"]["model"] == "lenet5"
+    assert header["metadata"]["preprocess"] == "digits"  # the training images look like MNIST
+    assert header["metadata"]["out"] == str(model_path)
     assert (header["normalization"] is not None) == normalize
     test_acc = header["history"][-1]["test_acc"]
     assert f"test accuracy {100 * test_acc:.2f}%" in out[3]
@@ -132,7 +135,7 @@ def test_train_evaluate_predict(capsys, tmp_path, idx_dir, normalize):
     for i in range(6):
         paths.append(tmp_path / f"digit{i}.png")
         Image.fromarray(images[i]).save(paths[-1])
-    code, text, err = run(capsys, "predict", model_path, *paths)
+    code, text, err = run(capsys, "predict", model_path, "--preprocess", "resize", *paths)
     assert code == 0, err
     x = images[:6].astype(np.float32)[:, None] / np.float32(255)
     x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
@@ -142,6 +145,15 @@ def test_train_evaluate_predict(capsys, tmp_path, idx_dir, normalize):
     z = model.forward(x)  # the network on the images padded and normalised by hand
     e = np.exp(z - z.max(axis=1, keepdims=True))
     proba = e / e.sum(axis=1, keepdims=True)
+    expected = [f"{p}: {np.argmax(q)} ({q.max():.3f})" for p, q in zip(paths, proba)]
+    assert text.splitlines() == expected
+
+    # by default predict prepares the images as digits, as the model file records
+    from fastcnn.images import read_image
+    code, text, err = run(capsys, "predict", model_path, *paths)
+    assert code == 0, err
+    x = np.stack([read_image(p, 1, (28, 28), "digits") for p in paths])
+    proba = model.predict_proba(x)
     expected = [f"{p}: {np.argmax(q)} ({q.max():.3f})" for p, q in zip(paths, proba)]
     assert text.splitlines() == expected
 
@@ -167,8 +179,8 @@ def test_predict_converts_colour_alpha_and_size(capsys, tmp_path, trained_model)
     variants = {
         "gray.png": gray,
         "rgb.png": gray.convert("RGB"),
-        # opaque digit on a transparent background: transparent becomes black
-        "rgba.png": Image.merge("RGBA", [gray, gray, gray, gray.point(lambda v: 255 * (v > 0))]),
+        # black ink on a transparent background (as paint programs save it): over white
+        "rgba.png": Image.merge("RGBA", [gray.point(lambda v: 0)] * 3 + [gray]),
         "big.png": gray.resize((56, 56), Image.Resampling.NEAREST),
     }
     paths = []
@@ -176,7 +188,8 @@ def test_predict_converts_colour_alpha_and_size(capsys, tmp_path, trained_model)
         paths.append(tmp_path / name)
         img.save(paths[-1])
     results = _predict(capsys, trained_model, *paths)
-    assert results[0] == results[1] == results[2]
+    assert results[0] == results[1]
+    assert results[2].split()[0] == results[0].split()[0]
     assert results[3].split()[0] == results[0].split()[0]
 
 
@@ -186,8 +199,15 @@ def test_predict_invert(capsys, tmp_path, trained_model):
     Image.fromarray(digits[7]).save(tmp_path / "light.png")
     Image.fromarray(255 - digits[7]).save(tmp_path / "dark.png")
     plain = _predict(capsys, trained_model, tmp_path / "light.png")
-    inverted = _predict(capsys, trained_model, "--invert", tmp_path / "dark.png")
+    # the digits preparation detects the polarity; --no-invert turns that off
+    assert _predict(capsys, trained_model, tmp_path / "dark.png") == plain
+    assert _predict(capsys, trained_model, "--invert", tmp_path / "dark.png") == plain
+    resize = ["--preprocess", "resize"]
+    plain = _predict(capsys, trained_model, *resize, tmp_path / "light.png")
+    inverted = _predict(capsys, trained_model, *resize, "--invert", tmp_path / "dark.png")
     assert plain == inverted
+    for flag in ("--no-invert", "--no-stretch", "--no-crop", "--no-center"):
+        assert len(_predict(capsys, trained_model, flag, tmp_path / "light.png")) == 1
 
 
 def test_evaluate_other_data_and_train_split(capsys, tmp_path, trained_model):
@@ -322,7 +342,11 @@ def test_ctrl_c_in_a_real_process(tmp_path, big_idx_dir):
                            "model.ckpt.npz", "--threads", "1"], check=False, cwd=tmp_path,
                           env=_subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "model saved to model.npz" in done.stdout
+    # the original run's --out (recorded in the checkpoint as an absolute path); the finished
+    # run's own checkpoint is removed and said so
+    assert done.stdout.rstrip().endswith(f"model saved to {tmp_path / 'model.npz'}")
+    assert f"removed the finished run's checkpoint model.ckpt.npz" in done.stdout
+    assert not (tmp_path / "model.ckpt.npz").exists()
     _, final = load_model(tmp_path / "model.npz", return_header=True)
     assert final["epoch"] == 3 and len(final["history"]) == 3
 
@@ -362,20 +386,24 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"fastcnn {fastcnn.__version__}"
 
 
-TRAIN_OPTIONS = ["--data", "--normalize", "--epochs", "--batch-size", "--optimizer", "--lr",
-                 "--momentum", "--weight-decay", "--schedule", "--step-size", "--gamma",
+TRAIN_OPTIONS = ["--model", "--data", "--val-split", "--normalize", "--augment", "--epochs",
+                 "--batch-size", "--optimizer", "--lr", "--momentum", "--weight-decay",
+                 "--label-smoothing", "--schedule", "--step-size", "--gamma", "--warmup",
                  "--shift", "--seed", "--out", "--checkpoint", "--resume", "--plot", "--history",
-                 "--no-progress", "--threads"]
+                 "--no-progress", "--threads", "lenet5-1998", "bnnet", "most accurate",
+                 "test accuracy NN.NN% on N images"]
 
 
 @pytest.mark.parametrize("command, options", [
-    ([], ["train", "evaluate", "predict", "info", "summary"]),
+    ([], ["train", "evaluate", "predict", "info", "summary", "models", "bench"]),
     (["train"], TRAIN_OPTIONS),
     (["evaluate"], ["model", "--data", "--split", "--batch-size", "--threads"]),
-    (["predict"], ["model", "IMAGE", "--invert", "--threads"]),
+    (["predict"], ["model", "IMAGE", "--preprocess", "--invert", "--no-invert", "--no-stretch",
+                   "--no-crop", "--no-center", "--threads"]),
     (["info"], []),
-    (["summary"], ["--num-classes"]),
-], ids=["fastcnn", "train", "evaluate", "predict", "info", "summary"])
+    (["summary"], ["--model", "--input-size", "--in-channels", "--num-classes"]),
+    (["models"], []),
+], ids=["fastcnn", "train", "evaluate", "predict", "info", "summary", "models"])
 def test_help(capsys, command, options):
     code, out, _ = run(capsys, *command, "--help")
     assert code == 0
@@ -419,6 +447,23 @@ def test_fastcnn_train_script(capsys, tmp_path, idx_dir):
     (["evaluate"], "required: model"),
     (["predict", "model.npz"], "required: IMAGE"),
     (["evaluate", "m.npz", "--split", "val"], "invalid choice: 'val'"),
+    (["train", "--model", "resnet50"], "unknown model 'resnet50'"),
+    (["train", "--model", "m.npz"], "is a model file"),
+    (["train", "--augment", "rotate"], "argument --augment"),
+    (["train", "--augment", "shift=x"], "shift= expects an integer"),
+    (["train", "--augment", "flip,flip"], "flip is given twice"),
+    (["train", "--augment", "flip", "--shift", "1"], "give --augment or --shift"),
+    (["train", "--warmup", "0.2"], "--warmup applies to --schedule onecycle"),
+    (["train", "--warmup", "0"], "argument --warmup"),
+    (["train", "--step-size", "2"], "--step-size and --gamma apply to --schedule step"),
+    (["train", "--val-split", "1"], "argument --val-split"),
+    (["train", "--label-smoothing", "-0.1"], "argument --label-smoothing"),
+    (["train", "--resume", "x.npz", "--model", "bnnet"], "--model cannot be combined"),
+    (["summary", "--input-size", "0"], "argument --input-size"),
+    (["summary", "--input-size", "3x"], "argument --input-size"),
+    (["summary", "--model", "s.json", "--input-size", "32"], "apply to zoo networks"),
+    (["predict", "m.npz", "x.png", "--invert", "--no-invert"], "not allowed with"),
+    (["predict", "m.npz", "x.png", "--preprocess", "blur"], "invalid choice: 'blur'"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_arguments(capsys, argv, fragment):
     code, _, err = run(capsys, *argv)
@@ -440,8 +485,8 @@ def test_bad_files(capsys, tmp_path, trained_model, idx_dir):
         (["predict", trained_model, text], "notes.txt: cannot read the image"),
         (["predict", trained_model, tmp_path / "missing.png"], "missing.png: no such file"),
         (["predict", text, text], "not a zip archive"),
-        (["train", "--data", tmp_path / "nowhere"], "data set directory not found"),
-        (["train", "--data", empty_dir], "missing IDX file(s)"),
+        (["train", "--data", tmp_path / "nowhere"], "data set not found"),
+        (["train", "--data", empty_dir], "no class folders"),
         (["train", "--resume", trained_model], "a model file, not a checkpoint"),
         (["train", "--data", idx_dir, "--epochs", 1, "--out", tmp_path / "no" / "m.npz"],
          "--out " + str(tmp_path / "no" / "m.npz") + ": the folder"),
@@ -477,7 +522,7 @@ def test_predict_without_pillow(capsys, monkeypatch, trained_model):
     monkeypatch.setitem(sys.modules, "PIL", None)
     code, _, err = run(capsys, "predict", trained_model, "x.png")
     assert code == 1
-    one_line_error(err, "predict needs Pillow", "pip install 'fastcnn[image]'")
+    one_line_error(err, "needs Pillow", "pip install 'fastcnn[image]'")
 
 
 def test_plot_without_matplotlib(capsys, monkeypatch, tmp_path, idx_dir):
