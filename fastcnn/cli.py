@@ -554,7 +554,10 @@ def _build_model(source, value, data, seed):
         except ValueError as exc:
             raise CommandError(f"--model {value}: {exc}") from None
     spec = load_spec(value)
-    model = model_from_spec(spec, seed=seed)
+    try:
+        model = model_from_spec(spec, seed=seed)
+    except ValueError as exc:
+        raise CommandError(f"{value}: {exc}") from None
     first = model.layers[0]
     if hasattr(first, "compute_input_grad"):
         first.compute_input_grad = False
@@ -756,10 +759,10 @@ def _cmd_train(args):
         _check_fits(data, model, data_path or "the embedded digits")
         _check_outputs(model, data, value)
         model_name = value if source == "zoo" else os.path.abspath(value)
-    augment = _augmentations(args, data_path, data.train.images.shape[1:]) if header is None \
-        else settings["augment"]
     preprocess = "digits" if looks_like_digits(data.train.images) else "resize"
     data = _pad_to_model(data, model)
+    augment = _augmentations(args, data_path, data.train.images.shape[1:]) if header is None \
+        else settings["augment"]
     if header is not None:
         preprocess = _recorded(header, "preprocess", preprocess)
     opt_class = {"sgd": SGD, "adam": Adam, "adamw": AdamW}[settings["optimizer"]]
@@ -934,7 +937,7 @@ def _preprocess_of(header, model, path):
         return "digits" if embedded and model.input_shape[0] == 1 else "resize"
     if value not in PREPROCESS:
         raise CommandError(f"{path}: the recorded "
-                           f"preprocess {str(value)[:40]!r} is not one of {', '.join(PREPROCESS)}")
+                           f"preprocess {repr(value)[:40]} is not one of {', '.join(PREPROCESS)}")
     return value
 
 
@@ -1044,7 +1047,11 @@ def _cmd_summary(args):
         except ValueError as exc:
             raise CommandError(f"--model {value}: {exc}") from None
     elif source == "spec":
-        model = model_from_spec(load_spec(value))
+        try:
+            model = model_from_spec(load_spec(value))
+        except ValueError as exc:
+            raise CommandError(f"{value}: {exc}".replace(f"{value}: {value}: ", f"{value}: ")
+                               ) from None
     else:
         model = load_model(value)
     c, h, w = _raw_shape(model)
