@@ -510,6 +510,15 @@ def _default_checkpoint(out):
     return (root if ext == ".npz" else out) + ".ckpt.npz"
 
 
+def _out_of_checkpoint(path):
+    """The --out of a run whose checkpoint records none (written before it did): X.npz for the
+    default checkpoint name X.ckpt.npz, else the default model.npz."""
+    path = os.fspath(path)
+    if path.endswith(".ckpt.npz"):
+        return path[:-len(".ckpt.npz")] + ".npz"
+    return DEFAULTS["out"]
+
+
 def _check_matplotlib():
     try:
         import matplotlib  # noqa: F401
@@ -713,7 +722,7 @@ def _cmd_train(args):
     if args.plot:
         _check_matplotlib()
     _check_output_paths(args)
-    header = None
+    header = leftover = None
     if args.resume:
         given = [f"--{name.replace('_', '-')}" for name in _RESUME_FIXED
                  if getattr(args, name) is not None]
@@ -726,12 +735,18 @@ def _cmd_train(args):
         recorded = recorded if isinstance(recorded, dict) else {}
         data_path = args.data if args.data is not None else _recorded_data_path(header)
         normalize = bool(recorded.get("normalize", header.get("normalization") is not None))
-        out = args.out or _recorded(header, "out") or DEFAULTS["out"]
+        out = args.out or _recorded(header, "out") or _out_of_checkpoint(args.resume)
         if not isinstance(out, str):
             raise CommandError(f"{args.resume}: the recorded output path is not a string")
         requested = bool(_recorded(header, "checkpoint_requested", False))
         checkpoint = args.checkpoint or args.resume
-        requested = requested if args.checkpoint is None else True
+        if args.checkpoint is not None:
+            # the run goes on in a checkpoint of the user's; the one resumed from is done with
+            # unless the user asked for it too
+            if not requested and os.path.abspath(args.checkpoint) != os.path.abspath(
+                    args.resume):
+                leftover = args.resume
+            requested = True
         model_name = _recorded(header, "model", "lenet5")
         _set_threads(args)
         raw = _raw_shape(model)
@@ -802,6 +817,8 @@ def _cmd_train(args):
     if replaced:
         _notice(f"replaced the existing {out}")
     _finish_checkpoint(checkpoint, requested)
+    if leftover is not None:
+        _finish_checkpoint(leftover, False)
 
     last = history[-1] if history else None
     train_seconds = sum(h["seconds"] for h in history)
