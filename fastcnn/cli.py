@@ -169,7 +169,11 @@ def _input_size(text):
 def _model_help():
     from .models.zoo import describe_model, list_models
 
-    return "\n".join(f"  {name:<12} {describe_model(name)}" for name in list_models())
+    import textwrap
+
+    return "\n".join(textwrap.fill(describe_model(name), width=96,
+                                   initial_indent=f"  {name:<12} ", subsequent_indent=" " * 15)
+                     for name in list_models())
 
 
 def _add_train_options(parser):
@@ -274,7 +278,8 @@ model.npz. One line is printed per epoch; the last line is always
 
 The zoo ('fastcnn models'):
 {_model_help()}
-{BEST_MODEL} is the zoo's most accurate model: {BEST_MODEL_FIGURE}.
+{BEST_MODEL} is the zoo's most accurate model:
+  {BEST_MODEL_FIGURE}
 
 Each model is built for the data's channels, image size and classes. The model file records
 how 'fastcnn predict' prepares images: as MNIST digits (centred, contrast-stretched) when the
