@@ -167,9 +167,9 @@ def _input_size(text):
 
 
 def _model_help():
-    from .models.zoo import describe_model, list_models
-
     import textwrap
+
+    from .models.zoo import describe_model, list_models
 
     return "\n".join(textwrap.fill(describe_model(name), width=96,
                                    initial_indent=f"  {name:<12} ", subsequent_indent=" " * 15)
@@ -779,7 +779,7 @@ def _cmd_train(args):
         _check_fits(data, model, data_path or "the embedded digits")
         _check_outputs(model, data, value)
         model_name = value if source == "zoo" else os.path.abspath(value)
-    preprocess = "digits" if looks_like_digits(data.train.images) else "resize"
+    preprocess = "digits" if looks_like_digits(_pixels_sample(data)) else "resize"
     data = _pad_to_model(data, model)
     augment = _augmentations(args, data_path, data.train.images.shape[1:]) if header is None \
         else settings["augment"]
@@ -837,6 +837,18 @@ def _cmd_train(args):
           f"images/s, {trainer.model.dtype} on {_plural(threads, 'thread')}); model saved to "
           f"{out}", flush=True)
     return 0
+
+
+def _pixels_sample(data, n=500):
+    """Up to `n` training images (evenly spaced) on the [0, 1] pixel scale (normalisation
+    undone), for :func:`fastcnn.images.looks_like_digits`."""
+    x = data.train.images
+    x = x[::max(1, x.shape[0] // n)].astype(np.float64)
+    norm = data.normalization
+    if norm is not None:
+        x = x * np.asarray(norm["std"]).reshape(-1, 1, 1) + np.asarray(norm["mean"]).reshape(
+            -1, 1, 1)
+    return x
 
 
 def _finish_checkpoint(path, requested):
