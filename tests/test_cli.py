@@ -827,3 +827,30 @@ def test_hand_edited_model_files_give_one_line(capsys, tmp_path, trained_model):
         assert code == 1, (fragment, err)
         one_line_error(err, fragment)
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", [zoo_param(n) for n in ("lenet5", "lenet5-1998", "bnnet")])
+def test_ctrl_c_resumes_every_zoo_model_bitwise(capsys, tmp_path, npz_set, monkeypatch, name):
+    """Colour data, a validation split and crop/flip augmentation: the weights, buffers (batch
+    norm), dropout counters and best-epoch state all come back from the checkpoint."""
+    argv = ["train", "--model", name, "--data", npz_set, "--epochs", 2, "--batch-size", 8,
+            "--val-split", 0.2, "--augment", "crop,flip", "--no-progress"]
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "straight.npz")
+    assert code == 0, err
+    real_step = optim.SGD.step
+    calls = []
+
+    def step(self):
+        real_step(self)
+        calls.append(1)
+        if len(calls) == 6:  # batch 1 of epoch 2 (5 batches per epoch)
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(optim.SGD, "step", step)
+    out = tmp_path / "m.npz"
+    code, _, err = run(capsys, *argv, "--out", out)
+    assert code == 130, err
+    monkeypatch.setattr(optim.SGD, "step", real_step)
+    code, text, err = run(capsys, "train", "--resume", tmp_path / "m.ckpt.npz", "--no-progress")
+    assert code == 0, err
+    assert "resuming at epoch 2 batch 2" in text
+    assert same_weights(load_model(out), load_model(tmp_path / "straight.npz"))
