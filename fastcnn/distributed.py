@@ -111,33 +111,43 @@ class Communicator:
                 sys.stderr.flush()
                 self.comm.Abort(1)
 
-    def _buffers(self, params, dtype):
-        size = sum(p.grad.size for p in params)
+    def _buffers(self, params, dtype, n_extra=0):
+        size = sum(p.grad.size for p in params) + n_extra
         if self._flat is None or self._flat.size != size or self._flat.dtype != dtype:
             self._flat = np.empty(size, dtype=dtype)
             self._gathered = np.empty((self.size, size), dtype=dtype) if self.is_root else None
         return self._flat
 
-    def sum_gradients(self, params, weight):
+    def sum_gradients(self, params, weight=None, extra=()):
         """Replace every ``p.grad`` by ``sum_r weight_r * grad_r`` over the ranks, summed in
-        rank order (see the module docstring); ``weight`` is this rank's share of the batch.
-        One Gather and one Bcast of a single flat buffer."""
+        rank order (see the module docstring); ``weight`` is this rank's share of the batch
+        (None: the gradients are already scaled, as the Trainer does). One Gather and one Bcast
+        of a single flat buffer holding the gradients and the few numbers of `extra` (e.g. the
+        loss, the count of correct predictions and a stop flag), whose sums are returned as
+        float64 (they travel in the gradients' dtype).
+        """
         params = list(params)
-        if not params:
-            return
-        dtype = params[0].grad.dtype
-        flat = self._buffers(params, dtype)
+        extra = np.asarray(extra, dtype=np.float64).reshape(-1)
+        if not params and not extra.size:
+            return extra
+        dtype = params[0].grad.dtype if params else np.dtype(np.float64)
+        flat = self._buffers(params, dtype, extra.size)
         offset = 0
         for p in params:
             n = p.grad.size
-            np.multiply(p.grad.reshape(-1), dtype.type(weight), out=flat[offset:offset + n])
+            if weight is None:
+                flat[offset:offset + n] = p.grad.reshape(-1)
+            else:
+                np.multiply(p.grad.reshape(-1), dtype.type(weight), out=flat[offset:offset + n])
             offset += n
+        flat[offset:] = extra
         self.sum_in_rank_order(flat)
         offset = 0
         for p in params:
             n = p.grad.size
             p.grad.reshape(-1)[...] = flat[offset:offset + n]
             offset += n
+        return flat[offset:].astype(np.float64)
 
     def sum_in_rank_order(self, flat, what="the gradient sum"):
         """In place: ``flat = flat_0 + flat_1 + ... + flat_{K-1}`` on every rank, added in rank
@@ -172,14 +182,67 @@ class Communicator:
                                         op=MPI.MAX), "the stop flag")
         return bool(out[0])
 
-    def broadcast_array(self, a):
+    def allgather(self, a):
+        """Every rank's float64 array `a`, stacked in rank order: ``(size,) + a.shape`` on every
+        rank (one Iallgather; used by synchronised batch norm, which combines the rows in rank
+        order, so every rank computes the same statistics bit for bit)."""
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        out = np.empty((self.size,) + a.shape, dtype=np.float64)
+        if self.size == 1:
+            out[0] = a
+            return out
+        MPI = self._MPI
+        self._wait(self.comm.Iallgather([a, MPI.DOUBLE], [out, MPI.DOUBLE]),
+                   "the batch-norm statistics")
+        return out
+
+    def broadcast_array(self, a, what="the initial weights"):
         """Rank 0's array on every rank, in place (weights at the start, so ranks agree)."""
         if self.size > 1:
-            MPI = self._MPI
-            mpi_type = MPI.DOUBLE if a.dtype == np.float64 else MPI.FLOAT
-            self._wait(self.comm.Ibcast([a, mpi_type], root=0), "the initial weights")
+            a = np.asarray(a)
+            if not (a.flags.c_contiguous and a.flags.writeable):
+                raise ValueError("broadcast_array needs a writeable C-contiguous array")
+            self._wait(self.comm.Ibcast(a.reshape(-1).view(np.uint8), root=0), what)
         return a
+
+    def broadcast_state(self, model, buffers_only=False):
+        """Rank 0's parameters and buffers (batch-norm running statistics) on every rank, in
+        place (one Ibcast per array: done once at the start, and for the buffers before each
+        evaluation)."""
+        if self.size == 1:
+            return
+        stack = [model]
+        while stack:
+            m = stack.pop(0)
+            arrays = [] if buffers_only else list(getattr(m, "params", {}).values())
+            arrays += list(getattr(m, "buffers", {}).values())
+            for a in arrays:
+                self.broadcast_array(a, "rank 0's weights and buffers")
+            stack.extend(child for _, child in m.children())
 
     def barrier(self):
         if self.size > 1:
             self._wait(self.comm.Ibarrier(), "the other ranks")
+
+    def abort(self, message, code=1):
+        """Print `message` (prefixed with this rank) on stderr and end every rank of the job."""
+        sys.stderr.write(f"fastcnn: error: rank {self.rank} of {self.size}: {message}\n")
+        sys.stderr.flush()
+        self.comm.Abort(code)
+
+    def abort_on_exception(self):
+        """Make an uncaught exception on any rank end the whole job at once (the traceback is
+        printed first), instead of leaving the other ranks waiting for it in a collective until
+        their deadline. The CLI's ``--distributed`` installs it."""
+        if self.size == 1:
+            return
+        previous = sys.excepthook
+
+        def hook(kind, value, tb):
+            previous(kind, value, tb)
+            if issubclass(kind, SystemExit) and not value.code:
+                return
+            self.abort(f"{kind.__name__} (traceback above); ending the other ranks")
+
+        sys.excepthook = hook
+
