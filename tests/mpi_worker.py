@@ -32,6 +32,7 @@ def build(name):
                               nn.MaxPool2d(2), nn.Conv2d(6, 8, 5), nn.BatchNorm2d(8),
                               nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.3),
                               nn.Linear(200, 10))
+        model.input_shape = (1, 32, 32)
     for p in model.parameters():  # a fixed initialisation, whatever the layers' defaults
         p.data[...] = rng.normal(0, 0.1, p.data.shape)
     return model
@@ -41,7 +42,7 @@ class Hooks(Progress):
     """Stops (as a Ctrl-C would) or kills one rank after a given step."""
 
     def __init__(self, trainer, args, rank):
-        super().__init__(bar=False)
+        super().__init__(bar=False, log=print if rank == 0 else None)
         self.trainer, self.args, self.rank = trainer, args, rank
 
     def step(self, partial):
@@ -75,6 +76,7 @@ def main():
     p.add_argument("--die-at", type=int, default=3)
     p.add_argument("--timeout", type=float, default=300)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-augment", action="store_true")
     a = p.parse_args()
     fastcnn.set_num_threads(a.threads)
     comm = None
@@ -89,8 +91,8 @@ def main():
     model = build(a.model)
     opt = fastcnn.SGD(model.param_groups(5e-4), lr=0.05, momentum=0.9)
     trainer = Trainer(model, opt, data, epochs=a.epochs, batch_size=a.batch, seed=3,
-                      schedule="cosine", augment=[RandomShift(2)], checkpoint=a.checkpoint,
-                      distributed=comm, sync_bn=a.sync_bn)
+                      schedule="cosine", augment=[] if a.no_augment else [RandomShift(2)],
+                      checkpoint=a.checkpoint, distributed=comm, sync_bn=a.sync_bn)
     trainer.progress = Hooks(trainer, a, rank)
     if a.resume:
         trainer.load_checkpoint(a.checkpoint)
