@@ -1,26 +1,38 @@
 """Synchronous data-parallel training over MPI (optional: ``pip install "fastcnn[mpi]"``).
 
-Every rank holds the whole model and reads a disjoint, contiguous shard of each global batch;
-the batch and its order do not depend on the number of ranks K. After the backward pass each
-rank scales its gradient by its share of the batch (``n_r / N``, since each rank's loss is the
-mean over its own shard) and packs every gradient into one flat, contiguous buffer; the buffers
-are summed across ranks with one collective per step and every rank takes the same optimiser
-step.
+Use it through the trainer (``Trainer(..., distributed=True)``, ``fastcnn train
+--distributed`` under ``mpirun``). Every rank holds the whole model and reads a disjoint,
+contiguous shard of each global batch (:func:`shard_bounds`); the batch and its order do not
+depend on the number of ranks K. Each rank's loss is the mean over its shard, so before the
+backward pass the trainer scales the logits gradient by the shard's share ``n_r / N``: every
+gradient a rank computes (parameters, and the batch-norm sums of ``--sync-bn``) is then its part
+of the gradient of the global batch's mean loss. :meth:`Communicator.sum_gradients` packs every
+parameter gradient, plus the loss, the count of correct predictions and the stop flag, into one
+flat contiguous buffer and sums it across ranks with one collective per step (the uppercase
+buffer API, no pickling); every rank takes the same optimiser step.
 
 **Reproducible by design.** MPI's own ``Allreduce`` may add the K contributions in an order that
 depends on the algorithm it picks (ring, tree, recursive doubling) and so on K and the message
-size. Here the sum has a fixed order instead: ``Gather`` the K buffers to rank 0, add them there
-in rank order ``((g_0 + g_1) + g_2) + ...``, and ``Bcast`` the result. For a fixed K the result is
-bitwise the same from run to run and for any number of OpenMP threads per rank (the kernels are
-thread-count independent too). The price is that rank 0 receives K buffers instead of the
-``2 (K-1)/K`` of a ring allreduce; for the small models this package trains (LeNet-5: 61,706
-parameters, 241 KiB a step) that is well under a millisecond on one machine, and the README's
-cost model gives the figures for clusters.
+size. Here the sum has a fixed order instead: ``Igather`` the K buffers to rank 0, add them there
+in rank order ``((g_0 + g_1) + g_2) + ...``, and ``Ibcast`` the result. For a fixed K the result
+is bitwise the same from run to run and for any number of OpenMP threads per rank (the kernels
+are thread-count independent too), and every rank holds bitwise the same weights. The price is
+that rank 0 receives K buffers instead of the ``2 (K-1)/K`` of a ring allreduce; for the small
+models this package trains (LeNet-5: 61,706 parameters, 241 KiB a step) that is well under a
+millisecond on one machine; the README's cost model gives the figures for clusters.
 
 **A rank that dies.** Each collective is started non-blocking and waited for with a deadline
-(``timeout`` seconds, default 300); past it the rank prints which step it was waiting for and
-calls ``MPI.COMM_WORLD.Abort``, which makes ``mpirun`` end every rank. (A rank that exits with
-an error ends the job through ``mpirun`` as well.)
+(``timeout`` seconds, default 300); past it the rank prints what it was waiting for and calls
+``MPI_Abort``, which makes ``mpirun`` end every rank. A rank killed by a signal or exiting
+with an error ends the job through ``mpirun`` at once (``mpirun noticed that process rank 1
+... exited on signal 9``); an exception on one rank inside ``Trainer.fit`` (and, with
+:meth:`Communicator.abort_on_exception`, anywhere) prints its traceback and aborts the job.
+
+**Stopping.** A stop request (Ctrl-C, SIGTERM or SIGUSR1 on any rank, ``request_stop()``)
+travels with the next step's sum, so every rank stops after the same step and rank 0 writes
+the one checkpoint. ``mpirun`` forwards SIGUSR1 to every rank; on Ctrl-C it sends the ranks
+SIGTERM and SIGKILL one second later (Open MPI's ``odls_base_sigkill_timeout``), so use
+``kill -USR1 <mpirun pid>`` for a graceful stop with a checkpoint.
 
 Only rank 0 writes files and output (``is_root``).
 """
@@ -97,14 +109,19 @@ class Communicator:
         return shard_bounds(n, self.size, self.rank)
 
     def _wait(self, request, what):
-        """Wait for a non-blocking collective; abort the whole job past the deadline."""
-        deadline = time.monotonic() + self.timeout
-        polls = 0
+        """Wait for a non-blocking collective; abort the whole job past the deadline.
+
+        Polls (``Test`` drives MPI's progress) for up to 100 us, then sleeps 50 us between
+        polls: a rank waiting for a slower one gives its core away instead of spinning, which
+        matters when ranks share cores with each other or with other work."""
+        start = time.monotonic()
+        deadline = start + self.timeout
+        spin_until = start + 1e-4
         while not request.Test():
-            polls += 1
-            if polls > 1000:  # not done soon: yield the core (ranks may share cores)
-                time.sleep(1e-4)
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if now > spin_until:
+                time.sleep(5e-5)
+            if now > deadline:
                 sys.stderr.write(f"fastcnn: error: rank {self.rank} waited {self.timeout:g} s "
                                  f"for {what}: another rank has died or hangs; aborting the "
                                  "job\n")
