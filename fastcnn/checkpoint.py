@@ -360,7 +360,14 @@ def _check_members(npz, model, path, kind):
     for key, member in npz.members.items():
         if key.startswith("model/"):
             continue
-        if key.startswith("optim/") and kind == "checkpoint":
+        if key.startswith("optim/best:") and kind == "checkpoint":
+            # the best epoch's weights and buffers, kept by fastcnn.train beside the optimiser
+            name = key[len("optim/best:"):]
+            target = targets.get(name)
+            if target is None or member.shape != target.shape or member.dtype != target.dtype:
+                raise _fail(path, f"best-epoch state {key[:80]!r} does not fit the model's "
+                                  f"tensor {name[:80]!r}")
+        elif key.startswith("optim/") and kind == "checkpoint":
             name, _, slot = key[len("optim/"):].rpartition(".")
             param = params.get(name)
             if param is None or not slot:

@@ -5,7 +5,9 @@ Most commands run in-process through ``main(argv)``; Ctrl-C and ``python -m fast
 subprocess. Training uses small IDX directories written from the embedded digits.
 """
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -108,6 +110,9 @@ def test_train_evaluate_predict(capsys, tmp_path, idx_dir, normalize):
     model, header = load_model(model_path, return_header=True)
     assert header["kind"] == "model" and header["epoch"] == 2 and len(header["history"]) == 2
     assert header["metadata"]["data"]["path"] == str(idx_dir)
+    assert header["metadata"]["model"] == "lenet5"
+    assert header["metadata"]["preprocess"] == "digits"  # the training images look like MNIST
+    assert header["metadata"]["out"] == str(model_path)
     assert (header["normalization"] is not None) == normalize
     test_acc = header["history"][-1]["test_acc"]
     assert f"test accuracy {100 * test_acc:.2f}%" in out[3]
@@ -132,7 +137,7 @@ def test_train_evaluate_predict(capsys, tmp_path, idx_dir, normalize):
     for i in range(6):
         paths.append(tmp_path / f"digit{i}.png")
         Image.fromarray(images[i]).save(paths[-1])
-    code, text, err = run(capsys, "predict", model_path, *paths)
+    code, text, err = run(capsys, "predict", model_path, "--preprocess", "resize", *paths)
     assert code == 0, err
     x = images[:6].astype(np.float32)[:, None] / np.float32(255)
     x = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
@@ -142,6 +147,15 @@ def test_train_evaluate_predict(capsys, tmp_path, idx_dir, normalize):
     z = model.forward(x)  # the network on the images padded and normalised by hand
     e = np.exp(z - z.max(axis=1, keepdims=True))
     proba = e / e.sum(axis=1, keepdims=True)
+    expected = [f"{p}: {np.argmax(q)} ({q.max():.3f})" for p, q in zip(paths, proba)]
+    assert text.splitlines() == expected
+
+    # by default predict prepares the images as digits, as the model file records
+    from fastcnn.images import read_image
+    code, text, err = run(capsys, "predict", model_path, *paths)
+    assert code == 0, err
+    x = np.stack([read_image(p, 1, (28, 28), "digits") for p in paths])
+    proba = model.predict_proba(x)
     expected = [f"{p}: {np.argmax(q)} ({q.max():.3f})" for p, q in zip(paths, proba)]
     assert text.splitlines() == expected
 
@@ -167,8 +181,8 @@ def test_predict_converts_colour_alpha_and_size(capsys, tmp_path, trained_model)
     variants = {
         "gray.png": gray,
         "rgb.png": gray.convert("RGB"),
-        # opaque digit on a transparent background: transparent becomes black
-        "rgba.png": Image.merge("RGBA", [gray, gray, gray, gray.point(lambda v: 255 * (v > 0))]),
+        # black ink on a transparent background (as paint programs save it): over white
+        "rgba.png": Image.merge("RGBA", [gray.point(lambda v: 0)] * 3 + [gray]),
         "big.png": gray.resize((56, 56), Image.Resampling.NEAREST),
     }
     paths = []
@@ -176,7 +190,8 @@ def test_predict_converts_colour_alpha_and_size(capsys, tmp_path, trained_model)
         paths.append(tmp_path / name)
         img.save(paths[-1])
     results = _predict(capsys, trained_model, *paths)
-    assert results[0] == results[1] == results[2]
+    assert results[0] == results[1]
+    assert results[2].split()[0] == results[0].split()[0]
     assert results[3].split()[0] == results[0].split()[0]
 
 
@@ -186,8 +201,15 @@ def test_predict_invert(capsys, tmp_path, trained_model):
     Image.fromarray(digits[7]).save(tmp_path / "light.png")
     Image.fromarray(255 - digits[7]).save(tmp_path / "dark.png")
     plain = _predict(capsys, trained_model, tmp_path / "light.png")
-    inverted = _predict(capsys, trained_model, "--invert", tmp_path / "dark.png")
+    # the digits preparation detects the polarity; --no-invert turns that off
+    assert _predict(capsys, trained_model, tmp_path / "dark.png") == plain
+    assert _predict(capsys, trained_model, "--invert", tmp_path / "dark.png") == plain
+    resize = ["--preprocess", "resize"]
+    plain = _predict(capsys, trained_model, *resize, tmp_path / "light.png")
+    inverted = _predict(capsys, trained_model, *resize, "--invert", tmp_path / "dark.png")
     assert plain == inverted
+    for flag in ("--no-invert", "--no-stretch", "--no-crop", "--no-center"):
+        assert len(_predict(capsys, trained_model, flag, tmp_path / "light.png")) == 1
 
 
 def test_evaluate_other_data_and_train_split(capsys, tmp_path, trained_model):
@@ -322,7 +344,11 @@ def test_ctrl_c_in_a_real_process(tmp_path, big_idx_dir):
                            "model.ckpt.npz", "--threads", "1"], check=False, cwd=tmp_path,
                           env=_subprocess_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "model saved to model.npz" in done.stdout
+    # the original run's --out (recorded in the checkpoint as an absolute path); the finished
+    # run's own checkpoint is removed and said so
+    assert done.stdout.rstrip().endswith(f"model saved to {tmp_path / 'model.npz'}")
+    assert "removed the finished run's checkpoint model.ckpt.npz" in done.stdout
+    assert not (tmp_path / "model.ckpt.npz").exists()
     _, final = load_model(tmp_path / "model.npz", return_header=True)
     assert final["epoch"] == 3 and len(final["history"]) == 3
 
@@ -362,20 +388,24 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"fastcnn {fastcnn.__version__}"
 
 
-TRAIN_OPTIONS = ["--data", "--normalize", "--epochs", "--batch-size", "--optimizer", "--lr",
-                 "--momentum", "--weight-decay", "--schedule", "--step-size", "--gamma",
+TRAIN_OPTIONS = ["--model", "--data", "--val-split", "--normalize", "--augment", "--epochs",
+                 "--batch-size", "--optimizer", "--lr", "--momentum", "--weight-decay",
+                 "--label-smoothing", "--schedule", "--step-size", "--gamma", "--warmup",
                  "--shift", "--seed", "--out", "--checkpoint", "--resume", "--plot", "--history",
-                 "--no-progress", "--threads"]
+                 "--no-progress", "--threads", "lenet5-1998", "bnnet", "most accurate",
+                 "test accuracy NN.NN% on N images"]
 
 
 @pytest.mark.parametrize("command, options", [
-    ([], ["train", "evaluate", "predict", "info", "summary"]),
+    ([], ["train", "evaluate", "predict", "info", "summary", "models", "bench"]),
     (["train"], TRAIN_OPTIONS),
     (["evaluate"], ["model", "--data", "--split", "--batch-size", "--threads"]),
-    (["predict"], ["model", "IMAGE", "--invert", "--threads"]),
+    (["predict"], ["model", "IMAGE", "--preprocess", "--invert", "--no-invert", "--no-stretch",
+                   "--no-crop", "--no-center", "--threads"]),
     (["info"], []),
-    (["summary"], ["--num-classes"]),
-], ids=["fastcnn", "train", "evaluate", "predict", "info", "summary"])
+    (["summary"], ["--model", "--input-size", "--in-channels", "--num-classes"]),
+    (["models"], []),
+], ids=["fastcnn", "train", "evaluate", "predict", "info", "summary", "models"])
 def test_help(capsys, command, options):
     code, out, _ = run(capsys, *command, "--help")
     assert code == 0
@@ -419,6 +449,23 @@ def test_fastcnn_train_script(capsys, tmp_path, idx_dir):
     (["evaluate"], "required: model"),
     (["predict", "model.npz"], "required: IMAGE"),
     (["evaluate", "m.npz", "--split", "val"], "invalid choice: 'val'"),
+    (["train", "--model", "resnet50"], "unknown model 'resnet50'"),
+    (["train", "--model", "m.npz"], "is a model file"),
+    (["train", "--augment", "rotate"], "argument --augment"),
+    (["train", "--augment", "shift=x"], "shift= expects an integer"),
+    (["train", "--augment", "flip,flip"], "flip is given twice"),
+    (["train", "--augment", "flip", "--shift", "1"], "give --augment or --shift"),
+    (["train", "--warmup", "0.2"], "--warmup applies to --schedule onecycle"),
+    (["train", "--warmup", "0"], "argument --warmup"),
+    (["train", "--step-size", "2"], "--step-size and --gamma apply to --schedule step"),
+    (["train", "--val-split", "1"], "argument --val-split"),
+    (["train", "--label-smoothing", "-0.1"], "argument --label-smoothing"),
+    (["train", "--resume", "x.npz", "--model", "bnnet"], "--model cannot be combined"),
+    (["summary", "--input-size", "0"], "argument --input-size"),
+    (["summary", "--input-size", "3x"], "argument --input-size"),
+    (["summary", "--model", "s.json", "--input-size", "32"], "apply to zoo networks"),
+    (["predict", "m.npz", "x.png", "--invert", "--no-invert"], "not allowed with"),
+    (["predict", "m.npz", "x.png", "--preprocess", "blur"], "invalid choice: 'blur'"),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
 def test_bad_arguments(capsys, argv, fragment):
     code, _, err = run(capsys, *argv)
@@ -440,8 +487,8 @@ def test_bad_files(capsys, tmp_path, trained_model, idx_dir):
         (["predict", trained_model, text], "notes.txt: cannot read the image"),
         (["predict", trained_model, tmp_path / "missing.png"], "missing.png: no such file"),
         (["predict", text, text], "not a zip archive"),
-        (["train", "--data", tmp_path / "nowhere"], "data set directory not found"),
-        (["train", "--data", empty_dir], "missing IDX file(s)"),
+        (["train", "--data", tmp_path / "nowhere"], "data set not found"),
+        (["train", "--data", empty_dir], "no class folders"),
         (["train", "--resume", trained_model], "a model file, not a checkpoint"),
         (["train", "--data", idx_dir, "--epochs", 1, "--out", tmp_path / "no" / "m.npz"],
          "--out " + str(tmp_path / "no" / "m.npz") + ": the folder"),
@@ -477,7 +524,7 @@ def test_predict_without_pillow(capsys, monkeypatch, trained_model):
     monkeypatch.setitem(sys.modules, "PIL", None)
     code, _, err = run(capsys, "predict", trained_model, "x.png")
     assert code == 1
-    one_line_error(err, "predict needs Pillow", "pip install 'fastcnn[image]'")
+    one_line_error(err, "needs Pillow", "pip install 'fastcnn[image]'")
 
 
 def test_plot_without_matplotlib(capsys, monkeypatch, tmp_path, idx_dir):
@@ -493,3 +540,317 @@ def test_divergence_is_one_line(capsys, tmp_path, idx_dir):
                            "--out", tmp_path / "m.npz", "--no-progress")
     assert code == 1
     one_line_error(err, "training diverged")
+
+
+# --------------------------------------------------------------------------------------------
+# Any network of the zoo or of a spec file, on any data set
+
+LAST_LINE = re.compile(r"^test accuracy \d{1,3}\.\d\d% on [\d,]+ images; trained \d+ epochs? "
+                       r"in [\d.]+ s \([\d,]+ images/s, float(32|64) on \d+ threads?\); model "
+                       r"saved to \S+$")
+
+
+def zoo_param(name):
+    from fastcnn.models.zoo import missing_layers
+    missing = missing_layers(name)
+    return pytest.param(name, id=name, marks=pytest.mark.skipif(
+        bool(missing), reason=f"{name} needs {', '.join(missing)}, not in this build"))
+
+
+def colour_images(n, size, seed):
+    """(n, size, size, 3) uint8 images whose dominant channel is the class (3 classes)."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = rng.integers(0, 90, (n, size, size, 3))
+    x[np.arange(n), :, :, y] += 160
+    return x.astype(np.uint8), y
+
+
+@pytest.fixture(scope="module")
+def npz_set(tmp_path_factory):
+    """60 colour 14x14 images, no test part (20% are held out)."""
+    path = tmp_path_factory.mktemp("npz") / "colours.npz"
+    x, y = colour_images(60, 14, 0)
+    np.savez(path, x_train=x, y_train=y)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folder_set(tmp_path_factory):
+    """An image folder already split: train/ and test/, one subfolder of PNGs per class."""
+    from PIL import Image
+    root = tmp_path_factory.mktemp("folder") / "shapes"
+    for part, n, seed in (("train", 48, 1), ("test", 12, 2)):
+        x, y = colour_images(n, 12, seed)
+        for i, (img, label) in enumerate(zip(x, y)):
+            folder = root / part / ["red", "green", "blue"][label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+def test_models_are_listed(capsys):
+    from fastcnn.models import list_models
+    for argv in (["models"], ["train", "--model", "list"], ["summary", "--model", "list"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        assert [line.split()[0] for line in out.splitlines()] == list_models()
+
+
+@pytest.mark.parametrize("kind", ["idx", "npz", "folder"])
+@pytest.mark.parametrize("name", [zoo_param(n) for n in ("lenet5", "lenet5-1998", "bnnet")])
+def test_zoo_model_on_each_kind_of_data(capsys, tmp_path, name, kind, idx_dir, npz_set,
+                                        folder_set):
+    from PIL import Image
+    data = {"idx": idx_dir, "npz": npz_set, "folder": folder_set}[kind]
+    path = tmp_path / "m.npz"
+    code, out, err = run(capsys, "train", "--model", name, "--data", data, "--epochs", 1,
+                         "--batch-size", 16, "--out", path, "--no-progress")
+    assert code == 0, err
+    assert LAST_LINE.match(out.splitlines()[-1]), out
+    model, header = load_model(path, return_header=True)
+    assert header["metadata"]["model"] == name
+    channels = 1 if kind == "idx" else 3
+    assert model.input_shape[0] == channels
+    assert header["metadata"]["preprocess"] == ("digits" if kind == "idx" else "resize")
+    if kind == "folder":
+        assert header["classes"] == ["blue", "green", "red"]
+
+    code, text, err = run(capsys, "evaluate", path)
+    assert code == 0, err
+    n_test = {"idx": 100, "npz": 12, "folder": 12}[kind]
+    assert f"({n_test} images): accuracy " in text.splitlines()[0]
+
+    image = tmp_path / "x.png"
+    if kind == "idx":
+        Image.fromarray(raw_digits("test")[0][0]).save(image)
+    else:
+        Image.fromarray(colour_images(1, 30, 5)[0][0]).save(image)  # resized to the model's
+    code, text, err = run(capsys, "predict", path, image)
+    assert code == 0, err
+    assert re.fullmatch(rf"{re.escape(str(image))}: \S+ \(\d\.\d{{3}}\)\n", text)
+
+    code, text, err = run(capsys, "summary", "--model", path)
+    assert code == 0, err
+    assert text.splitlines()[-1].split()[0] == "total"
+
+
+def test_train_options_for_any_data(capsys, tmp_path, npz_set):
+    path = tmp_path / "m.npz"
+    code, out, err = run(capsys, "train", "--data", npz_set, "--epochs", 2, "--batch-size", 8,
+                         "--val-split", 0.25, "--schedule", "onecycle", "--warmup", 0.2,
+                         "--augment", "crop=1,flip", "--normalize", "--optimizer", "adamw",
+                         "--checkpoint", tmp_path / "c.npz", "--out", path, "--no-progress")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert LAST_LINE.match(lines[-1]), out
+    assert "validating on 12" in lines[0]
+    assert any(line.startswith("restored the weights of epoch ") for line in lines)
+    assert f"checkpoint kept at {tmp_path / 'c.npz'} (--checkpoint)" in out
+    _, _, ckpt = load_checkpoint(tmp_path / "c.npz")
+    cfg = ckpt["trainer"]
+    assert cfg["val_split"] == 0.25 and cfg["schedule"]["name"] == "onecycle"
+    assert cfg["schedule"]["pct_start"] == 0.2
+    assert [t["name"] for t in cfg["augment"]] == ["RandomCrop", "RandomHorizontalFlip"]
+    assert ckpt["optimizer"]["type"] == "AdamW"
+    model, header = load_model(path, return_header=True)
+    assert len(header["normalization"]["mean"]) == 3
+    code, text, err = run(capsys, "evaluate", path)
+    assert code == 0, err
+    acc = header["history"][-1]["test_acc"]
+    assert f"accuracy {100 * acc:.2f}%" in text  # padded and normalised as in training
+
+
+def test_label_smoothing(capsys, tmp_path, idx_dir):
+    import inspect
+    code, out, err = run(capsys, "train", "--data", idx_dir, "--epochs", 1, "--label-smoothing",
+                         0.1, "--out", tmp_path / "m.npz", "--no-progress")
+    if "label_smoothing" in inspect.signature(fastcnn.CrossEntropyLoss).parameters:
+        assert code == 0, err
+        assert LAST_LINE.match(out.splitlines()[-1])
+    else:
+        assert code == 2
+        one_line_error(err, "--label-smoothing needs a CrossEntropyLoss with label_smoothing")
+
+
+SPEC = {"input_shape": [1, 28, 28], "layers": [
+    {"type": "Conv2d", "in_channels": 1, "out_channels": 4, "kernel_size": 3, "padding": 1},
+    {"type": "ReLU"}, {"type": "MaxPool2d", "kernel_size": 2}, {"type": "Flatten"},
+    {"type": "Linear", "in_features": 4 * 14 * 14, "out_features": 10}]}
+
+
+def test_spec_file(capsys, tmp_path, idx_dir):
+    spec = tmp_path / "net.json"
+    spec.write_text(json.dumps(SPEC))
+    path = tmp_path / "net.npz"
+    out = train(capsys, idx_dir, path, "--model", spec, epochs=1)
+    assert LAST_LINE.match(out.splitlines()[-1]), out
+    model, header = load_model(path, return_header=True)
+    assert header["metadata"]["model"] == str(spec)
+    assert model.input_shape == (1, 28, 28) and header["architecture"]["layers"][0][
+        "out_channels"] == 4
+    for argv in (["summary", "--model", spec], ["summary", "--model", path],
+                 ["evaluate", path]):
+        code, text, err = run(capsys, *argv)
+        assert code == 0, (argv, err)
+    code, text, _ = run(capsys, "summary", "--model", spec)
+    assert "net.json: 28x28 images with 1 channel" in text and "7,890" in text
+
+    # the spec's output must fit the data's classes; a bad spec is one line naming the layer
+    bad = dict(SPEC, layers=SPEC["layers"][:-1] + [dict(SPEC["layers"][-1], out_features=3)])
+    spec.write_text(json.dumps(bad))
+    code, _, err = run(capsys, "train", "--model", spec, "--data", idx_dir, "--epochs", 1,
+                       "--out", tmp_path / "x.npz")
+    assert code == 1
+    one_line_error(err, "the model's output per image is (3,) but the data set has 10 classes")
+    bad = dict(SPEC, layers=[{"type": "Conv2d", "in_channels": 1}])
+    spec.write_text(json.dumps(bad))
+    code, _, err = run(capsys, "train", "--model", spec, "--data", idx_dir, "--epochs", 1)
+    assert code == 1
+    one_line_error(err, "net.json: layer 0 (Conv2d): missing argument 'out_channels'")
+    code, _, err = run(capsys, "train", "--model", tmp_path / "none.json")
+    assert code == 1
+    one_line_error(err, "none.json: no such file or directory")
+    spec.write_text(json.dumps(dict(SPEC, input_shape=[1, 32, 32], layers=SPEC["layers"][:-1] + [
+        dict(SPEC["layers"][-1], in_features=4 * 16 * 16)])))
+    code, _, err = run(capsys, "train", "--model", spec, "--data", idx_dir, "--epochs", 1)
+    assert code == 1
+    one_line_error(err, "the images are 28x28 with 1 channel but the model takes 32x32")
+
+
+def test_predict_reports_a_bad_file_and_classifies_the_others(capsys, tmp_path, trained_model):
+    from PIL import Image
+    digits, _ = raw_digits("test")
+    good = [tmp_path / "a.png", tmp_path / "c.jpg"]
+    Image.fromarray(digits[0]).save(good[0])
+    Image.fromarray(255 - digits[1]).convert("RGB").save(good[1])  # dark on light, colour
+    bad = tmp_path / "b.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    code, out, err = run(capsys, "predict", trained_model, good[0], bad, good[1],
+                         tmp_path / "gone.png")
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("fastcnn: error: ") for line in lines)
+    assert "b.png: cannot read the image" in lines[0] and "gone.png: no such file" in lines[1]
+    assert [line.split(": ")[0] for line in out.splitlines()] == [str(p) for p in good]
+
+
+def test_predict_colour_model_and_preprocess_digits_refused(capsys, tmp_path, npz_set):
+    from PIL import Image
+    path = tmp_path / "c.npz"
+    assert main(["train", "--data", str(npz_set), "--epochs", "1", "--out", str(path),
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    grey = tmp_path / "g.png"
+    Image.fromarray(raw_digits("test")[0][0]).save(grey)  # grey read as RGB for this model
+    code, out, err = run(capsys, "predict", path, grey)
+    assert code == 0, err
+    code, _, err = run(capsys, "predict", path, grey, "--preprocess", "digits")
+    assert code == 2
+    one_line_error(err, "--preprocess digits is for 1-channel models")
+
+
+def test_resume_keeps_out_and_removes_its_checkpoint(capsys, tmp_path, idx_dir, monkeypatch):
+    real_step = optim.SGD.step
+    calls = []
+
+    def step(self):
+        real_step(self)
+        calls.append(1)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(optim.SGD, "step", step)
+    out = tmp_path / "mine.npz"
+    code, _, _ = run(capsys, "train", "--data", idx_dir, "--epochs", 1, "--batch-size", 32,
+                     "--out", out, "--no-progress")
+    assert code == 130
+    monkeypatch.setattr(optim.SGD, "step", real_step)
+    ckpt = tmp_path / "mine.ckpt.npz"
+    assert ckpt.exists() and not out.exists()
+    monkeypatch.chdir(tmp_path)  # where a default model.npz would land
+    code, text, err = run(capsys, "train", "--resume", ckpt, "--no-progress")
+    assert code == 0, err
+    assert text.rstrip().endswith(f"model saved to {out}")
+    assert out.exists() and not (tmp_path / "model.npz").exists()
+    assert f"removed the finished run's checkpoint {ckpt}" in text
+    assert not ckpt.exists()
+
+
+def test_overwrite_notice(capsys, tmp_path, monkeypatch, idx_dir):
+    """README's first command, run twice: it works and says what it replaces."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["train", "--data", idx_dir, "--epochs", 1, "--batch-size", 64, "--no-progress"]
+    code, _, err = run(capsys, *argv)
+    assert code == 0 and "note" not in err
+    code, out, err = run(capsys, *argv)
+    assert code == 0, err
+    assert err.splitlines() == [
+        "fastcnn: note: model.npz exists and will be replaced by the model trained now",
+        "fastcnn: note: replaced the existing model.npz"]
+    assert LAST_LINE.match(out.splitlines()[-1])
+
+
+def edit_header(src, dst, edit):
+    from fastcnn.io import NpzReader, save_npz_atomic
+    with NpzReader(src) as npz:
+        header = json.loads(json.dumps(npz.header))
+        arrays = {k: npz.read(k) for k in npz.members}
+    edit(header)
+    for key in ("format", "format_version"):
+        header.pop(key, None)
+    save_npz_atomic(dst, arrays, header)
+    return dst
+
+
+def test_hand_edited_model_files_give_one_line(capsys, tmp_path, trained_model):
+    image = tmp_path / "x.png"
+    from PIL import Image
+    Image.fromarray(raw_digits("test")[0][0]).save(image)
+
+    def metadata(**values):
+        return lambda h: h["metadata"].update(values)
+
+    cases = [
+        (metadata(preprocess="sharpen"), "predict", "recorded preprocess 'sharpen'"),
+        (metadata(preprocess=5), "predict", "recorded preprocess 5"),
+        (metadata(data={"path": 5}), "evaluate", "recorded data path is not a string"),
+        (metadata(data={"path": str(tmp_path / "gone")}), "evaluate", "data set not found"),
+        (lambda h: h.update(metadata=[1]), "evaluate", "metadata must be an object"),
+        (lambda h: h["architecture"]["layers"][0].update(out_channels=7), "evaluate",
+         "layer 3 (Conv2d) does not fit its input"),
+        (lambda h: h["architecture"].update(input_shape=[1, 32]), "predict", "input_shape"),
+    ]
+    for i, (edit, command, fragment) in enumerate(cases):
+        path = edit_header(trained_model, tmp_path / f"e{i}.npz", edit)
+        argv = [command, path] + ([image] if command == "predict" else [])
+        code, _, err = run(capsys, *argv)
+        assert code == 1, (fragment, err)
+        one_line_error(err, fragment)
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", [zoo_param(n) for n in ("lenet5", "lenet5-1998", "bnnet")])
+def test_ctrl_c_resumes_every_zoo_model_bitwise(capsys, tmp_path, npz_set, monkeypatch, name):
+    """Colour data, a validation split and crop/flip augmentation: the weights, buffers (batch
+    norm), dropout counters and best-epoch state all come back from the checkpoint."""
+    argv = ["train", "--model", name, "--data", npz_set, "--epochs", 2, "--batch-size", 8,
+            "--val-split", 0.2, "--augment", "crop,flip", "--no-progress"]
+    code, _, err = run(capsys, *argv, "--out", tmp_path / "straight.npz")
+    assert code == 0, err
+    real_step = optim.SGD.step
+    calls = []
+
+    def step(self):
+        real_step(self)
+        calls.append(1)
+        if len(calls) == 6:  # batch 1 of epoch 2 (5 batches per epoch)
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(optim.SGD, "step", step)
+    out = tmp_path / "m.npz"
+    code, _, err = run(capsys, *argv, "--out", out)
+    assert code == 130, err
+    monkeypatch.setattr(optim.SGD, "step", real_step)
+    code, text, err = run(capsys, "train", "--resume", tmp_path / "m.ckpt.npz", "--no-progress")
+    assert code == 0, err
+    assert "resuming at epoch 2 batch 2" in text
+    assert same_weights(load_model(out), load_model(tmp_path / "straight.npz"))

@@ -6,6 +6,7 @@ import pytest
 
 import fastcnn
 from fastcnn.images import looks_like_digits, prepare_digit, read_image
+from fastcnn.transforms import RandomShift
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image, ImageDraw, ImageFilter  # noqa: E402
@@ -132,7 +133,8 @@ def digit_model():
     data = fastcnn.datasets.load_mnist5k()
     model = fastcnn.LeNet5()
     opt = fastcnn.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    fastcnn.Trainer(model, opt, data=data, epochs=6, lr_schedule="cosine", shift=2).fit()
+    fastcnn.Trainer(model, opt, data=data, epochs=6, lr_schedule="cosine",
+                    augment=[RandomShift(2)]).fit()
     return model
 
 

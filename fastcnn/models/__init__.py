@@ -21,9 +21,11 @@ from .spec import (
     validate_spec,
 )
 from .transform import InputTransform
+from .zoo import get_model, list_models
 
 __all__ = [
     "InputTransform", "LeNet5", "Summary", "layer_classes", "layer_from_spec", "layer_to_spec",
     "lenet5_spec", "load_spec", "model_from_spec", "model_to_spec", "predict", "predict_proba",
     "summary", "validate_spec",
 ]
+__all__ += ["get_model", "list_models"]
