@@ -43,7 +43,7 @@ import time
 
 import numpy as np
 
-__all__ = ["Communicator", "launched_by_mpirun", "shard_bounds"]
+__all__ = ["Communicator", "launched_by_mpirun", "shard_bounds", "threads_per_rank"]
 
 _RANK_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 
@@ -56,6 +56,22 @@ def launched_by_mpirun():
         if value and value.isdigit():
             return int(value)
     return 1
+
+
+def threads_per_rank():
+    """A default thread count for this rank, or None to keep fastcnn's default: when the
+    launcher did not bind the rank (it may use every core) and several ranks run on this
+    machine, the cores divided among them (so that K ranks x T threads do not oversubscribe
+    the machine). Bound ranks (Open MPI's default for 2 ranks, ``--map-by ...:PE=T``) keep
+    their own cores."""
+    local = os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or os.environ.get("MPI_LOCALNRANKS")
+    if not (local and local.isdigit() and int(local) > 1):
+        return None
+    total = os.cpu_count() or 1
+    mine = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+    if mine < total:
+        return None
+    return max(1, mine // int(local))
 
 
 def shard_bounds(n, size, rank):

@@ -80,32 +80,6 @@ class ThreadGroup:
         return Rank()
 
 
-def _run_ranks(size, fn):
-    results, errors = [None] * size, []
-
-    def run(r):
-        try:
-            results[r] = fn(r)
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-            group_barrier_abort()
-
-    group = ThreadGroup(size)
-
-    def group_barrier_abort():
-        group.barrier.abort()
-
-    threads = [threading.Thread(target=run, args=(r,)) for r in range(size)]
-    _run_ranks.group = group
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    if errors:
-        raise errors[0]
-    return results, group
-
-
 @pytest.mark.parametrize("dtype,size,shape,momentum", [
     (np.float64, 3, (10, 3, 4, 5), 0.1), (np.float32, 2, (7, 4, 3, 3), None),
     (np.float64, 3, (4, 2, 6), 0.3), (np.float32, 3, (9, 5), 0.1)])
@@ -366,3 +340,57 @@ def test_a_rank_that_dies_ends_the_job(tmp_path, how):
         assert "exited on signal 9" in text, text
     else:
         assert "waited 2 s for the gradient sum: another rank has died or hangs" in text, text
+
+
+# --------------------------------------------------------------------------------------------
+# The command line
+
+
+@pytest.fixture(scope="module")
+def digits_npz(tmp_path_factory):
+    """600 training and 200 test digits, 28x28 uint8, as an .npz data set."""
+    data = fastcnn.datasets.load_mnist5k()
+
+    def raw(x):
+        return np.round(x[:, 0, 2:30, 2:30] * 255).astype(np.uint8)
+
+    path = tmp_path_factory.mktemp("npz") / "digits.npz"
+    np.savez(path, x_train=raw(data.train[0][:600]), y_train=data.train[1][:600],
+             x_test=raw(data.test[0][:200]), y_test=data.test[1][:200])
+    return path
+
+
+def test_cli_refuses_mpirun_without_distributed(monkeypatch, capsys, digits_npz, tmp_path):
+    from fastcnn.cli import main
+
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "3")
+    assert main(["train", "--data", str(digits_npz), "--out", str(tmp_path / "m.npz")]) == 1
+    err = capsys.readouterr().err
+    assert "started by mpirun as 3 processes without --distributed: the 3 processes would " \
+           "race on the same files" in err
+    assert not (tmp_path / "m.npz").exists()
+    monkeypatch.delenv("OMPI_COMM_WORLD_SIZE")
+    assert main(["train", "--sync-bn", "--data", str(digits_npz)]) == 2
+    assert "--sync-bn needs --distributed" in capsys.readouterr().err
+
+
+@needs_mpi
+def test_cli_distributed_train(tmp_path, digits_npz):
+    """mpirun -np 3 fastcnn train --distributed --sync-bn: one output (rank 0's), one model
+    file, the test accuracy of one process."""
+    args = ["train", "--data", str(digits_npz), "--model", "bnnet", "--epochs", "1",
+            "--batch-size", "50", "--no-progress", "--threads", "1"]
+    cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "3", sys.executable, "-m",
+           "fastcnn", *args, "--distributed", "--sync-bn", "--out", str(tmp_path / "k.npz")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_mpi_env(), timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [s for s in proc.stdout.splitlines() if s.startswith("test accuracy")]
+    assert len(lines) == 1 and "on 3 processes x 1 thread" in lines[0], proc.stdout
+    assert proc.stdout.count("training on 600 images") == 1
+    one = subprocess.run([sys.executable, "-m", "fastcnn", *args, "--out",
+                          str(tmp_path / "one.npz")], capture_output=True, text=True,
+                         env=_mpi_env(), timeout=120, check=True).stdout
+    acc = [float(s.split()[2].rstrip("%")) for s in (lines[0], one.splitlines()[-1])]
+    assert abs(acc[0] - acc[1]) <= 0.5, (lines, one)
+    model = fastcnn.load_model(tmp_path / "k.npz")
+    assert sum(p.data.size for p in model.parameters()) > 0
