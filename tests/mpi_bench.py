@@ -6,7 +6,7 @@
 One epoch of Fashion-MNIST (IDX files under --data), batch 64, SGD; prints the training
 images/s (evaluation excluded), the seconds spent in the step's collective (including the wait
 for the slower rank) as a share of the epoch, and the gradient size. ``--collective-only``
-times the rank-order gradient sum alone (200 sums of LeNet-5's gradient).
+times the rank-order gradient sum alone (200 sums of the model's gradient).
 """
 
 import argparse
@@ -37,6 +37,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--data", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--collective-only", action="store_true")
+    p.add_argument("--sync-bn", action="store_true")
     a = p.parse_args()
     fastcnn.set_num_threads(a.threads)
     comm = None
@@ -59,11 +60,11 @@ def main():
                   f"ranks: median {1e6 * np.median(times):.0f} us, min "
                   f"{1e6 * min(times):.0f} us")
         return
-    data = load_dataset(a.data, normalize=True, pad=2 if a.model == "lenet5" else None)
+    data = load_dataset(a.data, normalize=True, pad=2 if a.model == "lenet5" else 0)
     data = dataclasses.replace(data, train=(data.train[0][:a.n], data.train[1][:a.n]))
     opt = fastcnn.SGD(model.param_groups(5e-4), lr=0.05, momentum=0.9)
     trainer = Trainer(model, opt, data, epochs=1, batch_size=a.batch, distributed=comm,
-                      progress=False)
+                      progress=False, sync_bn=a.sync_bn)
     trainer.data.test = None  # time training only
     trainer.fit()
     record = trainer.history[-1]
@@ -71,7 +72,8 @@ def main():
         k = 1 if comm is None else comm.size
         share = "" if comm is None else (f", collective+wait {comm.comm_seconds:.2f} s = "
                                          f"{100 * comm.comm_seconds / record['seconds']:.1f}%")
-        print(f"{a.model} {k} rank(s) x {a.threads} thread(s): {record['images_per_s']:.0f} "
+        name = a.model + (" sync-bn" if a.sync_bn else "")
+        print(f"{name} {k} rank(s) x {a.threads} thread(s): {record['images_per_s']:.0f} "
               f"images/s ({record['seconds']:.1f} s for {a.n} images, "
               f"{1000 * record['seconds'] / trainer.steps_per_epoch:.2f} ms/step{share}); "
               f"gradient {n_grad} floats")

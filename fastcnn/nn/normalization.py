@@ -237,6 +237,13 @@ class BatchNorm2d(_BatchNorm):
 
     In a ``Sequential`` in eval mode, a ``Conv2d`` followed by ``BatchNorm2d`` runs as one
     convolution with folded weights (within float tolerance of the pair).
+
+    Synchronised batch norm (data-parallel training): with ``stats_reducer`` set (the
+    trainer's ``sync_bn=True`` sets it to its Communicator), training mode normalises with the
+    mean and variance of the whole global batch: every rank's count, mean and sum of squared
+    deviations (float64) are gathered and merged in rank order, the running statistics use the
+    global count, and the backward pass gathers the per-channel sums of ``g`` and ``g * xhat``
+    the same way. The parameter gradients stay this rank's part (the trainer sums them).
     """
 
     _ndims = (4,)
