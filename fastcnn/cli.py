@@ -264,7 +264,49 @@ def _add_train_options(parser):
                         "to this JSON file")
     g.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is shown only when stderr is a terminal anyway)")
+    g = parser.add_argument_group("data-parallel training over MPI")
+    g.add_argument("--distributed", action="store_true",
+                   help="synchronous data parallelism across the processes of 'mpirun -np K "
+                        "fastcnn train --distributed ...' (needs mpi4py: pip install "
+                        "'fastcnn[mpi]'): each process trains on its 1/K of every batch "
+                        "(--batch-size stays the global batch), gradients are summed in a "
+                        "fixed order (bitwise reproducible for a given K), rank 0 alone writes "
+                        "files and output; --threads is per process")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="with --distributed: batch norm normalises with the statistics of the "
+                        "whole global batch, as one process would (default: each process's "
+                        "own shard, as PyTorch DDP)")
     _add_threads(parser)
+
+
+def _distributed(args):
+    """The Communicator of ``--distributed`` (None without it). Started by mpirun without
+    ``--distributed``, the K processes would each train the same run and race on its files:
+    refused. Ranks other than 0 print nothing on stdout."""
+    from .distributed import launched_by_mpirun
+
+    ranks = launched_by_mpirun()
+    if not args.distributed:
+        if args.sync_bn:
+            raise _UsageError("--sync-bn needs --distributed")
+        if ranks > 1:
+            raise CommandError(f"started by mpirun as {ranks} processes without --distributed: "
+                               f"the {ranks} processes would race on the same files; add "
+                               f"--distributed to train one model data-parallel")
+        return None
+    from . import set_num_threads
+    from .distributed import Communicator, threads_per_rank
+
+    if args.threads is None and not os.environ.get("OMP_NUM_THREADS") and threads_per_rank():
+        set_num_threads(threads_per_rank())  # unbound ranks share the machine's cores
+    try:
+        comm = Communicator()
+    except ImportError as exc:
+        raise CommandError(str(exc)) from None
+    comm.abort_on_exception()  # an error on one rank ends the job instead of a hang
+    if not comm.is_root:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+    return comm
 
 
 def _train_description():
@@ -760,6 +802,8 @@ def _cmd_train(args):
     if args.plot:
         _check_matplotlib()
     _check_output_paths(args)
+    comm = _distributed(args)
+    root = comm is None or comm.is_root
     header = leftover = None
     if args.resume:
         given = [f"--{name.replace('_', '-')}" for name in _RESUME_FIXED
@@ -833,16 +877,18 @@ def _cmd_train(args):
         progress=Progress(bar=False if args.no_progress else None, log=_print_flush,
                           history_path=args.history, plot_path=args.plot),
         checkpoint=Checkpointer(checkpoint, every_epoch=requested),
-        metadata=metadata)
+        metadata=metadata, distributed=comm, sync_bn=args.sync_bn)
     if args.resume:
         trainer.load_checkpoint(args.resume)
-    if os.path.exists(out):
+    if os.path.exists(out) and root:
         _notice(f"{out} exists and will be replaced by the model trained now")
 
     start = time.perf_counter()
     try:
         history = trainer.fit()
     except TrainingInterrupted as exc:
+        if not root:
+            return 130
         print(f"{PROG}: interrupted in epoch {exc.epoch + 1} after batch {exc.step}/"
               f"{exc.steps_per_epoch}; checkpoint saved to {exc.checkpoint_path}; resume with: "
               f"{PROG} train --resume {exc.checkpoint_path}", file=sys.stderr, flush=True)
@@ -850,6 +896,8 @@ def _cmd_train(args):
     except FloatingPointError as exc:
         raise CommandError(str(exc)) from None
     wall = time.perf_counter() - start
+    if not root:  # rank 0 writes the model and removes or keeps the checkpoint
+        return 0
     replaced = os.path.exists(out)
     trainer.save_model(out)
     if replaced:
@@ -867,7 +915,8 @@ def _cmd_train(args):
            f"images")
     threads = _threads()
     print(f"{acc}; trained {_plural(len(history), 'epoch')} in {wall:.1f} s ({rate:,.0f} "
-          f"images/s, {trainer.model.dtype} on {_plural(threads, 'thread')}); model saved to "
+          f"images/s, {trainer.model.dtype} on {_processes(comm)}{_plural(threads, 'thread')}); "
+          f"model saved to "
           f"{out}", flush=True)
     return 0
 
@@ -911,6 +960,10 @@ def _plural(n, noun):
 
 def _print_flush(text):
     print(text, flush=True)
+
+
+def _processes(comm):
+    return "" if comm is None else f"{comm.size} processes x "
 
 
 def _threads():

@@ -277,17 +277,50 @@ class TrainingData:
     def steps_per_epoch(self):
         return len(self.batches)
 
-    def epoch(self, epoch, first_step=0):
+    def epoch(self, epoch, first_step=0, shard=None):
         """Yield ``(i, x, y)`` for batches ``i = first_step, ...`` of `epoch`, augmented. The
-        arrays are reused buffers, overwritten by the next batch."""
+        arrays are reused buffers, overwritten by the next batch.
+
+        With `shard` (a function ``n -> (lo, hi)``, e.g. a distributed Communicator's
+        ``shard``), only samples ``[lo, hi)`` of every batch of ``n`` are gathered and
+        augmented, with the augmentation draws of their positions in the whole batch: the
+        shards of all ranks together are exactly the batches of one process."""
         augment = self.augment if len(self.augment) else None
         if augment is not None:
             augment.start_epoch(epoch)
+        if shard is not None:
+            yield from self._sharded_epoch(epoch, first_step, shard, augment)
+            return
         for i, (x, y) in enumerate(self.batches.epoch(epoch)):
             if i < first_step:
                 continue  # done before the interruption this run resumes from
             if augment is not None:
                 x = augment.apply(x, i * self.batch_size)
+            yield i, x, y
+
+    def batch_length(self, i):
+        """Samples in batch `i` of an epoch (``batch_size``, less for the last one)."""
+        return min(self.batch_size, self.n_train - i * self.batch_size)
+
+    def _sharded_epoch(self, epoch, first_step, shard, augment):
+        from .datasets import _fill_order
+
+        images, labels = self.train
+        b = self.batch_size
+        order = _fill_order(np.empty(self.n_train, dtype=np.int64), self.batches.shuffle,
+                            self.seed, epoch)
+        rows = max(hi - lo for lo, hi in (shard(self.batch_length(j)) for j in
+                                          range(len(self.batches))))
+        xbuf = np.empty((rows,) + images.shape[1:], dtype=images.dtype)
+        ybuf = np.empty(rows, dtype=labels.dtype)
+        for i in range(first_step, len(self.batches)):
+            lo, hi = shard(self.batch_length(i))
+            idx = order[i * b + lo:i * b + hi]
+            x, y = xbuf[:hi - lo], ybuf[:hi - lo]
+            np.take(images, idx, axis=0, out=x, mode="clip")
+            np.take(labels, idx, axis=0, out=y, mode="clip")
+            if augment is not None:
+                x = augment.apply(x, i * b + lo)
             yield i, x, y
 
     def config(self):
@@ -517,6 +550,13 @@ class Trainer:
     eval_batch_size : int, default 1000
     metadata : dict, optional
         JSON-serialisable information stored in checkpoints and model files.
+    distributed : bool or fastcnn.distributed.Communicator, optional
+        Synchronous data-parallel training over MPI (run under ``mpirun``; True builds a
+        ``Communicator()``): see *Distributed* below.
+    sync_bn : bool, default False
+        With `distributed`: batch-norm layers normalise with the statistics of the whole global
+        batch (and backpropagate through them), as one process would; the default is per-rank
+        statistics (PyTorch DDP's default).
 
     Attributes
     ----------
@@ -549,6 +589,19 @@ class Trainer:
     draws are functions of ``(seed, epoch)``. The final weights are bitwise identical to those
     of an uninterrupted run (with ``epochs`` unchanged, since schedules depend on it).
 
+    **Distributed.** Every rank holds the model and reads its contiguous shard of each global
+    batch (``batch_size`` is the global batch; the batches do not depend on the number of ranks
+    K); its logits gradient is scaled by its share ``n_r / N`` and the gradients, the loss,
+    the number of correct predictions and the stop flag are summed in rank order with one
+    collective per step (bitwise reproducible for a fixed K, any thread count). Dropout layers
+    get ``sample_offset`` = the shard's first index in the batch, so the masks are those of one
+    process. Weights and buffers are broadcast from rank 0 at the start of :meth:`fit`;
+    evaluation is sharded (after broadcasting rank 0's buffers) and summed; only rank 0 writes
+    checkpoints, model files, history and log lines. A stop request (Ctrl-C, SIGTERM or SIGUSR1
+    on any rank, or :meth:`request_stop`) stops every rank after the same step. An exception
+    on one rank ends the whole job (``MPI_Abort``) with a message. Every batch must give every
+    rank at least one sample.
+
     **Allocation.** A training step runs ``model.forward(x, copy=False)``,
     ``model.backward(g, copy=False)``, the augmentation and the optimiser's update on reused
     buffers; only the loss allocates a few ``(batch, classes)`` arrays.
@@ -565,7 +618,8 @@ class Trainer:
 
     def __init__(self, model, optimizer, data, *, loss=None, epochs=10, batch_size=64, seed=0,
                  schedule=None, augment=(), val_split=0.0, checkpoint=None, progress=None,
-                 log=None, eval_batch_size=1000, metadata=None, lr_schedule=None):
+                 log=None, eval_batch_size=1000, metadata=None, lr_schedule=None,
+                 distributed=None, sync_bn=False):
         self.model = model
         self.optimizer = optimizer
         self.loss = CrossEntropyLoss(dtype=model.dtype) if loss is None else loss
@@ -606,6 +660,7 @@ class Trainer:
         self._best = None  # {"epoch", "val_acc", "val_loss"} of the best epoch so far
         self._best_state = None  # its model.state_dict() (arrays reused)
         self._stop_requested = False
+        self._setup_distributed(distributed, sync_bn)
 
     def _check_model(self):
         """One forward pass of one training image, in eval mode: the model must take the
@@ -692,12 +747,15 @@ class Trainer:
         FloatingPointError
             If the loss becomes NaN or infinite (the learning rate is too high).
         """
-        self._stop_requested = False
-        previous = None
+        self._stop_requested = self._stop_agreed = False
+        previous = {}
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            for sig in self._stop_signals():
+                previous[sig] = signal.signal(sig, self._on_sigint)
         modes = _modes(self.model)
         try:
+            if self.comm is not None:
+                self.comm.broadcast_state(self.model)
             data = self.data
             where = (f", resuming at epoch {self.epoch + 1} batch {self.step + 1}"
                      if self.epoch or self.step else "")
@@ -710,10 +768,18 @@ class Trainer:
             while self.epoch < self.epochs:
                 self._run_epoch()
             self._finish()
+        except BaseException as exc:
+            if self.comm is not None and self.comm.size > 1 and \
+                    not getattr(exc, "all_ranks", False):
+                import traceback
+
+                traceback.print_exc()
+                self.comm.abort(f"{type(exc).__name__}: {exc}; ending the other ranks")
+            raise
         finally:
             _restore_modes(modes)
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
         self.progress.finish(self.history)
         return self.history
 
@@ -734,26 +800,32 @@ class Trainer:
         self.progress.start_epoch(epoch, self.epochs, n, self.step)
         start = time.perf_counter()
         model.train()
+        comm = self.comm
         try:
-            for i, x, y in self.data.epoch(epoch, self.step):
+            for i, x, y in self.data.epoch(epoch, self.step,
+                                           shard=None if comm is None else comm.shard):
                 for group, base in zip(groups, base_lrs):
                     group["lr"] = schedule.lr(base, epoch, i, n, self.epochs)
-                logits = model.forward(x, copy=False)
-                loss = loss_fn.forward(logits, y, l2_params)
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"training diverged: the loss is {loss} in epoch {epoch + 1}, batch "
-                        f"{i + 1}; lower the learning rate")
-                partial["correct"] += int(np.count_nonzero(logits.argmax(axis=1) == y))
-                model.backward(loss_fn.backward(), copy=False)
-                if l2_params:
-                    loss_fn.backward_l2()
+                if comm is not None:
+                    loss, correct, seen = self._distributed_step(epoch, i, x, y, l2_params)
+                else:
+                    logits = model.forward(x, copy=False)
+                    loss = loss_fn.forward(logits, y, l2_params)
+                    if not math.isfinite(loss):
+                        raise _diverged(loss, epoch, i)
+                    correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+                    model.backward(loss_fn.backward(), copy=False)
+                    if l2_params:
+                        loss_fn.backward_l2()
+                    seen = y.shape[0]
                 optimizer.step()
-                partial["loss_sum"] += loss * y.shape[0]
-                partial["seen"] += y.shape[0]
+                partial["correct"] += correct
+                partial["loss_sum"] += loss * seen
+                partial["seen"] += seen
                 self.step = i + 1
                 self.progress.step(partial)
-                if self._stop_requested and self.step < n:
+                if (self._stop_requested if comm is None else self._stop_agreed) and \
+                        self.step < n:
                     partial["seconds"] = seconds_before + time.perf_counter() - start
                     self._interrupt()
         finally:
@@ -769,11 +841,11 @@ class Trainer:
                   "lr": first_lr}
         t0 = time.perf_counter()
         if self.data.val is not None:
-            result = evaluate(model, *self.data.val, self.eval_batch_size)
+            result = self._evaluate(*self.data.val)
             record.update(val_loss=result.loss, val_acc=result.accuracy)
             self._consider_best(record)
         elif self.data.test is not None:
-            result = evaluate(model, *self.data.test, self.eval_batch_size)
+            result = self._evaluate(*self.data.test)
             record.update(test_loss=result.loss, test_acc=result.accuracy)
         record["eval_seconds"] = time.perf_counter() - t0
         self.history.append(record)
@@ -782,7 +854,10 @@ class Trainer:
         if self.checkpointer is not None:
             self.checkpointer.epoch_end(self)
         self.progress.end_epoch(record, self.history, self.epochs)
-        if self._stop_requested and self.epoch < self.epochs:
+        if comm is not None:  # a stop request seen since the last step's sum: agree on it
+            self._stop_agreed = comm.agree(self._stop_requested)
+        if (self._stop_requested if comm is None else self._stop_agreed) and \
+                self.epoch < self.epochs:
             self._interrupt()
 
     def _consider_best(self, record):
@@ -812,7 +887,7 @@ class Trainer:
         text = (f"restored the weights of epoch {self._best['epoch']} (validation accuracy "
                 f"{100 * self._best['val_acc']:.2f}%)")
         if self.data.test is not None:
-            result = evaluate(self.model, *self.data.test, self.eval_batch_size)
+            result = self._evaluate(*self.data.test)
             last.update(test_loss=result.loss, test_acc=result.accuracy)
             text += f"; test accuracy {100 * result.accuracy:.2f}%"
         self.progress.line(text)
@@ -821,7 +896,108 @@ class Trainer:
         path = None
         if self.checkpointer is not None:
             path = self.checkpointer.interrupted(self)
-        raise TrainingInterrupted(self.epoch, self.step, self.steps_per_epoch, path)
+        exc = TrainingInterrupted(self.epoch, self.step, self.steps_per_epoch, path)
+        exc.all_ranks = True  # raised by every rank of a distributed run, after the same step
+        raise exc
+
+    # -- data parallelism (fastcnn.distributed) --------------------------------------------------
+
+    def _setup_distributed(self, distributed, sync_bn):
+        """``self.comm``: None, or the Communicator of a data-parallel run (see the class
+        Notes); checks that every batch has a sample for every rank; silences the progress of
+        every rank but 0; hooks the batch-norm layers up for `sync_bn`."""
+        self.comm = None
+        self.sync_bn = bool(sync_bn)
+        self._dropouts = [m for _, m in _modules(self.model) if hasattr(m, "sample_offset")]
+        if distributed is None or distributed is False:
+            if self.sync_bn:
+                raise ValueError("sync_bn=True needs distributed training (distributed=True)")
+            return
+        if distributed is True:
+            from .distributed import Communicator
+
+            distributed = Communicator()
+        for attr in ("rank", "size", "is_root", "shard", "sum_gradients", "allgather"):
+            if not hasattr(distributed, attr):
+                raise TypeError(f"distributed must be True or a fastcnn.distributed."
+                                f"Communicator, got {distributed!r}")
+        self.comm = comm = distributed
+        k, b, n = comm.size, self.batch_size, self.data.n_train
+        short = min(b, n % b or b)
+        if short < k:
+            raise ValueError(f"{k} ranks need at least {k} samples in every batch, but "
+                             f"{n} training images in batches of {b} leave a batch of {short}; "
+                             f"choose another batch size")
+        if not comm.is_root:
+            self.progress = Progress(bar=False)
+        from .nn.normalization import _BatchNorm
+
+        for _, m in _modules(self.model):
+            if isinstance(m, _BatchNorm):
+                m.stats_reducer = comm if self.sync_bn else None
+        self._grad_logits = None
+        self._stop_agreed = False
+
+    def _stop_signals(self):
+        """SIGINT; in a distributed run also SIGTERM (what mpirun sends the ranks on Ctrl-C)
+        and SIGUSR1 (which mpirun forwards to every rank)."""
+        if self.comm is None:
+            return (signal.SIGINT,)
+        return tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1")
+                     if hasattr(signal, name))
+
+    def _distributed_step(self, epoch, i, x, y, l2_params):
+        """Forward and backward of this rank's shard, then the one collective of the step:
+        the gradients (scaled by the shard's share of the batch through the logits gradient)
+        plus ``[loss share, correct, stop]`` summed in rank order. Returns the global
+        ``(mean loss, correct, batch length)``."""
+        comm, model, loss_fn = self.comm, self.model, self.loss
+        n = self.data.batch_length(i)
+        lo, hi = comm.shard(n)
+        share = (hi - lo) / n
+        for layer in self._dropouts:  # masks of samples lo.. of the batch, as one process draws
+            layer.sample_offset = lo
+        logits = model.forward(x, copy=False)
+        loss = loss_fn.forward(logits, y, l2_params)
+        correct = int(np.count_nonzero(logits.argmax(axis=1) == y))
+        g = loss_fn.backward()
+        if self._grad_logits is None or self._grad_logits.shape[1:] != g.shape[1:] or \
+                self._grad_logits.shape[0] < g.shape[0] or self._grad_logits.dtype != g.dtype:
+            self._grad_logits = np.empty_like(g)
+        scaled = self._grad_logits[:g.shape[0]]
+        np.multiply(g, g.dtype.type(share), out=scaled)
+        model.backward(scaled, copy=False)
+        loss, correct, stop = comm.sum_gradients(
+            self._params, extra=(loss * share, correct, self._stop_requested))
+        if not math.isfinite(loss):
+            exc = _diverged(loss, epoch, i)
+            exc.all_ranks = True
+            raise exc
+        if l2_params:  # the same on every rank: added after the sum
+            loss_fn.backward_l2()
+        self._stop_agreed = bool(stop)  # the same on every rank
+        if stop:
+            self._stop_requested = True
+        return float(loss), int(round(correct)), n
+
+    def _evaluate(self, images, labels):
+        """:func:`evaluate`; distributed: each rank evaluates its shard with rank 0's buffers,
+        and the sums are added in rank order (predictions are not gathered: None)."""
+        comm = self.comm
+        if comm is None:
+            return evaluate(self.model, images, labels, self.eval_batch_size)
+        comm.broadcast_state(self.model, buffers_only=True)
+        n = labels.shape[0]
+        lo, hi = comm.shard(n)
+        sums = np.zeros(2)
+        if hi > lo:
+            result = evaluate(self.model, images[lo:hi], labels[lo:hi], self.eval_batch_size)
+            sums[:] = result.loss * (hi - lo), round(result.accuracy * (hi - lo))
+        comm.sum_in_rank_order(sums, "the evaluation")
+        return Evaluation(float(sums[0]) / n, float(sums[1]) / n, None)
+
+    def _writes_files(self):
+        return self.comm is None or self.comm.is_root
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -921,11 +1097,16 @@ class Trainer:
 
     def save_model(self, path):
         """Save the model with its classes, normalisation, history and optimiser settings (see
-        :func:`fastcnn.checkpoint.save_model`)."""
+        :func:`fastcnn.checkpoint.save_model`). Distributed: rank 0 only."""
+        if not self._writes_files():
+            return
         save_model(path, self.model, optimizer=self.optimizer, **self._file_kwargs())
 
     def save_checkpoint(self, path):
-        """Save everything :meth:`load_checkpoint` needs to resume, atomically."""
+        """Save everything :meth:`load_checkpoint` needs to resume, atomically. Distributed:
+        rank 0 only (the number of ranks is recorded)."""
+        if not self._writes_files():
+            return
         state = self.state_dict()
         best = state["best"]
         extra = {} if best is None else {_BEST + k: v for k, v in best["state"].items()}
@@ -933,6 +1114,8 @@ class Trainer:
                   "module_steps": state["module_steps"],
                   "best": None if best is None else {k: v for k, v in best.items()
                                                      if k != "state"}}
+        if self.comm is not None:
+            header["distributed"] = {"ranks": self.comm.size, "sync_bn": self.sync_bn}
         save_checkpoint(path, self.model, _Extra(self.optimizer, extra), **self._file_kwargs(),
                         header=header)
 
@@ -950,6 +1133,17 @@ class Trainer:
                  "module_steps": header.get("module_steps"), "best": best,
                  "config": header.get("trainer")}
         self.load_state_dict(state, source=os.fspath(path))
+        ranks = (header.get("distributed") or {}).get("ranks", 1)
+        now = 1 if self.comm is None else self.comm.size
+        if ranks != now:
+            self.progress.line(f"note: {os.fspath(path)} was written by a run on {ranks} "
+                               f"process(es), resumed on {now}: the run continues, but not "
+                               f"bit for bit as it would have on {ranks}")
+
+
+def _diverged(loss, epoch, i):
+    return FloatingPointError(f"training diverged: the loss is {loss} in epoch {epoch + 1}, "
+                              f"batch {i + 1}; lower the learning rate")
 
 
 def _dropout_module():

@@ -49,6 +49,11 @@ class _BatchNorm(Module):
         self._zeros = np.zeros(C, dtype=self.dtype)
         self._dweight = np.empty(C, dtype=self.dtype)  # gradients when not affine
         self._dbias = np.empty(C, dtype=self.dtype)
+        # Synchronised batch norm (data-parallel training, fastcnn.distributed): an object
+        # whose ``allgather(a)`` returns every rank's float64 array ``a`` stacked in rank order.
+        # Set by ``Trainer(..., sync_bn=True)``; None (the default) uses this process's batch.
+        self.stats_reducer = None
+        self._sync_m = 0
 
     # -- helpers ------------------------------------------------------------------------------
 
@@ -85,6 +90,10 @@ class _BatchNorm(Module):
         gamma, beta = self._gamma_beta()
         C = self.num_features
         batch = self._uses_batch_stats()
+        if self.training and self.stats_reducer is not None:
+            if self.track_running_stats:
+                self.buffers["num_batches_tracked"] += 1
+            return self._forward_synced(x, y, gamma, beta)
         if batch:
             _check_training_size(x.shape)
         if self.training and self.track_running_stats:
@@ -106,6 +115,66 @@ class _BatchNorm(Module):
         self._cache = (x, mean, invstd, batch)
         return y
 
+    def _forward_synced(self, x, y, gamma, beta):
+        """Training forward with the statistics of the global batch (all ranks' shards): each
+        rank's count, mean and sum of squared deviations (float64, two passes) are gathered
+        and merged in rank order with Chan et al.'s pairwise update, so every rank normalises
+        with the same numbers."""
+        C = self.num_features
+        x3 = x.reshape(x.shape[0], C, -1)
+        m_r = x3.shape[0] * x3.shape[2]
+        local = np.zeros((3, C))
+        if m_r:
+            mean_r = x3.sum(axis=(0, 2), dtype=np.float64) / m_r
+            d = x3 - mean_r[:, None]
+            local[0], local[1], local[2] = m_r, mean_r, np.einsum("ncs,ncs->c", d, d)
+        rows = self.stats_reducer.allgather(local)
+        m, mean, m2 = 0.0, np.zeros(C), np.zeros(C)
+        for count, mu, sq in rows:
+            if count[0] == 0:
+                continue
+            total = m + count[0]
+            delta = mu - mean
+            mean = mean + delta * (count[0] / total)
+            m2 = m2 + sq + delta * delta * (m * count[0] / total)
+            m = total
+        if m <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got "
+                             f"{int(m)} in the global batch")
+        invstd = 1.0 / np.sqrt(m2 / m + self.eps)
+        if x.size:
+            _batch_norm_eval_into(x, mean, invstd, gamma, beta, y)
+        if self.track_running_stats:
+            f = self._factor()
+            for key, batch_value in (("running_mean", mean), ("running_var", m2 / (m - 1))):
+                buf = self.buffers[key]
+                buf[...] = f * batch_value + (1.0 - f) * buf.astype(np.float64)
+        self._sync_m = m
+        self._cache = (x, mean, invstd, "synced")
+        return y
+
+    def _backward_synced(self, grad_y, x, mean, invstd, gamma, grad_x, dweight, dbias):
+        """Backward through the global statistics: the per-channel sums of ``g`` and
+        ``g * xhat`` are gathered and added in rank order; ``dweight``/``dbias`` get this
+        rank's own sums (the trainer sums parameter gradients across ranks)."""
+        C = self.num_features
+        g3 = grad_y.reshape(grad_y.shape[0], C, -1)
+        x3 = x.reshape(x.shape[0], C, -1)
+        xhat = (x3 - mean[:, None]) * invstd[:, None]
+        local = np.stack([g3.sum(axis=(0, 2), dtype=np.float64),
+                          np.einsum("ncs,ncs->c", g3.astype(np.float64), xhat)])
+        rows = self.stats_reducer.allgather(local)
+        total = rows[0].copy()
+        for r in range(1, rows.shape[0]):
+            total += rows[r]
+        dbias[...] = local[0]
+        dweight[...] = local[1]
+        m = self._sync_m
+        coef = gamma.astype(np.float64) * invstd
+        grad_x.reshape(x3.shape)[...] = coef[:, None] * (
+            g3 - (total[0] / m)[:, None] - xhat * (total[1] / m)[:, None])
+        return grad_x
+
     def _factor(self):
         """PyTorch's running-average factor: momentum, or 1/num_batches_tracked when momentum
         is None (cumulative average). The kernel applies
@@ -123,6 +192,8 @@ class _BatchNorm(Module):
         gamma, _ = self._gamma_beta()
         dweight = self.grads["weight"] if self.affine else self._dweight
         dbias = self.grads["bias"] if self.affine else self._dbias
+        if batch == "synced":
+            return self._backward_synced(grad_y, x, mean, invstd, gamma, grad_x, dweight, dbias)
         if mean is None:  # empty batch
             grad_x[...] = 0
             dweight[...] = 0
@@ -166,6 +237,13 @@ class BatchNorm2d(_BatchNorm):
 
     In a ``Sequential`` in eval mode, a ``Conv2d`` followed by ``BatchNorm2d`` runs as one
     convolution with folded weights (within float tolerance of the pair).
+
+    Synchronised batch norm (data-parallel training): with ``stats_reducer`` set (the
+    trainer's ``sync_bn=True`` sets it to its Communicator), training mode normalises with the
+    mean and variance of the whole global batch: every rank's count, mean and sum of squared
+    deviations (float64) are gathered and merged in rank order, the running statistics use the
+    global count, and the backward pass gathers the per-channel sums of ``g`` and ``g * xhat``
+    the same way. The parameter gradients stay this rank's part (the trainer sums them).
     """
 
     _ndims = (4,)
