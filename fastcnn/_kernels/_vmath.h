@@ -423,13 +423,14 @@ static inline vm_d vm_sigmoid_lo(vm_d v) {  /* any v; NaN gives NaN */
     vm_d y = vm_sel(v >= vm_set(0.0), vm_set(1.0), t) / (vm_set(1.0) + t);
     return vm_sel(v != v, v, y);
 }
-/* Phi(x) and, in *e, exp(-min(|x|, 37)^2 / 2) */
+/* Phi(x) and, in *e unless e is NULL, exp(-min(|x|, 37)^2 / 2) */
 static inline vm_d vm_phi_lo(vm_d x, vm_d *e) {
     vm_d u = vm_abs(x);
     vm_l small = u <= vm_set(2.0);
-    vm_d uc = vm_sel(u < vm_set(37.0), u, vm_set(37.0));
-    *e = vm_exp_lo(vm_set(-0.5) * (uc * uc));
+    vm_d uc = vm_sel(u < vm_set(37.0), u, vm_set(37.0)), ex = vm_set(0.0);
     vm_d ps = vm_set(0.0), pt = vm_set(0.0);
+    if (e != NULL || vm_any(~small)) ex = vm_exp_lo(vm_set(-0.5) * (uc * uc));
+    if (e != NULL) *e = ex;
     if (vm_any(small)) {
         vm_d x2 = x * x;
         vm_d p = vm_set(1.909444824477191e-12);
@@ -459,7 +460,7 @@ static inline vm_d vm_phi_lo(vm_d x, vm_d *e) {
         p = p * t + vm_set(0.1994616794884847);
         p = p * t + vm_set(0.19947195037034895);
         p = p * t + vm_set(-2.3526429258739332e-08);
-        vm_d q = vm_sel(u <= vm_set(14.5), *e * p, vm_set(0.0));   /* Phi(-u) */
+        vm_d q = vm_sel(u <= vm_set(14.5), ex * p, vm_set(0.0));   /* Phi(-u) */
         pt = vm_sel(x < vm_set(0.0), q, vm_set(1.0) - q);
         pt = vm_sel(x != x, x, pt);
     }
@@ -504,21 +505,22 @@ static void vm_unary_float(int op, const float *x, float *y, ptrdiff_t n, double
         })
         return;
     case VM_GELU: case VM_GELU_TANH:
-        for (ptrdiff_t i = 0; i < n; i += VM_LANES) {
-            ptrdiff_t m = n - i < VM_LANES ? n - i : VM_LANES;
-            float b[VM_LANES] = {0};
-            for (ptrdiff_t j = 0; j < m; j++) b[j] = x[i + j];
-            vm_d xv = vm_ld_f(b), r;
-            if (op == VM_GELU) {
-                vm_d e;
-                r = xv * vm_phi_lo(xv, &e);
-            } else {   /* x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
-                vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI) * (xv + vm_set(VM_GELU_C) * xv * xv * xv);
-                r = xv * vm_sigmoid_lo(u);
+        VF_FOR(n, {
+            vm_f xv = vf_ld_part(x + i_, m_), r;
+            for (int h = 0; h < 2; h++) {   /* two halves of four lanes, in double */
+                vm_d xd = (vm_d){xv[4 * h], xv[4 * h + 1], xv[4 * h + 2], xv[4 * h + 3]}, rd;
+                if (op == VM_GELU) {
+                    rd = xd * vm_phi_lo(xd, NULL);
+                } else {   /* x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
+                    vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI)
+                             * (xd + vm_set(VM_GELU_C) * xd * xd * xd);
+                    rd = xd * vm_sigmoid_lo(u);
+                }
+                vm_f4 f = __builtin_convertvector(rd, vm_f4);
+                for (int j = 0; j < 4; j++) r[4 * h + j] = f[j];
             }
-            vm_f4 f = __builtin_convertvector(r, vm_f4);
-            for (ptrdiff_t j = 0; j < m; j++) y[i + j] = f[j];
-        }
+            vf_st_part(y + i_, r, m_);
+        })
         return;
     default:
         vm_unary_floatw(op, x, y, n, a);
@@ -548,29 +550,30 @@ static void vm_binary_float(int op, const float *g, const float *x, float *dx, p
         })
         return;
     case VM_GELU_B: case VM_GELU_TANH_B:
-        for (i = 0; i < n; i += VM_LANES) {
-            ptrdiff_t m = n - i < VM_LANES ? n - i : VM_LANES;
-            float b[VM_LANES] = {0}, c[VM_LANES] = {0};
-            for (ptrdiff_t j = 0; j < m; j++) { b[j] = x[i + j]; c[j] = g[i + j]; }
-            vm_d xv = vm_ld_f(b), gv = vm_ld_f(c), d;
+        VF_FOR(n, {
+            vm_f xv = vf_ld_part(x + i_, m_), gv = vf_ld_part(g + i_, m_), r;
             const vm_d one = vm_set(1.0), zero = vm_set(0.0);
-            if (op == VM_GELU_B) {   /* Phi(x) + x phi(x) */
-                vm_d e;
-                vm_d p = vm_phi_lo(xv, &e);
-                vm_d xphi = vm_sel(vm_abs(xv) < vm_set(37.0), xv * (vm_set(VM_INV_SQRT_2PI) * e),
-                                   zero);
-                d = p + xphi;
-            } else {                 /* s = sigmoid(2u): s + 2 x s (1 - s) u' */
-                vm_d x2 = xv * xv;
-                vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI) * (xv + vm_set(VM_GELU_C) * x2 * xv);
-                vm_d s = vm_sigmoid_lo(u);
-                vm_d du = vm_set(VM_SQRT_2_OVER_PI) * (one + vm_set(3.0 * VM_GELU_C) * x2);
-                d = s + vm_set(2.0) * xv * (s * (one - s)) * du;
-                d = vm_sel(s * (one - s) == zero, s, d);  /* saturated: no inf * 0 */
+            for (int h = 0; h < 2; h++) {   /* two halves of four lanes, in double */
+                vm_d xd = (vm_d){xv[4 * h], xv[4 * h + 1], xv[4 * h + 2], xv[4 * h + 3]};
+                vm_d gd = (vm_d){gv[4 * h], gv[4 * h + 1], gv[4 * h + 2], gv[4 * h + 3]}, d;
+                if (op == VM_GELU_B) {   /* Phi(x) + x phi(x) */
+                    vm_d e;
+                    vm_d p = vm_phi_lo(xd, &e);
+                    d = p + vm_sel(vm_abs(xd) < vm_set(37.0),
+                                   xd * (vm_set(VM_INV_SQRT_2PI) * e), zero);
+                } else {                 /* s = sigmoid(2u): s + 2 x s (1 - s) u' */
+                    vm_d x2 = xd * xd;
+                    vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI) * (xd + vm_set(VM_GELU_C) * x2 * xd);
+                    vm_d s = vm_sigmoid_lo(u);
+                    vm_d du = vm_set(VM_SQRT_2_OVER_PI) * (one + vm_set(3.0 * VM_GELU_C) * x2);
+                    d = s + vm_set(2.0) * xd * (s * (one - s)) * du;
+                    d = vm_sel(s * (one - s) == zero, s, d);  /* saturated: no inf * 0 */
+                }
+                vm_f4 f = __builtin_convertvector(gd * d, vm_f4);
+                for (int j = 0; j < 4; j++) r[4 * h + j] = f[j];
             }
-            vm_f4 f = __builtin_convertvector(gv * d, vm_f4);
-            for (ptrdiff_t j = 0; j < m; j++) dx[i + j] = f[j];
-        }
+            vf_st_part(dx + i_, r, m_);
+        })
         return;
     default:
         vm_binary_floatw(op, g, x, dx, n, a);
