@@ -12,8 +12,10 @@
  *
  * 2^k is built from its bits, so the vector path covers |x| <= 708 (k in [-1022, 1022]); lanes
  * outside that range, or NaN, are recomputed with the C library (rare: overflow, underflow to
- * subnormals, inf, NaN). float32 data is widened to double, computed in double and rounded once,
- * so float32 results are within one ulp of the correctly rounded value. Every result depends only
+ * subnormals, inf, NaN). This is the float64 path; float32 data takes the float32 kernels at
+ * the end of this file (ELU, tanh, sigmoid in float32 arithmetic, eight lanes per vector; GELU in
+ * double with float32-accurate polynomials); other float32 ops are widened to double, computed
+ * in double and rounded once. Every result depends only
  * on its own input element(s): the thread count cannot change it.
  *
  * Operations (VM_*): y = f(x; a, b) for the forward passes and dx = g * f'(x or y; a) for the
