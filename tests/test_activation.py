@@ -137,6 +137,43 @@ def test_float32_is_within_2_ulp_of_the_rounded_float64_result(name):
     assert _ulps(y32[ok], y64[ok]).max() <= 2
 
 
+def _float32_grid(step, seed=3):
+    """Every ``step``-th float32 with magnitude in [2**-30, 100] (both signs), the edges of the
+    vector ranges, and uniform points in [-100, 100]."""
+    lo, hi = np.float32(2.0**-30).view(np.int32), np.float32(100).view(np.int32)
+    pos = np.arange(lo, hi + 1, step, dtype=np.int32).view(np.float32)
+    edges = np.array([0, 1e-45, 1e-40, 1e-38, 0.55, 9.5, 17.5, 40, 87, 87.5, 88.7, 89, 103, 104,
+                      1e30], F32)
+    rng = np.random.default_rng(seed)
+    return np.concatenate([pos, -pos, edges, -edges,
+                           rng.uniform(-100, 100, 200_000).astype(F32)])
+
+
+def _assert_float32_ulps(name, x, limit=2):
+    y32 = ACTS[name][0](x)
+    y64 = ACTS[name][0](x.astype(F64)).astype(F32)
+    ok = np.isfinite(y64)
+    assert np.array_equal(np.isfinite(y32), ok)
+    u = _ulps(y32[ok], y64[ok])
+    worst = np.argmax(u)
+    assert u[worst] <= limit, (x[ok][worst], y32[ok][worst], y64[ok][worst])
+
+
+@pytest.mark.parametrize("name", ["elu", "gelu", "gelu_tanh", "tanh", "sigmoid"])
+def test_float32_within_2_ulp_on_a_dense_grid(name):
+    # float32 ELU/tanh/sigmoid run in float32 arithmetic, GELU in double with float32-accurate
+    # polynomials: held to the float64 kernels, rounded, on ~1.3 million points
+    _assert_float32_ulps(name, _float32_grid(step=1499))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["elu", "gelu", "gelu_tanh", "tanh", "sigmoid"])
+def test_float32_within_2_ulp_on_every_7th_float(name):
+    x = _float32_grid(step=7)
+    for part in np.array_split(x, 16):
+        _assert_float32_ulps(name, part)
+
+
 # --- against PyTorch, the twins and finite differences ---------------------------------------
 
 @pytest.mark.parametrize("dtype", DTYPES)

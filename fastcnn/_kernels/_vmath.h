@@ -12,8 +12,10 @@
  *
  * 2^k is built from its bits, so the vector path covers |x| <= 708 (k in [-1022, 1022]); lanes
  * outside that range, or NaN, are recomputed with the C library (rare: overflow, underflow to
- * subnormals, inf, NaN). float32 data is widened to double, computed in double and rounded once,
- * so float32 results are within one ulp of the correctly rounded value. Every result depends only
+ * subnormals, inf, NaN). This is the float64 path; float32 data takes the float32 kernels at
+ * the end of this file (ELU, tanh, sigmoid in float32 arithmetic, eight lanes per vector; GELU in
+ * double with float32-accurate polynomials); other float32 ops are widened to double, computed
+ * in double and rounded once. Every result depends only
  * on its own input element(s): the thread count cannot change it.
  *
  * Operations (VM_*): y = f(x; a, b) for the forward passes and dx = g * f'(x or y; a) for the
@@ -165,8 +167,8 @@ static inline vm_d vm_tanh_v(vm_d x, vm_l *bad) {
 }
 
 /* Apply a forward op to n elements: one template per storage type T (double, float). */
-#define VM_DEFINE_UNARY(T, LD, ST)                                                           \
-static inline vm_d vm_unary_v_##T(int op, vm_d x, double a, vm_l *bad) {                   \
+#define VM_DEFINE_UNARY(T, N, LD, ST)                                                         \
+static inline vm_d vm_unary_v_##N(int op, vm_d x, double a, vm_l *bad) {                   \
     const vm_d zero = vm_set(0.0);                                                          \
     *bad = (vm_l){0, 0, 0, 0};                                                              \
     switch (op) {                                                                           \
@@ -195,7 +197,7 @@ static inline vm_d vm_unary_v_##T(int op, vm_d x, double a, vm_l *bad) {        
     default: return x;                                                                      \
     }                                                                                       \
 }                                                                                           \
-static void vm_unary_##T(int op, const T *x, T *y, ptrdiff_t n, double a) {                \
+static void vm_unary_##N(int op, const T *x, T *y, ptrdiff_t n, double a) {                \
     ptrdiff_t i;                                                                            \
     if (op == VM_RELU) {       /* NaN < 0 is false: NaN is kept */                          \
         for (i = 0; i < n; i++) y[i] = x[i] < 0 ? (T)0 : x[i];                              \
@@ -221,7 +223,7 @@ static void vm_unary_##T(int op, const T *x, T *y, ptrdiff_t n, double a) {     
             py = out;                                                                       \
         }                                                                                   \
         vm_l bad;                                                                           \
-        vm_d r = vm_unary_v_##T(op, LD(px), a, &bad);                                       \
+        vm_d r = vm_unary_v_##N(op, LD(px), a, &bad);                                       \
         if (vm_any(bad)) {                                                                  \
             for (int j = 0; j < VM_LANES; j++)                                              \
                 if (bad[j]) r[j] = vm_scalar(op, (double)px[j], 0.0, a);                    \
@@ -231,7 +233,7 @@ static void vm_unary_##T(int op, const T *x, T *y, ptrdiff_t n, double a) {     
             for (ptrdiff_t j = 0; j < m; j++) y[i + j] = out[j];                            \
     }                                                                                       \
 }                                                                                           \
-static void vm_binary_##T(int op, const T *g, const T *x, T *dx, ptrdiff_t n, double a) {  \
+static void vm_binary_##N(int op, const T *g, const T *x, T *dx, ptrdiff_t n, double a) {  \
     ptrdiff_t i;                                                                            \
     const vm_d zero = vm_set(0.0), one = vm_set(1.0);                                       \
     switch (op) {                                                                           \
@@ -295,8 +297,290 @@ static void vm_binary_##T(int op, const T *g, const T *x, T *dx, ptrdiff_t n, do
     }                                                                                       \
 }
 
-VM_DEFINE_UNARY(double, vm_ld_d, vm_st_d)
-VM_DEFINE_UNARY(float, vm_ld_f, vm_st_f)
+VM_DEFINE_UNARY(double, double, vm_ld_d, vm_st_d)
+VM_DEFINE_UNARY(float, floatw, vm_ld_f, vm_st_f)  /* float32 widened to double */
+/* ---- float32 kernels -------------------------------------------------------------------------
+ *
+ * ELU, tanh and sigmoid (forward) and the ELU backward work in float32 itself, eight lanes per
+ * 32-byte vector: their argument is the input element, exact, so float arithmetic is enough for
+ * results within ~1 ulp (measured: see tests/test_activation.py).
+ *
+ *   x = n*ln2 + r, n = round(x log2 e), |r| <= ln2/2 (Cody-Waite: LN2F_HI has 15 bits, n*LN2F_HI
+ *   is exact for |n| < 2^9);  expm1(r) = r + r^2 (c2 + c3 r + ... + c7 r^5), c_k fitted (weighted
+ *   least squares on Chebyshev nodes, relative error 2.4e-9 with the float32 coefficients);
+ *   exp(x) = 2^n + 2^n expm1(r),  expm1(x) = (2^n - 1) + 2^n expm1(r)  for |x| <= 87.
+ *   sigmoid(x) = (x >= 0 ? 1 : t) / (1 + t), t = exp(-|x|) (one division, no overflow)
+ *   tanh|x| = |x| + |x|^3 Q(|x|^2) for |x| < 0.55 (Q fitted as above, 3.3e-9), else
+ *             1 - 2 / (exp(2|x|) + 1) (|x| clamped at 9.5, where float32 tanh is 1); sign of x.
+ * Lanes outside the range (|x| > 87 for sigmoid and the ELU gradient, NaN) are redone in double
+ * with the C library, as the widened path does.
+ *
+ * GELU (both forms) is computed in double from float32 data, four lanes at a time, with
+ * approximations good to ~1e-10 relative (float32 needs 6e-8): the argument of tanh/erfc is a
+ * computed quantity whose rounding float32 arithmetic would amplify (by up to 2u^2 for erfc).
+ *   exp: as above with expm1(r) to degree 8 (Taylor, error < 3e-10)
+ *   Phi(x) = 1/2 + x P(x^2)                       for |x| <= 2 (P degree 10, error 1.6e-10)
+ *   Phi(-u) = exp(-u^2/2) G(1 / (1 + u/2))        for 2 < u <= 14.5 (G degree 10, 3.6e-11),
+ *   Phi(-u) = 0 beyond (x Phi(x) is below the float32 subnormals there), Phi(u) = 1 - Phi(-u).
+ */
+typedef float vm_f __attribute__((vector_size(32)));
+typedef int32_t vm_i __attribute__((vector_size(32)));
+#define VF_LANES 8
+
+static inline vm_f vf_set(float v) { return (vm_f){v, v, v, v, v, v, v, v}; }
+static inline vm_f vf_ld(const float *p) { vm_f v; memcpy(&v, p, sizeof v); return v; }
+static inline void vf_st(float *p, vm_f v) { memcpy(p, &v, sizeof v); }
+static inline vm_f vf_sel(vm_i m, vm_f a, vm_f b) {
+    return (vm_f)((m & (vm_i)a) | (~m & (vm_i)b));
+}
+static inline vm_f vf_abs(vm_f x) { return (vm_f)((vm_i)x & ~(vm_i)vf_set(-0.0f)); }
+static inline int vf_any(vm_i m) {
+    vm_l w; memcpy(&w, &m, sizeof w);
+    return ((w[0] | w[1]) | (w[2] | w[3])) != 0;
+}
+
+/* expm1(r) and 2^n for |x| <= 87 */
+static inline vm_f vf_reduce(vm_f x, vm_f *scale) {
+    const vm_f shifter = vf_set(0x1.8p23f);
+    vm_f t = x * vf_set(1.44269504088896341f) + shifter;
+    vm_f k = t - shifter;
+    vm_i ki = (vm_i)t - (vm_i)shifter;
+    *scale = (vm_f)((ki + 127) << 23);
+    vm_f r = (x - k * vf_set(0x1.62e4p-1f)) - k * vf_set(0x1.7f7d1cp-20f);
+    vm_f q = vf_set(0.00019851791148539633f);
+    q = q * r + vf_set(0.0013942025834694505f);
+    q = q * r + vf_set(0.008333380334079266f);
+    q = q * r + vf_set(0.04166634380817413f);
+    q = q * r + vf_set(0.1666666567325592f);
+    q = q * r + vf_set(0.5f);
+    return r + (r * r) * q;
+}
+static inline vm_f vf_exp_in(vm_f x) { vm_f s; vm_f p = vf_reduce(x, &s); return s + s * p; }
+static inline vm_f vf_expm1_in(vm_f x) {
+    vm_f s; vm_f p = vf_reduce(x, &s); return (s - vf_set(1.0f)) + s * p;
+}
+
+static inline vm_f vf_elu(vm_f x, float a, vm_i *bad) {
+    const vm_f zero = vf_set(0.0f);
+    vm_f xc = vf_sel(x < zero, x, zero);
+    xc = vf_sel(xc > vf_set(-40.0f), xc, vf_set(-40.0f));   /* expm1 is -1 below -17.4 */
+    vm_f em = vf_set(a) * vf_expm1_in(xc);
+    *bad = (vm_i){0};
+    return vf_sel((x > zero) | (x != x), x, em);
+}
+static inline vm_f vf_sigmoid(vm_f x, vm_i *bad) {
+    vm_f ax = vf_abs(x);
+    vm_i ok = ax <= vf_set(87.0f);
+    *bad = ~ok;
+    vm_f t = vf_exp_in(vf_sel(ok, -ax, vf_set(0.0f)));
+    return vf_sel(x >= vf_set(0.0f), vf_set(1.0f), t) / (vf_set(1.0f) + t);
+}
+static inline vm_f vf_tanh(vm_f x, vm_i *bad) {
+    vm_f ax = vf_abs(x);
+    vm_f x2 = ax * ax;
+    vm_f q = vf_set(-0.006287678610533476f);
+    q = q * x2 + vf_set(0.021082071587443352f);
+    q = q * x2 + vf_set(-0.05385512486100197f);
+    q = q * x2 + vf_set(0.13332617282867432f);
+    q = q * x2 + vf_set(-0.33333319425582886f);
+    vm_f ts = ax + (ax * x2) * q;
+    vm_f ac = vf_sel(ax < vf_set(9.5f), ax, vf_set(9.5f));
+    vm_f tb = vf_set(1.0f) - vf_set(2.0f) / (vf_exp_in(ac + ac) + vf_set(1.0f));
+    vm_f t = vf_sel(ax < vf_set(0.55f), ts, tb);
+    t = (vm_f)((vm_i)t | ((vm_i)x & (vm_i)vf_set(-0.0f)));
+    *bad = (vm_i){0};
+    return vf_sel(x != x, x, t);
+}
+/* dx = g for x > 0 (NaN: NaN), g * a * exp(x) otherwise */
+static inline vm_f vf_elu_b(vm_f g, vm_f x, float a, vm_i *bad) {
+    const vm_f zero = vf_set(0.0f);
+    vm_i neg = x <= zero;
+    *bad = neg & (x < vf_set(-87.0f));
+    vm_f e = vf_exp_in(vf_sel(neg & ~*bad, x, zero));
+    return vf_sel(neg, g * (vf_set(a) * e), vf_sel(x != x, x, g));
+}
+
+/* ---- double-precision helpers with float32 accuracy (GELU of float32 data) */
+static inline vm_d vm_exp_lo(vm_d x) {   /* |x| <= 708 */
+    const vm_d shifter = vm_set(0x1.8p52);
+    vm_d t = x * vm_set(1.4426950408889634074) + shifter;
+    vm_d k = t - shifter;
+    vm_l ki = (vm_l)t - (vm_l)shifter;
+    vm_d s = (vm_d)((ki + 1023) << 52);
+    vm_d r = (x - k * vm_set(6.93147180369123816490e-01)) - k * vm_set(1.90821492927058770002e-10);
+    vm_d p = vm_set(1.0 / 40320.0);
+    p = p * r + vm_set(1.0 / 5040.0);
+    p = p * r + vm_set(1.0 / 720.0);
+    p = p * r + vm_set(1.0 / 120.0);
+    p = p * r + vm_set(1.0 / 24.0);
+    p = p * r + vm_set(1.0 / 6.0);
+    p = p * r + vm_set(0.5);
+    p = r + (r * r) * p;
+    return s + s * p;
+}
+static inline vm_d vm_sigmoid_lo(vm_d v) {  /* any v; NaN gives NaN */
+    vm_d av = vm_abs(v);
+    av = vm_sel(av < vm_set(700.0), av, vm_set(700.0)) ;
+    vm_d t = vm_exp_lo(-av);
+    vm_d y = vm_sel(v >= vm_set(0.0), vm_set(1.0), t) / (vm_set(1.0) + t);
+    return vm_sel(v != v, v, y);
+}
+/* Phi(x) and, in *e unless e is NULL, exp(-min(|x|, 37)^2 / 2) */
+static inline vm_d vm_phi_lo(vm_d x, vm_d *e) {
+    vm_d u = vm_abs(x);
+    vm_l small = u <= vm_set(2.0);
+    vm_d uc = vm_sel(u < vm_set(37.0), u, vm_set(37.0)), ex = vm_set(0.0);
+    vm_d ps = vm_set(0.0), pt = vm_set(0.0);
+    if (e != NULL || vm_any(~small)) ex = vm_exp_lo(vm_set(-0.5) * (uc * uc));
+    if (e != NULL) *e = ex;
+    if (vm_any(small)) {
+        vm_d x2 = x * x;
+        vm_d p = vm_set(1.909444824477191e-12);
+        p = p * x2 + vm_set(-8.478532459443855e-11);
+        p = p * x2 + vm_set(2.117460565394247e-09);
+        p = p * x2 + vm_set(-4.0659692674598416e-08);
+        p = p * x2 + vm_set(6.645882541278557e-07);
+        p = p * x2 + vm_set(-9.442402991475065e-06);
+        p = p * x2 + vm_set(0.00011543227873679646);
+        p = p * x2 + vm_set(-0.0011873266024367104);
+        p = p * x2 + vm_set(0.009973556372219217);
+        p = p * x2 + vm_set(-0.06649037991392076);
+        p = p * x2 + vm_set(0.3989422803741666);
+        ps = vm_set(0.5) + x * p;
+    }
+    if (vm_any(~small)) {
+        vm_d ut = vm_sel(u < vm_set(14.5), u, vm_set(14.5));
+        vm_d t = vm_set(1.0) / (vm_set(1.0) + vm_set(0.5) * ut);
+        vm_d p = vm_set(0.2512444015943107);
+        p = p * t + vm_set(-0.7689560582072994);
+        p = p * t + vm_set(0.8721761643032714);
+        p = p * t + vm_set(-0.3435491459129269);
+        p = p * t + vm_set(-0.03240027726354583);
+        p = p * t + vm_set(-0.07491924918791054);
+        p = p * t + vm_set(0.050888934103801846);
+        p = p * t + vm_set(0.1496088254963631);
+        p = p * t + vm_set(0.1994616794884847);
+        p = p * t + vm_set(0.19947195037034895);
+        p = p * t + vm_set(-2.3526429258739332e-08);
+        vm_d q = vm_sel(u <= vm_set(14.5), ex * p, vm_set(0.0));   /* Phi(-u) */
+        pt = vm_sel(x < vm_set(0.0), q, vm_set(1.0) - q);
+        pt = vm_sel(x != x, x, pt);
+    }
+    return vm_sel(small, ps, pt);
+}
+
+/* float32 loops: full vectors, then the tail through a zero-padded local vector */
+#define VF_FOR(N, ...)                                                                        \
+    for (ptrdiff_t i_ = 0; i_ < (N); i_ += VF_LANES) {                                      \
+        ptrdiff_t m_ = (N) - i_ < VF_LANES ? (N) - i_ : VF_LANES;                           \
+        __VA_ARGS__                                                                         \
+    }
+
+/* load VF_LANES floats of p + i (m valid ones, the rest 0) */
+static inline vm_f vf_ld_part(const float *p, ptrdiff_t m) {
+    float b[VF_LANES] = {0};
+    if (m == VF_LANES) return vf_ld(p);
+    for (ptrdiff_t j = 0; j < m; j++) b[j] = p[j];
+    return vf_ld(b);
+}
+static inline void vf_st_part(float *p, vm_f v, ptrdiff_t m) {
+    float b[VF_LANES];
+    if (m == VF_LANES) { vf_st(p, v); return; }
+    vf_st(b, v);
+    for (ptrdiff_t j = 0; j < m; j++) p[j] = b[j];
+}
+
+static void vm_unary_float(int op, const float *x, float *y, ptrdiff_t n, double a) {
+    const float af = (float)a;
+    switch (op) {
+    case VM_ELU: case VM_TANH: case VM_SIGMOID:
+        VF_FOR(n, {
+            vm_f xv = vf_ld_part(x + i_, m_), r;
+            vm_i bad;
+            if (op == VM_ELU) r = vf_elu(xv, af, &bad);
+            else if (op == VM_TANH) r = vf_tanh(xv, &bad);
+            else r = vf_sigmoid(xv, &bad);
+            if (vf_any(bad))
+                for (int j = 0; j < VF_LANES; j++)
+                    if (bad[j]) r[j] = (float)vm_scalar(op, (double)xv[j], 0.0, a);
+            vf_st_part(y + i_, r, m_);
+        })
+        return;
+    case VM_GELU: case VM_GELU_TANH:
+        VF_FOR(n, {
+            vm_f xv = vf_ld_part(x + i_, m_), r;
+            for (int h = 0; h < 2; h++) {   /* two halves of four lanes, in double */
+                vm_d xd = (vm_d){xv[4 * h], xv[4 * h + 1], xv[4 * h + 2], xv[4 * h + 3]}, rd;
+                if (op == VM_GELU) {
+                    rd = xd * vm_phi_lo(xd, NULL);
+                } else {   /* x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
+                    vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI)
+                             * (xd + vm_set(VM_GELU_C) * xd * xd * xd);
+                    rd = xd * vm_sigmoid_lo(u);
+                }
+                vm_f4 f = __builtin_convertvector(rd, vm_f4);
+                for (int j = 0; j < 4; j++) r[4 * h + j] = f[j];
+            }
+            vf_st_part(y + i_, r, m_);
+        })
+        return;
+    default:
+        vm_unary_floatw(op, x, y, n, a);
+    }
+}
+
+static void vm_binary_float(int op, const float *g, const float *x, float *dx, ptrdiff_t n,
+                            double a) {
+    const float af = (float)a;
+    ptrdiff_t i;
+    switch (op) {
+    case VM_TANH_B:            /* y = tanh(x): dx = g (1 - y^2) */
+        for (i = 0; i < n; i++) dx[i] = g[i] * (1.0f - x[i] * x[i]);
+        return;
+    case VM_SIGMOID_B:         /* y = sigmoid(x): dx = g y (1 - y) */
+        for (i = 0; i < n; i++) dx[i] = g[i] * ((1.0f - x[i]) * x[i]);
+        return;
+    case VM_ELU_B:
+        VF_FOR(n, {
+            vm_f xv = vf_ld_part(x + i_, m_), gv = vf_ld_part(g + i_, m_);
+            vm_i bad;
+            vm_f r = vf_elu_b(gv, xv, af, &bad);
+            if (vf_any(bad))
+                for (int j = 0; j < VF_LANES; j++)
+                    if (bad[j]) r[j] = (float)vm_scalar(op, (double)xv[j], (double)gv[j], a);
+            vf_st_part(dx + i_, r, m_);
+        })
+        return;
+    case VM_GELU_B: case VM_GELU_TANH_B:
+        VF_FOR(n, {
+            vm_f xv = vf_ld_part(x + i_, m_), gv = vf_ld_part(g + i_, m_), r;
+            const vm_d one = vm_set(1.0), zero = vm_set(0.0);
+            for (int h = 0; h < 2; h++) {   /* two halves of four lanes, in double */
+                vm_d xd = (vm_d){xv[4 * h], xv[4 * h + 1], xv[4 * h + 2], xv[4 * h + 3]};
+                vm_d gd = (vm_d){gv[4 * h], gv[4 * h + 1], gv[4 * h + 2], gv[4 * h + 3]}, d;
+                if (op == VM_GELU_B) {   /* Phi(x) + x phi(x) */
+                    vm_d e;
+                    vm_d p = vm_phi_lo(xd, &e);
+                    d = p + vm_sel(vm_abs(xd) < vm_set(37.0),
+                                   xd * (vm_set(VM_INV_SQRT_2PI) * e), zero);
+                } else {                 /* s = sigmoid(2u): s + 2 x s (1 - s) u' */
+                    vm_d x2 = xd * xd;
+                    vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI) * (xd + vm_set(VM_GELU_C) * x2 * xd);
+                    vm_d s = vm_sigmoid_lo(u);
+                    vm_d du = vm_set(VM_SQRT_2_OVER_PI) * (one + vm_set(3.0 * VM_GELU_C) * x2);
+                    d = s + vm_set(2.0) * xd * (s * (one - s)) * du;
+                    d = vm_sel(s * (one - s) == zero, s, d);  /* saturated: no inf * 0 */
+                }
+                vm_f4 f = __builtin_convertvector(gd * d, vm_f4);
+                for (int j = 0; j < 4; j++) r[4 * h + j] = f[j];
+            }
+            vf_st_part(dx + i_, r, m_);
+        })
+        return;
+    default:
+        vm_binary_floatw(op, g, x, dx, n, a);
+    }
+}
 
 /* ---- softmax / log-softmax over axis k of one (K, I) slab, columns [i0, i1) of it --------
  *
