@@ -370,7 +370,8 @@ def _outputs(result):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", CALL_NAMES)
-def test_bitwise_identical_for_1_2_3_threads(name, dtype, set_threads):
+def test_bitwise_identical_for_1_2_3_threads(name, dtype, set_threads, monkeypatch):
+    monkeypatch.setattr(fastcnn.functional.pooling, "_GRAIN", 1)  # every thread, small shapes
     _, inputs, call = next(c for c in _calls(dtype) if c[0] == name)
     results = {}
     for n in (1, 2, 3):
@@ -637,3 +638,16 @@ def test_avg_pool2x2_fast_path_sums_in_row_major_order(shape, dtype, div):
     dx[..., :H2, :W2] = np.repeat(np.repeat(zero + g / dtype(div or 4), 2, 2), 2, 3)
     got = F.avg_pool2d_backward(g, shape[2:], 2, divisor_override=div)
     assert got.tobytes() == dx.tobytes()
+
+
+def test_small_inputs_run_on_fewer_threads(set_threads, monkeypatch):
+    pooling = fastcnn.functional.pooling
+    set_threads(3)
+    assert pooling._threads_for(pooling._GRAIN - 1) == 1
+    assert pooling._threads_for(2 * pooling._GRAIN + 1) == 2
+    assert pooling._threads_for(100 * pooling._GRAIN) == 3
+    set_threads(1)
+    assert pooling._threads_for(100 * pooling._GRAIN) == 1
+    monkeypatch.setattr(pooling, "_GRAIN", 1)
+    set_threads(2)
+    assert pooling._threads_for(2) == 2
