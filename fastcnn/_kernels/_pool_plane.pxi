@@ -15,7 +15,9 @@ cdef extern from *:
           NaN against a number) or ranks the same (equal, or both NaN) and comes first in
           row-major order (only b before c can happen).
        This is exactly the row-major scan of the window (ties keep the first element, the first
-       NaN wins), so results are bitwise those of the scalar loop. Returns 0 (and does nothing)
+       NaN wins), so results are bitwise those of the scalar loop. Pass 1 runs whole vectors
+       on every row pair but the plane's last, so short rows have no scalar tails. Returns 0
+       (and does nothing)
        when a row pair does not fit the scratch or the plane is too large for int32 indices. */
     #include <string.h>
     /* w ? b : a on the bits, so that gcc cannot turn the select into a (mispredicted) branch in
@@ -36,8 +38,8 @@ cdef extern from *:
     static inline int fpp_max2_##SUF(const T *restrict x, ptrdiff_t H, ptrdiff_t W,           \
                                      T *restrict y, int64_t *restrict am, ptrdiff_t OH,        \
                                      ptrdiff_t OW) {                                           \
-        T v[FPP_CAP]; int32_t t[FPP_CAP];                                                      \
-        ptrdiff_t L = 2 * OW, rows, i0, r, c, m, n;                                            \
+        T v[FPP_CAP + 8]; int32_t t[FPP_CAP + 8];                                              \
+        ptrdiff_t L = 2 * OW, Lv = (2 * OW + 7) & ~(ptrdiff_t)7, rows, i0, r, c, m, n;         \
         if (L > FPP_CAP || 2 * OH > H || L > W || H * W >= 2147483647) return 0;               \
         rows = FPP_CAP / L;                                                                    \
         for (i0 = 0; i0 < OH; i0 += rows) {                                                    \
@@ -48,7 +50,10 @@ cdef extern from *:
                 T *restrict vr = v + r * L;                                                    \
                 int32_t *restrict tr = t + r * L;                                              \
                 int32_t base = (int32_t)(2 * (i0 + r) * W), below = (int32_t)W;                \
-                for (c = 0; c < L; c++) {                                                      \
+                /* Whole vectors: the extra columns (still inside the plane, as a row pair   \
+                   follows) land in the next row's scratch and are overwritten by it. */      \
+                ptrdiff_t len = i0 + r < OH - 1 ? Lv : L;                                      \
+                for (c = 0; c < len; c++) {                                                    \
                     T a = r0[c], b = r1[c];                                                    \
                     int w = FPP_WINS(b, a);                                                    \
                     vr[c] = fpp_sel_##SUF(w, b, a);                                            \
