@@ -103,6 +103,29 @@ def test_large_offset_float32_is_accurate():
     np.testing.assert_allclose(y, y_ref, atol=2e-3)
 
 
+@pytest.mark.parametrize("shape", [(300, 3, 7), (700, 2, 1, 3), (2100, 4), (160, 2, 7, 7)],
+                         ids=str)
+def test_short_rows_grouped_into_blocks_are_accurate(shape):
+    """Rows shorter than half a block are summed several to a block (lanes reduced once per
+    block, scalar tails in float64): several blocks per channel, float32 with a large offset,
+    still within float32 rounding of the float64 statistics and gradients."""
+    x = _input(shape, np.float32, offset=1e3)
+    g = _input(shape, np.float32, seed=9)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    mean, invstd = F.batch_norm_stats(x)
+    axes = tuple(i for i in range(len(shape)) if i != 1)
+    np.testing.assert_allclose(mean, x64.mean(axis=axes), rtol=1e-6)
+    np.testing.assert_allclose(invstd, 1 / np.sqrt(x64.var(axis=axes) + 1e-5), rtol=1e-4)
+    y = F.batch_norm(x, None, None, training=True)
+    y_ref, _, _ = ref.batch_norm_ref(x64, training=True)
+    np.testing.assert_allclose(y, y_ref, atol=2e-3)
+    dx, dw, db = F.batch_norm_backward(g, x, mean, invstd, np.ones(shape[1], np.float32))
+    np.testing.assert_allclose(db, g64.sum(axis=axes), rtol=1e-5, atol=1e-3)
+    xhat = (x64 - x64.mean(axis=axes, keepdims=True)) * invstd.reshape((1, -1) + (1,) * (
+        len(shape) - 2))
+    np.testing.assert_allclose(dw, (g64 * xhat).sum(axis=axes), rtol=1e-4, atol=2e-2)
+
+
 def test_hand_computed():
     x = np.array([[1.0], [3.0]])  # one channel, mean 2, biased var 1
     rm, rv = np.zeros(1), np.ones(1)
@@ -194,8 +217,9 @@ def test_non_contiguous_and_read_only():
 # -- threads -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(5, 7, 13, 9), (9, 61), (4, 40, 3)], ids=str)
-def test_thread_count_bitwise(set_threads, dtype, shape):
+@pytest.mark.parametrize("shape", [(5, 7, 13, 9), (9, 61), (4, 40, 3), (300, 5, 7)], ids=str)
+def test_thread_count_bitwise(set_threads, dtype, shape, monkeypatch):
+    monkeypatch.setattr(fastcnn.functional.pooling, "_GRAIN", 1)  # every thread, small shapes
     """Many small channels as well: a thread-shared temporary shows up as a race there."""
     x = _input(shape, dtype, offset=1.0)
     g = _input(x.shape, dtype, seed=4)

@@ -370,7 +370,8 @@ def _outputs(result):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", CALL_NAMES)
-def test_bitwise_identical_for_1_2_3_threads(name, dtype, set_threads):
+def test_bitwise_identical_for_1_2_3_threads(name, dtype, set_threads, monkeypatch):
+    monkeypatch.setattr(fastcnn.functional.pooling, "_GRAIN", 1)  # every thread, small shapes
     _, inputs, call = next(c for c in _calls(dtype) if c[0] == name)
     results = {}
     for n in (1, 2, 3):
@@ -588,3 +589,65 @@ def test_layers_in_a_sequential_reuse_buffers_and_give_fresh_outputs():
 
 def test_fastcnn_exports_the_layers():
     assert fastcnn.nn.AvgPool2d is AvgPool2d and fastcnn.AdaptiveAvgPool2d is AdaptiveAvgPool2d
+
+
+# --- the 2x2 / stride 2 fast paths are bitwise the scalar window scan ---------------------------
+
+
+def _hostile(shape, dtype, seed):
+    """Small integers (many ties), signed zeros, infinities and NaNs with distinct payloads."""
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, shape).astype(dtype)
+    u = rng.random(shape)
+    x[u < 0.05] = -0.0
+    x[(u >= 0.05) & (u < 0.08)] = np.inf
+    x[(u >= 0.08) & (u < 0.10)] = -np.inf
+    nan = (u >= 0.10) & (u < 0.16)
+    bits = x.view(np.uint32 if dtype == F32 else np.uint64)
+    base = np.array(np.nan, dtype).view(bits.dtype)
+    bits[nan] = base + rng.integers(1, 1000, int(nan.sum())).astype(bits.dtype)
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 14, 14), (3, 1, 28, 28), (1, 2, 9, 16),
+                                   (2, 1, 2, 2), (1, 1, 3, 1031), (1, 1, 601, 5)])
+def test_max_pool2x2_fast_path_is_bitwise_the_window_scan(shape, dtype):
+    x = _hostile(shape, dtype, sum(shape))
+    y, argmax = F.max_pool2d(x, 2)
+    ref_y, ref_argmax = ref.max_pool2d_loops(x, 2)
+    np.testing.assert_array_equal(argmax, ref_argmax)
+    assert y.tobytes() == np.ascontiguousarray(ref_y, dtype).tobytes()  # NaN payloads, -0.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 14, 14), (1, 1, 5, 1031)])
+@pytest.mark.parametrize("div", [None, 3])
+def test_avg_pool2x2_fast_path_sums_in_row_major_order(shape, dtype, div):
+    x = _hostile(shape, dtype, 7)
+    x[~np.isfinite(x)] = -0.0
+    H2, W2 = shape[2] // 2 * 2, shape[3] // 2 * 2
+    t = x[..., :H2, :W2]
+    zero = np.zeros((), dtype)
+    expect = ((((zero + t[..., 0::2, 0::2]) + t[..., 0::2, 1::2]) + t[..., 1::2, 0::2])
+              + t[..., 1::2, 1::2]) / dtype(div or 4)
+    assert F.avg_pool2d(x, 2, divisor_override=div).tobytes() == expect.tobytes()
+    g = _hostile(expect.shape, dtype, 8)
+    g[~np.isfinite(g)] = -0.0
+    dx = np.zeros(shape, dtype)
+    dx[..., :H2, :W2] = np.repeat(np.repeat(zero + g / dtype(div or 4), 2, 2), 2, 3)
+    got = F.avg_pool2d_backward(g, shape[2:], 2, divisor_override=div)
+    assert got.tobytes() == dx.tobytes()
+
+
+def test_small_inputs_run_on_fewer_threads(set_threads, monkeypatch):
+    pooling = fastcnn.functional.pooling
+    set_threads(3)
+    assert pooling._threads_for(pooling._GRAIN - 1) == 1
+    assert pooling._threads_for(2 * pooling._GRAIN + 1) == 2
+    assert pooling._threads_for(100 * pooling._GRAIN) == 3
+    set_threads(1)
+    assert pooling._threads_for(100 * pooling._GRAIN) == 1
+    monkeypatch.setattr(pooling, "_GRAIN", 1)
+    set_threads(2)
+    assert pooling._threads_for(2) == 2

@@ -1,12 +1,86 @@
 # Max-pooling of one plane, shared by pool.pyx and by the fused conv + ReLU + pool forward in
 # conv.pyx (included textually by both; it needs `floating` and `int64_t` cimported).
 
-cdef extern from "_microkernels.h" nogil:
-    # 2x2 / stride 2 max-pooling of a NaN-free plane (returns 0 and does nothing otherwise).
-    int fc_pool2x2_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, int64_t* am,
-                     Py_ssize_t OH, Py_ssize_t OW)
-    int fc_pool2x2_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, int64_t* am,
-                     Py_ssize_t OH, Py_ssize_t OW)
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #include <stdint.h>
+    /* 2x2 / stride 2 max-pooling of one plane (OH <= H/2, OW <= W/2), NaN-aware and branch
+       free, in two vectorisable passes over a block of output rows:
+       1. vertical: for each pair of input rows and each of the 2*OW used columns, the winner of
+          the upper tap a and the lower tap c (c wins when larger or the first NaN), kept with
+          its flat index in the plane (int32);
+       2. horizontal, one flat loop over the block's outputs (no per-row tails): the right
+          winner R (from b, d) replaces the left L (from a, c) when it ranks higher (larger, or
+          NaN against a number) or ranks the same (equal, or both NaN) and comes first in
+          row-major order (only b before c can happen).
+       This is exactly the row-major scan of the window (ties keep the first element, the first
+       NaN wins), so results are bitwise those of the scalar loop. Pass 1 runs whole vectors
+       on every row pair but the plane's last, so short rows have no scalar tails. Returns 0
+       (and does nothing)
+       when a row pair does not fit the scratch or the plane is too large for int32 indices. */
+    #include <string.h>
+    /* w ? b : a on the bits, so that gcc cannot turn the select into a (mispredicted) branch in
+       the scalar tails of short rows. */
+    static inline float fpp_sel_f(int w, float b, float a) {
+        uint32_t ub, ua, m = (uint32_t)0 - (uint32_t)w; float r;
+        memcpy(&ub, &b, 4); memcpy(&ua, &a, 4); ub = (ub & m) | (ua & ~m); memcpy(&r, &ub, 4);
+        return r;
+    }
+    static inline double fpp_sel_d(int w, double b, double a) {
+        uint64_t ub, ua, m = (uint64_t)0 - (uint64_t)w; double r;
+        memcpy(&ub, &b, 8); memcpy(&ua, &a, 8); ub = (ub & m) | (ua & ~m); memcpy(&r, &ub, 8);
+        return r;
+    }
+    #define FPP_CAP 512
+    #define FPP_WINS(v, b) (((v) > (b)) | (((v) != (v)) & ((b) == (b))))
+    #define FPP_DEFINE_MAX2(T, SUF)                                                             \
+    static inline int fpp_max2_##SUF(const T *restrict x, ptrdiff_t H, ptrdiff_t W,           \
+                                     T *restrict y, int64_t *restrict am, ptrdiff_t OH,        \
+                                     ptrdiff_t OW) {                                           \
+        T v[FPP_CAP + 8]; int32_t t[FPP_CAP + 8];                                              \
+        ptrdiff_t L = 2 * OW, Lv = (2 * OW + 7) & ~(ptrdiff_t)7, rows, i0, r, c, m, n;         \
+        if (L > FPP_CAP || 2 * OH > H || L > W || H * W >= 2147483647) return 0;               \
+        rows = FPP_CAP / L;                                                                    \
+        for (i0 = 0; i0 < OH; i0 += rows) {                                                    \
+            ptrdiff_t nr = OH - i0 < rows ? OH - i0 : rows;                                    \
+            for (r = 0; r < nr; r++) {                                                         \
+                const T *restrict r0 = x + 2 * (i0 + r) * W;                                   \
+                const T *restrict r1 = r0 + W;                                                 \
+                T *restrict vr = v + r * L;                                                    \
+                int32_t *restrict tr = t + r * L;                                              \
+                int32_t base = (int32_t)(2 * (i0 + r) * W), below = (int32_t)W;                \
+                /* Whole vectors: the extra columns (still inside the plane, as a row pair   \
+                   follows) land in the next row's scratch and are overwritten by it. */      \
+                ptrdiff_t len = i0 + r < OH - 1 ? Lv : L;                                      \
+                for (c = 0; c < len; c++) {                                                    \
+                    T a = r0[c], b = r1[c];                                                    \
+                    int w = FPP_WINS(b, a);                                                    \
+                    vr[c] = fpp_sel_##SUF(w, b, a);                                            \
+                    tr[c] = base + (int32_t)c + (below & -(int32_t)w);                         \
+                }                                                                              \
+            }                                                                                  \
+            n = nr * OW;                                                                       \
+            T *restrict yo = y + i0 * OW;                                                      \
+            int64_t *restrict ao = am + i0 * OW;                                               \
+            for (m = 0; m < n; m++) {                                                          \
+                T l = v[2 * m], rr = v[2 * m + 1];                                             \
+                int32_t tl = t[2 * m], tq = t[2 * m + 1];                                      \
+                int same = (rr == l) | ((rr != rr) & (l != l));                                \
+                int w = FPP_WINS(rr, l) | (same & (tq < tl));                                  \
+                yo[m] = fpp_sel_##SUF(w, rr, l);                                               \
+                ao[m] = (int64_t)(tl + ((tq - tl) & -(int32_t)w));                             \
+            }                                                                                  \
+        }                                                                                      \
+        return 1;                                                                              \
+    }
+    FPP_DEFINE_MAX2(float, f)
+    FPP_DEFINE_MAX2(double, d)
+    """
+    int fpp_max2_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, int64_t* am,
+                   Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
+    int fpp_max2_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, int64_t* am,
+                   Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
 
 
 cdef inline bint _wins(floating val, floating best) noexcept nogil:
@@ -23,11 +97,11 @@ cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
     cdef floating best, val
     cdef int done = 0
     if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
-        # The common LeNet window has a branch-free path for planes without NaN.
+        # The common LeNet window: two branch-free vectorised passes (NaN rules included).
         if floating is float:
-            done = fc_pool2x2_f(x, H, W, y, am, OH, OW)
+            done = fpp_max2_f(x, H, W, y, am, OH, OW)
         else:
-            done = fc_pool2x2_d(x, H, W, y, am, OH, OW)
+            done = fpp_max2_d(x, H, W, y, am, OH, OW)
         if done:
             return
     for i in range(OH):

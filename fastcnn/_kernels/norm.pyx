@@ -8,8 +8,10 @@ Parallel scheme: ``prange`` over channels; a thread owns every output element of
 same memory. Each channel is processed start to finish by its thread (statistics pass, then the
 element pass), so the second pass usually reads the channel's data from cache.
 
-Summation order: per channel, the data is cut into blocks (one ``(n, c)`` row of S values, split
-further into at most ``BLOCK`` values). Within a block the sums run in vector lanes of the input
+Summation order: per channel, the data is cut into blocks: rows of ``2*S <= BLOCK`` values are
+grouped ``BLOCK // S`` whole rows to a block (in ``n`` order, so the lanes are reduced once per
+block, not once per short row); longer ``(n, c)`` rows are split into blocks of at most ``BLOCK``
+values. Within a block the sums run in vector lanes of the input
 type in an order fixed by the block length (see the C helpers below: blocked partial sums, each
 lane adding at most ~BLOCK/32 terms); block results are float64. The forward statistics are the
 block mean and the sum of squared deviations from it (two reads of a block that sits in L1), merged
@@ -89,9 +91,75 @@ cdef extern from *:
         *sg = nl_lanes_##SUF(a0 + a1) + (double)t;                                            \
         *sgx = nl_lanes_##SUF(b0 + b1) + (double)u;                                           \
     }
+    /* The same sums over `rows` rows of S values, row r at p + r*stride, as one block: the
+       accumulators carry over from row to row (each row: steps of 4L, then L, then scalars
+       into t), and the lanes are added once per block, so short rows cost no reduction each. */
+    #define NL_DEFINE_ROWS(SUF, T, V, L)                                                      \
+    static double nl_sum_rows_##SUF(const T *p, ptrdiff_t rows, ptrdiff_t stride,             \
+                                    ptrdiff_t S) {                                            \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}; double t = 0;                                 \
+        for (ptrdiff_t r = 0; r < rows; r++, p += stride) {                                   \
+            ptrdiff_t k = 0;                                                                  \
+            for (; k + 4 * L <= S; k += 4 * L) {                                              \
+                a0 += nl_load_##SUF(p + k); a1 += nl_load_##SUF(p + k + L);                   \
+                a2 += nl_load_##SUF(p + k + 2 * L); a3 += nl_load_##SUF(p + k + 3 * L);       \
+            }                                                                                 \
+            for (; k + L <= S; k += L) a1 += nl_load_##SUF(p + k);                            \
+            for (; k < S; k++) t += (double)p[k];                                                  \
+        }                                                                                     \
+        return nl_lanes_##SUF((a0 + a1) + (a2 + a3)) + t;                             \
+    }                                                                                         \
+    static double nl_sumsq_rows_##SUF(const T *p, ptrdiff_t rows, ptrdiff_t stride,           \
+                                      ptrdiff_t S, T c) {                                     \
+        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, d0, d1, d2, d3; double t = 0; T e;              \
+        for (ptrdiff_t r = 0; r < rows; r++, p += stride) {                                   \
+            ptrdiff_t k = 0;                                                                  \
+            for (; k + 4 * L <= S; k += 4 * L) {                                              \
+                d0 = nl_load_##SUF(p + k) - c; d1 = nl_load_##SUF(p + k + L) - c;             \
+                d2 = nl_load_##SUF(p + k + 2 * L) - c; d3 = nl_load_##SUF(p + k + 3 * L) - c; \
+                a0 += d0 * d0; a1 += d1 * d1; a2 += d2 * d2; a3 += d3 * d3;                   \
+            }                                                                                 \
+            for (; k + L <= S; k += L) { d0 = nl_load_##SUF(p + k) - c; a1 += d0 * d0; }      \
+            for (; k < S; k++) { e = p[k] - c; t += (double)(e * e); }                            \
+        }                                                                                     \
+        return nl_lanes_##SUF((a0 + a1) + (a2 + a3)) + t;                             \
+    }                                                                                         \
+    static void nl_gsum_rows_##SUF(const T *g, const T *x, ptrdiff_t rows, ptrdiff_t stride,  \
+                                   ptrdiff_t S, T c, double *sg, double *sgx) {               \
+        V a0 = {0}, a1 = {0}, b0 = {0}, b1 = {0}, g0, g1; double t = 0, u = 0;                  \
+        for (ptrdiff_t r = 0; r < rows; r++, g += stride, x += stride) {                      \
+            ptrdiff_t k = 0;                                                                  \
+            for (; k + 2 * L <= S; k += 2 * L) {                                              \
+                g0 = nl_load_##SUF(g + k); g1 = nl_load_##SUF(g + k + L);                     \
+                a0 += g0; a1 += g1;                                                           \
+                b0 += g0 * (nl_load_##SUF(x + k) - c);                                        \
+                b1 += g1 * (nl_load_##SUF(x + k + L) - c);                                    \
+            }                                                                                 \
+            for (; k + L <= S; k += L) {                                                      \
+                g0 = nl_load_##SUF(g + k); a1 += g0; b1 += g0 * (nl_load_##SUF(x + k) - c);   \
+            }                                                                                 \
+            for (; k < S; k++) { t += (double)g[k]; u += (double)(g[k] * (x[k] - c)); }           \
+        }                                                                                     \
+        *sg = nl_lanes_##SUF(a0 + a1) + t;                                            \
+        *sgx = nl_lanes_##SUF(b0 + b1) + u;                                           \
+    }
     NL_DEFINE(f, float, nl_vf, 8)
     NL_DEFINE(d, double, nl_vd, 4)
+    NL_DEFINE_ROWS(f, float, nl_vf, 8)
+    NL_DEFINE_ROWS(d, double, nl_vd, 4)
     """
+    double nl_sum_rows_f(const float* p, Py_ssize_t rows, Py_ssize_t stride,
+                         Py_ssize_t S) noexcept nogil
+    double nl_sum_rows_d(const double* p, Py_ssize_t rows, Py_ssize_t stride,
+                         Py_ssize_t S) noexcept nogil
+    double nl_sumsq_rows_f(const float* p, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t S,
+                           float c) noexcept nogil
+    double nl_sumsq_rows_d(const double* p, Py_ssize_t rows, Py_ssize_t stride, Py_ssize_t S,
+                           double c) noexcept nogil
+    void nl_gsum_rows_f(const float* g, const float* x, Py_ssize_t rows, Py_ssize_t stride,
+                        Py_ssize_t S, float c, double* sg, double* sgx) noexcept nogil
+    void nl_gsum_rows_d(const double* g, const double* x, Py_ssize_t rows, Py_ssize_t stride,
+                        Py_ssize_t S, double c, double* sg, double* sgx) noexcept nogil
     double nl_sum_f(const float* p, Py_ssize_t n) noexcept nogil
     double nl_sum_d(const double* p, Py_ssize_t n) noexcept nogil
     double nl_sumsq_f(const float* p, Py_ssize_t n, float c) noexcept nogil
@@ -137,6 +205,25 @@ cdef inline void _lane_grad_sums(const floating* g, const floating* p, Py_ssize_
         s = s + len_
 
 
+cdef inline void _rows_grad_sums(const floating* g, const floating* p, Py_ssize_t N,
+                                 Py_ssize_t S, Py_ssize_t stride, double mu, double* sg,
+                                 double* sgx) noexcept nogil:
+    """_lane_grad_sums over N short rows (2*S <= BLOCK) at g/p + n*stride: blocks of whole
+    rows (at most BLOCK values), one lane reduction per block, added in row order."""
+    cdef Py_ssize_t n = 0, rows, group = BLOCK // S
+    cdef double bg, bgx
+    cdef floating c = <floating> mu
+    while n < N:
+        rows = min(group, N - n)
+        if floating is float:
+            nl_gsum_rows_f(g + n * stride, p + n * stride, rows, stride, S, c, &bg, &bgx)
+        else:
+            nl_gsum_rows_d(g + n * stride, p + n * stride, rows, stride, S, c, &bg, &bgx)
+        sg[0] = sg[0] + bg
+        sgx[0] = sgx[0] + (bgx + (c - mu) * bg)
+        n = n + rows
+
+
 cdef inline void _scale_shift(const floating* x, floating* y, Py_ssize_t n, floating mu,
                               floating a, floating b) noexcept nogil:
     """y = (x - mu) * a + b (subtracting first keeps float32 accurate when |mean| >> std)."""
@@ -162,6 +249,32 @@ cdef inline double _channel_stats(const floating* x0, Py_ssize_t N, Py_ssize_t S
     cdef double cnt = 0, mu = 0, m2 = 0, bmu, bm2, delta, tot
     cdef floating c
     cdef const floating* p
+    cdef Py_ssize_t rows, group = BLOCK // S if S > 0 else 1
+    if 2 * S <= BLOCK:
+        # Short rows: blocks of `group` whole rows (at most BLOCK values), one reduction each.
+        n = 0
+        while n < N:
+            rows = min(group, N - n)
+            len_ = rows * S
+            p = x0 + n * stride
+            n = n + rows
+            if floating is float:
+                bmu = nl_sum_rows_f(p, rows, stride, S) / len_
+            else:
+                bmu = nl_sum_rows_d(p, rows, stride, S) / len_
+            c = <floating> bmu
+            if floating is float:
+                bm2 = nl_sumsq_rows_f(p, rows, stride, S, c)
+            else:
+                bm2 = nl_sumsq_rows_d(p, rows, stride, S, c)
+            bm2 = bm2 - len_ * (bmu - c) * (bmu - c)
+            tot = cnt + len_
+            delta = bmu - mu
+            mu = mu + delta * (len_ / tot)
+            m2 = m2 + bm2 + delta * delta * (cnt * len_ / tot)
+            cnt = tot
+        mean[0] = mu
+        return m2 / cnt if m2 > 0 else 0.0
     for n in range(N):
         s = 0
         while s < S:
@@ -265,8 +378,11 @@ def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input
     for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
         sg = 0
         sgx = 0
-        for n in range(N):
-            _lane_grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], &sg, &sgx)
+        if 0 < S and 2 * S <= BLOCK:
+            _rows_grad_sums(&dy[0, c, 0], &x[0, c, 0], N, S, C * S, mean[c], &sg, &sgx)
+        else:
+            for n in range(N):
+                _lane_grad_sums(&dy[n, c, 0], &x[n, c, 0], S, mean[c], &sg, &sgx)
         inv = invstd[c]
         dbias[c] = <floating> sg
         dweight[c] = <floating> (sgx * inv)

@@ -26,6 +26,7 @@ include "_pool_plane.pxi"
 
 cdef extern from *:
     """
+    #include <string.h>
     /* Row loops of the pooling kernels, one output row at a time; `restrict` and a constant input
        step (1, 2, or any) let the compiler vectorise them. The max update keeps the running
        maximum unless the new value is larger or the first NaN (ties keep the earlier tap), and
@@ -59,9 +60,61 @@ cdef extern from *:
         else if (s == 2) { for (ptrdiff_t j = 0; j < n; j++) d[2 * j] += g[j]; }               \
         else { for (ptrdiff_t j = 0; j < n; j++) d[s * j] += g[j]; }                           \
     }
+    /* 2x2 / stride 2 average pooling of one plane without padding (OH <= H/2, OW <= W/2):
+       the two input rows of a block of output rows are copied side by side into scratch, so
+       that one flat loop over the block's outputs (no per-row tails) adds each window in the
+       scalar loop's order, ((0 + a) + b) + c) + d, and divides by div. Returns 0 when a row
+       does not fit the scratch. The backward pass spreads (0 + g / div) over each window and
+       zeroes the rows and columns no window reads. */
+    #define FCP_CAP 512
+    #define FCP_DEFINE_AVG2(T, SUF)                                                            \
+    static inline int fcp_avg2_##SUF(const T *restrict x, ptrdiff_t H, ptrdiff_t W,          \
+                                     T *restrict y, ptrdiff_t OH, ptrdiff_t OW, T div) {      \
+        T A[FCP_CAP], B[FCP_CAP];                                                             \
+        ptrdiff_t L = 2 * OW, rows, i0, r, m, n;                                              \
+        if (L > FCP_CAP || 2 * OH > H || L > W) return 0;                                     \
+        rows = FCP_CAP / L;                                                                   \
+        for (i0 = 0; i0 < OH; i0 += rows) {                                                   \
+            ptrdiff_t nr = OH - i0 < rows ? OH - i0 : rows;                                   \
+            for (r = 0; r < nr; r++) {                                                        \
+                memcpy(A + r * L, x + 2 * (i0 + r) * W, L * sizeof(T));                       \
+                memcpy(B + r * L, x + (2 * (i0 + r) + 1) * W, L * sizeof(T));                 \
+            }                                                                                 \
+            n = nr * OW;                                                                      \
+            T *restrict yo = y + i0 * OW;                                                     \
+            for (m = 0; m < n; m++)                                                           \
+                yo[m] = (((((T)0 + A[2 * m]) + A[2 * m + 1]) + B[2 * m]) + B[2 * m + 1]) / div; \
+        }                                                                                     \
+        return 1;                                                                             \
+    }                                                                                         \
+    static inline void fcp_avg2_back_##SUF(const T *restrict g, T *restrict dx, ptrdiff_t H,  \
+                                           ptrdiff_t W, ptrdiff_t OH, ptrdiff_t OW, T div) {  \
+        ptrdiff_t i, j;                                                                       \
+        for (i = 0; i < OH; i++) {                                                            \
+            T *restrict d0 = dx + 2 * i * W;                                                  \
+            const T *restrict gr = g + i * OW;                                                \
+            for (j = 0; j < OW; j++) {                                                        \
+                T s = (T)0 + gr[j] / div;                                                     \
+                d0[2 * j] = s; d0[2 * j + 1] = s;                                             \
+            }                                                                                 \
+            for (j = 2 * OW; j < W; j++) d0[j] = 0;                                           \
+            memcpy(d0 + W, d0, W * sizeof(T));                                                \
+        }                                                                                     \
+        if (2 * OH < H) memset(dx + 2 * OH * W, 0, (H - 2 * OH) * W * sizeof(T));             \
+    }
     FCP_DEFINE(float, f)
     FCP_DEFINE(double, d)
+    FCP_DEFINE_AVG2(float, f)
+    FCP_DEFINE_AVG2(double, d)
     """
+    int fcp_avg2_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, Py_ssize_t OH,
+                   Py_ssize_t OW, float div) noexcept nogil
+    int fcp_avg2_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, Py_ssize_t OH,
+                   Py_ssize_t OW, double div) noexcept nogil
+    void fcp_avg2_back_f(const float* g, float* dx, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                         Py_ssize_t OW, float div) noexcept nogil
+    void fcp_avg2_back_d(const double* g, double* dx, Py_ssize_t H, Py_ssize_t W,
+                         Py_ssize_t OH, Py_ssize_t OW, double div) noexcept nogil
     void fcp_add_f(float* y, const float* x, Py_ssize_t s, Py_ssize_t n) noexcept nogil
     void fcp_add_d(double* y, const double* x, Py_ssize_t s, Py_ssize_t n) noexcept nogil
     void fcp_max_f(float* y, int32_t* t, const float* x, Py_ssize_t s, int32_t tap,
@@ -297,6 +350,16 @@ cdef inline void _avg_plane(const floating* x, floating* y, Py_ssize_t H, Py_ssi
     cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1, q, hs, vs, base, jlo, jhi
     cdef floating acc, div
     cdef floating* yr
+    cdef int done = 0
+    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
+        # Every window is whole: divisor 4 (or the override) everywhere.
+        div = override if override > 0 else 4
+        if floating is float:
+            done = fcp_avg2_f(x, H, W, y, OH, OW, div)
+        else:
+            done = fcp_avg2_d(x, H, W, y, OH, OW, div)
+        if done:
+            return
     _interior(W, OW, kw, sw, pw, 1, &jlo, &jhi)
     for i in range(OH):
         hs = i * sh - ph
@@ -369,6 +432,16 @@ cdef inline void _avg_back_plane(const floating* g, floating* dx, floating* gs, 
     cdef Py_ssize_t i, j, u, q, ia, ib, jlo, jhi, base, v
     cdef floating* dr
     cdef const floating* gr
+    cdef floating div
+    if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
+            and 2 * OH <= H and 2 * OW <= W):
+        # Windows tile the plane without overlap: each pixel gets 0 + g / div of its window.
+        div = override if override > 0 else 4
+        if floating is float:
+            fcp_avg2_back_f(g, dx, H, W, OH, OW, div)
+        else:
+            fcp_avg2_back_d(g, dx, H, W, OH, OW, div)
+        return
     for i in range(OH):
         for j in range(OW):
             gs[i * OW + j] = g[i * OW + j] / _avg_divisor(i, j, H, W, kh, kw, sh, sw, ph, pw,

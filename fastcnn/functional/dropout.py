@@ -12,8 +12,8 @@ backward pass multiplies by the stored mask instead of regenerating it.
 import numpy as np
 
 from .. import _kernels
-from .._threads import get_num_threads
 from ._validate import _array, _int
+from .pooling import _threads_for
 
 __all__ = ["dropout", "dropout_backward", "dropout2d", "dropout2d_backward"]
 
@@ -60,14 +60,14 @@ def _dropout_into(x, y, mask, p, seed, step, sample_offset):
     shape = (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
     _kernels.dropout.dropout_forward(x.reshape(shape), y.reshape(shape), mask.reshape(shape),
                                      seed, step, sample_offset, _threshold(p), _scale(p),
-                                     get_num_threads())
+                                     _threads_for(x.size))
     return y
 
 
 def _apply_mask_into(x, mask, y, p):
     """y = x * mask / (1 - p) (0 where dropped; all 0 when p = 1); arrays validated."""
     _kernels.dropout.apply_mask(x.reshape(-1), mask.reshape(-1), y.reshape(-1), _scale(p),
-                                get_num_threads())
+                                _threads_for(x.size))
     return y
 
 
@@ -81,7 +81,7 @@ def _apply_channel_mask_into(x, mask, y, p):
     R = x.shape[0] * x.shape[1]
     shape = (R, int(np.prod(x.shape[2:], dtype=np.int64)))
     _kernels.dropout.apply_channel_mask(x.reshape(shape), mask.reshape(R), y.reshape(shape),
-                                        _scale(p), get_num_threads())
+                                        _scale(p), _threads_for(x.size))
     return y
 
 

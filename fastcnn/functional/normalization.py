@@ -8,8 +8,8 @@ Shapes: ``x`` is ``(N, C)``, ``(N, C, L)`` or ``(N, C, H, W)``; every per-channe
 import numpy as np
 
 from .. import _kernels
-from .._threads import get_num_threads
 from ._validate import _array, _check_grad
+from .pooling import _threads_for
 
 __all__ = ["batch_norm", "batch_norm_stats", "batch_norm_backward"]
 
@@ -61,14 +61,14 @@ def _batch_norm_train_into(x, weight, bias, y, mean, invstd, eps, running_mean=N
         running_mean = running_var = weight  # not touched
     _kernels.norm.bn_forward_train(_view3(x), weight, bias, _view3(y), mean, invstd,
                                    running_mean, running_var, eps, factor, update,
-                                   get_num_threads())
+                                   _threads_for(x.size))
     return y
 
 
 def _batch_norm_eval_into(x, mean, invstd, weight, bias, y):
     """y = (x - mean) * weight * invstd + bias per channel; arguments already validated."""
     _kernels.norm.bn_forward_eval(_view3(x), mean, invstd, weight, bias, _view3(y),
-                                  get_num_threads())
+                                  _threads_for(x.size))
     return y
 
 
@@ -80,7 +80,7 @@ def _batch_norm_backward_into(grad_y, x, mean, invstd, weight, grad_x, dweight, 
         dbias[...] = 0
         return grad_x
     _kernels.norm.bn_backward(_view3(x), _view3(grad_y), mean, invstd, weight, _view3(grad_x),
-                              dweight, dbias, training, get_num_threads())
+                              dweight, dbias, training, _threads_for(x.size))
     return grad_x
 
 

@@ -20,6 +20,22 @@ __all__ = ["max_pool2d", "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backwa
            "adaptive_avg_pool2d", "adaptive_avg_pool2d_backward", "pool2d_output_size",
            "adaptive_pool2d_output_size"]
 
+# Elements per thread below which the pooling, batch-norm and dropout kernels use fewer threads:
+# waking another OpenMP thread costs more than it saves on a small batch of small maps (results do
+# not depend on the thread count; PyTorch's parallel loops have the same grain). Tests of thread
+# independence set it to 1 so that small shapes still run on every thread.
+_GRAIN = 1 << 15
+
+
+def _threads_for(size):
+    """Threads for a kernel touching `size` elements: get_num_threads(), or fewer so that each
+    thread gets at least _GRAIN elements (at least one thread)."""
+    n = get_num_threads()
+    if n == 1:
+        return 1
+    return max(1, min(n, size // _GRAIN))
+
+
 # Hyper-parameters beyond this cannot describe a window of a real array (an array axis holds
 # fewer than 2**31 elements here); checked so that the kernels' index arithmetic cannot overflow.
 _LIMIT = 2 ** 31
@@ -122,7 +138,7 @@ def _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation=(1, 1)):
     """Kernel call for validated arguments and preallocated y, argmax (int64) of the output
     shape (which carries floor or ceil mode)."""
     _kernels.pool.maxpool2d_forward(x, y, argmax, kernel[0], kernel[1], stride[0], stride[1],
-                                    padding[0], padding[1], get_num_threads(), dilation[0],
+                                    padding[0], padding[1], _threads_for(x.size), dilation[0],
                                     dilation[1])
     return y, argmax
 
@@ -186,13 +202,14 @@ def _check_argmax(argmax, shape, plane_size):
 
 def _max_pool2d_relu_backward_into(grad_y, argmax, y, grad_x):
     """Gradient through ReLU then max-pool, given the pooled output y (mask y > 0)."""
-    _kernels.pool.maxpool2d_relu_backward(grad_y, argmax, y, grad_x, get_num_threads())
+    _kernels.pool.maxpool2d_relu_backward(grad_y, argmax, y, grad_x,
+                                          _threads_for(grad_x.size))
     return grad_x
 
 
 def _max_pool2d_backward_into(grad_y, argmax, grad_x):
     """Kernel call for validated arguments (argmax int64, in range) and preallocated grad_x."""
-    _kernels.pool.maxpool2d_backward(grad_y, argmax, grad_x, get_num_threads())
+    _kernels.pool.maxpool2d_backward(grad_y, argmax, grad_x, _threads_for(grad_x.size))
     return grad_x
 
 
@@ -250,7 +267,7 @@ def _plan_avg_pool2d(size, kernel_size, stride, padding, ceil_mode, count_includ
 def _avg_pool2d_into(x, y, plan):
     _, kernel, stride, padding, include, divisor = plan
     _kernels.pool.avgpool2d_forward(x, y, kernel[0], kernel[1], stride[0], stride[1],
-                                    padding[0], padding[1], include, divisor, get_num_threads())
+                                    padding[0], padding[1], include, divisor, _threads_for(x.size))
     return y
 
 
@@ -258,7 +275,7 @@ def _avg_pool2d_backward_into(grad_y, grad_x, plan):
     _, kernel, stride, padding, include, divisor = plan
     _kernels.pool.avgpool2d_backward(grad_y, grad_x, kernel[0], kernel[1], stride[0],
                                      stride[1], padding[0], padding[1], include, divisor,
-                                     get_num_threads())
+                                     _threads_for(grad_x.size))
     return grad_x
 
 
@@ -353,12 +370,12 @@ def adaptive_pool2d_output_size(input_size, output_size):
 
 
 def _adaptive_avg_pool2d_into(x, y):
-    _kernels.pool.adaptive_avgpool2d_forward(x, y, get_num_threads())
+    _kernels.pool.adaptive_avgpool2d_forward(x, y, _threads_for(x.size))
     return y
 
 
 def _adaptive_avg_pool2d_backward_into(grad_y, grad_x):
-    _kernels.pool.adaptive_avgpool2d_backward(grad_y, grad_x, get_num_threads())
+    _kernels.pool.adaptive_avgpool2d_backward(grad_y, grad_x, _threads_for(grad_x.size))
     return grad_x
 
 
