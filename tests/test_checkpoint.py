@@ -78,7 +78,8 @@ def test_model_round_trip(model_file):
     assert arch["input_shape"] == [1, 32, 32]
     assert arch["layers"] == model_to_spec(fastcnn.LeNet5())["layers"]
     assert arch["layers"][0] == {"type": "Conv2d", "in_channels": 1, "out_channels": 6,
-                                 "kernel_size": 5, "stride": 1, "padding": 0, "bias": True}
+                                 "kernel_size": 5, "stride": 1, "padding": 0, "dilation": 1,
+                                 "groups": 1, "bias": True, "padding_mode": "zeros"}
     assert arch["input_transform"] == {"padding": [2, 2],
                                        "normalization": {"mean": [0.13], "std": [0.31]}}
     assert arch["classes"] == header["classes"] == [str(k) for k in range(10)]

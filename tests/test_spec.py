@@ -109,7 +109,8 @@ def test_layer_spec_round_trip(name):
 def test_conv_spec_keeps_the_arguments_as_given():
     spec = layer_to_spec(nn.Conv2d(1, 16, 3, padding=(1, 2), seed=4))
     assert spec == {"type": "Conv2d", "in_channels": 1, "out_channels": 16, "kernel_size": 3,
-                    "stride": 1, "padding": [1, 2], "bias": True}
+                    "stride": 1, "padding": [1, 2], "dilation": 1, "groups": 1, "bias": True,
+                    "padding_mode": "zeros"}
 
 
 def test_layer_to_spec_refuses_a_users_layer():

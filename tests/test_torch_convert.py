@@ -179,8 +179,9 @@ def test_unsupported_argument_named():
                                          r"not support"):
         fastcnn.from_torch(torch.nn.Sequential(torch.nn.ReLU(),
                                                torch.nn.MaxPool2d(2, return_indices=True)))
-    with pytest.raises(ValueError, match=r"torch\.nn\.Flatten at index 0 has start_dim=2"):
-        fastcnn.from_torch(torch.nn.Sequential(torch.nn.Flatten(start_dim=2)))
+    # Flatten(start_dim) is supported now: it converts with its argument.
+    assert fastcnn.from_torch(torch.nn.Sequential(torch.nn.Flatten(start_dim=2)))[0] \
+        .init_args()["start_dim"] == 2
 
 
 def test_unsupported_fastcnn_layer_named():

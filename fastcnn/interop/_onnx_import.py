@@ -241,7 +241,7 @@ def import_onnx(path):
         raise ValueError(f"{path}: the graph's output is not its last node's")
     model = nn.Sequential(*layers)
     for layer, state in zip(layers, states):
-        layer.load_state_dict({k: np.asarray(v) for k, v in state.items()})
+        layer.load_state_dict({k: np.asarray(v) for k, v in state.items()}, strict=False)
     model.eval()
     pad = transform.get("pad", (0, 0))
     if len(dims) == 4 and None not in dims[1:]:

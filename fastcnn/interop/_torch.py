@@ -253,6 +253,11 @@ def _layer_from_torch(cls, module, path, dtype):
                              f"{param.default!r})")
     try:
         layer = cls(**kwargs, dtype=dtype)
+    except NotImplementedError as exc:  # an argument fastcnn's layer takes but refuses
+        bad = ", ".join(f"{k}={plain(v)!r}" for k, v in kwargs.items()
+                        if k in str(exc).split("(")[-1] or f"{k}=" in str(exc))
+        raise ValueError(f"torch.nn.{name} at index {path} has {bad}, which fastcnn.{name} "
+                         f"does not support: {exc}") from None
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"torch.nn.{name} at index {path}: {exc}") from exc
     state = module.state_dict()

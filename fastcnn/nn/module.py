@@ -99,6 +99,10 @@ class Module:
                 bound.apply_defaults()
                 arguments = dict(bound.arguments)
                 arguments.pop(next(iter(signature.parameters)))  # self
+                for name, param in signature.parameters.items():  # Identity(*args, **kwargs)
+                    if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD) and \
+                            not arguments.get(name):
+                        arguments.pop(name, None)
                 self.__dict__["_init_args"] = arguments
             init(self, *args, **kw)
 
