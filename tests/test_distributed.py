@@ -20,7 +20,9 @@ from fastcnn.distributed import launched_by_mpirun, shard_bounds
 from fastcnn.train import Trainer
 
 WORKER = Path(__file__).with_name("mpi_worker.py")
-ROOT = Path(__file__).resolve().parents[1]
+# Where the fastcnn under test was imported from (the installed package in CI, a built source
+# tree in development): subprocesses import the same one, from a directory of their own.
+ROOT = Path(fastcnn.__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -32,7 +34,8 @@ def test_imports_without_mpi4py():
             "import fastcnn.distributed as d\n"
             "try:\n    d.Communicator()\nexcept ImportError as e:\n    print('ERR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True).stdout
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=True,
+                         cwd=WORKER.parent).stdout
     assert out.startswith("ERR distributed training needs mpi4py")
     assert "fastcnn[mpi]" in out
 
@@ -224,7 +227,7 @@ def _mpirun(k, out, *args, timeout=120, check=True):
     cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(k), sys.executable,
            str(WORKER), str(out), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_mpi_env(),
-                          timeout=timeout)
+                          timeout=timeout, cwd=Path(out).parent)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -232,7 +235,7 @@ def _mpirun(k, out, *args, timeout=120, check=True):
 
 def _single(out, *args):
     subprocess.run([sys.executable, str(WORKER), str(out), "--single", *args], check=True,
-                   env=_mpi_env(), capture_output=True)
+                   env=_mpi_env(), capture_output=True, cwd=Path(out).parent)
     return _load(out, 1)[0]
 
 
@@ -382,14 +385,15 @@ def test_cli_distributed_train(tmp_path, digits_npz):
             "--batch-size", "50", "--no-progress", "--threads", "1"]
     cmd = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "3", sys.executable, "-m",
            "fastcnn", *args, "--distributed", "--sync-bn", "--out", str(tmp_path / "k.npz")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_mpi_env(), timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_mpi_env(), timeout=120,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = [s for s in proc.stdout.splitlines() if s.startswith("test accuracy")]
     assert len(lines) == 1 and "on 3 processes x 1 thread" in lines[0], proc.stdout
     assert proc.stdout.count("training on 600 images") == 1
     one = subprocess.run([sys.executable, "-m", "fastcnn", *args, "--out",
                           str(tmp_path / "one.npz")], capture_output=True, text=True,
-                         env=_mpi_env(), timeout=120, check=True).stdout
+                         env=_mpi_env(), timeout=120, check=True, cwd=tmp_path).stdout
     acc = [float(s.split()[2].rstrip("%")) for s in (lines[0], one.splitlines()[-1])]
     assert abs(acc[0] - acc[1]) <= 0.5, (lines, one)
     model = fastcnn.load_model(tmp_path / "k.npz")
