@@ -92,14 +92,7 @@ class Conv2d(Module):
         self._pad4 = _padding4(padding, self.kernel_size, self.dilation, self.stride)
         self.padding = padding if isinstance(padding, str) else _hyper(padding, "padding", 0)
         self.compute_input_grad = True
-        shape = (self.out_channels, self.in_channels // self.groups) + self.kernel_size
-        fan_in = shape[1] * self.kernel_size[0] * self.kernel_size[1]
-        rng = np.random.default_rng(seed)
-        self.params["weight"] = self._init_uniform(shape, fan_in, np.sqrt(2.0), rng)
-        self.grads["weight"] = np.zeros(shape, dtype=self.dtype)
-        if bias:
-            self.params["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
-            self.grads["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
+        _init_params(self, (self.out_channels, self.in_channels // self.groups), bias, seed)
         self._zero_bias = np.zeros(self.out_channels, dtype=self.dtype)
         self._ws = _Workspace()
         self._geom = None  # (input shape, geometry): validated once per shape
@@ -249,14 +242,7 @@ class ConvTranspose2d(Module):
                              f"{padding_mode!r}")
         self.padding_mode = padding_mode
         self.compute_input_grad = True
-        shape = (self.in_channels, self.out_channels // self.groups) + self.kernel_size
-        fan_in = shape[1] * self.kernel_size[0] * self.kernel_size[1]
-        rng = np.random.default_rng(seed)
-        self.params["weight"] = self._init_uniform(shape, fan_in, np.sqrt(2.0), rng)
-        self.grads["weight"] = np.zeros(shape, dtype=self.dtype)
-        if bias:
-            self.params["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
-            self.grads["bias"] = np.zeros(self.out_channels, dtype=self.dtype)
+        _init_params(self, (self.in_channels, self.out_channels // self.groups), bias, seed)
         self._ws = _Workspace()
         self._geom = None
 
@@ -320,3 +306,17 @@ class ConvTranspose2d(Module):
         if "bias" not in self.params:
             s += ", bias=False"
         return s
+
+
+def _init_params(layer, channels, bias, seed):
+    """Weight ``channels + kernel_size`` with He-uniform fan-in initialisation (fan-in: the
+    second axis times the kernel taps) and a zero bias of ``out_channels``, with their
+    gradients: shared by Conv2d and ConvTranspose2d, whose weights differ only in layout."""
+    shape = tuple(channels) + layer.kernel_size
+    fan_in = shape[1] * layer.kernel_size[0] * layer.kernel_size[1]
+    rng = np.random.default_rng(seed)
+    layer.params["weight"] = layer._init_uniform(shape, fan_in, np.sqrt(2.0), rng)
+    layer.grads["weight"] = np.zeros(shape, dtype=layer.dtype)
+    if bias:
+        layer.params["bias"] = np.zeros(layer.out_channels, dtype=layer.dtype)
+        layer.grads["bias"] = np.zeros(layer.out_channels, dtype=layer.dtype)
