@@ -229,7 +229,8 @@ def _add_train_options(parser):
                         "--step-size epochs), cosine (decayed every step towards 0 at the end "
                         "of the run) or onecycle (warm-up from lr/25 to lr over the first "
                         "--warmup of the steps, then annealed to lr/2.5e5) (default: "
-                        f"{DEFAULTS['schedule']})")
+                        f"{DEFAULTS['schedule']}, unless the zoo model sets its own: see "
+                        "'fastcnn models')")
     g.add_argument("--step-size", type=_positive_int, metavar="K",
                    help="epochs between decays of the step schedule (default: epochs // 3)")
     g.add_argument("--gamma", type=_float_in(0.0, low_open=True), metavar="G",
@@ -607,11 +608,15 @@ def _check_matplotlib():
 
 
 def _print_models():
-    from .models.zoo import describe_model, list_models, missing_layers
+    from .models.zoo import describe_model, list_models, missing_layers, training_defaults
 
     for name in list_models():
         missing = missing_layers(name)
         note = f" (needs {', '.join(missing)}: not in this build)" if missing else ""
+        recipe = training_defaults(name)
+        if recipe:
+            note += " (trained with " + ", ".join(f"--{k.replace('_', '-')} {v}"
+                                                   for k, v in recipe.items()) + ")"
         print(f"{name:<12} {describe_model(name)}{note}")
 
 
@@ -707,36 +712,39 @@ def _resume_settings(args, header):
     return settings
 
 
-def _new_settings(args):
-    optimizer = args.optimizer or DEFAULTS["optimizer"]
+def _new_settings(args, recipe=None):
+    """The training settings of a new run: the options given, else the model's own training
+    defaults (``recipe``, from the zoo), else the command's."""
+    defaults = {**DEFAULTS, **(recipe or {})}
+    optimizer = args.optimizer or defaults["optimizer"]
     if optimizer != "sgd" and args.momentum is not None:
         raise _UsageError("--momentum applies to --optimizer sgd only")
-    schedule = args.schedule or DEFAULTS["schedule"]
+    schedule = args.schedule or defaults["schedule"]
     if args.warmup is not None and schedule != "onecycle":
         raise _UsageError("--warmup applies to --schedule onecycle only")
-    gamma = DEFAULTS["gamma"] if args.gamma is None else args.gamma
+    gamma = defaults["gamma"] if args.gamma is None else args.gamma
     if gamma > 1:
         raise _UsageError(f"--gamma must be <= 1, got {gamma}")
     if schedule != "step" and (args.step_size is not None or args.gamma is not None):
         raise _UsageError("--step-size and --gamma apply to --schedule step only")
     if args.shift is not None and args.augment is not None:
         raise _UsageError("give --augment or --shift, not both")
-    epochs = args.epochs or DEFAULTS["epochs"]
+    epochs = args.epochs or defaults["epochs"]
     from .schedules import get_schedule
 
     kwargs = ({"step_size": args.step_size, "gamma": gamma} if schedule == "step" else
               {"pct_start": args.warmup} if schedule == "onecycle" else {})
     return {
         "epochs": epochs,
-        "batch_size": args.batch_size or DEFAULTS["batch_size"],
-        "seed": DEFAULTS["seed"] if args.seed is None else args.seed,
+        "batch_size": args.batch_size or defaults["batch_size"],
+        "seed": defaults["seed"] if args.seed is None else args.seed,
         "schedule": get_schedule(None if schedule == "none" else schedule, epochs, **kwargs),
         "val_split": args.val_split or 0.0,
-        "lr": args.lr or DEFAULTS["lr"][optimizer], "optimizer": optimizer,
-        "weight_decay": (DEFAULTS["weight_decay"] if args.weight_decay is None
+        "lr": args.lr or defaults["lr"][optimizer], "optimizer": optimizer,
+        "weight_decay": (defaults["weight_decay"] if args.weight_decay is None
                          else args.weight_decay),
         "l2": 0.0, "label_smoothing": args.label_smoothing or 0.0,
-        "opt_kwargs": ({"momentum": DEFAULTS["momentum"] if args.momentum is None
+        "opt_kwargs": ({"momentum": defaults["momentum"] if args.momentum is None
                         else args.momentum} if optimizer == "sgd" else {}),
     }
 
@@ -841,7 +849,9 @@ def _cmd_train(args):
         if source == "file":
             raise _UsageError(f"argument --model: {value} is a model file; to continue "
                               f"training use --resume with a checkpoint")
-        settings = _new_settings(args)
+        from .models.zoo import training_defaults
+
+        settings = _new_settings(args, training_defaults(value) if source == "zoo" else None)
         data_path, normalize = args.data, bool(args.normalize)
         out = args.out or DEFAULTS["out"]
         requested = args.checkpoint is not None

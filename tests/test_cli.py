@@ -854,3 +854,25 @@ def test_ctrl_c_resumes_every_zoo_model_bitwise(capsys, tmp_path, npz_set, monke
     assert code == 0, err
     assert "resuming at epoch 2 batch 2" in text
     assert same_weights(load_model(out), load_model(tmp_path / "straight.npz"))
+
+
+@pytest.mark.parametrize("given", [[], ["--schedule", "cosine"]])
+def test_zoo_model_training_defaults(capsys, tmp_path, npz_set, given):
+    """A zoo model's own training defaults (bnnet: the onecycle schedule) apply unless the
+    option is given; 'fastcnn models' shows them."""
+    from fastcnn.models.zoo import training_defaults
+
+    assert training_defaults("bnnet") == {"schedule": "onecycle"}
+    assert training_defaults("lenet5") == {}
+    training_defaults("bnnet")["schedule"] = "none"  # a copy: the zoo is not changed
+    assert training_defaults("bnnet") == {"schedule": "onecycle"}
+    code, out, err = run(capsys, "train", "--model", "bnnet", "--data", npz_set, "--epochs", 1,
+                         "--batch-size", 16, *given, "--checkpoint", tmp_path / "c.npz",
+                         "--out", tmp_path / "m.npz", "--no-progress")
+    assert code == 0, err
+    _, _, ckpt = load_checkpoint(tmp_path / "c.npz")
+    assert ckpt["trainer"]["schedule"]["name"] == ("cosine" if given else "onecycle")
+    code, out, err = run(capsys, "models")
+    assert code == 0, err
+    assert "(trained with --schedule onecycle)" in next(
+        line for line in out.splitlines() if line.startswith("bnnet"))
