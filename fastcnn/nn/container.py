@@ -44,8 +44,7 @@ class _ConvReLU(_Step):
 
     def forward(self, x):
         conv, relu = self.layers
-        x = conv._input(x, conv.in_channels)
-        y = conv._buffer("y", conv.output_shape(x.shape), True)
+        x, y = conv._prepare(x, True)
         conv._conv_into(x, y, True, relu=True)
         relu._cache = y  # ReLU's backward needs only its output
         return y
@@ -62,14 +61,13 @@ class _ConvReLUMaxPool(_Step):
 
     def __init__(self, conv, relu, pool):
         self.layers = (conv, relu, pool)
+        self._conv_relu = _ConvReLU(conv, relu)
 
     def forward(self, x):
-        conv, relu, pool = self.layers
-        return pool._forward(_ConvReLU(conv, relu).forward(x), reuse=True)
+        return self.layers[2]._forward(self._conv_relu.forward(x), True)
 
     def backward(self, grad):
-        conv, relu, pool = self.layers
-        return _ConvReLU(conv, relu).backward(pool._backward(grad, reuse=True))
+        return self._conv_relu.backward(self.layers[2]._backward(grad, True))
 
 
 class _ConvBN(_Step):
@@ -198,6 +196,7 @@ class Sequential(Module):
         super().__init__(dtype=dtypes.pop() if dtypes else np.float32)
         self.layers = list(layers)
         self._steps = _plan(self.layers)
+        self._pack_parameters()
 
     def children(self):
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
