@@ -14,12 +14,16 @@ existed (one set of settings, weight decay on weights only) still loads.
 """
 
 import math
+import operator
 
 import numpy as np
 
 from .nn import Parameter
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
+
+
+_DATA, _GRAD = operator.attrgetter("data"), operator.attrgetter("grad")
 
 
 def _number(value, name, low=0.0, high=None, low_open=False, high_closed=False):
@@ -79,6 +83,7 @@ class Optimizer:
         self.steps = 0
         self._slot_arrays = {}  # param name -> {slot: array}, the state saved in checkpoints
         self._work = {}  # (param name, slot) -> reused scratch array
+        self._flat = {}  # id(group) -> _Flat (see _targets), or None where it does not apply
         for group in groups:
             self.add_param_group(group)
 
@@ -164,6 +169,21 @@ class Optimizer:
             out += p.grad
             return out
         return p.grad
+
+    def _targets(self, group):
+        """What one update of `group` runs on: ``[_Flat]`` when the group's parameters and
+        gradients tile one contiguous range of a flat buffer each (as ``Sequential`` packs
+        them: see ``Module._pack_parameters``), so that each element-wise operation of the
+        update runs once over the whole group instead of once per parameter (the same
+        operations on the same elements: bitwise the same result); else one ``_Single`` per
+        parameter."""
+        params = group["params"]
+        flat = self._flat.get(id(group), False)
+        if flat is False or (flat is not None and not flat.valid(params)):
+            flat = self._flat[id(group)] = _Flat.make(self, params)
+        if flat is None or flat.mixed_state(self._slots):
+            return [_Single(self, p) for p in params]
+        return [flat]
 
     def step(self):
         """Apply one update to every parameter from its current gradient."""
@@ -267,6 +287,143 @@ class Optimizer:
         return f"{type(self).__name__}({groups}\n)"
 
 
+class _Single:
+    """One parameter as the target of an update: its arrays, state slots and scratch."""
+
+    __slots__ = ("opt", "p", "data", "grad")
+
+    def __init__(self, opt, p):
+        self.opt, self.p, self.data, self.grad = opt, p, p.data, p.grad
+
+    def has(self, slot):
+        return slot in self.opt._slot_arrays.get(self.p.name, ())
+
+    def slot(self, slot):
+        return self.opt._slot(self.p, slot)
+
+    def scratch(self, slot):
+        return self.opt._scratch(self.p, slot)
+
+    def decayed_grad(self, weight_decay):
+        return self.opt._decayed_grad(self.p, weight_decay)
+
+
+class _Flat:
+    """A whole parameter group as one target: flat views over the range of the packed buffer
+    that its parameters (and, at the same offsets, their gradients) tile exactly. Its state
+    slots are flat arrays whose per-parameter views are the optimiser's state (what
+    ``state_dict`` saves and ``load_state_dict`` writes into), so nothing else changes."""
+
+    def __init__(self, names, arrays, data, grad, offsets):
+        self.names, self.arrays = names, arrays  # arrays: the (data, grad) pairs
+        self.datas, self.grads = tuple(d for d, _ in arrays), tuple(g for _, g in arrays)
+        self.data, self.grad, self.offsets = data, grad, offsets
+        self.slots, self.work = {}, {}
+
+    @staticmethod
+    def _span(arrays):
+        """(base, start) when the C-contiguous arrays, in address order, tile one range of
+        a 1-D buffer without gaps; else None. ``start`` is in elements."""
+        first = arrays[0]
+        base, dtype = first.base, first.dtype
+        if base is None or not isinstance(base, np.ndarray) or base.ndim != 1 or \
+                not base.flags.c_contiguous or base.dtype != dtype:
+            return None
+        if any(a.base is not base or a.dtype != dtype or not a.flags.c_contiguous
+               for a in arrays):
+            return None
+        addr0 = base.ctypes.data
+        spans = sorted((a.ctypes.data - addr0, a.size) for a in arrays)
+        item = dtype.itemsize
+        for (off, n), (nxt, _) in zip(spans, spans[1:]):
+            if off + n * item != nxt:
+                return None
+        return base, spans[0][0] // item
+
+    @classmethod
+    def make(cls, opt, params):
+        if len(params) < 2:
+            return None
+        datas = [p.data for p in params]
+        grads = [p.grad for p in params]
+        if any(not isinstance(a, np.ndarray) for a in datas + grads) or \
+                any(d.shape != g.shape for d, g in zip(datas, grads)):
+            return None
+        ds, gs = cls._span(datas), cls._span(grads)
+        if ds is None or gs is None:
+            return None
+        item = datas[0].dtype.itemsize
+        d0, g0 = datas[0].base.ctypes.data, grads[0].base.ctypes.data
+        offsets = [(d.ctypes.data - d0) // item - ds[1] for d in datas]
+        if offsets != [(g.ctypes.data - g0) // item - gs[1] for g in grads]:
+            return None  # gradients laid out differently from the parameters
+        size = sum(d.size for d in datas)
+        if len({id(d) for d in datas}) != len(datas) or \
+                len({p.name for p in params}) != len(params):
+            return None
+        flat = cls([p.name for p in params], [(p.data, p.grad) for p in params],
+                   ds[0][ds[1]:ds[1] + size], gs[0][gs[1]:gs[1] + size], offsets)
+        flat.opt = opt
+        return flat
+
+    def valid(self, params):
+        """Still the same arrays (a Parameter's data or grad may have been rebound). The state
+        views stay ours: the optimiser creates slots only where they are missing and loads
+        state by copying into them."""
+        return (len(params) == len(self.datas)
+                and all(map(operator.is_, map(_DATA, params), self.datas))
+                and all(map(operator.is_, map(_GRAD, params), self.grads)))
+
+    def mixed_state(self, slots):
+        """Whether some parameters have a state slot and others not (state loaded for part of
+        the group): the per-parameter path, which treats each on its own, must run."""
+        arrays = self.opt._slot_arrays
+        for slot in slots:
+            if slot not in self.slots:
+                present = {slot in arrays.get(name, ()) for name in self.names}
+                if len(present) > 1:
+                    return True
+        return False
+
+    def has(self, slot):
+        if slot in self.slots:
+            return True
+        if slot not in self.opt._slot_arrays.get(self.names[0], ()):
+            return False  # none has it (mixed_state ruled out a mix)
+        self.slot(slot)  # adopt the existing per-parameter state
+        return True
+
+    def slot(self, slot):
+        entry = self.slots.get(slot)
+        if entry is None:
+            flat = np.zeros_like(self.data)
+            views = []
+            arrays = self.opt._slot_arrays
+            for name, off, (d, _) in zip(self.names, self.offsets, self.arrays):
+                view = flat[off:off + d.size].reshape(d.shape)
+                old = arrays.get(name, {}).get(slot)
+                if old is not None:
+                    np.copyto(view, old)
+                arrays.setdefault(name, {})[slot] = view
+                views.append(view)
+            entry = self.slots[slot] = (flat, views)
+        return entry[0]
+
+    def scratch(self, slot):
+        buf = self.work.get(slot)
+        if buf is None:
+            buf = self.work[slot] = np.empty_like(self.data)
+        return buf
+
+    def decayed_grad(self, weight_decay):
+        if weight_decay:
+            out = self.scratch("decayed")
+            np.multiply(self.data, weight_decay, out=out)
+            out += self.grad
+            return out
+        return self.grad
+
+
 def _jsonable(settings):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
@@ -321,31 +478,31 @@ class SGD(Optimizer):
     def _update(self, group):
         lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
         nesterov, weight_decay = group["nesterov"], group["weight_decay"]
-        for p in group["params"]:
-            g = self._decayed_grad(p, weight_decay)
+        for t in self._targets(group):
+            g = t.decayed_grad(weight_decay)
             if momentum:
-                first = "momentum" not in self._slot_arrays.get(p.name, ())
-                v = self._slot(p, "momentum")
+                first = not t.has("momentum")
+                v = t.slot("momentum")
                 if first:  # PyTorch: the buffer starts as the first gradient
                     np.copyto(v, g)
                 else:
                     v *= momentum
                     if dampening:
-                        u = self._scratch(p, "update")
+                        u = t.scratch("update")
                         np.multiply(g, 1 - dampening, out=u)
                         v += u
                     else:
                         v += g
                 if nesterov:
-                    u = self._scratch(p, "update")
+                    u = t.scratch("update")
                     np.multiply(v, momentum, out=u)
                     u += g
                     g = u
                 else:
                     g = v
-            u = self._scratch(p, "update")
+            u = t.scratch("update")
             np.multiply(g, lr, out=u)
-            p.data -= u
+            t.data -= u
 
 
 class Adam(Optimizer):
@@ -396,16 +553,16 @@ class Adam(Optimizer):
         t = self.steps + 1
         step_size = lr / (1 - b1 ** t)
         root_c2 = math.sqrt(1 - b2 ** t)  # a Python float keeps float32 arrays in float32
-        for p in group["params"]:
+        for t in self._targets(group):
             if self._decoupled:
                 if weight_decay:
-                    p.data *= 1 - lr * weight_decay
-                g = p.grad
+                    t.data *= 1 - lr * weight_decay
+                g = t.grad
             else:
-                g = self._decayed_grad(p, weight_decay)
-            m = self._slot(p, "exp_avg")
-            v = self._slot(p, "exp_avg_sq")
-            tmp = self._scratch(p, "update")
+                g = t.decayed_grad(weight_decay)
+            m = t.slot("exp_avg")
+            v = t.slot("exp_avg_sq")
+            tmp = t.scratch("update")
             # m.lerp_(g, 1 - b1) as PyTorch: m + (1 - b1) * (g - m)
             np.subtract(g, m, out=tmp)
             tmp *= 1 - b1
@@ -415,7 +572,7 @@ class Adam(Optimizer):
             tmp *= 1 - b2
             v += tmp
             if amsgrad:
-                vmax = self._slot(p, "max_exp_avg_sq")
+                vmax = t.slot("max_exp_avg_sq")
                 np.maximum(vmax, v, out=vmax)
                 v = vmax
             # W -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps), as PyTorch does it
@@ -424,7 +581,7 @@ class Adam(Optimizer):
             tmp += eps
             np.divide(m, tmp, out=tmp)
             tmp *= step_size
-            p.data -= tmp
+            t.data -= tmp
 
 
 class AdamW(Adam):

@@ -919,6 +919,125 @@ def test_sequential_matches_layers_run_one_by_one_over_two_steps(dtype):
             np.testing.assert_array_equal(p.grad, q.grad, err_msg=f"{p.name}, step {step}")
 
 
+# --- validation once per shape, packed parameters, cached transposed weights ---------------------
+
+
+def test_sequential_packs_parameters_into_one_buffer_with_the_same_values():
+    layers = _small_layers()
+    values = [(k, p.copy()) for layer in layers for k, p in layer.params.items()]
+    model = Sequential(*layers)
+    params = model.parameters()
+    assert [v for _, v in values] and all(
+        np.array_equal(p.data, v) for p, (_, v) in zip(params, values))
+    bases = {id(p.data.base) for p in params} | {id(p.grad.base) for p in params}
+    assert len(bases) == 2  # one buffer of values, one of gradients
+    for p in params:
+        assert p.data is model[int(p.name.split(".")[0])].params[p.name.split(".")[1]]
+
+
+class _Scale(fastcnn.Module):
+    """A user's layer that keeps its own reference to its parameter: y = x * weight."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.w = np.ones(n, dtype=F32)
+        self.params["weight"] = self.w
+        self.grads["weight"] = np.zeros(n, dtype=F32)
+
+    def forward(self, x):
+        self._cache = x
+        return x * self.w
+
+    def backward(self, grad_y):
+        np.sum(grad_y * self._cache, axis=0, out=self.grads["weight"])
+        return grad_y * self.w
+
+
+def test_user_layer_in_a_sequential_keeps_its_arrays_and_trains():
+    model = Sequential(*_small_layers(), _Scale(5))
+    user = model[-1]
+    assert user.params["weight"] is user.w  # not moved into the packed buffer
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((3, 2, 6, 6)).astype(F32)
+    labels = np.array([0, 3, 1])
+    opt = fastcnn.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    loss_fn = CrossEntropyLoss()
+    losses = []
+    for _ in range(3):
+        losses.append(loss_fn.forward(model.forward(x, copy=False), labels))
+        model.backward(loss_fn.backward(), copy=False)
+        opt.step()
+    assert user.params["weight"] is user.w and not np.array_equal(user.w, np.ones(5))
+    assert losses[-1] < losses[0]
+
+
+def test_sequential_validates_again_when_the_input_changes():
+    model = _small_net()
+    rng = np.random.default_rng(32)
+    x = rng.standard_normal((3, 2, 6, 6)).astype(F32)
+    y = model.forward(x)
+    model.backward(np.ones_like(y))
+    with pytest.raises(ValueError, match=r"expects 2 input channels, got x of shape \(3, 1, 6"):
+        model.forward(x[:, :1].copy())
+    with pytest.raises(TypeError, match="has dtype float32 but x has dtype float64"):
+        model.forward(x.astype(F64))
+    with pytest.raises(ValueError, match=r"expects a 4-D input, got shape \(3, 2, 6\)"):
+        model.forward(x[..., 0].copy())
+    np.testing.assert_array_equal(model.forward(x), y)
+    with pytest.raises(ValueError, match=r"grad_y has shape \(3, 4\), expected \(3, 5\)"):
+        model.backward(np.ones((3, 4), dtype=F32))
+    with pytest.raises(TypeError, match="grad_y has dtype float64"):
+        model.backward(np.ones((3, 5)))
+    # another batch size, then back: each result as a fresh model computes it
+    for n in (1, 3):
+        xn = rng.standard_normal((n, 2, 6, 6)).astype(F32)
+        np.testing.assert_array_equal(model.forward(xn), _small_net().forward(xn))
+
+
+# Layers whose forward multiplies by a transposed copy of the weight (large enough to be
+# cached in eval mode): Linear, and a convolution whose kernel covers its input.
+CACHED_WEIGHT_NETS = {
+    "linear": (lambda: Sequential(Flatten(), Linear(80, 64, seed=1), ReLU(),
+                                  Linear(64, 70, seed=2)), (2, 5, 4, 4)),
+    "conv-matmul": (lambda: Sequential(Conv2d(5, 300, 4, seed=3), ReLU(), Flatten()),
+                    (2, 5, 4, 4)),
+}
+
+
+@pytest.mark.parametrize("net", list(CACHED_WEIGHT_NETS))
+def test_eval_forward_sees_every_change_of_the_weights(net):
+    make, shape = CACHED_WEIGHT_NETS[net]
+    model = make().eval()
+    layer = next(m for m in model if "weight" in m.params and m.params["weight"].size >= 4096)
+    rng = np.random.default_rng(33)
+    x = rng.standard_normal(shape).astype(F32)
+
+    def fresh():
+        other = make().eval()
+        other.load_state_dict(model.state_dict())
+        return other.forward(x)
+
+    y0 = model.forward(x, copy=True)
+    np.testing.assert_array_equal(model.forward(x), y0)
+    w = layer.params["weight"]
+    changes = [lambda: w.reshape(-1).__setitem__(slice(None, None, 7), 0.5),
+               lambda: w.__setitem__(Ellipsis, -w),
+               lambda: model.load_state_dict({k: v * 0.5 for k, v in model.state_dict().items()}),
+               lambda: w.reshape(-1).__setitem__(-1, np.nan)]
+    for i, change in enumerate(changes):
+        before = model.forward(x)
+        change()
+        after = model.forward(x)
+        np.testing.assert_array_equal(after, fresh(), err_msg=f"change {i}")
+        assert not np.array_equal(after, before, equal_nan=True), f"change {i}"
+    # a training-mode forward in between (which transposes every time) and back
+    model.train()
+    model.forward(x)
+    w += 1.0
+    model.eval()
+    np.testing.assert_array_equal(model.forward(x), fresh())
+
+
 # (conv factory, input shape): convolutions followed by a ReLU, fused inside a Sequential.
 FUSED_CASES = {
     "3x3-pad1": (lambda d: Conv2d(2, 4, 3, padding=1, dtype=d, seed=1), (3, 2, 7, 6)),

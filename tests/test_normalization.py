@@ -323,6 +323,41 @@ def test_fold_within_tolerance_in_eval(dtype, relu, bias):
                                    atol=tol * np.abs(p.grad).max())
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
+def test_reused_fold_follows_every_source_bitwise(bias):
+    """The folded weight and bias are kept while the arrays they come from hold the same bytes;
+    any change (weight, bias, gamma, beta, running statistics, eps) folds again, so every eval
+    forward equals the one of a fresh model with the same state, bitwise."""
+    model = _net(np.float32, True, bias)
+    x = _input((2, 3, 9, 8), np.float32)
+    model.forward(x)
+    model.eval()
+
+    def fresh():
+        other = _net(np.float32, True, bias).eval()
+        other.load_state_dict(model.state_dict())
+        other[1].eps = model[1].eps
+        return other.forward(x)
+
+    assert np.array_equal(model.forward(x), fresh())
+    assert np.array_equal(model.forward(x), fresh())  # reused fold
+    conv, bn = model[0], model[1]
+    changes = {
+        "weight": lambda: conv.params["weight"].reshape(-1).__setitem__(4, 0.25),
+        "gamma": lambda: bn.params["weight"].__setitem__(2, -1.5),
+        "beta": lambda: bn.params["bias"].__setitem__(0, 0.75),
+        "running_mean": lambda: bn.buffers["running_mean"].__setitem__(1, 2.0),
+        "running_var": lambda: bn.buffers["running_var"].__setitem__(3, 9.0),
+        "eps": lambda: setattr(bn, "eps", 0.5),
+        "-0.0": lambda: bn.params["bias"].__setitem__(4, -0.0),
+    }
+    if bias:
+        changes["bias"] = lambda: conv.params["bias"].__setitem__(3, -2.0)
+    for name, change in changes.items():
+        change()
+        assert np.array_equal(model.forward(x), fresh()), name
+
+
 def test_training_mode_never_folds_and_is_bitwise_layerwise():
     model = _net(np.float64)
     x = _input((3, 3, 7, 7), np.float64)

@@ -432,3 +432,131 @@ def test_steady_state_step_has_no_large_transient_allocation(config):
     finally:
         tracemalloc.stop()
     assert peak - before < 64 * 1024, f"a step allocated up to {peak - before} bytes at once"
+
+
+# -- the whole-group update over Sequential's packed parameter buffer ------------------------
+
+def _unpacked(model):
+    """The model with every parameter and gradient moved to an array of its own (what the
+    optimiser sees for a layer outside a Sequential): it must update them one by one."""
+    for layer in model:
+        for key in list(layer.params):
+            layer.params[key] = layer.params[key].copy()
+            layer.grads[key] = layer.grads[key].copy()
+    return model
+
+
+FLAT_CONFIGS = {
+    "sgd": lambda ps: SGD(ps, lr=0.1),
+    "sgd-momentum": lambda ps: SGD(ps, lr=0.05, momentum=0.9),
+    "sgd-dampening-decay": lambda ps: SGD(ps, lr=0.05, momentum=0.5, dampening=0.3,
+                                          weight_decay=0.01),
+    "sgd-nesterov": lambda ps: SGD(ps, lr=0.05, momentum=0.8, nesterov=True, weight_decay=0.02),
+    "adam-amsgrad": lambda ps: Adam(ps, lr=2e-3, weight_decay=0.05, amsgrad=True),
+    "adamw": lambda ps: AdamW(ps, lr=2e-3, betas=(0.8, 0.99)),
+}
+
+
+@pytest.mark.parametrize("groups", ["parameters", "param_groups"])
+@pytest.mark.parametrize("config", list(FLAT_CONFIGS))
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_whole_group_update_is_bitwise_the_per_parameter_update(config, groups, dtype):
+    x, labels = _batch(5, dtype, seed=3)
+    results = []
+    for pack in (True, False):
+        model = LeNet5(dtype=dtype, seed=4)
+        if not pack:
+            model = _unpacked(model)
+        params = model.parameters() if groups == "parameters" else model.param_groups(0.01)
+        opt = FLAT_CONFIGS[config](params)
+        loss_fn = CrossEntropyLoss()
+        for _ in range(4):
+            _step(model, loss_fn, opt, x, labels, copy=False)
+        kinds = {type(t).__name__ for g in opt.param_groups for t in opt._targets(g)}
+        assert kinds == ({"_Flat"} if pack else {"_Single"})
+        results.append((model.state_dict(), opt.state_dict()[0]))
+    (ms1, os1), (ms2, os2) = results
+    assert list(ms1) == list(ms2) and sorted(os1) == sorted(os2)
+    assert os1 or config == "sgd"  # plain SGD keeps no state
+    for key in ms1:
+        assert np.array_equal(ms1[key], ms2[key]), key
+    for key in os1:
+        assert np.array_equal(os1[key], os2[key]), key
+
+
+def test_group_that_does_not_tile_the_buffer_is_updated_per_parameter():
+    """Freezing a layer (its parameters left out of the optimiser) must leave it untouched:
+    the group's parameters are not one range of the buffer, so no whole-buffer update."""
+    model = LeNet5(seed=0)
+    frozen = {k: v.copy() for k, v in model[0].params.items()}
+    params = [p for p in model.parameters() if not p.name.startswith("0.")]
+    opt = SGD(params, lr=0.1, momentum=0.9)
+    x, labels = _batch(3, F32)
+    loss_fn = CrossEntropyLoss()
+    before = model.state_dict()
+    for _ in range(2):
+        _step(model, loss_fn, opt, x, labels)
+    assert {type(t).__name__ for t in opt._targets(opt.param_groups[0])} == {"_Single"}
+    for key, value in frozen.items():
+        assert np.array_equal(model[0].params[key], value)
+    assert not np.array_equal(model.state_dict()["3.weight"], before["3.weight"])
+
+
+def test_rebound_parameter_array_leaves_the_whole_group_update():
+    model = LeNet5(seed=0)
+    params = model.parameters()
+    opt = SGD(params, lr=0.1)
+    x, labels = _batch(2, F32)
+    loss_fn = CrossEntropyLoss()
+    _step(model, loss_fn, opt, x, labels)
+    assert type(opt._targets(opt.param_groups[0])[0]).__name__ == "_Flat"
+    params[0].data = params[0].data.copy()
+    assert type(opt._targets(opt.param_groups[0])[0]).__name__ == "_Single"
+    before = params[0].data.copy()
+    _step(model, loss_fn, opt, x, labels)
+    assert not np.array_equal(params[0].data, before)  # the rebound array is the one updated
+
+
+def test_state_loaded_for_part_of_a_group_keeps_per_parameter_semantics():
+    """SGD's momentum buffer starts as the first gradient of each parameter that has none:
+    with state for some parameters only, the update runs per parameter and matches a model
+    whose parameters are not packed."""
+    x, labels = _batch(3, F64, seed=5)
+    results = []
+    for pack in (True, False):
+        model = LeNet5(dtype=F64, seed=2)
+        if not pack:
+            model = _unpacked(model)
+        params = model.parameters()
+        opt = SGD(params, lr=0.05, momentum=0.9)
+        part = {f"{p.name}.momentum": np.full(p.data.shape, 0.01) for p in params[:4]}
+        opt.load_state_dict(part, {"type": "SGD", "steps": 0, "lr": 0.05})
+        loss_fn = CrossEntropyLoss()
+        for _ in range(3):
+            _step(model, loss_fn, opt, x, labels)
+        results.append(model.state_dict())
+    for key in results[0]:
+        assert np.array_equal(results[0][key], results[1][key]), key
+
+
+def test_state_dict_round_trip_with_whole_group_update():
+    """The flat state's per-parameter views are what state_dict saves and load_state_dict
+    writes into: a resumed optimiser continues bitwise."""
+    x, labels = _batch(4, F32, seed=6)
+    loss_fn = CrossEntropyLoss()
+    model = LeNet5(seed=3)
+    opt = Adam(model.param_groups(0.01), lr=1e-3)
+    for _ in range(2):
+        _step(model, loss_fn, opt, x, labels)
+    weights, state = model.state_dict(), opt.state_dict()
+    for _ in range(2):
+        _step(model, loss_fn, opt, x, labels)
+    model2 = LeNet5(seed=9)
+    model2.load_state_dict(weights)
+    opt2 = Adam(model2.param_groups(0.01), lr=1e-3)
+    opt2.load_state_dict(*state)
+    for _ in range(2):
+        _step(model2, loss_fn, opt2, x, labels)
+    assert {type(t).__name__ for g in opt2.param_groups for t in opt2._targets(g)} == {"_Flat"}
+    for key, value in model.state_dict().items():
+        assert np.array_equal(model2.state_dict()[key], value), key

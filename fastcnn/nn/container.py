@@ -9,13 +9,35 @@ step classes here and one more rule in ``_plan``.
 
 Work arrays are reused across steps; the output returned by ``forward`` and the gradient returned
 by ``backward`` are fresh arrays unless ``copy=False``.
+
+Less Python per step (issue 9). At batch 1 a step is mostly Python between the kernels, so:
+
+* each layer validates its input once per shape: an input of the shape, dtype and layout the last
+  call validated goes straight to the kernels (with the geometry, output buffer and workspace
+  kept from that call); anything else is checked again and gets the same ValueError / TypeError;
+* ``Sequential`` packs the parameters of its built-in layers into one flat buffer and their
+  gradients into another (``Module._pack_parameters``), so that an optimiser updates a whole
+  parameter group with a few NumPy calls instead of a loop over parameters (bitwise the same
+  result); a user's layer keeps its own arrays and runs through its public forward/backward;
+* in eval mode, the transposed weight that a matrix product needs (Linear, a convolution whose
+  kernel covers its input) and the Conv-BN fold are reused while the arrays they were made from
+  hold the same bytes (checked by a comparison with a snapshot at every call, so an in-place
+  change, however it was made, is seen).
+
+Threads: a model keeps per-call state (what backward needs, reused output buffers, work arrays,
+convolution workspaces, the snapshots above), so one model must not run forward / backward (in
+training or in eval mode) from two Python threads at once, nor be updated by an optimiser while
+another thread runs it. Separate model instances in separate threads are safe (each owns its
+buffers; the kernels release the GIL, so they run in parallel), and so are the functions of
+``fastcnn.functional``, which allocate per call. For concurrent inference, give each thread its
+own copy of the model (e.g. built from one ``state_dict``).
 """
 
 import numpy as np
 
 from .activation import ReLU
 from .conv import Conv2d
-from .module import Module
+from .module import Module, _Snapshot
 from .normalization import BatchNorm2d
 from .pooling import MaxPool2d
 
@@ -44,8 +66,7 @@ class _ConvReLU(_Step):
 
     def forward(self, x):
         conv, relu = self.layers
-        x = conv._input(x, conv.in_channels)
-        y = conv._buffer("y", conv.output_shape(x.shape), True)
+        x, y = conv._prepare(x, True)
         conv._conv_into(x, y, True, relu=True)
         relu._cache = y  # ReLU's backward needs only its output
         return y
@@ -62,14 +83,13 @@ class _ConvReLUMaxPool(_Step):
 
     def __init__(self, conv, relu, pool):
         self.layers = (conv, relu, pool)
+        self._conv_relu = _ConvReLU(conv, relu)
 
     def forward(self, x):
-        conv, relu, pool = self.layers
-        return pool._forward(_ConvReLU(conv, relu).forward(x), reuse=True)
+        return self.layers[2]._forward(self._conv_relu.forward(x), True)
 
     def backward(self, grad):
-        conv, relu, pool = self.layers
-        return _ConvReLU(conv, relu).backward(pool._backward(grad, reuse=True))
+        return self._conv_relu.backward(self.layers[2]._backward(grad, True))
 
 
 class _ConvBN(_Step):
@@ -94,6 +114,8 @@ class _ConvBN(_Step):
         self.layers = (conv, bn) + rest
         self.folded = False  # whether the last forward ran folded
         self._w = self._b = None  # the folded weight and bias (reused)
+        self._sources = None  # (eps, snapshots of the arrays _w and _b were folded from)
+        self._conv_relu = _ConvReLU(conv, rest[0]) if self.relu else None
 
     def _foldable(self):
         conv, bn = self.layers[:2]
@@ -101,6 +123,15 @@ class _ConvBN(_Step):
 
     def _folded_params(self):
         conv, bn = self.layers[:2]
+        sources = (conv.params["weight"], conv.params.get("bias"), bn.buffers["running_mean"],
+                   bn.buffers["running_var"]) + tuple(bn._gamma_beta())
+        known = self._sources
+        if known is not None and known[0] == bn.eps and len(known[1]) == len(sources) and all(
+                (a is None and snap is None) or (a is not None and snap is not None and
+                                                 snap.same(a))
+                for snap, a in zip(known[1], sources)):
+            return self._w, self._b  # folded from the same bytes: the same result
+        self._sources = None
         mean, invstd = bn._running_stats()
         gamma, beta = (p.astype(np.float64) for p in bn._gamma_beta())
         scale = gamma * invstd
@@ -113,6 +144,7 @@ class _ConvBN(_Step):
         np.multiply(weight, scale.reshape((-1,) + (1,) * (weight.ndim - 1)), out=w,
                     casting="unsafe")
         b[...] = ((0.0 if bias is None else bias.astype(np.float64)) - mean) * scale + beta
+        self._sources = (bn.eps, tuple(None if a is None else _Snapshot(a) for a in sources))
         return w, b
 
     def _run_folded(self, x):
@@ -121,7 +153,7 @@ class _ConvBN(_Step):
         conv.params["weight"], conv.params["bias"] = self._folded_params()
         try:
             if self.relu:
-                return _ConvReLU(conv, self.layers[2]).forward(x)
+                return self._conv_relu.forward(x)
             return conv._forward(x, reuse=True)
         finally:
             conv.params.clear()
@@ -198,6 +230,7 @@ class Sequential(Module):
         super().__init__(dtype=dtypes.pop() if dtypes else np.float32)
         self.layers = list(layers)
         self._steps = _plan(self.layers)
+        self._pack_parameters()
 
     def children(self):
         return [(str(i), layer) for i, layer in enumerate(self.layers)]

@@ -96,6 +96,7 @@ class Conv2d(Module):
         self._zero_bias = np.zeros(self.out_channels, dtype=self.dtype)
         self._ws = _Workspace()
         self._geom = None  # (input shape, geometry): validated once per shape
+        self._fast = None  # (input shape, output buffer, geometry): see _prepare
 
     def _geometry(self, shape):
         """The convolution's geometry for an input shape (validated once per shape); with a
@@ -132,35 +133,56 @@ class Conv2d(Module):
         pt, pb, pl, pr = self._pad4
         return np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), mode=_PAD_MODES[self.padding_mode])
 
-    def _forward(self, x, reuse):
+    def _prepare(self, x, reuse):
+        """``(x, y)``: the validated C-contiguous input and the output array to write.
+
+        With reused buffers the checks run once per input shape: an ndarray of the shape,
+        dtype and layout the last call validated goes straight through (any other input is
+        checked again, with the same errors)."""
+        fast = self._fast
+        if reuse and fast is not None and type(x) is np.ndarray and x.shape == fast[0] and \
+                x.dtype == self.dtype and x.flags.c_contiguous:
+            return x, fast[1]
         x = self._input(x, self.in_channels)
         y = self._buffer("y", self.output_shape(x.shape), reuse)
+        if reuse:
+            self._fast = (x.shape, y, self._geometry(x.shape))
+        return x, y
+
+    def _forward(self, x, reuse):
+        x, y = self._prepare(x, reuse)
         self._conv_into(x, y, reuse, relu=False)
         return y
 
     def _conv_into(self, x, y, reuse, relu):
         """y = conv(x) (then ReLU when ``relu``, for Sequential's fused steps); x validated.
         Keeps what backward needs."""
-        g = self._geometry(x.shape)
-        xin = self._padded(x)
-        bias = self.params.get("bias", self._zero_bias)
-        weight = self.params["weight"]
+        fast = self._fast
+        g = fast[2] if fast is not None and fast[1] is y else self._geometry(x.shape)
+        xin = x if self.padding_mode == "zeros" else self._padded(x)
+        params = self.params
+        bias = params.get("bias", self._zero_bias)
+        weight = params["weight"]
         weight_t = None
         if g.covers_input():
             # A matrix product: the transposed weight goes in a work array of its own.
-            weight_t = self._buffer("weight_t", (weight[0].size, self.out_channels), reuse)
-            np.copyto(weight_t, weight.reshape(self.out_channels, -1).T)
+            weight_t = self._weight_t(weight, reuse)
         _conv2d_into(xin, weight, bias, y, g, relu, self._ws, weight_t)
         self._cache = (x, xin)
         return y
 
     def _backward(self, grad_y, reuse):
         """Fill ``grads`` and return the input gradient (None if ``compute_input_grad`` is off)."""
-        cache = self._cache
-        grad_y = self._grad_input(grad_y, None if cache is None else
-                                  self.output_shape(cache[0].shape))
+        cache, fast = self._cache, self._fast
+        if reuse and cache is not None and fast is not None and cache[0].shape == fast[0] \
+                and type(grad_y) is np.ndarray and grad_y.shape == fast[1].shape and \
+                grad_y.dtype == self.dtype and grad_y.flags.c_contiguous:
+            g = fast[2]  # the gradient of the last (validated) forward's output
+        else:
+            grad_y = self._grad_input(grad_y, None if cache is None else
+                                      self.output_shape(cache[0].shape))
+            g = self._geometry(cache[0].shape)
         x, xin = cache
-        g = self._geometry(x.shape)
         grad_b = self.grads.get("bias")
         _conv2d_backward_weight_into(xin, grad_y, self.grads["weight"], grad_b, g, self._ws)
         if not self.compute_input_grad:

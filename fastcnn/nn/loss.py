@@ -13,7 +13,7 @@ all ones, i.e. the gradient of their sum).
 import numpy as np
 
 from ..functional import loss as _fl
-from ..functional._validate import _array
+from ..functional._validate import _FLOATS, _array
 from .module import Module, Parameter
 
 __all__ = ["CrossEntropyLoss", "NLLLoss", "MSELoss"]
@@ -79,14 +79,16 @@ class CrossEntropyLoss(Module):
                 or not isinstance(input, np.ndarray) or input.ndim != 2 or input.shape[0] < 1
                 or input.shape[1] < 1):
             return None
-        t = np.asarray(target)
+        t = target if type(target) is np.ndarray else np.asarray(target)
         if t.dtype.kind not in "iuf" or t.shape != (input.shape[0],) or t.shape == input.shape:
             return None
-        z = _array(input, "input")
+        z = input if input.dtype.type in _FLOATS and input.flags.c_contiguous else \
+            _array(input, "input")
         if t.dtype.kind == "f":  # whole numbers as class indices (checked there)
             t = _fl._class_target(t, t.shape, z.shape[1], self.ignore_index)
         t = np.ascontiguousarray(t, dtype=np.int64)
-        if t.min() < 0 or t.max() >= z.shape[1]:
+        # (ufunc reductions called directly: t.min() / t.max() without their Python wrappers)
+        if np.minimum.reduce(t) < 0 or np.maximum.reduce(t) >= z.shape[1]:
             return None  # ignored or invalid targets: the general path handles / reports them
         return z, t
 
@@ -100,7 +102,8 @@ class CrossEntropyLoss(Module):
                          self.label_smoothing)
             loss = ce.loss()
             self._cache = ("general", ce)
-        weights = [p for p in params if isinstance(p, Parameter) and p.is_weight]
+        weights = [p for p in params if isinstance(p, Parameter) and p.is_weight] if params \
+            else []
         if self.l2 > 0 and weights:
             # einsum, not BLAS dot: no extra threads, no temporary
             penalty = 0.5 * self.l2 * sum(float(np.einsum("i,i->", p.data.ravel(),
