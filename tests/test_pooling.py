@@ -611,7 +611,10 @@ def _hostile(shape, dtype, seed):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 14, 14), (3, 1, 28, 28), (1, 2, 9, 16),
-                                   (2, 1, 2, 2), (1, 1, 3, 1031), (1, 1, 601, 5)])
+                                   (2, 1, 2, 2), (1, 1, 3, 1031), (1, 1, 601, 5),
+                                   # small planes pooled in groups: several groups, the last
+                                   # one partial (83 planes of 7x7 to a group)
+                                   (3, 37, 7, 7), (2, 45, 6, 5), (1, 300, 3, 3)])
 def test_max_pool2x2_fast_path_is_bitwise_the_window_scan(shape, dtype):
     x = _hostile(shape, dtype, sum(shape))
     y, argmax = F.max_pool2d(x, 2)
@@ -621,7 +624,8 @@ def test_max_pool2x2_fast_path_is_bitwise_the_window_scan(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 14, 14), (1, 1, 5, 1031)])
+@pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 14, 14), (1, 1, 5, 1031), (3, 37, 7, 7),
+                                   (2, 45, 6, 5)])
 @pytest.mark.parametrize("div", [None, 3])
 def test_avg_pool2x2_fast_path_sums_in_row_major_order(shape, dtype, div):
     x = _hostile(shape, dtype, 7)
@@ -638,6 +642,23 @@ def test_avg_pool2x2_fast_path_sums_in_row_major_order(shape, dtype, div):
     dx[..., :H2, :W2] = np.repeat(np.repeat(zero + g / dtype(div or 4), 2, 2), 2, 3)
     got = F.avg_pool2d_backward(g, shape[2:], 2, divisor_override=div)
     assert got.tobytes() == dx.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("args", [((3, 3), 2, 1, False), ((3, 3), 2, 1, True),
+                                  ((2, 3), 1, 0, False), ((3, 2), (2, 3), (1, 1), True),
+                                  ((4, 4), 3, 2, False), ((1, 1), 2, 0, False)],
+                         ids=["3s2p1", "3s2p1-ceil", "2x3s1", "3x2-s2x3-p1-ceil", "4s3p2", "1s2"])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 7), (1, 3, 14, 13), (1, 1, 5, 29)])
+def test_max_pool_separable_path_is_bitwise_the_window_scan(shape, args, dtype):
+    # ties, -inf next to the -inf padding, NaNs with payloads: the separable path (horizontal
+    # then vertical winners, -inf outputs redone by the scan) against the window scan
+    kernel, stride, padding, ceil = args
+    x = _hostile(shape, dtype, sum(shape))
+    y, argmax = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil)
+    ref_y, ref_argmax = ref.max_pool2d_loops(x, kernel, stride, padding, ceil_mode=ceil)
+    np.testing.assert_array_equal(argmax, ref_argmax)
+    assert y.tobytes() == np.ascontiguousarray(ref_y, dtype).tobytes()
 
 
 def test_small_inputs_run_on_fewer_threads(set_threads, monkeypatch):

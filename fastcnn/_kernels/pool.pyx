@@ -24,6 +24,10 @@ from libc.string cimport memset
 
 include "_pool_plane.pxi"
 
+cdef enum:
+    SMALL_PLANE = 1024   # planes of at most this many values are pooled in groups ...
+    GROUP_VALUES = 4096  # ... of about this many input values (whole planes)
+
 cdef extern from *:
     """
     #include <string.h>
@@ -106,7 +110,201 @@ cdef extern from *:
     FCP_DEFINE(double, d)
     FCP_DEFINE_AVG2(float, f)
     FCP_DEFINE_AVG2(double, d)
+    /* Max-pooling of one plane without dilation, separably and without data-dependent
+       branches (the row-major scan of each window mispredicts about twice per random window,
+       and short rows leave per-tap row loops all tails):
+       1. the plane is copied into scratch P padded with -inf to the window grid, rows grouped
+          by phase r % sh (row pitch Wp = OWp*sw, OWp >= OW, so that column j of row r is
+          flat index r*OWp + j: one flat loop per tap, no per-row tails; columns j >= OW are
+          computed and never used);
+       2. horizontal: each row's winner over the kw taps (larger, or the first NaN: ties keep
+          the leftmost) and its tap q;
+       3. vertical: tap p reads rows i*sh + p, a contiguous run of phase p % sh; the winner
+          over the kh rows (ties keep the topmost), with its offset p*W + q in the plane;
+       4. out, and outputs whose maximum is -inf are redone by the scalar scan (a padding cell
+          may have come first among equal -inf values there).
+       Row-major first-max = topmost row holding the max, leftmost in it; the same for the
+       first NaN: so results are those of the scalar scan, bitwise. buf holds
+       fms_scratch_SUF(...) elements of T. */
+    #include <math.h>
+    #define FMS_WINS(v, b) (((v) > (b)) | (((v) != (v)) & ((b) == (b))))
+    #define FMS_DEFINE(T, SUF, UT)                                                                \
+    static inline T fms_sel_##SUF(int w, T b, T a) {                                             \
+        UT ub, ua, m = (UT)0 - (UT)w; T r;                                                       \
+        memcpy(&ub, &b, sizeof(T)); memcpy(&ua, &a, sizeof(T)); ub = (ub & m) | (ua & ~m);       \
+        memcpy(&r, &ub, sizeof(T)); return r;                                                    \
+    }                                                                                            \
+    static inline size_t fms_scratch_##SUF(ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t kh,            \
+                                           ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw) {          \
+        ptrdiff_t OWp = OW + (kw > sw ? (kw - sw + sw - 1) / sw : 0), Wp = OWp * sw;            \
+        ptrdiff_t Hp = (OH - 1) * sh + kh, R = (Hp + sh - 1) / sh;                              \
+        return (size_t)(sh * R * Wp + kw + 8) + 2 * (size_t)(sh * R * OWp + 8)                  \
+               + 2 * (size_t)(OH * OWp + 8);                                                    \
+    }                                                                                            \
+    static void fms_max_##SUF(const T *restrict x, ptrdiff_t H, ptrdiff_t W, T *restrict y,     \
+                              int64_t *restrict am, ptrdiff_t OH, ptrdiff_t OW, ptrdiff_t kh,   \
+                              ptrdiff_t kw, ptrdiff_t sh, ptrdiff_t sw, ptrdiff_t ph,           \
+                              ptrdiff_t pw, T *restrict buf) {                                  \
+        ptrdiff_t OWp = OW + (kw > sw ? (kw - sw + sw - 1) / sw : 0), Wp = OWp * sw;            \
+        ptrdiff_t Hp = (OH - 1) * sh + kh, R = (Hp + sh - 1) / sh, r, c, m, q, p, i, j;         \
+        ptrdiff_t nH = sh * R * OWp + 8, nB = OH * OWp + 8;                                      \
+        T *restrict P = buf;                                   /* T-aligned sections */          \
+        T *restrict hv = P + sh * R * Wp + kw + 8;                                               \
+        int32_t *restrict hq = (int32_t *)(hv + nH);                                             \
+        T *restrict bv = hv + 2 * nH;                                                            \
+        int32_t *restrict bd = (int32_t *)(bv + nB);                                             \
+        const T ninf = -(T)INFINITY;                                                             \
+        /* 1. the padded plane, rows grouped by phase r % sh, -inf outside x */                  \
+        for (r = 0; r < Hp; r++) {                                                               \
+            T *restrict row = P + ((r % sh) * R + r / sh) * Wp;                                  \
+            ptrdiff_t u = r - ph;                                                                \
+            if (u < 0 || u >= H) { for (c = 0; c < Wp; c++) row[c] = ninf; continue; }          \
+            ptrdiff_t c0 = pw < Wp ? pw : Wp, c1 = pw + W < Wp ? pw + W : Wp;                    \
+            for (c = 0; c < c0; c++) row[c] = ninf;                                              \
+            memcpy(row + c0, x + u * W, (c1 - c0) * sizeof(T));                                  \
+            for (c = c1; c < Wp; c++) row[c] = ninf;                                             \
+        }                                                                                        \
+        for (c = 0; c < kw + 8; c++) P[sh * R * Wp + c] = ninf;                                  \
+        /* 2. horizontal: per phase one flat loop per tap (columns j >= OW are never used) */    \
+        for (ptrdiff_t f = 0; f < sh; f++) {                                                     \
+            ptrdiff_t n = ((Hp - f + sh - 1) / sh) * OWp;                                        \
+            const T *restrict src = P + f * R * Wp;                                              \
+            T *restrict hvf = hv + f * R * OWp;                                                  \
+            int32_t *restrict hqf = hq + f * R * OWp;                                            \
+            for (m = 0; m < n; m++) { hvf[m] = src[m * sw]; hqf[m] = 0; }                        \
+            for (q = 1; q < kw; q++)                                                             \
+                for (m = 0; m < n; m++) {                                                        \
+                    T v = src[m * sw + q], b = hvf[m]; int w = FMS_WINS(v, b);                   \
+                    hvf[m] = fms_sel_##SUF(w, v, b);                                             \
+                    hqf[m] = (hqf[m] & ~-(int32_t)w) | ((int32_t)q & -(int32_t)w);               \
+                }                                                                                \
+        }                                                                                        \
+        /* 3. vertical: tap p reads rows i*sh + p, i.e. rows p/sh.. of phase p % sh */           \
+        ptrdiff_t n = OH * OWp;                                                                  \
+        for (m = 0; m < n; m++) { bv[m] = hv[m]; bd[m] = hq[m]; }                                \
+        for (p = 1; p < kh; p++) {                                                               \
+            const T *restrict sv = hv + ((p % sh) * R + p / sh) * OWp;                           \
+            const int32_t *restrict sq = hq + ((p % sh) * R + p / sh) * OWp;                     \
+            int32_t dp = (int32_t)(p * W);                                                       \
+            for (m = 0; m < n; m++) {                                                            \
+                T v = sv[m], b = bv[m]; int w = FMS_WINS(v, b);                                  \
+                bv[m] = fms_sel_##SUF(w, v, b);                                                  \
+                bd[m] = (bd[m] & ~-(int32_t)w) | ((dp + sq[m]) & -(int32_t)w);                   \
+            }                                                                                    \
+        }                                                                                        \
+        /* 4. out; a -inf maximum may be a padding cell that came first: redo it exactly */      \
+        for (i = 0; i < OH; i++) {                                                               \
+            int64_t org = (int64_t)(i * sh - ph) * W - pw;                                       \
+            for (j = 0; j < OW; j++) {                                                           \
+                y[i * OW + j] = bv[i * OWp + j];                                                 \
+                am[i * OW + j] = org + j * sw + bd[i * OWp + j];                                 \
+            }                                                                                    \
+        }                                                                                        \
+        for (m = 0; m < OH * OW; m++) {                                                          \
+            if (y[m] != ninf) continue;                                                          \
+            i = m / OW; j = m % OW;                                                              \
+            ptrdiff_t u0 = i * sh - ph, u1 = u0 + kh, v0 = j * sw - pw, v1 = v0 + kw;            \
+            u0 = u0 < 0 ? 0 : u0; v0 = v0 < 0 ? 0 : v0;                                       \
+            u1 = u1 > H ? H : u1; v1 = v1 > W ? W : v1;                                       \
+            int64_t bk = u0 * W + v0; T b = x[bk];                                               \
+            for (ptrdiff_t u = u0; u < u1; u++)                                                  \
+                for (ptrdiff_t v = v0; v < v1; v++)                                              \
+                    if (FMS_WINS(x[u * W + v], b)) { b = x[u * W + v]; bk = u * W + v; }         \
+            y[m] = b; am[m] = bk;                                                                \
+        }                                                                                        \
+    }
+    FMS_DEFINE(float, f, uint32_t)
+    FMS_DEFINE(double, d, uint64_t)
+    /* The 2x2 / stride 2 kernels over G consecutive planes at once (small planes: one call,
+       and flat loops that run over the row pairs of all G planes, instead of a few short loops
+       per plane). Row pair pp = b*OH + i of the group is rows 2i, 2i+1 of plane b; every plane's
+       outputs follow its predecessor's, so the flat passes are those of fpp_max2 / fcp_avg2
+       with the row pairs of the next plane appended: the same operations, in the same order,
+       for every output. Return 0 (nothing done) when a row pair does not fit the scratch. */
+    #define FPG_DEFINE(T, SUF)                                                                 \
+    static inline int fpg_max2_##SUF(const T *restrict x, ptrdiff_t G, ptrdiff_t H,           \
+                                     ptrdiff_t W, T *restrict y, int64_t *restrict am,         \
+                                     ptrdiff_t OH, ptrdiff_t OW) {                             \
+        T v[FPP_CAP + 8]; int32_t t[FPP_CAP + 8];                                              \
+        ptrdiff_t L = 2 * OW, Lv = (2 * OW + 7) & ~(ptrdiff_t)7, rows, p0, r, c, m, n;         \
+        ptrdiff_t P = G * OH;                                                                  \
+        if (L > FPP_CAP || 2 * OH > H || L > W || H * W >= 2147483647) return 0;               \
+        rows = FPP_CAP / L;                                                                    \
+        for (p0 = 0; p0 < P; p0 += rows) {                                                     \
+            ptrdiff_t nr = P - p0 < rows ? P - p0 : rows;                                      \
+            for (r = 0; r < nr; r++) {                                                         \
+                ptrdiff_t b = (p0 + r) / OH, i = (p0 + r) % OH;                                \
+                const T *restrict r0 = x + b * H * W + 2 * i * W;                              \
+                const T *restrict r1 = r0 + W;                                                 \
+                T *restrict vr = v + r * L;                                                    \
+                int32_t *restrict tr = t + r * L;                                              \
+                int32_t base = (int32_t)(2 * i * W), below = (int32_t)W;                       \
+                /* whole vectors unless this is the plane's last row pair (see fpp_max2) */    \
+                ptrdiff_t len = i < OH - 1 ? Lv : L;                                           \
+                for (c = 0; c < len; c++) {                                                    \
+                    T a = r0[c], bb = r1[c];                                                   \
+                    int w = FPP_WINS(bb, a);                                                   \
+                    vr[c] = fpp_sel_##SUF(w, bb, a);                                           \
+                    tr[c] = base + (int32_t)c + (below & -(int32_t)w);                         \
+                }                                                                              \
+            }                                                                                  \
+            n = nr * OW;                                                                       \
+            T *restrict yo = y + p0 * OW;                                                      \
+            int64_t *restrict ao = am + p0 * OW;                                               \
+            for (m = 0; m < n; m++) {                                                          \
+                T l = v[2 * m], rr = v[2 * m + 1];                                             \
+                int32_t tl = t[2 * m], tq = t[2 * m + 1];                                      \
+                int same = (rr == l) | ((rr != rr) & (l != l));                                \
+                int w = FPP_WINS(rr, l) | (same & (tq < tl));                                  \
+                yo[m] = fpp_sel_##SUF(w, rr, l);                                               \
+                ao[m] = (int64_t)(tl + ((tq - tl) & -(int32_t)w));                             \
+            }                                                                                  \
+        }                                                                                      \
+        return 1;                                                                              \
+    }                                                                                          \
+    static inline int fpg_avg2_##SUF(const T *restrict x, ptrdiff_t G, ptrdiff_t H,           \
+                                     ptrdiff_t W, T *restrict y, ptrdiff_t OH, ptrdiff_t OW,   \
+                                     T div) {                                                  \
+        T A[FCP_CAP], B[FCP_CAP];                                                              \
+        ptrdiff_t L = 2 * OW, rows, p0, r, m, n, P = G * OH;                                   \
+        if (L > FCP_CAP || 2 * OH > H || L > W) return 0;                                      \
+        rows = FCP_CAP / L;                                                                    \
+        for (p0 = 0; p0 < P; p0 += rows) {                                                     \
+            ptrdiff_t nr = P - p0 < rows ? P - p0 : rows;                                      \
+            for (r = 0; r < nr; r++) {                                                         \
+                ptrdiff_t b = (p0 + r) / OH, i = (p0 + r) % OH;                                \
+                const T *restrict r0 = x + b * H * W + 2 * i * W;                              \
+                for (m = 0; m < L; m++) { A[r * L + m] = r0[m]; B[r * L + m] = r0[W + m]; }    \
+            }                                                                                  \
+            n = nr * OW;                                                                       \
+            T *restrict yo = y + p0 * OW;                                                      \
+            for (m = 0; m < n; m++)                                                            \
+                yo[m] = (((((T)0 + A[2 * m]) + A[2 * m + 1]) + B[2 * m]) + B[2 * m + 1]) / div; \
+        }                                                                                      \
+        return 1;                                                                              \
+    }
+    FPG_DEFINE(float, f)
+    FPG_DEFINE(double, d)
     """
+    enum: FCP_CAP_ "FCP_CAP"
+    int fpg_max2_f(const float* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, float* y,
+                   int64_t* am, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
+    int fpg_max2_d(const double* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, double* y,
+                   int64_t* am, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
+    int fpg_avg2_f(const float* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, float* y,
+                   Py_ssize_t OH, Py_ssize_t OW, float div) noexcept nogil
+    int fpg_avg2_d(const double* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, double* y,
+                   Py_ssize_t OH, Py_ssize_t OW, double div) noexcept nogil
+    size_t fms_scratch_f(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t sh, Py_ssize_t sw) noexcept nogil
+    size_t fms_scratch_d(Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw,
+                         Py_ssize_t sh, Py_ssize_t sw) noexcept nogil
+    void fms_max_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, int64_t* am,
+                   Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                   Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, float* buf) noexcept nogil
+    void fms_max_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, int64_t* am,
+                   Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh,
+                   Py_ssize_t sw, Py_ssize_t ph, Py_ssize_t pw, double* buf) noexcept nogil
     int fcp_avg2_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, Py_ssize_t OH,
                    Py_ssize_t OW, float div) noexcept nogil
     int fcp_avg2_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, Py_ssize_t OH,
@@ -226,6 +424,23 @@ cdef inline void _max_plane(const floating* x, floating* y, int64_t* am, int32_t
             ar[j] = base + j * sw + tr[j]
 
 
+cdef inline void _max2_group(const floating* x, floating* y, int64_t* am, Py_ssize_t G,
+                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
+                             Py_ssize_t OW) noexcept nogil:
+    """2x2/2 max-pool of G consecutive planes (whole windows) in one call, else plane by
+    plane."""
+    cdef Py_ssize_t b
+    cdef int done
+    if floating is float:
+        done = fpg_max2_f(x, G, H, W, y, am, OH, OW)
+    else:
+        done = fpg_max2_d(x, G, H, W, y, am, OH, OW)
+    if not done:
+        for b in range(G):
+            _pool_plane(x + b * H * W, y + b * OH * OW, am + b * OH * OW, H, W, OH, OW, 2, 2,
+                        2, 2, 0, 0)
+
+
 def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
                       int64_t[:, :, :, ::1] argmax,    # OUT (N, C, OH, OW) flat index u*W+v
@@ -237,7 +452,8 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
 
     Ties go to the first element in row-major order; a NaN is the maximum (the first NaN wins).
     OH, OW come from y (floor or ceil mode). The plain 2x2/2 window takes _pool_plane's
-    branch-free path when every window is whole. Parallel over (n, c) planes.
+    branch-free path when every window is whole, other windows without dilation the separable
+    fms_max path, dilated ones _max_plane. Parallel over (n, c) planes.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
@@ -245,27 +461,60 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     cdef bint pool2 = (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0
                        and dh == 1 and dw == 1 and 2 * OH <= H and 2 * OW <= W)
     cdef int32_t* tr
+    cdef floating* buf
+    cdef size_t nbuf = 0
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
+    cdef Py_ssize_t G, grp, p0
     if N * C == 0:
         return
+    if pool2 and H * W <= SMALL_PLANE and OH > 0 and OW > 0:
+        # Small planes: groups of G planes (G fixed by the shape) per task and per call.
+        G = max(1, GROUP_VALUES // (H * W))
+        # Race-free: group grp writes only planes [grp*G, grp*G + G) of y and argmax.
+        for grp in prange((N * C + G - 1) // G, nogil=True, schedule='static',
+                          num_threads=n_threads):
+            p0 = grp * G
+            _max2_group(&x[p0 // C, p0 % C, 0, 0], &y[p0 // C, p0 % C, 0, 0],
+                        &argmax[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W, OH, OW)
+        return
+    # The separable branch-free path: no dilation, and planes small enough that its scratch
+    # (about two planes) stays in cache and its int32 offsets cannot overflow.
+    if not pool2 and dh == 1 and dw == 1 and OH > 0 and OW > 0 and H * W <= (1 << 20):
+        if floating is float:
+            nbuf = fms_scratch_f(OH, OW, kh, kw, sh, sw)
+        else:
+            nbuf = fms_scratch_d(OH, OW, kh, kw, sh, sw)
     with nogil, parallel(num_threads=n_threads):
         tr = <int32_t*> malloc((OW + 1) * sizeof(int32_t))
-        if tr == NULL:
+        buf = <floating*> malloc(nbuf * sizeof(floating) + 1)
+        if tr == NULL or buf == NULL:
             failed[0] = 1
-        # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c]; tr is per thread.
+        # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c]; tr, buf are per thread.
         for plane in prange(N * C, schedule='static'):
-            if tr == NULL:
+            if tr == NULL or buf == NULL:
                 continue
             if pool2:
                 _pool_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
                             &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw,
                             ph, pw)
+            elif nbuf > 0:
+                if floating is float:
+                    fms_max_f(&x[plane // C, plane % C, 0, 0], H, W,
+                              &y[plane // C, plane % C, 0, 0],
+                              &argmax[plane // C, plane % C, 0, 0], OH, OW, kh, kw, sh, sw, ph,
+                              pw, buf)
+                else:
+                    fms_max_d(&x[plane // C, plane % C, 0, 0], H, W,
+                              &y[plane // C, plane % C, 0, 0],
+                              &argmax[plane // C, plane % C, 0, 0], OH, OW, kh, kw, sh, sw, ph,
+                              pw, buf)
             else:
                 _max_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
                            &argmax[plane // C, plane % C, 0, 0], tr, H, W, OH, OW, kh, kw, sh,
                            sw, ph, pw, dh, dw)
         free(tr)
+        free(buf)
     if fail:
         raise MemoryError("fastcnn: could not allocate kernel scratch memory")
 
@@ -411,7 +660,24 @@ def avgpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t plane
+    cdef Py_ssize_t plane, G, grp, p0
+    cdef floating div = divisor_override if divisor_override > 0 else 4
+    if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * OH <= H
+            and 2 * OW <= W and 0 < OH and 0 < OW and H * W <= SMALL_PLANE
+            and 2 * OW <= FCP_CAP_):
+        # Small planes, whole 2x2 windows: groups of G planes (G fixed by the shape) per task.
+        G = max(1, GROUP_VALUES // (H * W))
+        # Race-free: group grp writes only planes [grp*G, grp*G + G) of y.
+        for grp in prange((N * C + G - 1) // G, nogil=True, schedule='static',
+                          num_threads=n_threads):
+            p0 = grp * G
+            if floating is float:
+                fpg_avg2_f(&x[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W,
+                           &y[p0 // C, p0 % C, 0, 0], OH, OW, div)
+            else:
+                fpg_avg2_d(&x[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W,
+                           &y[p0 // C, p0 % C, 0, 0], OH, OW, div)
+        return
     # Race-free: plane (n, c) writes only y[n, c].
     for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
         _avg_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0], H, W,

@@ -9,6 +9,8 @@ whole batch. Masks are kept compact as ``uint8`` (1 = kept) and returned with th
 backward pass multiplies by the stored mask instead of regenerating it.
 """
 
+from math import prod
+
 import numpy as np
 
 from .. import _kernels
@@ -57,7 +59,7 @@ def _check_counters(seed, step, sample_offset, N):
 
 def _dropout_into(x, y, mask, p, seed, step, sample_offset):
     """Element dropout of validated x (N, ...) into y (may be x) and mask (uint8, x's shape)."""
-    shape = (x.shape[0], int(np.prod(x.shape[1:], dtype=np.int64)))
+    shape = (x.shape[0], prod(x.shape[1:]))
     _kernels.dropout.dropout_forward(x.reshape(shape), y.reshape(shape), mask.reshape(shape),
                                      seed, step, sample_offset, _threshold(p), _scale(p),
                                      _threads_for(x.size))
@@ -79,7 +81,7 @@ def _channel_mask_into(mask, p, seed, step, sample_offset):
 def _apply_channel_mask_into(x, mask, y, p):
     """y[n, c] = x[n, c] * mask[n, c] / (1 - p) for x (N, C, ...) and mask (N, C)."""
     R = x.shape[0] * x.shape[1]
-    shape = (R, int(np.prod(x.shape[2:], dtype=np.int64)))
+    shape = (R, prod(x.shape[2:]))
     _kernels.dropout.apply_channel_mask(x.reshape(shape), mask.reshape(R), y.reshape(shape),
                                         _scale(p), _threads_for(x.size))
     return y
