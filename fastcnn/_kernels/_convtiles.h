@@ -35,6 +35,8 @@
 
 typedef float fc_gvf __attribute__((vector_size(FC_VB)));
 typedef double fc_gvd __attribute__((vector_size(FC_VB)));
+typedef int fc_gvfi __attribute__((vector_size(FC_VB)));
+typedef long long fc_gvdi __attribute__((vector_size(FC_VB)));
 #define FC_NL_F (FC_VB / 4)
 #define FC_NL_D (FC_VB / 8)
 
@@ -94,32 +96,53 @@ static inline void fc_wtile##MR##x##NV##_##SUF(const T *x, ptrdiff_t x_img, cons
         for (int v = 0; v < NV; v++) STORE(c + o * ldc + v * NL, acc[o][v]);                     \
 }
 
-/* fc_ftile{NP}x{NV}: NP consecutive output positions x NV vectors of filters (forward, the
- * filters on the vector lanes: each input value is broadcast against a vector of packed weights),
+/* fc_flanes{NP}x{NV}: NP output positions x NV vectors of filters (forward with the filters on
+ * the vector lanes: each input value is broadcast against vectors of packed weights), written
+ * straight into the output planes with bias and optional ReLU:
  *
- *     c[u*NV*NL + v*NL + l] = sum_{k<K} x[off[k] + u] * w[k*NV*NL + v*NL + l]        u < NP
+ *     s[u][l] = sum_{k<K} x[pos[u] + off[k]] * w[k*NV*NL + l]       (k = 0, 1, ... in order)
+ *     y[l*plane + u - u0] = relu?(s[u][l] + bias[l])                u0 <= u < NP, l < nf
  *
- * summed k = 0, 1, ... in order. No position is computed that is not an output (apart from a
- * row's shifted-back last tile, which recomputes the same values). */
-#define FC_DEFINE_FTILE(NP, NV, SUF, T, V, LOAD, STORE, NL)                                     \
-static inline void fc_ftile##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *off, ptrdiff_t K,    \
-                                               const T *w, T *c)                                 \
+ * ``pos`` holds each position's offset in the input planes (any NP positions: no padding column
+ * or stride gap is ever computed). The bias is added (and ReLU applied, NaN kept: v < 0 ? 0 : v)
+ * on whole vectors; the transposed store then runs filter by filter over the NP positions. */
+#define FC_DEFINE_FLANES(NP, NV, SUF, T, V, LOAD, STORE, NL, VI)                                \
+static inline void fc_flanes##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *pos,                \
+                                                const ptrdiff_t *off, ptrdiff_t K, const T *w,   \
+                                                const T *bias, int relu, ptrdiff_t u0,           \
+                                                ptrdiff_t nf, T *y, ptrdiff_t plane)             \
 {                                                                                                \
     V acc[NP][NV];                                                                               \
+    const T *xp[NP];                                                                             \
+    for (int u = 0; u < NP; u++) xp[u] = x + pos[u];                                             \
     for (int u = 0; u < NP; u++)                                                                 \
         for (int v = 0; v < NV; v++) acc[u][v] = (V){0};                                         \
     for (ptrdiff_t k = 0; k < K; k++) {                                                          \
-        const T *xk = x + off[k];                                                                \
+        const ptrdiff_t o = off[k];                                                              \
         const T *wk = w + k * NV * NL;                                                           \
         V wv[NV];                                                                                \
         for (int v = 0; v < NV; v++) wv[v] = LOAD(wk + v * NL);                                  \
         for (int u = 0; u < NP; u++) {                                                           \
-            T s = xk[u];                                                                         \
+            T s = xp[u][o];                                                                      \
             for (int v = 0; v < NV; v++) acc[u][v] += s * wv[v];                                 \
         }                                                                                        \
     }                                                                                            \
+    T ct[NP][NV * NL];                                                                           \
+    V bv[NV];                                                                                    \
+    for (int v = 0; v < NV; v++) bv[v] = LOAD(bias + v * NL);                                    \
     for (int u = 0; u < NP; u++)                                                                 \
-        for (int v = 0; v < NV; v++) STORE(c + u * NV * NL + v * NL, acc[u][v]);                 \
+        for (int v = 0; v < NV; v++) {                                                           \
+            V r = acc[u][v] + bv[v];                                                             \
+            if (relu) r = (V)((VI)r & ~(VI)(r < (V){0}));                                        \
+            STORE(&ct[u][v * NL], r);                                                            \
+        }                                                                                        \
+    if (nf == NV * NL && u0 == 0) {                                                              \
+        for (int l = 0; l < NV * NL; l++)                                                        \
+            for (int u = 0; u < NP; u++) y[l * plane + u] = ct[u][l];                            \
+        return;                                                                                  \
+    }                                                                                            \
+    for (ptrdiff_t l = 0; l < nf; l++)                                                           \
+        for (int u = (int)u0; u < NP; u++) y[l * plane + u - u0] = ct[u][l];                          \
 }
 
 #define FC_BOTH(M, MR, NV)                                                                       \
@@ -132,6 +155,7 @@ FC_BOTH(FC_DEFINE_GTILE, 2, 4)
 FC_BOTH(FC_DEFINE_GTILE, 1, 4)
 FC_BOTH(FC_DEFINE_WTILE, 6, 2)
 FC_BOTH(FC_DEFINE_WTILE, 12, 1)
-FC_BOTH(FC_DEFINE_FTILE, 6, 2)
+FC_DEFINE_FLANES(6, 2, f, float, fc_gvf, fc_gload_f, fc_gstore_f, FC_NL_F, fc_gvfi)
+FC_DEFINE_FLANES(6, 2, d, double, fc_gvd, fc_gload_d, fc_gstore_d, FC_NL_D, fc_gvdi)
 
 #endif
