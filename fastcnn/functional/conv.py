@@ -338,9 +338,11 @@ def _conv2d_backward_input_into(grad_y, weight, grad_x, g, ws=None):
         _, NF = _kernels.conv.ftile_shape(grad_y.dtype == np.float64)
         eh, ew = (g.KH - 1) * dh, (g.KW - 1) * dw
         HPh, WPh = g.H + eh, g.W + ew
-        gs = ws.get("gpad", g.N * g.F * HPh * WPh, grad_y.dtype)
-        # top/left padding eh - pt, ew - pl (negative: rows/columns of dy that no dx reaches)
-        _kernels.conv.pad_split(grad_y, gs, eh - pt, ew - pl, 1, 1, HPh, WPh, n_threads)
+        if (eh - pt, ew - pl, HPh, WPh) == (0, 0, g.OH, g.OW):  # no border: dy as it is
+            gs = grad_y.reshape(-1)
+        else:  # top/left border eh - pt, ew - pl (< 0: rows/columns of dy no dx reaches)
+            gs = ws.get("gpad", g.N * g.F * HPh * WPh, grad_y.dtype)
+            _kernels.conv.pad_split(grad_y, gs, eh - pt, ew - pl, 1, 1, HPh, WPh, n_threads)
         K = Fg * g.KH * g.KW
         off = ws.get("off_in", K, np.intp)[:K]
         _kernels.conv.forward_offsets(Fg, g.KH, g.KW, 1, 1, dh, dw, HPh, WPh, off)
