@@ -15,6 +15,12 @@ One mechanism serves every shape ("phase planes" + register tiles, see ``_convti
 * Forward: on "wide rows" (output (i, j) at flat index i*WPh + j, the WPh - OW extra columns
   computed and dropped), a tile of MR output channels x NR positions is held in registers; each
   packed weight is broadcast against NR/NL input vectors read at its tap offset.
+* Forward, filters on the lanes (``forward_lanes``): tiles of 6 real output positions (read
+  through a table of position offsets: no wide-row column is computed) x 2 vectors of filters;
+  each input value is broadcast against packed weight vectors, and the tile is stored
+  transposed with bias and ReLU. At stride 1 the input gradient is this same forward pass over
+  the zero-bordered output gradient with the weight turned by 180 degrees (channels and filters
+  exchanged; dilation carries over).
 * Input gradient: for each stride phase (rh, rw) of the padded input, only the taps with
   (p*dh) % sh == rh and (q*dw) % sw == rw reach it; over the zero-bordered output gradient it is
   again a stride-1 correlation (channels and filters exchanged), with the same tiles. No product
