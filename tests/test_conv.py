@@ -58,6 +58,12 @@ FIXED = [  # shapes that stress the tiles' edges: tails, depthwise, 1x1, asymmet
          groups=1),
     dict(N=2, C=8, H=3, W=3, F=13, KH=3, KW=3, stride=(1, 1), padding=(4, 4), dilation=(1, 1),
          groups=1),
+    # filters-on-lanes tiles: planes smaller than a tile, more than one (tail) filter/channel
+    # vector, groups with dilation and asymmetric padding
+    dict(N=2, C=20, H=2, W=2, F=18, KH=3, KW=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+         groups=1),
+    dict(N=3, C=34, H=5, W=3, F=36, KH=2, KW=3, stride=(1, 1), padding=(0, 2), dilation=(2, 1),
+         groups=2),
 ]
 
 

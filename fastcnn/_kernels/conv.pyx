@@ -15,6 +15,12 @@ One mechanism serves every shape ("phase planes" + register tiles, see ``_convti
 * Forward: on "wide rows" (output (i, j) at flat index i*WPh + j, the WPh - OW extra columns
   computed and dropped), a tile of MR output channels x NR positions is held in registers; each
   packed weight is broadcast against NR/NL input vectors read at its tap offset.
+* Forward, filters on the lanes (``forward_lanes``): tiles of 6 real output positions (read
+  through a table of position offsets: no wide-row column is computed) x 2 vectors of filters;
+  each input value is broadcast against packed weight vectors, and the tile is stored
+  transposed with bias and ReLU. At stride 1 the input gradient is this same forward pass over
+  the zero-bordered output gradient with the weight turned by 180 degrees (channels and filters
+  exchanged; dilation carries over).
 * Input gradient: for each stride phase (rh, rw) of the padded input, only the taps with
   (p*dh) % sh == rh and (q*dw) % sw == rw reach it; over the zero-bordered output gradient it is
   again a stride-1 correlation (channels and filters exchanged), with the same tiles. No product
@@ -68,8 +74,12 @@ cdef extern from "_convtiles.h" nogil:
                         Py_ssize_t, double*, Py_ssize_t)
 
 cdef extern from "_convtiles.h" nogil:
-    void fc_ftile6x2_f(const float*, const Py_ssize_t*, Py_ssize_t, const float*, float*)
-    void fc_ftile6x2_d(const double*, const Py_ssize_t*, Py_ssize_t, const double*, double*)
+    void fc_flanes6x2_f(const float*, const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t,
+                        const float*, const float*, int, Py_ssize_t, Py_ssize_t, float*,
+                        Py_ssize_t)
+    void fc_flanes6x2_d(const double*, const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t,
+                        const double*, const double*, int, Py_ssize_t, Py_ssize_t, double*,
+                        Py_ssize_t)
 
 cdef extern from "_microkernels.h" nogil:
     const int FC_TILE_F  # output positions per tile of the matrix product, float32
@@ -89,7 +99,8 @@ cdef enum:
     TILES_PER_TASK = 4  # wide-row tiles per forward / input-gradient task
     DW_CHUNK = 8     # images per weight-gradient chunk (a fixed size: never the thread count)
     LANES = 16       # independent partial sums in _sum
-    FTILE_NP = 6     # output positions per filters-on-lanes tile (fc_ftile6x2)
+    FTILE_NP = 6     # output positions per filters-on-lanes tile (fc_flanes6x2)
+    LANE_TILES = 4   # filters-on-lanes tiles per task
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +181,19 @@ cdef inline void _copy_row(const floating* s, Py_ssize_t W, Py_ssize_t left, flo
         d[b] = 0
 
 
+cdef inline void _copy_row_strided(const floating* s, Py_ssize_t W, Py_ssize_t v0, Py_ssize_t sw,
+                                   floating* d, Py_ssize_t n) noexcept nogil:
+    """d[b] = s[b*sw + v0] for 0 <= b*sw + v0 < W, else 0, for b < n (sw >= 1)."""
+    cdef Py_ssize_t lo = min((sw - 1 - v0) // sw if v0 < 0 else 0, n)
+    cdef Py_ssize_t hi = max(min((W - 1 - v0) // sw + 1 if W - 1 - v0 >= 0 else 0, n), lo), b
+    for b in range(lo):
+        d[b] = 0
+    for b in range(lo, hi):
+        d[b] = s[b * sw + v0]
+    for b in range(hi, n):
+        d[b] = 0
+
+
 def pad_split(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
               floating[::1] out,               # OUT (N, C, sh, sw, HPh, WPh) (+ slack)
               Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh, Py_ssize_t sw,
@@ -180,7 +204,7 @@ def pad_split(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     the split into stride phases in one pass. Parallel over (n, c): each owns its planes.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t plane = HPh * WPh, nc, rh, rw, a, b, h, v
+    cdef Py_ssize_t plane = HPh * WPh, nc, rh, rw, a, h
     cdef floating* d
     cdef const floating* s
     # Race-free: (n, c) writes only its sh*sw phase planes.
@@ -197,9 +221,7 @@ def pad_split(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                     if sw == 1:
                         _copy_row(s + h * W, W, left, d + a * WPh, WPh)
                     else:
-                        for b in range(WPh):
-                            v = b * sw + rw - left
-                            d[a * WPh + b] = s[h * W + v] if 0 <= v < W else 0
+                        _copy_row_strided(s + h * W, W, rw - left, sw, d + a * WPh, WPh)
 
 
 def to_pixels_major(const floating[:, :, :, ::1] g,  # IN  (N, F, OH, OW)
@@ -336,83 +358,109 @@ cdef void _forward_task(const floating* xs, const floating* apack, const Py_ssiz
 
 
 def ftile_shape(bint is_double):
-    """(NP positions, NF filters) of the filters-on-lanes forward tile."""
+    """(NP positions, NF filters) of the filters-on-lanes tile (fc_flanes6x2)."""
     return FTILE_NP, 2 * (FC_NL_D if is_double else FC_NL_F)
 
 
 def pack_forward_lanes(const floating[:, :, :, ::1] w,  # IN  (F, Cg, KH, KW)
+                       const floating[::1] b,           # IN  (F,)
                        floating[::1] wpk,               # OUT (G, nfb, Kg, NF)
-                       Py_ssize_t G, Py_ssize_t NF):
-    """wpk[g, fb, k, fl] = w[g*Fg + fb*NF + fl].flat[k], 0 for the filters past Fg."""
-    cdef Py_ssize_t F = w.shape[0], Kg = w.shape[1] * w.shape[2] * w.shape[3]
-    cdef Py_ssize_t Fg = F // G, nfb = (Fg + NF - 1) // NF, g, fb, k, fl, f
+                       floating[::1] bpk,               # OUT (G, nfb, NF)
+                       Py_ssize_t G, Py_ssize_t NF, bint rotate):
+    """wpk[g, fb, k, fl] = w[g*Fg + fb*NF + fl].flat[k] and bpk[g, fb, fl] = b[g*Fg + fb*NF + fl],
+    0 for the filters past Fg.
+
+    With ``rotate`` (the input gradient as a forward pass) the roles of filters and channels
+    are exchanged and the kernel turned by 180 degrees: wpk[g, cb, (f, p, q), cl] =
+    w[g*Fg + f, cb*NF + cl, KH-1-p, KW-1-q] (0 past Cg), and ``b`` (C zeros) is packed the same.
+    """
+    cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
+    cdef Py_ssize_t Fg = F // G, M = Cg if rotate else Fg, Kg = (Fg if rotate else Cg) * KH * KW
+    cdef Py_ssize_t nfb = (M + NF - 1) // NF, g, fb, k, fl, f, e, p, q, KK = KH * KW
     cdef const floating* ws = &w[0, 0, 0, 0]
     with nogil:
         for g in range(G):
             for fb in range(nfb):
+                for fl in range(NF):
+                    f = fb * NF + fl
+                    bpk[(g * nfb + fb) * NF + fl] = b[g * M + f] if f < M else 0
                 for k in range(Kg):
                     for fl in range(NF):
                         f = fb * NF + fl
-                        wpk[((g * nfb + fb) * Kg + k) * NF + fl] = (
-                            ws[(g * Fg + f) * Kg + k] if f < Fg else 0)
+                        if f >= M:
+                            wpk[((g * nfb + fb) * Kg + k) * NF + fl] = 0
+                        elif rotate:
+                            e = k // KK  # the filter; the tap turned by 180 degrees
+                            p = KH - 1 - (k % KK) // KW
+                            q = KW - 1 - k % KW
+                            wpk[((g * nfb + fb) * Kg + k) * NF + fl] = (
+                                ws[(((g * Fg + e) * Cg + f) * KH + p) * KW + q])
+                        else:
+                            wpk[((g * nfb + fb) * Kg + k) * NF + fl] = ws[(g * Fg + f) * Kg + k]
 
 
 def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, HPh, WPh) + slack
                   const floating[::1] wpk,    # IN  pack_forward_lanes
+                  const floating[::1] bpk,    # IN  pack_forward_lanes
                   const Py_ssize_t[::1] off,  # IN  tap offsets (forward_offsets)
-                  const floating[::1] b,      # IN  (F,)
                   floating[:, :, :, ::1] y,   # OUT (N, F, OH, OW)
                   Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh,
                   Py_ssize_t G, Py_ssize_t NF, bint relu, int n_threads):
     """The same convolution as ``forward`` with the filters on the vector lanes: tiles of
-    FTILE_NP outputs of one row x NF filters (fc_ftile6x2), each input value broadcast against
-    packed weight vectors, then stored transposed into the output planes.
+    FTILE_NP consecutive output positions p = i*OW + j (read at i*WPh + j of the phase planes:
+    only real outputs are computed) x NF filters (fc_flanes6x2: each input value broadcast
+    against packed weight vectors), stored transposed into the output planes with bias and ReLU.
 
-    Parallel over (image, group, output row): each task owns y[n, group's filters, i, :]; each
-    output is one register sum over k = 0 .. Kg-1 in order.
+    The last tile is shifted back to end at the last output; the positions it shares with the
+    previous tile (or, in a plane of fewer than FTILE_NP outputs, the positions before 0, which
+    read position 0) are not stored.
+
+    Parallel over (image, group, run of LANE_TILES tiles): each task owns the outputs at its
+    tiles' positions for every filter of its group; each output is one register sum over
+    k = 0 .. Kg-1 in order, whatever the thread count.
     """
     cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
     cdef Py_ssize_t Fg = F // G, Cg = C // G, Kg = off.shape[0]
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
-    cdef Py_ssize_t task
+    cdef Py_ssize_t P = OH * OW
+    cdef Py_ssize_t ntile = (P + FTILE_NP - 1) // FTILE_NP
+    cdef Py_ssize_t nrun = (ntile + LANE_TILES - 1) // LANE_TILES, task
     if N == 0 or F == 0:
         return
-    # Race-free: task (n, g, i) writes only row i of y[n, g*Fg:(g+1)*Fg].
-    for task in prange(N * G * OH, nogil=True, schedule='static', num_threads=n_threads):
-        _forward_lanes_task(&xs[0], &wpk[0], &off[0], &b[0], &y[0, 0, 0, 0], task, G, Fg, Kg,
-                            NF, WPh, OH, OW, img, gsz, relu)
+    # Race-free: task (n, g, run) writes only y[n, g*Fg:(g+1)*Fg] at its own tiles' positions.
+    for task in prange(N * G * nrun, nogil=True, schedule='static', num_threads=n_threads):
+        _forward_lanes_task(&xs[0], &wpk[0], &bpk[0], &off[0], &y[0, 0, 0, 0], task, nrun, G,
+                            Fg, Kg, NF, WPh, OW, P, ntile, img, gsz, relu)
 
 
-cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const Py_ssize_t* off,
-                              const floating* b, floating* y, Py_ssize_t task, Py_ssize_t G,
-                              Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t NF, Py_ssize_t WPh,
-                              Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t img,
-                              Py_ssize_t gsz, bint relu) noexcept nogil:
-    cdef floating ct[FTILE_NP * 32]  # NF <= 2 vectors of 16 lanes
-    cdef Py_ssize_t i = task % OH, g = (task // OH) % G, n = task // (OH * G)
-    cdef Py_ssize_t nfb = (Fg + NF - 1) // NF, j0, j, fb, f0, nl, u, fl, nu
-    cdef const floating* row = xs + n * img + g * gsz + i * WPh
-    cdef floating* yrow
-    cdef floating v
-    j0 = 0
-    while j0 < OW:
-        # The last tile of a row is shifted back to end at OW (same values recomputed); a row
-        # shorter than the tile reads past it into memory the caller keeps readable.
-        j = max(min(j0, OW - FTILE_NP), <Py_ssize_t> 0)
-        nu = min(<Py_ssize_t> FTILE_NP, OW - j)
+cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const floating* bpk,
+                              const Py_ssize_t* off, floating* y, Py_ssize_t task,
+                              Py_ssize_t nrun, Py_ssize_t G, Py_ssize_t Fg, Py_ssize_t Kg,
+                              Py_ssize_t NF, Py_ssize_t WPh, Py_ssize_t OW, Py_ssize_t P,
+                              Py_ssize_t ntile, Py_ssize_t img, Py_ssize_t gsz,
+                              bint relu) noexcept nogil:
+    cdef Py_ssize_t pos[FTILE_NP]
+    cdef Py_ssize_t run = task % nrun, g = (task // nrun) % G, n = task // (nrun * G)
+    cdef Py_ssize_t nfb = (Fg + NF - 1) // NF
+    cdef Py_ssize_t tile, p0, ps, p, u, i, fb
+    cdef const floating* base = xs + n * img + g * gsz
+    cdef floating* yg = y + (n * G + g) * Fg * P
+    for tile in range(run * LANE_TILES, min(ntile, (run + 1) * LANE_TILES)):
+        p0 = tile * FTILE_NP
+        ps = min(p0, P - FTILE_NP)  # < 0 when the plane is smaller than a tile
+        for u in range(FTILE_NP):
+            p = max(ps + u, <Py_ssize_t> 0)
+            i = p // OW
+            pos[u] = i * WPh + p - i * OW
         for fb in range(nfb):
-            f0 = fb * NF
             if floating is float:
-                fc_ftile6x2_f(row + j, off, Kg, wpk + (g * nfb + fb) * Kg * NF, ct)
+                fc_flanes6x2_f(base, pos, off, Kg, wpk + (g * nfb + fb) * Kg * NF,
+                               bpk + (g * nfb + fb) * NF, relu, p0 - ps,
+                               min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P)
             else:
-                fc_ftile6x2_d(row + j, off, Kg, wpk + (g * nfb + fb) * Kg * NF, ct)
-            nl = min(NF, Fg - f0)
-            for fl in range(nl):
-                yrow = y + ((n * G + g) * Fg + f0 + fl) * OH * OW + i * OW + j
-                for u in range(nu):
-                    v = ct[u * NF + fl] + b[g * Fg + f0 + fl]
-                    yrow[u] = 0 if relu and v < 0 else v  # NaN is kept
-        j0 = j0 + FTILE_NP
+                fc_flanes6x2_d(base, pos, off, Kg, wpk + (g * nfb + fb) * Kg * NF,
+                               bpk + (g * nfb + fb) * NF, relu, p0 - ps,
+                               min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,12 @@ effective kernel puts the extra row/column at the bottom/right, as PyTorch.
 
 Algorithms (chosen by shape; ``_force_algo`` forces one, for tests):
 
-* ``"tiles"``: the general register-tile kernels (phase planes, packed weights), any shape;
+* ``"tiles"``: the positions-on-lanes register tiles (phase planes, packed weights, wide
+  rows), any shape;
+* ``"lanes"``: the filters-on-lanes register tiles over the real output positions, for the
+  forward pass and the stride-1 input gradient (a forward pass over the zero-bordered output
+  gradient with the weight turned by 180 degrees and channels and filters exchanged); chosen
+  over ``"tiles"`` by a product count weighted with measured speeds (``_LANES_EDGE``);
 * ``"direct"``: the plain definitions, leaving out every product with padding or a stride gap;
   used automatically for the input gradient when a weight is inf or NaN, so that such a weight
   poisons only the input positions it really touches (as in PyTorch);
@@ -48,8 +53,8 @@ _forced = None
 @contextlib.contextmanager
 def _force_algo(name):
     """Test-only: run every convolution kernel with algorithm ``name`` (``"tiles"``,
-    ``"direct"``, or ``"matmul"`` where the kernel covers the input; elsewhere ``"matmul"``
-    falls back to ``"tiles"``)."""
+    ``"direct"``, ``"lanes"`` for the forward pass and the stride-1 input gradient, ``"matmul"``
+    where the kernel covers the input; where a forced algorithm does not apply, ``"tiles"``)."""
     global _forced
     if name not in _ALGOS:
         raise ValueError(f"algo must be one of {_ALGOS}, got {name!r}")
@@ -185,33 +190,53 @@ def _geometry(x_shape, w_shape, stride, padding, dilation, groups, pad4=None):
 def _algo(g, kind, weight=None):
     """Algorithm for one kernel call (see the module docstring)."""
     if _forced is not None:
-        if _forced == "matmul" and not g.covers_input() or _forced == "lanes" and kind != "forward":
+        if (_forced == "matmul" and not g.covers_input()
+                or _forced == "lanes" and not _lanes_ok(g, kind)):
             return "tiles"
         return _forced
     if g.covers_input():
         return "matmul"
     if kind == "input" and not _kernels.conv.all_finite(weight.reshape(-1)):
         return "direct"
-    if kind == "forward":
-        return "lanes" if _lanes_cost(g, weight.dtype) < _tiles_cost(g, weight.dtype) else "tiles"
+    if kind != "weight" and _lanes_ok(g, kind):
+        lanes, tiles = _lanes_cost(g, kind, weight.dtype), _tiles_cost(g, kind, weight.dtype)
+        return "lanes" if lanes < _LANES_EDGE * tiles else "tiles"
     return "tiles"
 
 
-def _tiles_cost(g, dtype):
-    """Products the positions-on-lanes forward tiles compute (wide rows, padded filter rows)."""
-    Fg = g.F // g.groups
-    MR, NR = _kernels.conv.gtile_shape(Fg, dtype == np.float64)
-    _, WPh = _phase_sizes(g)
-    T = (g.OH - 1) * WPh + g.OW
-    return -(-T // NR) * NR * -(-Fg // MR) * MR
+def _lanes_ok(g, kind):
+    """The filters-on-lanes kernel runs the forward pass, and the input gradient at stride 1."""
+    return kind == "forward" or kind == "input" and g.stride == (1, 1)
 
 
-def _lanes_cost(g, dtype):
-    """Products the filters-on-lanes forward tiles compute (whole tiles per row, padded filter
-    vectors); ties go to the positions-on-lanes tiles."""
-    Fg = g.F // g.groups
+# Measured (1 thread, AVX2, batch 64): per product computed, the filters-on-lanes tiles run
+# 1.5-3x faster than the positions-on-lanes tiles (scalar broadcasts of the input instead of
+# unaligned vector loads, only real output positions, the epilogue in C); the latter win only
+# when few filters (forward) or few channels (input gradient) leave most filter lanes empty,
+# e.g. LeNet's C1 (6 filters) and the input gradients of C1, C3 and 1->16 @28.
+_LANES_EDGE = 1.5
+
+
+def _tiles_cost(g, kind, dtype):
+    """Products the positions-on-lanes tiles compute (wide rows, padded filter or channel rows)."""
+    M = (g.F if kind == "forward" else g.C) // g.groups
+    MR, NR = _kernels.conv.gtile_shape(M, dtype == np.float64)
+    if kind == "forward":
+        _, WPh = _phase_sizes(g)
+        T = (g.OH - 1) * WPh + g.OW
+    else:  # stride 1: wide rows of the zero-bordered dy
+        GW = (g.KW - 1) * g.dilation[1] + max(g.pad4[2] + g.W, g.OW)
+        T = (g.pad4[0] + g.H - 1) * GW + g.pad4[2] + g.W
+    return -(-T // NR) * NR * -(-M // MR) * MR
+
+
+def _lanes_cost(g, kind, dtype):
+    """Products the filters-on-lanes tiles compute (whole tiles of output positions, padded
+    filter vectors)."""
+    M, P = (g.F, g.OH * g.OW) if kind == "forward" else (g.C, g.H * g.W)
+    M //= g.groups
     NP, NF = _kernels.conv.ftile_shape(dtype == np.float64)
-    return g.OH * -(-g.OW // NP) * NP * -(-Fg // NF) * NF
+    return -(-P // NP) * NP * -(-M // NF) * NF
 
 
 def _phase_sizes(g):
@@ -267,14 +292,15 @@ def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None):
     Fg, Cg = g.F // G, g.C // G
     Kg = Cg * g.KH * g.KW
     if algo == "lanes":
-        NP, NF = _kernels.conv.ftile_shape(x.dtype == np.float64)
-        # x is read in place only when every row holds a whole tile (no read past the end)
-        xs, HPh, WPh, _ = _phase_planes(x, g, ws, 0 if g.OW >= NP else 1 << 62)
+        _, NF = _kernels.conv.ftile_shape(x.dtype == np.float64)
+        xs, HPh, WPh, _ = _phase_planes(x, g, ws, 0)  # reads real outputs' taps only
         off = ws.get("off", Kg, np.intp)[:Kg]
         _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
-        wpk = ws.get("apack", G * -(-Fg // NF) * NF * Kg, x.dtype)
-        _kernels.conv.pack_forward_lanes(weight, wpk, G, NF)
-        _kernels.conv.forward_lanes(xs, wpk, off, bias, y, g.C, sh, sw, HPh, WPh, G, NF,
+        nfb = -(-Fg // NF)
+        wpk = ws.get("apack", G * nfb * NF * Kg, x.dtype)
+        bpk = ws.get("bpack", G * nfb * NF, x.dtype)
+        _kernels.conv.pack_forward_lanes(weight, bias, wpk, bpk, G, NF, False)
+        _kernels.conv.forward_lanes(xs, wpk, bpk, off, y, g.C, sh, sw, HPh, WPh, G, NF,
                                     bool(relu), n_threads)
         return y
     MR, NR = _kernels.conv.gtile_shape(Fg, x.dtype == np.float64)
@@ -308,6 +334,27 @@ def _conv2d_backward_input_into(grad_y, weight, grad_x, g, ws=None):
         return grad_x
     G = g.groups
     Fg, Cg = g.F // G, g.C // G
+    if algo == "lanes":  # stride 1: full correlation of padded dy with the turned weight
+        _, NF = _kernels.conv.ftile_shape(grad_y.dtype == np.float64)
+        eh, ew = (g.KH - 1) * dh, (g.KW - 1) * dw
+        HPh, WPh = g.H + eh, g.W + ew
+        if (eh - pt, ew - pl, HPh, WPh) == (0, 0, g.OH, g.OW):  # no border: dy as it is
+            gs = grad_y.reshape(-1)
+        else:  # top/left border eh - pt, ew - pl (< 0: rows/columns of dy no dx reaches)
+            gs = ws.get("gpad", g.N * g.F * HPh * WPh, grad_y.dtype)
+            _kernels.conv.pad_split(grad_y, gs, eh - pt, ew - pl, 1, 1, HPh, WPh, n_threads)
+        K = Fg * g.KH * g.KW
+        off = ws.get("off_in", K, np.intp)[:K]
+        _kernels.conv.forward_offsets(Fg, g.KH, g.KW, 1, 1, dh, dw, HPh, WPh, off)
+        ncb = -(-Cg // NF)
+        wpk = ws.get("apack_in", G * ncb * NF * K, grad_y.dtype)
+        bpk = ws.get("bpack_in", G * ncb * NF, grad_y.dtype)
+        zeros = ws.get("zeros_in", g.C, grad_y.dtype)[:g.C]
+        zeros[...] = 0
+        _kernels.conv.pack_forward_lanes(weight, zeros, wpk, bpk, G, NF, True)
+        _kernels.conv.forward_lanes(gs, wpk, bpk, off, grad_x, g.F, 1, 1, HPh, WPh, G, NF,
+                                    False, n_threads)
+        return grad_x
     MR, NR = _kernels.conv.gtile_shape(Cg, grad_y.dtype == np.float64)
     HPh, WPh = -(-(pt + g.H) // sh), -(-(pl + g.W) // sw)
     A, B = (g.KH - 1) * dh // sh, (g.KW - 1) * dw // sw
