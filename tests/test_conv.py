@@ -542,21 +542,19 @@ def test_dw_and_rows_bitwise_identical_for_1_2_3_threads(case, algo):
             assert a.tobytes() == b_.tobytes()
 
 
-def test_rows_chunks_add_in_order():
-    """A batch cut into many chunks (tiny chunk budget) equals the direct definition."""
+@pytest.mark.parametrize("algo", ["rows", "tiles"])
+def test_weight_chunks_add_in_order(algo, monkeypatch):
+    """A batch cut into many chunks (2 images each, the last one short) equals the definition;
+    by default this small batch is one chunk."""
     case = dict(N=13, C=3, H=16, W=16, F=5, KH=3, KW=3, stride=(1, 1), padding=(1, 1),
                 dilation=(1, 1), groups=1)
     x, w, _, gy = _arrays(case, np.float64, seed=24)
     g = _geom(case)
     HPh, WPh, P, _, _ = F._rows_geometry(g)
-    assert F._rows_chunk(g, P, HPh, WPh, 8) == 13  # one chunk by default
-    old = F._rows_chunk
-    F._rows_chunk = lambda *a: 2
-    try:
-        with F._force_algo("rows"):
-            dw, _ = F.conv2d_backward_weight(x, gy, (3, 3), 1, 1)
-    finally:
-        F._rows_chunk = old
+    assert F._rows_chunk(g, P, HPh, WPh, 8) == 13 and F._tiles_chunk(g, 8) == 13
+    monkeypatch.setattr(F, f"_{algo}_chunk", lambda *a: 2)
+    with F._force_algo(algo):
+        dw, _ = F.conv2d_backward_weight(x, gy, (3, 3), 1, 1)
     _close(dw, ref.conv2d_backward_weight_general_loops(x, gy, (3, 3), 1, (1, 1, 1, 1))[0],
            1e-12)
 

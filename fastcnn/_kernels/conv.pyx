@@ -20,8 +20,9 @@ One mechanism serves every shape ("phase planes" + register tiles, see ``_convti
   again a stride-1 correlation (channels and filters exchanged), with the same tiles. No product
   with a stride gap is ever formed.
 * Weight gradient: tiles of MR taps x NV vectors of filters over the output gradient laid out
-  (N, OH*OW, F), summed over fixed chunks of DW_CHUNK images (by shape, never by thread count);
-  the chunks' partial sums are then added in index order.
+  (N, OH*OW, F), summed over chunks of images whose size the caller derives from the shapes
+  (never from the thread count); the chunks' partial sums are then added in index order. Or
+  ("rows") tiles of filters x taps with the positions on the lanes: dot products along wide rows.
 * ``*_direct``: the plain definitions, leaving out every tap that reads padding or falls in a
   stride gap. They give exact IEEE semantics when a weight (or input) is inf or NaN, and are the
   test oracle's "direct" algorithm.
@@ -105,7 +106,6 @@ cdef enum:
     MAX_TILE = 32    # the largest FC_TILE of any build
     MAX_CTILE = 512  # >= MR * NV * NL of every register tile (6*2*32 with AVX-512 float32)
     TILES_PER_TASK = 4  # wide-row tiles per forward / input-gradient task
-    DW_CHUNK = 8     # images per weight-gradient chunk (a fixed size: never the thread count)
     LANES = 16       # independent partial sums in _sum
     FTILE_NP = 6     # output positions per filters-on-lanes tile (fc_ftile6x2)
 
@@ -602,18 +602,19 @@ def backward_weight(const floating[::1] xs,      # IN  phase planes (N, C, sh, s
                     floating[:, :, :, ::1] dw,   # OUT (F, Cg, KH, KW)
                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh,
                     Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t G, Py_ssize_t MR,
-                    Py_ssize_t NF, int n_threads):
+                    Py_ssize_t NF, Py_ssize_t NB, int n_threads):
     """dw[f, c, p, q] = sum_{n, i, j} dy[n, f, i, j] * xp[n, g*Cg + c, i*sh + p*dh, j*sw + q*dw].
 
-    The batch is cut into chunks of DW_CHUNK images. Tasks (chunk, group, tap block, filter
-    block) each sum their chunk into their own slot of ``part`` (register tiles of MR taps x NF
-    filters, positions in the order n, i, j); then each dw element adds its chunks in index
-    order. Both loops are race-free: every task and every f owns what it writes.
+    The batch is cut into chunks of NB images (a size the caller derives from the shapes).
+    Tasks (chunk, group, tap block, filter block) each sum their chunk into their own slot of
+    ``part`` (register tiles of MR taps x NF filters, positions in the order n, i, j); then each
+    dw element adds its chunks in index order. Both loops are race-free: every task and every f
+    owns what it writes.
     """
     cdef Py_ssize_t F = dw.shape[0], Kg = off.shape[0]
     cdef Py_ssize_t Fg = F // G, Cg = C // G
     cdef Py_ssize_t nkb = (Kg + MR - 1) // MR, nfb = (Fg + NF - 1) // NF
-    cdef Py_ssize_t n_chunks = (N + DW_CHUNK - 1) // DW_CHUNK
+    cdef Py_ssize_t n_chunks = (N + NB - 1) // NB
     cdef Py_ssize_t ldp = nfb * NF, slot = G * nkb * MR * ldp
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
     cdef Py_ssize_t task, f, k, ch, g, fl
@@ -625,7 +626,7 @@ def backward_weight(const floating[::1] xs,      # IN  phase planes (N, C, sh, s
     for task in prange(n_chunks * G * nkb * nfb, nogil=True, schedule='static',
                        num_threads=n_threads):
         _backward_weight_task(&xs[0], &gt[0], &off[0], &part[0], task, N, G, Fg, Kg, nkb, nfb,
-                              MR, NF, F, img, gsz, WPh, OH, OW, ldp, slot)
+                              MR, NF, F, img, gsz, WPh, OH, OW, ldp, slot, NB)
     # Race-free: f writes only dw[f]; chunks are added in index order.
     for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
         g = f // Fg
@@ -642,11 +643,11 @@ cdef void _backward_weight_task(const floating* xs, const floating* gt, const Py
                                 Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t nkb, Py_ssize_t nfb,
                                 Py_ssize_t MR, Py_ssize_t NF, Py_ssize_t F, Py_ssize_t img,
                                 Py_ssize_t gsz, Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW,
-                                Py_ssize_t ldp, Py_ssize_t slot) noexcept nogil:
+                                Py_ssize_t ldp, Py_ssize_t slot, Py_ssize_t NB) noexcept nogil:
     cdef Py_ssize_t xoff[12]
     cdef Py_ssize_t fb = task % nfb, kb = (task // nfb) % nkb
     cdef Py_ssize_t g = (task // (nfb * nkb)) % G, ch = task // (nfb * nkb * G)
-    cdef Py_ssize_t n0 = ch * DW_CHUNK, nn = min(<Py_ssize_t> DW_CHUNK, N - n0), o, k
+    cdef Py_ssize_t n0 = ch * NB, nn = min(NB, N - n0), o, k
     for o in range(MR):
         k = min(kb * MR + o, Kg - 1)  # a short last block repeats the last tap (discarded)
         xoff[o] = g * gsz + off[k]

@@ -377,11 +377,12 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
     P = g.OH * g.OW
     gt = ws.get("gt", g.N * P * g.F, x.dtype)
     _kernels.conv.to_pixels_major(grad_y, gt, n_threads)
-    n_chunks = -(-g.N // 8)
+    NB = _tiles_chunk(g, x.itemsize)
+    n_chunks = -(-g.N // NB)
     nkb, nfb = -(-Kg // MR), -(-Fg // NF)
     part = ws.get("part", n_chunks * G * nkb * MR * nfb * NF, x.dtype)
     _kernels.conv.backward_weight(xs, gt, off, part, grad_w, g.N, g.C, sh, sw, HPh, WPh, g.OH,
-                                  g.OW, G, MR, NF, n_threads)
+                                  g.OW, G, MR, NF, NB, n_threads)
     return grad_w, grad_b
 
 
@@ -468,6 +469,14 @@ def _weight_algo(g, x, grad_y):
     if _dw_ok(g, "weight"):
         return "dw"
     return "rows" if _rows_wins(g) else "tiles"
+
+
+def _tiles_chunk(g, itemsize):
+    """Images per chunk of the filters-on-lanes weight gradient, by shape only: at least 8, and
+    more while one chunk's transposed dy stays within 256 KiB, so that shapes with small planes
+    and many weights (3x3 64->128 @4) run fewer, longer tasks and add fewer partial sums."""
+    per_image = g.OH * g.OW * g.F * itemsize
+    return max(8, min(g.N, (256 << 10) // per_image))
 
 
 def _rows_chunk(g, P, HPh, WPh, itemsize):
