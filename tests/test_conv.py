@@ -429,3 +429,189 @@ def test_sequential_fusion_is_bitwise_equal_to_the_layers():
     assert back.tobytes() == dx.tobytes()
     for layer, gw in zip((layers[0], layers[3]), grads):
         assert layer.grads["weight"].tobytes() == gw.tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Depthwise kernels (dwconv.pyx) and the positions-on-lanes weight gradient ("rows")
+# ---------------------------------------------------------------------------------------------
+
+def _dw_case(seed):
+    """A random depthwise convolution (groups == C, channel multiplier 1-3)."""
+    rng = np.random.default_rng(100 + seed)
+    C = int(rng.integers(2, 6))
+    KH, KW = int(rng.integers(1, 6)), int(rng.integers(1, 6))
+    dh, dw = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    stride = (int(rng.integers(1, 4)), int(rng.integers(1, 3)))
+    if rng.random() < 0.4:
+        stride = (1, 1)
+    padding = (int(rng.integers(0, 4)), int(rng.integers(0, 3)))
+    H = max(dh * (KH - 1) + 1 - 2 * padding[0], 1) + int(rng.integers(0, 12))
+    W = max(dw * (KW - 1) + 1 - 2 * padding[1], 1) + int(rng.integers(0, 12))
+    return dict(N=int(rng.choice([0, 1, 2, 3])), C=C, H=H, W=W, F=C * int(rng.integers(1, 4)),
+                KH=KH, KW=KW, stride=stride, padding=padding, dilation=(dh, dw), groups=C)
+
+
+DW_CASES = [_dw_case(s) for s in range(16)] + [
+    dict(N=3, C=32, H=14, W=14, F=32, KH=3, KW=3, stride=(1, 1), padding=(1, 1),
+         dilation=(1, 1), groups=32),  # the suite's shape, smaller batch
+    dict(N=2, C=3, H=9, W=17, F=6, KH=3, KW=3, stride=(1, 1), padding="same", dilation=(2, 3),
+         groups=3),
+    dict(N=1, C=2, H=5, W=4, F=2, KH=1, KW=1, stride=(1, 1), padding=(0, 0), dilation=(1, 1),
+         groups=2),
+    dict(N=2, C=4, H=13, W=11, F=12, KH=5, KW=3, stride=(2, 2), padding=(2, 1),
+         dilation=(1, 1), groups=4),
+    dict(N=2, C=2, H=7, W=7, F=2, KH=3, KW=3, stride=(1, 1), padding=(5, 0), dilation=(1, 1),
+         groups=2),  # padding wider than the kernel: whole rows of padding only
+    dict(N=0, C=3, H=6, W=6, F=3, KH=3, KW=3, stride=(1, 1), padding=(1, 1), dilation=(1, 1),
+         groups=3),
+]
+
+
+def _geom(case):
+    return F._geometry((case["N"], case["C"], case["H"], case["W"]),
+                       (case["F"], case["C"] // case["groups"], case["KH"], case["KW"]),
+                       *_args(case))
+
+
+@pytest.mark.parametrize("algo", ["dw", "auto"])
+@pytest.mark.parametrize("case", DW_CASES, ids=_ids(DW_CASES))
+def test_depthwise_matches_torch_float64(case, algo):
+    torch = pytest.importorskip("torch")
+    g = _geom(case)
+    assert F._dw_ok(g, "forward") and F._dw_ok(g, "weight")  # the cases run the dw kernels
+    x, w, b, gy = _arrays(case, np.float64, seed=20)
+    s, p, d, G = _args(case)
+    tx, tw, tb = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    ty = torch.nn.functional.conv2d(tx, tw, tb, s, p, d, G)
+    ty.backward(torch.tensor(gy))
+    with _algo(algo):
+        y = F.conv2d(x, w, b, s, p, d, G)
+        dx = F.conv2d_backward_input(gy, w, x.shape[2:], s, p, d, G)
+        dw, db = F.conv2d_backward_weight(x, gy, w.shape[2:], s, p, d, G)
+    _close(y, ty.detach().numpy(), 1e-10)
+    _close(dx, tx.grad.numpy(), 1e-10)
+    _close(dw, tw.grad.numpy(), 1e-10)
+    _close(db, tb.grad.numpy(), 1e-10)
+
+
+@pytest.mark.parametrize("algo", ["dw", "rows"])
+@pytest.mark.parametrize("case", DW_CASES[:10] + FIXED + CASES[:10],
+                         ids=_ids(DW_CASES[:10] + FIXED + CASES[:10]))
+def test_dw_and_rows_float32_match_the_loop_twin(case, algo):
+    x, w, b, gy = _arrays(case, np.float32, seed=21)
+    s, p, d, G = _args(case)
+    pad4 = _pad4(case)
+    x64, w64, b64, g64 = (a.astype(np.float64) for a in (x, w, b, gy))
+    with F._force_algo(algo):
+        y = F.conv2d(x, w, b, s, p, d, G)
+        dx = F.conv2d_backward_input(gy, w, x.shape[2:], s, p, d, G)
+        dw, db = F.conv2d_backward_weight(x, gy, w.shape[2:], s, p, d, G)
+    _close(y, ref.conv2d_general_loops(x64, w64, b64, s, pad4, d, G), 1e-5)
+    _close(dx, ref.conv2d_backward_input_general_loops(g64, w64, x.shape[2:], s, pad4, d, G),
+           1e-5)
+    rdw, rdb = ref.conv2d_backward_weight_general_loops(x64, g64, w.shape[2:], s, pad4, d, G)
+    _close(dw, rdw, 1e-5)
+    _close(db, rdb, 1e-5)
+
+
+@pytest.mark.parametrize("case", CASES + FIXED, ids=_ids(CASES + FIXED))
+def test_rows_weight_gradient_matches_torch_float64(case):
+    torch = pytest.importorskip("torch")
+    x, w, b, gy = _arrays(case, np.float64, seed=22)
+    s, p, d, G = _args(case)
+    tx, tw = torch.tensor(x), torch.tensor(w, requires_grad=True)
+    torch.nn.functional.conv2d(tx, tw, None, s, p, d, G).backward(torch.tensor(gy))
+    with F._force_algo("rows"):
+        dw, _ = F.conv2d_backward_weight(x, gy, w.shape[2:], s, p, d, G)
+    _close(dw, tw.grad.numpy(), 1e-10)
+
+
+@pytest.mark.parametrize("algo", ["dw", "rows", "auto"])
+@pytest.mark.parametrize("case", DW_CASES[16:20] + FIXED[:4],
+                         ids=_ids(DW_CASES[16:20] + FIXED[:4]))
+def test_dw_and_rows_bitwise_identical_for_1_2_3_threads(case, algo):
+    case = dict(case, N=11)  # several images per chunk and per thread
+    x, w, b, gy = _arrays(case, np.float32, seed=23)
+    s, p, d, G = _args(case)
+    results = []
+    try:
+        for k in (1, 2, 3):
+            fastcnn.set_num_threads(k)
+            with _algo(algo):
+                results.append((F.conv2d(x, w, b, s, p, d, G),
+                                F.conv2d_backward_input(gy, w, x.shape[2:], s, p, d, G),
+                                *F.conv2d_backward_weight(x, gy, w.shape[2:], s, p, d, G)))
+    finally:
+        fastcnn.set_num_threads(None)
+    for other in results[1:]:
+        for a, b_ in zip(results[0], other):
+            assert a.tobytes() == b_.tobytes()
+
+
+@pytest.mark.parametrize("algo", ["rows", "tiles"])
+def test_weight_chunks_add_in_order(algo, monkeypatch):
+    """A batch cut into many chunks (2 images each, the last one short) equals the definition;
+    by default this small batch is one chunk."""
+    case = dict(N=13, C=3, H=16, W=16, F=5, KH=3, KW=3, stride=(1, 1), padding=(1, 1),
+                dilation=(1, 1), groups=1)
+    x, w, _, gy = _arrays(case, np.float64, seed=24)
+    g = _geom(case)
+    HPh, WPh, P, _, _ = F._rows_geometry(g)
+    assert F._rows_chunk(g, P, HPh, WPh, 8) == 13 and F._tiles_chunk(g, 8) == 13
+    monkeypatch.setattr(F, f"_{algo}_chunk", lambda *a: 2)
+    with F._force_algo(algo):
+        dw, _ = F.conv2d_backward_weight(x, gy, (3, 3), 1, 1)
+    _close(dw, ref.conv2d_backward_weight_general_loops(x, gy, (3, 3), 1, (1, 1, 1, 1))[0],
+           1e-12)
+
+
+@pytest.mark.parametrize("groups", [1, 4], ids=["rows", "dw"])
+def test_weight_gradient_with_inf_or_nan_input_is_exact(groups):
+    """The dw, rows and tiles kernels multiply padding / gap zeros with real values; an inf or
+    NaN in x or dy sends the call to the direct definition (only real products)."""
+    rng = np.random.default_rng(25)
+    x = rng.standard_normal((2, 2 if groups == 1 else 4, 12, 12))
+    gy = rng.standard_normal((2, 4, 12, 12))
+    g = F._geometry(x.shape, (4, x.shape[1] // groups, 3, 3), 1, 1, 1, groups)
+    assert F._weight_algo(g, x, gy) == ("dw" if groups == 4 else "rows")
+    x[0, 1, 0, 11] = np.inf  # read by some taps only
+    gy[1, 2, 11, 0] = np.nan  # its left taps read padding
+    assert F._weight_algo(g, x, gy) == "direct"
+    dw, _ = F.conv2d_backward_weight(x, gy, 3, 1, 1, 1, groups)
+    with F._force_algo("direct"):
+        ref_dw, _ = F.conv2d_backward_weight(x, gy, 3, 1, 1, 1, groups)
+    assert np.isnan(ref_dw).any() and not np.isnan(ref_dw).all()
+    assert dw.tobytes() == ref_dw.tobytes()
+
+
+def test_depthwise_inf_weight_takes_the_general_kernels():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(26)
+    w = rng.standard_normal((3, 1, 3, 3))
+    w[1, 0, 0, 0] = np.inf
+    g = F._geometry((2, 3, 6, 6), w.shape, 1, 1, 1, 3)
+    assert not F._use_dw(g, "input", w) and F._dw_ok(g, "input")
+    gy = rng.standard_normal((2, 3, 6, 6))
+    dx = F.conv2d_backward_input(gy, w, (6, 6), 1, 1, 1, 3)
+    tx = torch.zeros((2, 3, 6, 6), dtype=torch.float64, requires_grad=True)
+    torch.nn.functional.conv2d(tx, torch.tensor(w), None, 1, 1, 1, 3).backward(torch.tensor(gy))
+    np.testing.assert_array_equal(np.isnan(dx), np.isnan(tx.grad.numpy()))
+
+
+def test_depthwise_routing():
+    """Shapes the dw kernels leave to the general ones: one channel, strided input gradient,
+    planes larger than their buffer, kernels with more than DWK taps."""
+    buf, max_taps, _ = fastcnn._kernels.dwconv.limits()
+    assert not F._dw_ok(F._geometry((1, 1, 8, 8), (4, 1, 3, 3), 1, 1, 1, 1), "forward")
+    strided = F._geometry((1, 4, 8, 8), (4, 1, 3, 3), 2, 1, 1, 4)
+    assert F._dw_ok(strided, "forward") and not F._dw_ok(strided, "input")
+    side = int(buf ** 0.5) + 1
+    assert not F._dw_ok(F._geometry((1, 2, side, side), (2, 1, 3, 3), 1, 1, 1, 2), "weight")
+    k = int(max_taps ** 0.5) + 1
+    assert not F._dw_ok(F._geometry((1, 2, 20, 20), (2, 1, k, k), 1, 0, 1, 2), "forward")
+    # a plane too large for the buffer still gives the right answer (general kernels)
+    x = np.random.default_rng(27).standard_normal((1, 2, side, side))
+    w = np.random.default_rng(28).standard_normal((2, 1, 3, 3))
+    with F._force_algo("dw"):
+        y = F.conv2d(x, w, None, 1, 1, 1, 2)
+    _close(y, ref.conv2d_general_loops(x, w, None, 1, (1, 1, 1, 1), 1, 2), 1e-12)

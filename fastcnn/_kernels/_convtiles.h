@@ -35,8 +35,8 @@
 
 typedef float fc_gvf __attribute__((vector_size(FC_VB)));
 typedef double fc_gvd __attribute__((vector_size(FC_VB)));
-typedef int fc_gvfi __attribute__((vector_size(FC_VB)));
-typedef long long fc_gvdi __attribute__((vector_size(FC_VB)));
+typedef int fc_gvfi __attribute__((vector_size(FC_VB)));        /* lanes of fc_gvf as integers */
+typedef long long fc_gvdi __attribute__((vector_size(FC_VB)));  /* lanes of fc_gvd as integers */
 #define FC_NL_F (FC_VB / 4)
 #define FC_NL_D (FC_VB / 8)
 
@@ -205,6 +205,69 @@ static inline void fc_flanes##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *pos
         for (int u = (int)u0; u < NP; u++) y[l * plane + u - u0] = ct[u][l];                          \
 }
 
+/* fc_rtile{MF}x{MK}: MF filters x MK taps with the output positions on the vector lanes, for the
+ * weight gradient over "wide rows" (positions t = i*WPh + j of a phase plane; the output gradient
+ * holds zeros at the columns j >= OW),
+ *
+ *     c[a*ldc + b] = sum_{n<N} sum_{t<P} g[n*g_img + goff[a] + t] * x[n*x_img + xoff[b] + t]
+ *
+ *   Lane l of a vector accumulator sums t = l (mod NL), n then t in order. The last partial
+ *   vector of a row (P % NL positions) is loaded whole and both operands are masked to 0 past
+ *   P, so the extra lanes add 0 * 0 whatever memory holds there (it must be readable: up to
+ *   NL - 1 elements past each row); with last_exact, the last image's trailing positions are
+ *   instead read one by one into a scalar sum (no read past P: the end of the caller's array).
+ *   Then c = ((lane 0 + lane 1) + ...) + scalar. */
+#define FC_DEFINE_RTILE(MF, MK, SUF, T, V, VI, LOAD, STORE, NL)                                 \
+static inline void fc_rtile##MF##x##MK##_##SUF(const T *g, ptrdiff_t g_img, const ptrdiff_t *goff, \
+                                               const T *x, ptrdiff_t x_img,                     \
+                                               const ptrdiff_t *xoff, ptrdiff_t N, ptrdiff_t P, \
+                                               int last_exact, T *c, ptrdiff_t ldc)             \
+{                                                                                                \
+    V acc[MF][MK];                                                                               \
+    T sacc[MF][MK];                                                                              \
+    ptrdiff_t PV = P - P % NL;                                                                   \
+    VI mask;                                                                                     \
+    for (int l = 0; l < NL; l++) mask[l] = l < P % NL ? -1 : 0;                                  \
+    for (int a = 0; a < MF; a++)                                                                 \
+        for (int b = 0; b < MK; b++) { acc[a][b] = (V){0}; sacc[a][b] = 0; }                     \
+    for (ptrdiff_t n = 0; n < N; n++) {                                                          \
+        const T *gr[MF], *xr[MK];                                                                \
+        for (int a = 0; a < MF; a++) gr[a] = g + n * g_img + goff[a];                            \
+        for (int b = 0; b < MK; b++) xr[b] = x + n * x_img + xoff[b];                            \
+        for (ptrdiff_t t = 0; t < PV; t += NL) {                                                 \
+            V xv[MK];                                                                            \
+            for (int b = 0; b < MK; b++) xv[b] = LOAD(xr[b] + t);                                \
+            for (int a = 0; a < MF; a++) {                                                       \
+                V gv = LOAD(gr[a] + t);                                                          \
+                for (int b = 0; b < MK; b++) acc[a][b] += gv * xv[b];                            \
+            }                                                                                    \
+        }                                                                                        \
+        if (PV == P) continue;                                                                   \
+        if (last_exact && n == N - 1) {                                                          \
+            for (ptrdiff_t t = PV; t < P; t++)                                                   \
+                for (int a = 0; a < MF; a++)                                                     \
+                    for (int b = 0; b < MK; b++) sacc[a][b] += gr[a][t] * xr[b][t];              \
+        } else {                                                                                 \
+            V xv[MK];                                                                            \
+            for (int b = 0; b < MK; b++) xv[b] = (V)((VI)LOAD(xr[b] + PV) & mask);               \
+            for (int a = 0; a < MF; a++) {                                                       \
+                V gv = (V)((VI)LOAD(gr[a] + PV) & mask);                                         \
+                for (int b = 0; b < MK; b++) acc[a][b] += gv * xv[b];                            \
+            }                                                                                    \
+        }                                                                                        \
+    }                                                                                            \
+    for (int a = 0; a < MF; a++)                                                                 \
+        for (int b = 0; b < MK; b++) {                                                           \
+            T s = 0;                                                                             \
+            for (int l = 0; l < NL; l++) s += acc[a][b][l];                                      \
+            c[a * ldc + b] = s + sacc[a][b];                                                     \
+        }                                                                                        \
+}
+
+#define FC_BOTH_R(MF, MK)                                                                        \
+    FC_DEFINE_RTILE(MF, MK, f, float, fc_gvf, fc_gvfi, fc_gload_f, fc_gstore_f, FC_NL_F)        \
+    FC_DEFINE_RTILE(MF, MK, d, double, fc_gvd, fc_gvdi, fc_gload_d, fc_gstore_d, FC_NL_D)
+
 #define FC_BOTH(M, MR, NV)                                                                       \
     M(MR, NV, f, float, fc_gvf, fc_gload_f, fc_gstore_f, FC_NL_F)                                \
     M(MR, NV, d, double, fc_gvd, fc_gload_d, fc_gstore_d, FC_NL_D)
@@ -217,5 +280,9 @@ FC_BOTH(FC_DEFINE_WTILE, 6, 2)
 FC_BOTH(FC_DEFINE_WTILE, 12, 1)
 FC_DEFINE_FLANES(6, 2, f, float, fc_gvf, fc_gload_f, fc_gstore_f, FC_NL_F, fc_gvfi)
 FC_DEFINE_FLANES(6, 2, d, double, fc_gvd, fc_gload_d, fc_gstore_d, FC_NL_D, fc_gvdi)
+FC_BOTH_R(4, 3)
+FC_BOTH_R(2, 6)
+FC_BOTH_R(1, 12)
+FC_BOTH_R(1, 9)
 
 #endif

@@ -26,8 +26,9 @@ One mechanism serves every shape ("phase planes" + register tiles, see ``_convti
   again a stride-1 correlation (channels and filters exchanged), with the same tiles. No product
   with a stride gap is ever formed.
 * Weight gradient: tiles of MR taps x NV vectors of filters over the output gradient laid out
-  (N, OH*OW, F), summed over fixed chunks of DW_CHUNK images (by shape, never by thread count);
-  the chunks' partial sums are then added in index order.
+  (N, OH*OW, F), summed over chunks of images whose size the caller derives from the shapes
+  (never from the thread count); the chunks' partial sums are then added in index order. Or
+  ("rows") tiles of filters x taps with the positions on the lanes: dot products along wide rows.
 * ``*_direct``: the plain definitions, leaving out every tap that reads padding or falls in a
   stride gap. They give exact IEEE semantics when a weight (or input) is inf or NaN, and are the
   test oracle's "direct" algorithm.
@@ -81,6 +82,24 @@ cdef extern from "_convtiles.h" nogil:
                         const double*, const double*, int, Py_ssize_t, Py_ssize_t, double*,
                         Py_ssize_t)
 
+cdef extern from "_convtiles.h" nogil:
+    void fc_rtile4x3_f(const float*, Py_ssize_t, const Py_ssize_t*, const float*, Py_ssize_t,
+                       const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, float*, Py_ssize_t)
+    void fc_rtile2x6_f(const float*, Py_ssize_t, const Py_ssize_t*, const float*, Py_ssize_t,
+                       const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, float*, Py_ssize_t)
+    void fc_rtile1x12_f(const float*, Py_ssize_t, const Py_ssize_t*, const float*, Py_ssize_t,
+                        const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, float*, Py_ssize_t)
+    void fc_rtile1x9_f(const float*, Py_ssize_t, const Py_ssize_t*, const float*, Py_ssize_t,
+                       const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, float*, Py_ssize_t)
+    void fc_rtile4x3_d(const double*, Py_ssize_t, const Py_ssize_t*, const double*, Py_ssize_t,
+                       const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, double*, Py_ssize_t)
+    void fc_rtile2x6_d(const double*, Py_ssize_t, const Py_ssize_t*, const double*, Py_ssize_t,
+                       const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, double*, Py_ssize_t)
+    void fc_rtile1x12_d(const double*, Py_ssize_t, const Py_ssize_t*, const double*, Py_ssize_t,
+                        const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, double*, Py_ssize_t)
+    void fc_rtile1x9_d(const double*, Py_ssize_t, const Py_ssize_t*, const double*, Py_ssize_t,
+                       const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, double*, Py_ssize_t)
+
 cdef extern from "_microkernels.h" nogil:
     const int FC_TILE_F  # output positions per tile of the matrix product, float32
     const int FC_TILE_D
@@ -97,7 +116,6 @@ cdef enum:
     MAX_TILE = 32    # the largest FC_TILE of any build
     MAX_CTILE = 512  # >= MR * NV * NL of every register tile (6*2*32 with AVX-512 float32)
     TILES_PER_TASK = 4  # wide-row tiles per forward / input-gradient task
-    DW_CHUNK = 8     # images per weight-gradient chunk (a fixed size: never the thread count)
     LANES = 16       # independent partial sums in _sum
     FTILE_NP = 6     # output positions per filters-on-lanes tile (fc_flanes6x2)
     LANE_TILES = 4   # filters-on-lanes tiles per task
@@ -632,18 +650,19 @@ def backward_weight(const floating[::1] xs,      # IN  phase planes (N, C, sh, s
                     floating[:, :, :, ::1] dw,   # OUT (F, Cg, KH, KW)
                     Py_ssize_t N, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh,
                     Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t G, Py_ssize_t MR,
-                    Py_ssize_t NF, int n_threads):
+                    Py_ssize_t NF, Py_ssize_t NB, int n_threads):
     """dw[f, c, p, q] = sum_{n, i, j} dy[n, f, i, j] * xp[n, g*Cg + c, i*sh + p*dh, j*sw + q*dw].
 
-    The batch is cut into chunks of DW_CHUNK images. Tasks (chunk, group, tap block, filter
-    block) each sum their chunk into their own slot of ``part`` (register tiles of MR taps x NF
-    filters, positions in the order n, i, j); then each dw element adds its chunks in index
-    order. Both loops are race-free: every task and every f owns what it writes.
+    The batch is cut into chunks of NB images (a size the caller derives from the shapes).
+    Tasks (chunk, group, tap block, filter block) each sum their chunk into their own slot of
+    ``part`` (register tiles of MR taps x NF filters, positions in the order n, i, j); then each
+    dw element adds its chunks in index order. Both loops are race-free: every task and every f
+    owns what it writes.
     """
     cdef Py_ssize_t F = dw.shape[0], Kg = off.shape[0]
     cdef Py_ssize_t Fg = F // G, Cg = C // G
     cdef Py_ssize_t nkb = (Kg + MR - 1) // MR, nfb = (Fg + NF - 1) // NF
-    cdef Py_ssize_t n_chunks = (N + DW_CHUNK - 1) // DW_CHUNK
+    cdef Py_ssize_t n_chunks = (N + NB - 1) // NB
     cdef Py_ssize_t ldp = nfb * NF, slot = G * nkb * MR * ldp
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
     cdef Py_ssize_t task, f, k, ch, g, fl
@@ -655,7 +674,7 @@ def backward_weight(const floating[::1] xs,      # IN  phase planes (N, C, sh, s
     for task in prange(n_chunks * G * nkb * nfb, nogil=True, schedule='static',
                        num_threads=n_threads):
         _backward_weight_task(&xs[0], &gt[0], &off[0], &part[0], task, N, G, Fg, Kg, nkb, nfb,
-                              MR, NF, F, img, gsz, WPh, OH, OW, ldp, slot)
+                              MR, NF, F, img, gsz, WPh, OH, OW, ldp, slot, NB)
     # Race-free: f writes only dw[f]; chunks are added in index order.
     for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
         g = f // Fg
@@ -672,17 +691,153 @@ cdef void _backward_weight_task(const floating* xs, const floating* gt, const Py
                                 Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t nkb, Py_ssize_t nfb,
                                 Py_ssize_t MR, Py_ssize_t NF, Py_ssize_t F, Py_ssize_t img,
                                 Py_ssize_t gsz, Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW,
-                                Py_ssize_t ldp, Py_ssize_t slot) noexcept nogil:
+                                Py_ssize_t ldp, Py_ssize_t slot, Py_ssize_t NB) noexcept nogil:
     cdef Py_ssize_t xoff[12]
     cdef Py_ssize_t fb = task % nfb, kb = (task // nfb) % nkb
     cdef Py_ssize_t g = (task // (nfb * nkb)) % G, ch = task // (nfb * nkb * G)
-    cdef Py_ssize_t n0 = ch * DW_CHUNK, nn = min(<Py_ssize_t> DW_CHUNK, N - n0), o, k
+    cdef Py_ssize_t n0 = ch * NB, nn = min(NB, N - n0), o, k
     for o in range(MR):
         k = min(kb * MR + o, Kg - 1)  # a short last block repeats the last tap (discarded)
         xoff[o] = g * gsz + off[k]
     _wtile(MR, xs + n0 * img, img, xoff, WPh, gt + n0 * OH * OW * F + g * Fg + fb * NF,
            OH * OW * F, F, nn, OH, OW,
            part + ch * slot + (g * nkb + kb) * MR * ldp + fb * NF, ldp)
+
+
+# ---------------------------------------------------------------------------------------------
+# Weight gradient with the output positions on the vector lanes ("rows")
+# ---------------------------------------------------------------------------------------------
+
+def rtile_shape(Py_ssize_t Fg, Py_ssize_t Kg):
+    """(MF filters, MK taps) of the positions-on-lanes weight-gradient tile for Fg filters per
+    group and Kg taps: 4x3 from three filters up, 2x6 for two, and one filter against 9 or 12
+    taps (whichever recomputes fewer clamped taps; 12 on ties)."""
+    if Fg >= 3:
+        return 4, 3
+    if Fg == 2:
+        return 2, 6
+    return (1, 9) if (Kg + 8) // 9 * 9 < (Kg + 11) // 12 * 12 else (1, 12)
+
+
+cdef inline void _rtile(Py_ssize_t mf, Py_ssize_t mk, const floating* g, Py_ssize_t g_img,
+                        const Py_ssize_t* goff, const floating* x, Py_ssize_t x_img,
+                        const Py_ssize_t* xoff, Py_ssize_t N, Py_ssize_t P, int last_exact,
+                        floating* c, Py_ssize_t ldc) noexcept nogil:
+    if floating is float:
+        if mf == 4:
+            fc_rtile4x3_f(g, g_img, goff, x, x_img, xoff, N, P, last_exact, c, ldc)
+        elif mf == 2:
+            fc_rtile2x6_f(g, g_img, goff, x, x_img, xoff, N, P, last_exact, c, ldc)
+        elif mk == 9:
+            fc_rtile1x9_f(g, g_img, goff, x, x_img, xoff, N, P, last_exact, c, ldc)
+        else:
+            fc_rtile1x12_f(g, g_img, goff, x, x_img, xoff, N, P, last_exact, c, ldc)
+    else:
+        if mf == 4:
+            fc_rtile4x3_d(g, g_img, goff, x, x_img, xoff, N, P, last_exact, c, ldc)
+        elif mf == 2:
+            fc_rtile2x6_d(g, g_img, goff, x, x_img, xoff, N, P, last_exact, c, ldc)
+        elif mk == 9:
+            fc_rtile1x9_d(g, g_img, goff, x, x_img, xoff, N, P, last_exact, c, ldc)
+        else:
+            fc_rtile1x12_d(g, g_img, goff, x, x_img, xoff, N, P, last_exact, c, ldc)
+
+
+def wlanes(bint is_double):
+    """Lanes per vector of the register tiles (float32 or float64) in this build."""
+    return FC_NL_D if is_double else FC_NL_F
+
+
+def to_wide_rows(const floating[:, :, :, ::1] g,  # IN  (N, F, OH, OW)
+                 floating[::1] out,               # OUT (N, F, Pg)
+                 Py_ssize_t WPh, Py_ssize_t Pg, int n_threads):
+    """out[n, f, i*WPh + j] = g[n, f, i, j] for j < OW; 0 at the other positions < Pg
+    (WPh >= OW, Pg >= (OH-1)*WPh + OW). Parallel over (n, f)."""
+    cdef Py_ssize_t N = g.shape[0], F = g.shape[1], OH = g.shape[2], OW = g.shape[3]
+    cdef Py_ssize_t P = (OH - 1) * WPh + OW, nf, i, j
+    cdef const floating* s
+    cdef floating* d
+    # Race-free: (n, f) writes only out[n, f].
+    for nf in prange(N * F, nogil=True, schedule='static', num_threads=n_threads):
+        s = &g[nf // F, nf % F, 0, 0]
+        d = &out[nf * Pg]
+        for i in range(OH):
+            for j in range(OW):
+                d[i * WPh + j] = s[i * OW + j]
+            if i < OH - 1:
+                for j in range(OW, WPh):
+                    d[i * WPh + j] = 0
+        for j in range(P, Pg):
+            d[j] = 0
+
+
+def backward_weight_rows(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, HPh, WPh)
+                         const floating[::1] gw,     # IN  dy on wide rows (N, F, Pg)
+                         const Py_ssize_t[::1] off,  # IN  tap offsets (forward_offsets)
+                         floating[::1] part,         # OUT scratch (n_chunks, F, Kg), n_chunks > 1
+                         floating[:, :, :, ::1] dw,  # OUT (F, Cg, KH, KW)
+                         Py_ssize_t N, Py_ssize_t img, Py_ssize_t Pg, Py_ssize_t P,
+                         Py_ssize_t G, Py_ssize_t MF, Py_ssize_t MK, Py_ssize_t NB,
+                         int n_threads):
+    """dw[f, c, p, q] = sum_{n, t} gw[n, f, t] * xs[n, g*Cg + c's planes, off[(c, p, q)] + t]
+    over the P wide-row positions t = i*WPh + j (gw is 0 at the columns j >= OW, whose products
+    are dropped this way): the weight gradient as dot products along the phase planes.
+
+    ``img`` is the size of one image's phase planes, ``Pg`` the distance between two planes of
+    gw (P, or OH*OW when dy is used as it is). The batch is cut into chunks of NB images (a
+    size fixed by the shapes). Tasks (chunk, group, filter block, tap block) each own one
+    register tile (fc_rtile, MF filters x MK taps) of their chunk's partial sum; the chunks are
+    then added in index order. Both loops are race-free: every task and every f owns what it
+    writes.
+    """
+    cdef Py_ssize_t F = dw.shape[0], Kg = off.shape[0], Fg = F // G
+    cdef Py_ssize_t nkb = (Kg + MK - 1) // MK, nfb = (Fg + MF - 1) // MF
+    cdef Py_ssize_t n_chunks = (N + NB - 1) // NB, task, f, k, ch
+    cdef floating s
+    cdef floating* dst
+    if N == 0:
+        dw[...] = 0
+        return
+    dst = &dw[0, 0, 0, 0] if n_chunks == 1 else &part[0]
+    # Race-free: task writes only its (chunk, f block, k block) tile of part (or dw).
+    for task in prange(n_chunks * G * nfb * nkb, nogil=True, schedule='static',
+                       num_threads=n_threads):
+        _rows_task(&xs[0], &gw[0], &off[0], dst, task, N, img, Pg, P, G, Fg, Kg, nfb, nkb,
+                   MF, MK, NB)
+    if n_chunks == 1:
+        return
+    # Race-free: f writes only dw[f]; chunks are added in index order.
+    for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
+        for k in range(Kg):
+            s = 0
+            for ch in range(n_chunks):
+                s = s + part[(ch * F + f) * Kg + k]
+            (&dw[f, 0, 0, 0])[k] = s
+
+
+cdef void _rows_task(const floating* xs, const floating* gw, const Py_ssize_t* off,
+                     floating* dst, Py_ssize_t task, Py_ssize_t N, Py_ssize_t img,
+                     Py_ssize_t Pg, Py_ssize_t P, Py_ssize_t G, Py_ssize_t Fg, Py_ssize_t Kg,
+                     Py_ssize_t nfb, Py_ssize_t nkb, Py_ssize_t MF, Py_ssize_t MK,
+                     Py_ssize_t NB) noexcept nogil:
+    cdef Py_ssize_t goff[12]
+    cdef Py_ssize_t xoff[12]
+    cdef floating ct[48]
+    cdef Py_ssize_t kb = task % nkb, fb = (task // nkb) % nfb
+    cdef Py_ssize_t g = (task // (nkb * nfb)) % G, ch = task // (nkb * nfb * G)
+    cdef Py_ssize_t F = G * Fg, n0 = ch * NB, nn = min(NB, N - n0), a, b
+    cdef Py_ssize_t nf = min(MF, Fg - fb * MF), nk = min(MK, Kg - kb * MK)
+    cdef floating* d = dst + (ch * F + g * Fg + fb * MF) * Kg + kb * MK
+    # A short last block repeats its last filter / tap (real data; the copies are discarded).
+    for a in range(MF):
+        goff[a] = (g * Fg + min(fb * MF + a, Fg - 1)) * Pg
+    for b in range(MK):
+        xoff[b] = g * (img // G) + off[min(kb * MK + b, Kg - 1)]
+    _rtile(MF, MK, gw + n0 * F * Pg, F * Pg, goff, xs + n0 * img, img, xoff, nn, P,
+           n0 + nn == N, ct, MK)
+    for a in range(nf):
+        for b in range(nk):
+            d[a * Kg + b] = ct[a * MK + b]
 
 
 cdef inline floating _sum(const floating* a, Py_ssize_t n) noexcept nogil:

@@ -46,7 +46,7 @@ __all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_
 
 _LIMIT = 2 ** 31  # largest plane (elements) and hyper-parameter accepted
 _SLACK = 256      # elements after each scratch buffer: the last tile's vector loads stay inside
-_ALGOS = ("tiles", "lanes", "direct", "matmul")
+_ALGOS = ("tiles", "lanes", "direct", "matmul", "rows", "dw")
 _forced = None
 
 
@@ -193,6 +193,8 @@ def _algo(g, kind, weight=None):
         if (_forced == "matmul" and not g.covers_input()
                 or _forced == "lanes" and not _lanes_ok(g, kind)):
             return "tiles"
+        if _forced == "rows" and kind != "weight" or _forced == "dw" and not _dw_ok(g, kind):
+            return "tiles"
         return _forced
     if g.covers_input():
         return "matmul"
@@ -271,6 +273,8 @@ def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None):
         bias = np.zeros(g.F, dtype=x.dtype)
     if g.N == 0:
         return y
+    if _use_dw(g, "forward", weight):
+        return _dw_forward(x, weight, bias, y, g, relu, n_threads)
     algo = _algo(g, "forward", weight)
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
@@ -320,6 +324,8 @@ def _conv2d_backward_input_into(grad_y, weight, grad_x, g, ws=None):
     n_threads = get_num_threads()
     if g.N == 0:
         return grad_x
+    if _use_dw(g, "input", weight):
+        return _dw_backward_input(grad_y, weight, grad_x, g, n_threads)
     algo = _algo(g, "input", weight)
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
@@ -376,7 +382,7 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
     None: not computed)."""
     ws = ws if ws is not None else _Workspace()
     n_threads = get_num_threads()
-    algo = _algo(g, "weight")
+    algo = _weight_algo(g, x, grad_y)
     if grad_b is not None:
         if g.N == 0:
             grad_b[...] = 0
@@ -397,6 +403,14 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
         _kernels.conv.backward_weight_direct(x, grad_y, grad_w, sh, sw, pt, pl, dh, dw,
                                              g.groups, n_threads)
         return grad_w, grad_b
+    if algo == "rows":
+        _backward_weight_rows(x, grad_y, grad_w, g, ws, n_threads)
+        return grad_w, grad_b
+    if algo == "dw":
+        HPh, WPh = _phase_sizes(g)
+        _kernels.dwconv.backward_weight(x, grad_y, grad_w, sh, sw, pt, pl, dh, dw, HPh, WPh,
+                                        n_threads)
+        return grad_w, grad_b
     G = g.groups
     Fg, Cg = g.F // G, g.C // G
     MR, NF = _kernels.conv.wtile_shape(Fg, x.dtype == np.float64)
@@ -410,12 +424,141 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
     P = g.OH * g.OW
     gt = ws.get("gt", g.N * P * g.F, x.dtype)
     _kernels.conv.to_pixels_major(grad_y, gt, n_threads)
-    n_chunks = -(-g.N // 8)
+    NB = _tiles_chunk(g, x.itemsize)
+    n_chunks = -(-g.N // NB)
     nkb, nfb = -(-Kg // MR), -(-Fg // NF)
     part = ws.get("part", n_chunks * G * nkb * MR * nfb * NF, x.dtype)
     _kernels.conv.backward_weight(xs, gt, off, part, grad_w, g.N, g.C, sh, sw, HPh, WPh, g.OH,
-                                  g.OW, G, MR, NF, n_threads)
+                                  g.OW, G, MR, NF, NB, n_threads)
     return grad_w, grad_b
+
+
+def _dw_ok(g, kind):
+    """Whether the depthwise kernels (``_kernels/dwconv.pyx``) can run this call: groups == C
+    >= 2 (any channel multiplier F/C), at most DWK taps, one plane's buffers within DWBUF
+    elements (float64 sizes, so both dtypes agree); the input gradient at stride 1 only."""
+    if g.groups != g.C or g.C < 2:
+        return False
+    buf, max_taps, slack = _kernels.dwconv.limits()
+    NL = _kernels.dwconv.lanes(False)  # the wider count: sizes fit for float64 too
+    if g.KH * g.KW > max_taps:
+        return False
+    sh, sw = g.stride
+    if kind == "input":
+        if (sh, sw) != (1, 1):
+            return False
+        GW = g.W + (g.KW - 1) * g.dilation[1]
+        GH = g.H + (g.KH - 1) * g.dilation[0]
+        return GH * GW + slack <= buf and -(-((g.H - 1) * GW + g.W) // NL) * NL <= buf
+    HPh, WPh = _phase_sizes(g)
+    P = -(-((g.OH - 1) * WPh + g.OW) // NL) * NL
+    return sh * sw * HPh * WPh + slack <= buf and P <= buf
+
+
+def _use_dw(g, kind, weight):
+    """The depthwise kernels run the forward pass / input gradient when they can, unless an
+    algorithm is forced (then only when "dw" is) or a weight is inf or NaN (they multiply the
+    weights with padding zeros; the general kernels keep their semantics)."""
+    if _forced is not None:
+        return _forced == "dw" and _dw_ok(g, kind)
+    return _dw_ok(g, kind) and _kernels.conv.all_finite(weight.reshape(-1))
+
+
+def _dw_forward(x, weight, bias, y, g, relu, n_threads):
+    sh, sw = g.stride
+    pt, _, pl, _ = g.pad4
+    HPh, WPh = _phase_sizes(g)
+    _kernels.dwconv.forward(x, weight, bias, y, sh, sw, pt, pl, g.dilation[0], g.dilation[1],
+                            HPh, WPh, bool(relu), n_threads)
+    return y
+
+
+def _dw_backward_input(grad_y, weight, grad_x, g, n_threads):
+    pt, _, pl, _ = g.pad4
+    _kernels.dwconv.backward_input(grad_y, weight, grad_x, pt, pl, g.dilation[0],
+                                   g.dilation[1], n_threads)
+    return grad_x
+
+
+def _rows_geometry(g):
+    """(HPh, WPh, P, in_place, exact) of the positions-on-lanes weight gradient: the phase
+    planes' size, the wide-row positions per image P = (OH-1)*WPh + OW, whether x is read as it
+    is (stride 1, no padding), and whether every product formed is one of the definition (else
+    zeros of the padding or of the wide-row gaps are multiplied with real values)."""
+    sh, sw = g.stride
+    HPh, WPh = _phase_sizes(g)
+    in_place = (sh, sw) == (1, 1) and g.pad4 == (0, 0, 0, 0)
+    return HPh, WPh, (g.OH - 1) * WPh + g.OW, in_place, in_place and WPh == g.OW
+
+
+def _rows_wins(g):
+    """Whether the positions-on-lanes weight gradient beats the filters-on-lanes tiles: on long
+    rows (at least 128 wide-row positions per image) with few taps per group (at most 32), where
+    the tiles' transposed dy and short tap blocks cost most. Measured (1 thread, batch 64):
+    LeNet C1, 3x3 1->16 @28, 1x1 32->128 @14 and depthwise 3x3 @14 are faster by rows; C3,
+    3x3 16->32 @14 and every shape with hundreds of taps per group (small planes) by tiles."""
+    P = _rows_geometry(g)[2]
+    return P >= 128 and g.C // g.groups * g.KH * g.KW <= 32
+
+
+def _weight_algo(g, x, grad_y):
+    """Algorithm of the weight gradient: "dw" for depthwise shapes, "rows" where
+    :func:`_rows_wins`, else "tiles". Those three multiply zeros of the padding (and "rows" /
+    "dw" zeros of the wide-row gaps) with real values, so when x or dy holds an inf or NaN the
+    exact "direct" definition runs instead (checked only for shapes where such products can
+    occur: any padding, or wide rows with gaps)."""
+    algo = _algo(g, "weight")
+    if _forced is not None or algo != "tiles" or g.N == 0:
+        return algo
+    if not _rows_geometry(g)[4] and not (_kernels.conv.all_finite(x.reshape(-1))
+                                         and _kernels.conv.all_finite(grad_y.reshape(-1))):
+        return "direct"
+    if _dw_ok(g, "weight"):
+        return "dw"
+    return "rows" if _rows_wins(g) else "tiles"
+
+
+def _tiles_chunk(g, itemsize):
+    """Images per chunk of the filters-on-lanes weight gradient, by shape only: at least 8, and
+    more while one chunk's transposed dy stays within 256 KiB, so that shapes with small planes
+    and many weights (3x3 64->128 @4) run fewer, longer tasks and add fewer partial sums."""
+    per_image = g.OH * g.OW * g.F * itemsize
+    return max(8, min(g.N, (256 << 10) // per_image))
+
+
+def _rows_chunk(g, P, HPh, WPh, itemsize):
+    """Images per chunk of the positions-on-lanes weight gradient: as many as keep one chunk's
+    dy and x within about 256 KiB (L2), by shape only."""
+    sh, sw = g.stride
+    per_image = (g.F * P + g.C * sh * sw * HPh * WPh) * itemsize
+    return max(1, min(g.N, (256 << 10) // per_image))
+
+
+def _backward_weight_rows(x, grad_y, grad_w, g, ws, n_threads):
+    """grad_w by dot products along wide rows (kernel ``backward_weight_rows``)."""
+    sh, sw = g.stride
+    dh, dw = g.dilation
+    G = g.groups
+    Fg, Cg = g.F // G, g.C // G
+    Kg = Cg * g.KH * g.KW
+    HPh, WPh, P, in_place, _ = _rows_geometry(g)
+    img = g.C * sh * sw * HPh * WPh
+    # The tile reads up to NL - 1 elements past a row (masked to 0), except in the batch's last
+    # image: within x and dy themselves, or within the workspace buffers' slack.
+    xs = x.reshape(-1) if in_place else _phase_planes(x, g, ws, 1 << 62)[0]
+    off = ws.get("off", Kg, np.intp)[:Kg]
+    _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
+    if WPh == g.OW:
+        gw = grad_y.reshape(-1)
+    else:
+        gw = ws.get("gw", g.N * g.F * P, x.dtype)
+        _kernels.conv.to_wide_rows(grad_y, gw, WPh, P, n_threads)
+    MF, MK = _kernels.conv.rtile_shape(Fg, Kg)
+    NB = _rows_chunk(g, P, HPh, WPh, x.itemsize)
+    n_chunks = -(-g.N // NB)
+    part = ws.get("part", n_chunks * g.F * Kg if n_chunks > 1 else 0, x.dtype)
+    _kernels.conv.backward_weight_rows(xs, gw, off, part, grad_w, g.N, img, P, P, G, MF, MK,
+                                       NB, n_threads)
 
 
 # ---------------------------------------------------------------------------------------------
