@@ -382,7 +382,7 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
     None: not computed)."""
     ws = ws if ws is not None else _Workspace()
     n_threads = get_num_threads()
-    algo = _weight_algo(g, x, grad_y)
+    algo = _weight_algo(g)
     if grad_b is not None:
         if g.N == 0:
             grad_b[...] = 0
@@ -393,24 +393,32 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
     if g.N == 0:
         grad_w[...] = 0
         return grad_w, grad_b
+    _backward_weight_algo(algo, x, grad_y, grad_w, g, ws, n_threads)
+    if _needs_exact_weight(g, algo, grad_w):
+        _backward_weight_algo("direct", x, grad_y, grad_w, g, ws, n_threads)
+    return grad_w, grad_b
+
+
+def _backward_weight_algo(algo, x, grad_y, grad_w, g, ws, n_threads):
+    """grad_w of conv2d by ``algo`` (N > 0)."""
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
     dh, dw = g.dilation
     if algo == "matmul":
         _gemm_into(grad_y.reshape(g.N, g.F).T, x.reshape(g.N, -1), grad_w.reshape(g.F, -1))
-        return grad_w, grad_b
+        return
     if algo == "direct":
         _kernels.conv.backward_weight_direct(x, grad_y, grad_w, sh, sw, pt, pl, dh, dw,
                                              g.groups, n_threads)
-        return grad_w, grad_b
+        return
     if algo == "rows":
         _backward_weight_rows(x, grad_y, grad_w, g, ws, n_threads)
-        return grad_w, grad_b
+        return
     if algo == "dw":
         HPh, WPh = _phase_sizes(g)
         _kernels.dwconv.backward_weight(x, grad_y, grad_w, sh, sw, pt, pl, dh, dw, HPh, WPh,
                                         n_threads)
-        return grad_w, grad_b
+        return
     G = g.groups
     Fg, Cg = g.F // G, g.C // G
     MR, NF = _kernels.conv.wtile_shape(Fg, x.dtype == np.float64)
@@ -430,7 +438,6 @@ def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
     part = ws.get("part", n_chunks * G * nkb * MR * nfb * NF, x.dtype)
     _kernels.conv.backward_weight(xs, gt, off, part, grad_w, g.N, g.C, sh, sw, HPh, WPh, g.OH,
                                   g.OW, G, MR, NF, NB, n_threads)
-    return grad_w, grad_b
 
 
 def _dw_ok(g, kind):
@@ -501,21 +508,27 @@ def _rows_wins(g):
     return P >= 128 and g.C // g.groups * g.KH * g.KW <= 32
 
 
-def _weight_algo(g, x, grad_y):
+def _weight_algo(g):
     """Algorithm of the weight gradient: "dw" for depthwise shapes, "rows" where
-    :func:`_rows_wins`, else "tiles". Those three multiply zeros of the padding (and "rows" /
-    "dw" zeros of the wide-row gaps) with real values, so when x or dy holds an inf or NaN the
-    exact "direct" definition runs instead (checked only for shapes where such products can
-    occur: any padding, or wide rows with gaps)."""
+    :func:`_rows_wins`, else "tiles" (or "matmul", or the forced one)."""
     algo = _algo(g, "weight")
     if _forced is not None or algo != "tiles" or g.N == 0:
         return algo
-    if not _rows_geometry(g)[4] and not (_kernels.conv.all_finite(x.reshape(-1))
-                                         and _kernels.conv.all_finite(grad_y.reshape(-1))):
-        return "direct"
     if _dw_ok(g, "weight"):
         return "dw"
     return "rows" if _rows_wins(g) else "tiles"
+
+
+def _needs_exact_weight(g, algo, grad_w):
+    """Whether a weight gradient computed by ``algo`` must be computed again by the exact
+    "direct" definition. "tiles", "rows" and "dw" multiply zeros of the padding (and "rows" /
+    "dw" zeros of the wide-row gaps) with real values; with finite x and dy those products are
+    zeros and the result is exact, but an inf or NaN in x or dy turns such a product into NaN.
+    Any NaN reaches the element's sum and stays there, so a finite result is exact, and only a
+    non-finite one (rare: inf or NaN in the data) needs the exact path. Checking the small
+    result instead of scanning x and dy saves a pass over both every step."""
+    return (_forced is None and algo in ("tiles", "rows", "dw") and not _rows_geometry(g)[4]
+            and not _kernels.conv.all_finite(grad_w.reshape(-1)))
 
 
 def _tiles_chunk(g, itemsize):
