@@ -169,6 +169,7 @@ static inline void fc_flanes##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *pos
     V acc[NP][NV];                                                                               \
     const T *xp[NP];                                                                             \
     for (int u = 0; u < NP; u++) xp[u] = x + pos[u];                                             \
+    for (ptrdiff_t l = 0; l < nf; l++) __builtin_prefetch(y + l * plane + 128 / sizeof(T), 1);   \
     for (int u = 0; u < NP; u++)                                                                 \
         for (int v = 0; v < NV; v++) acc[u][v] = (V){0};                                         \
     for (ptrdiff_t k = 0; k < K; k++) {                                                          \
