@@ -113,8 +113,9 @@ cdef extern from "_microkernels.h" nogil:
 
 cdef enum:
     OB = 4           # rows of C per block of the matrix product
-    GEMM_BLOCKS = 8  # most blocks of C rows per task of the matrix product (their A rows and
-                     # one B panel stay in L2 while the column tiles go by)
+    # most blocks of C rows per task of the matrix product (their A rows and one B panel stay
+    # in L2 while the column tiles go by)
+    GEMM_BLOCKS = 8
     MAX_TILE = 32    # the largest FC_TILE of any build
     MAX_CTILE = 512  # >= MR * NV * NL of every register tile (6*2*32 with AVX-512 float32)
     TILES_PER_TASK = 4  # wide-row tiles per forward / input-gradient task
