@@ -615,8 +615,9 @@ def _print_models():
         note = f" (needs {', '.join(missing)}: not in this build)" if missing else ""
         recipe = training_defaults(name)
         if recipe:
-            note += " (trained with " + ", ".join(f"--{k.replace('_', '-')} {v}"
-                                                   for k, v in recipe.items()) + ")"
+            note += " (trained with " + ", ".join(
+                f"--epochs {v} on the embedded digits" if k == "embedded_epochs" else
+                f"--{k.replace('_', '-')} {v}" for k, v in recipe.items()) + ")"
         print(f"{name:<12} {describe_model(name)}{note}")
 
 
@@ -716,6 +717,8 @@ def _new_settings(args, recipe=None):
     """The training settings of a new run: the options given, else the model's own training
     defaults (``recipe``, from the zoo), else the command's."""
     defaults = {**DEFAULTS, **(recipe or {})}
+    if args.data is None and "embedded_epochs" in defaults:
+        defaults["epochs"] = defaults["embedded_epochs"]
     optimizer = args.optimizer or defaults["optimizer"]
     if optimizer != "sgd" and args.momentum is not None:
         raise _UsageError("--momentum applies to --optimizer sgd only")

@@ -862,10 +862,11 @@ def test_zoo_model_training_defaults(capsys, tmp_path, npz_set, given):
     option is given; 'fastcnn models' shows them."""
     from fastcnn.models.zoo import training_defaults
 
-    assert training_defaults("bnnet") == {"schedule": "onecycle"}
+    recipe = {"schedule": "onecycle", "embedded_epochs": 40}
+    assert training_defaults("bnnet") == recipe
     assert training_defaults("lenet5") == {}
     training_defaults("bnnet")["schedule"] = "none"  # a copy: the zoo is not changed
-    assert training_defaults("bnnet") == {"schedule": "onecycle"}
+    assert training_defaults("bnnet") == recipe
     code, out, err = run(capsys, "train", "--model", "bnnet", "--data", npz_set, "--epochs", 1,
                          "--batch-size", 16, *given, "--checkpoint", tmp_path / "c.npz",
                          "--out", tmp_path / "m.npz", "--no-progress")
@@ -874,5 +875,20 @@ def test_zoo_model_training_defaults(capsys, tmp_path, npz_set, given):
     assert ckpt["trainer"]["schedule"]["name"] == ("cosine" if given else "onecycle")
     code, out, err = run(capsys, "models")
     assert code == 0, err
-    assert "(trained with --schedule onecycle)" in next(
+    assert "(trained with --schedule onecycle, --epochs 40 on the embedded digits)" in next(
         line for line in out.splitlines() if line.startswith("bnnet"))
+
+
+def test_zoo_model_epochs_on_the_embedded_digits():
+    """bnnet's own 40 epochs apply on the embedded digits only; --epochs always wins."""
+    from fastcnn.cli import DEFAULTS, _build_parser, _new_settings
+    from fastcnn.models.zoo import training_defaults
+
+    def epochs(*argv, model="bnnet"):
+        args = _build_parser().parse_args(["train", "--model", model, *argv])
+        return _new_settings(args, training_defaults(model))["epochs"]
+
+    assert epochs() == 40
+    assert epochs("--data", "somewhere") == DEFAULTS["epochs"]
+    assert epochs("--epochs", "3") == 3
+    assert epochs(model="lenet5") == DEFAULTS["epochs"]
