@@ -240,8 +240,8 @@ static inline vm_d vm_phi_v(vm_d x) {
         ec = vm_sel(m_m, e, ec);
     }
     if (vm_any(m_t)) {
-        vm_d at = vm_sel(m_t, a, vm_set(2.0));
-        vm_d s = one / (at * at);
+        vm_d at = vm_sel(m_t, a, vm_set(2.0)), inv = one / at;
+        vm_d s = inv * inv;
         vm_l m_a = at < vm_set(1.0 / 0.35);
         vm_d rs = zero;
         if (vm_any(m_t & m_a)) {
@@ -286,8 +286,8 @@ static inline vm_d vm_phi_v(vm_d x) {
         vm_d dat = vm_sel(m_t, da, zero);
         /* exp(-(a + da)^2 - 0.5625 + R/S) / (a + da) */
         vm_d e = vm_exp_hl(-h, ((rs - vm_set(0.5625)) - l) - vm_set(2.0) * at * dat);
-        vm_d q = e / at;
-        q = q - q * (dat / at);
+        vm_d q = e * inv;
+        q = q - q * (dat * inv);
         ec = vm_sel(m_t, vm_sel(neg, vm_set(2.0) - q, q), ec);
     }
     return half * ec;
