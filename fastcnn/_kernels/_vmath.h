@@ -67,7 +67,14 @@ static inline vm_d vm_sel(vm_l m, vm_d a, vm_d b) {
     return (vm_d)((m & (vm_l)a) | (~m & (vm_l)b));
 }
 static inline vm_d vm_abs(vm_d x) { return (vm_d)((vm_l)x & ~(vm_l)vm_set(-0.0)); }
+#if defined(__AVX__)
+#include <immintrin.h>
+/* one vptest instead of the extract-and-or chain gcc makes of the generic form (the GELU
+   kernels test four masks per vector) */
+static inline int vm_any(vm_l m) { return !_mm256_testz_si256((__m256i)m, (__m256i)m); }
+#else
 static inline int vm_any(vm_l m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
+#endif
 
 /* expm1(r) for |r| <= ln2/2 and, through scale = 2^k, the reduction of x (|x| <= 708). */
 static inline vm_d vm_reduce(vm_d x, vm_d *scale) {
