@@ -67,7 +67,14 @@ static inline vm_d vm_sel(vm_l m, vm_d a, vm_d b) {
     return (vm_d)((m & (vm_l)a) | (~m & (vm_l)b));
 }
 static inline vm_d vm_abs(vm_d x) { return (vm_d)((vm_l)x & ~(vm_l)vm_set(-0.0)); }
+#if defined(__AVX__)
+#include <immintrin.h>
+/* one vptest instead of the extract-and-or chain gcc makes of the generic form (the GELU
+   kernels test four masks per vector) */
+static inline int vm_any(vm_l m) { return !_mm256_testz_si256((__m256i)m, (__m256i)m); }
+#else
 static inline int vm_any(vm_l m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
+#endif
 
 /* expm1(r) for |r| <= ln2/2 and, through scale = 2^k, the reduction of x (|x| <= 708). */
 static inline vm_d vm_reduce(vm_d x, vm_d *scale) {
@@ -136,6 +143,168 @@ static inline double vm_gelu_s(double x) { return x * vm_phi_s(x); }
 static inline double vm_gelu_b_s(double x) {
     return vm_phi_s(x) + x * (VM_INV_SQRT_2PI * vm_gauss_s(x));
 }
+/* ---- Phi(x) = erfc(-x/sqrt2)/2 four doubles at a time (the exact GELU and its gradient).
+ *
+ * erfc(z) piecewise in a = |z|, with the published rational approximations and coefficients of
+ * Sun Microsystems' fdlibm / FreeBSD msun s_erf.c (errors below 2^-57 relative on each piece):
+ *   a < 0.84375:        erf(z) = z + z R(z^2)     erfc = 1 - erf (z < 1/4), 1/2 - ((z - 1/2) + z R)
+ *   0.84375 <= a < 1.25: s = a - 1, erf(a) = erx + P(s)/Q(s)
+ *   1.25 <= a:          erfc(a) = exp(-a^2 - 0.5625 + R(1/a^2)/S(1/a^2)) / a  (two coefficient
+ *                       sets, split at a = 1/0.35), erfc(-a) = 2 - erfc(a)
+ * As in vm_phi_s, z = -x/sqrt2 is a rounded value: its error dz (fma) is carried to first order
+ * in each piece (the term dz (1 + R) of erf, s = a - 1 + da, and -2 a da in the exponent with
+ * the 1/a factor corrected), and a^2 is split exactly (h + l), so that the exponent is not
+ * rounded to an absolute 2^-53 a^2. exp(hi + lo) reduces hi + lo with Cody-Waite and keeps lo.
+ * The caller keeps |x| <= 37 (a <= 26.2, the exponent >= -686): other lanes (NaN, inf, huge)
+ * go through the scalar vm_phi_s. */
+#if defined(__FMA__)
+#include <immintrin.h>
+/* a * b - p exactly (p = a * b rounded) */
+static inline vm_d vm_prod_err(vm_d a, vm_d b, vm_d p) {
+    return (vm_d)_mm256_fmadd_pd((__m256d)a, (__m256d)b, (__m256d)(-p));
+}
+#else
+static inline vm_d vm_prod_err(vm_d a, vm_d b, vm_d p) {   /* Dekker, Veltkamp splitting */
+    const vm_d c = vm_set(134217729.0);   /* 2^27 + 1 */
+    vm_d ta = c * a, tb = c * b;
+    vm_d ah = ta - (ta - a), bh = tb - (tb - b);
+    vm_d al = a - ah, bl = b - bh;
+    return ((ah * bh - p) + ah * bl + al * bh) + al * bl;
+}
+#endif
+/* exp(hi + lo), |hi + lo| <= 708, |lo| small against hi's ulp scale allowed */
+static inline vm_d vm_exp_hl(vm_d hi, vm_d lo) {
+    const vm_d shifter = vm_set(0x1.8p52);
+    vm_d t = (hi + lo) * vm_set(1.4426950408889634074) + shifter;
+    vm_d k = t - shifter;
+    vm_l ki = (vm_l)t - (vm_l)shifter;
+    vm_d s = (vm_d)((ki + 1023) << 52);
+    vm_d r = ((hi - k * vm_set(6.93147180369123816490e-01)) + lo)
+             - k * vm_set(1.90821492927058770002e-10);
+    vm_d p = vm_set(1.0 / 6227020800.0);
+    p = p * r + vm_set(1.0 / 479001600.0);
+    p = p * r + vm_set(1.0 / 39916800.0);
+    p = p * r + vm_set(1.0 / 3628800.0);
+    p = p * r + vm_set(1.0 / 362880.0);
+    p = p * r + vm_set(1.0 / 40320.0);
+    p = p * r + vm_set(1.0 / 5040.0);
+    p = p * r + vm_set(1.0 / 720.0);
+    p = p * r + vm_set(1.0 / 120.0);
+    p = p * r + vm_set(1.0 / 24.0);
+    p = p * r + vm_set(1.0 / 6.0);
+    p = p * r + vm_set(0.5);
+    p = r + (r * r) * p;
+    return s + s * p;
+}
+static inline vm_l vm_gelu_ok(vm_d x) { return vm_abs(x) <= vm_set(37.0); }  /* false: NaN */
+/* Phi(x) for |x| <= 37 */
+static inline vm_d vm_phi_v(vm_d x) {
+    const vm_d one = vm_set(1.0), half = vm_set(0.5), zero = vm_set(0.0);
+    vm_d z = -x * vm_set(VM_SQRT1_2);
+    vm_d dz = vm_prod_err(-x, vm_set(VM_SQRT1_2), z) - x * vm_set(VM_SQRT1_2_LO);
+    vm_d a = vm_abs(z);
+    vm_l neg = z < zero;
+    vm_d da = vm_sel(neg, -dz, dz);           /* |z_exact| = a + da */
+    vm_l m_s = a < vm_set(0.84375), m_m = ~m_s & (a < vm_set(1.25)), m_t = ~(m_s | m_m);
+    vm_d ec = zero;                           /* erfc(z_exact) */
+    if (vm_any(m_s)) {
+        vm_d t = z * z;
+        vm_d r = vm_set(-2.37630166566501626084e-05);
+        r = r * t + vm_set(-5.77027029648944159157e-03);
+        r = r * t + vm_set(-2.84817495755985104766e-02);
+        r = r * t + vm_set(-3.25042107247001499370e-01);
+        r = r * t + vm_set(1.28379167095512558561e-01);
+        vm_d q = vm_set(-3.96022827877536812320e-06);
+        q = q * t + vm_set(1.32494738004321644526e-04);
+        q = q * t + vm_set(5.08130628187576562776e-03);
+        q = q * t + vm_set(6.50222499887672944485e-02);
+        q = q * t + vm_set(3.97917223959155352819e-01);
+        q = q * t + one;
+        vm_d y = r / q;
+        vm_d w = z * y + dz * (one + y);      /* erf(z + dz) = z + w */
+        vm_d e1 = one - (z + w), e2 = half - ((z - half) + w);
+        ec = vm_sel(m_s, vm_sel(z < vm_set(0.25), e1, e2), ec);
+    }
+    if (vm_any(m_m)) {
+        vm_d s = (a - one) + da;
+        vm_d p = vm_set(-2.16637559486879084300e-03);
+        p = p * s + vm_set(3.54783043256182359371e-02);
+        p = p * s + vm_set(-1.10894694282396677476e-01);
+        p = p * s + vm_set(3.18346619901161753674e-01);
+        p = p * s + vm_set(-3.72207876035701323847e-01);
+        p = p * s + vm_set(4.14856118683748331666e-01);
+        p = p * s + vm_set(-2.36211856075265944077e-03);
+        vm_d q = vm_set(1.19844998467991074170e-02);
+        q = q * s + vm_set(1.36370839120290507362e-02);
+        q = q * s + vm_set(1.26171219808761642112e-01);
+        q = q * s + vm_set(7.18286544141962662868e-02);
+        q = q * s + vm_set(5.40397917702171048937e-01);
+        q = q * s + vm_set(1.06420880400844228286e-01);
+        q = q * s + one;
+        vm_d pq = p / q;
+        const vm_d erx = vm_set(8.45062911510467529297e-01);
+        vm_d e = vm_sel(neg, one + (erx + pq), (one - erx) - pq);
+        ec = vm_sel(m_m, e, ec);
+    }
+    if (vm_any(m_t)) {
+        vm_d at = vm_sel(m_t, a, vm_set(2.0)), inv = one / at;
+        vm_d s = inv * inv;
+        vm_l m_a = at < vm_set(1.0 / 0.35);
+        vm_d rs = zero;
+        if (vm_any(m_t & m_a)) {
+            vm_d r = vm_set(-9.81432934416914548592e+00);
+            r = r * s + vm_set(-8.12874355063065934246e+01);
+            r = r * s + vm_set(-1.84605092906711035994e+02);
+            r = r * s + vm_set(-1.62396669462573470355e+02);
+            r = r * s + vm_set(-6.23753324503260060396e+01);
+            r = r * s + vm_set(-1.05586262253232909814e+01);
+            r = r * s + vm_set(-6.93858572707181764372e-01);
+            r = r * s + vm_set(-9.86494403484714822705e-03);
+            vm_d q = vm_set(-6.04244152148580987438e-02);
+            q = q * s + vm_set(6.57024977031928170135e+00);
+            q = q * s + vm_set(1.08635005541779435134e+02);
+            q = q * s + vm_set(4.29008140027567833386e+02);
+            q = q * s + vm_set(6.45387271733267880336e+02);
+            q = q * s + vm_set(4.34565877475229228821e+02);
+            q = q * s + vm_set(1.37657754143519042600e+02);
+            q = q * s + vm_set(1.96512716674392571292e+01);
+            q = q * s + one;
+            rs = r / q;
+        }
+        if (vm_any(m_t & ~m_a)) {
+            vm_d r = vm_set(-4.83519191608651397019e+02);
+            r = r * s + vm_set(-1.02509513161107724954e+03);
+            r = r * s + vm_set(-6.37566443368389627722e+02);
+            r = r * s + vm_set(-1.60636384855821916062e+02);
+            r = r * s + vm_set(-1.77579549177547519889e+01);
+            r = r * s + vm_set(-7.99283237680523006574e-01);
+            r = r * s + vm_set(-9.86494292470009928597e-03);
+            vm_d q = vm_set(-2.24409524465858183362e+01);
+            q = q * s + vm_set(4.74528541206955367215e+02);
+            q = q * s + vm_set(2.55305040643316442583e+03);
+            q = q * s + vm_set(3.19985821950859553908e+03);
+            q = q * s + vm_set(1.53672958608443695994e+03);
+            q = q * s + vm_set(3.25792512996573918826e+02);
+            q = q * s + vm_set(3.03380607434824582924e+01);
+            q = q * s + one;
+            rs = vm_sel(m_a, rs, r / q);
+        }
+        vm_d h = at * at, l = vm_prod_err(at, at, h);
+        vm_d dat = vm_sel(m_t, da, zero);
+        /* exp(-(a + da)^2 - 0.5625 + R/S) / (a + da) */
+        vm_d e = vm_exp_hl(-h, ((rs - vm_set(0.5625)) - l) - vm_set(2.0) * at * dat);
+        vm_d q = e * inv;
+        q = q - q * (dat * inv);
+        ec = vm_sel(m_t, vm_sel(neg, vm_set(2.0) - q, q), ec);
+    }
+    return half * ec;
+}
+/* exp(-x^2/2) for |x| <= 37, x^2 split exactly */
+static inline vm_d vm_gauss_v(vm_d x) {
+    vm_d h = x * x, l = vm_prod_err(x, x, h);
+    return vm_exp_hl(vm_set(-0.5) * h, vm_set(-0.5) * l);
+}
+
 static inline double vm_scalar(int op, double x, double g, double a) {
     switch (op) {
     case VM_ELU: return x > 0 || x != x ? x : a * expm1(x);
@@ -143,6 +312,8 @@ static inline double vm_scalar(int op, double x, double g, double a) {
     case VM_SIGMOID: return vm_sigmoid_s(x);
     case VM_EXP: return exp(x);
     case VM_ELU_B: return x <= 0 ? g * (a * exp(x)) : g;
+    case VM_GELU: return vm_gelu_s(x);
+    case VM_GELU_B: return g * vm_gelu_b_s(x);
     default: return NAN;
     }
 }
@@ -187,6 +358,12 @@ static inline vm_d vm_unary_v_##N(int op, vm_d x, double a, vm_l *bad) {        
         s = vm_sel(b2 & (u == u), big, s);                                                  \
         return x * s;                                                                       \
     }                                                                                       \
+    case VM_GELU: {            /* x Phi(x); |x| > 37, NaN: scalar */                        \
+        vm_l ok = vm_gelu_ok(x);                                                            \
+        *bad = ~ok;                                                                         \
+        vm_d xs = vm_sel(ok, x, zero);                                                      \
+        return xs * vm_phi_v(xs);                                                           \
+    }                                                                                       \
     case VM_TANH: return vm_tanh_v(x, bad);                                                 \
     case VM_SIGMOID: return vm_sigmoid_v(x, bad);                                           \
     case VM_EXP: {                                                                          \
@@ -206,10 +383,6 @@ static void vm_unary_##N(int op, const T *x, T *y, ptrdiff_t n, double a) {     
     if (op == VM_LEAKY_RELU) {                                                              \
         const T s = (T)a;      /* multiply unconditionally: a select gcc can vectorise */   \
         for (i = 0; i < n; i++) { T v = x[i], m = v * s; y[i] = v > 0 ? v : m; }            \
-        return;                                                                             \
-    }                                                                                       \
-    if (op == VM_GELU) {       /* erfc is not vectorised yet: C library */                  \
-        for (i = 0; i < n; i++) y[i] = (T)vm_gelu_s((double)x[i]);                          \
         return;                                                                             \
     }                                                                                       \
     for (i = 0; i < n; i += VM_LANES) {                                                     \
@@ -252,9 +425,6 @@ static void vm_binary_##N(int op, const T *g, const T *x, T *dx, ptrdiff_t n, do
         for (i = 0; i < n; i++)                                                             \
             dx[i] = (T)((double)g[i] * ((1.0 - (double)x[i]) * (double)x[i]));              \
         return;                                                                             \
-    case VM_GELU_B:                                                                         \
-        for (i = 0; i < n; i++) dx[i] = (T)((double)g[i] * vm_gelu_b_s((double)x[i]));      \
-        return;                                                                             \
     default: break;                                                                         \
     }                                                                                       \
     for (i = 0; i < n; i += VM_LANES) {                                                     \
@@ -271,7 +441,11 @@ static void vm_binary_##N(int op, const T *g, const T *x, T *dx, ptrdiff_t n, do
         }                                                                                   \
         vm_d xv = LD(px), gv = LD(pg), r;                                                   \
         vm_l bad = (vm_l){0, 0, 0, 0};                                                      \
-        if (op == VM_ELU_B) {  /* dx = g for x > 0, g * a * exp(x) otherwise */             \
+        if (op == VM_GELU_B) { /* g (Phi(x) + x exp(-x^2/2) / sqrt(2 pi)) */                \
+            bad = ~vm_gelu_ok(xv);                                                          \
+            vm_d xs = vm_sel(bad, zero, xv);                                                \
+            r = gv * (vm_phi_v(xs) + xs * (vm_set(VM_INV_SQRT_2PI) * vm_gauss_v(xs)));     \
+        } else if (op == VM_ELU_B) {  /* dx = g for x > 0, g * a * exp(x) otherwise */      \
             vm_l neg = xv <= zero;                                                          \
             bad = neg & (xv < vm_set(-708.0));                                              \
             vm_d e = vm_exp_in(vm_sel(neg & ~bad, xv, zero));                               \
