@@ -76,14 +76,17 @@ static inline int vm_any(vm_l m) { return !_mm256_testz_si256((__m256i)m, (__m25
 static inline int vm_any(vm_l m) { return (m[0] | m[1] | m[2] | m[3]) != 0; }
 #endif
 
-/* expm1(r) for |r| <= ln2/2 and, through scale = 2^k, the reduction of x (|x| <= 708). */
-static inline vm_d vm_reduce(vm_d x, vm_d *scale) {
+/* k = round(y / ln2) (exactly an integer) and 2^k, for |y| <= 708. */
+static inline vm_d vm_split(vm_d y, vm_d *k) {
     const vm_d shifter = vm_set(0x1.8p52);
-    vm_d t = x * vm_set(1.4426950408889634074) + shifter;
-    vm_d k = t - shifter;  /* round(x / ln2), exactly an integer */
+    vm_d t = y * vm_set(1.4426950408889634074) + shifter;
     vm_l ki = (vm_l)t - (vm_l)shifter;
-    *scale = (vm_d)((ki + 1023) << 52);
-    vm_d r = (x - k * vm_set(6.93147180369123816490e-01)) - k * vm_set(1.90821492927058770002e-10);
+    *k = t - shifter;
+    return (vm_d)((ki + 1023) << 52);
+}
+
+/* expm1(r) for |r| <= ln2/2: r + r^2 (1/2! + r/3! + ... + r^11/13!). */
+static inline vm_d vm_expm1_poly(vm_d r) {
     vm_d p = vm_set(1.0 / 6227020800.0);              /* 1/13! */
     p = p * r + vm_set(1.0 / 479001600.0);
     p = p * r + vm_set(1.0 / 39916800.0);
@@ -97,6 +100,14 @@ static inline vm_d vm_reduce(vm_d x, vm_d *scale) {
     p = p * r + vm_set(1.0 / 6.0);
     p = p * r + vm_set(0.5);
     return r + (r * r) * p;
+}
+
+/* expm1(r) for |r| <= ln2/2 and, through scale = 2^k, the reduction of x (|x| <= 708). */
+static inline vm_d vm_reduce(vm_d x, vm_d *scale) {
+    vm_d k;
+    *scale = vm_split(x, &k);
+    return vm_expm1_poly((x - k * vm_set(6.93147180369123816490e-01))
+                         - k * vm_set(1.90821492927058770002e-10));
 }
 
 /* exp and expm1 for |x| <= 708 (callers clamp or fall back to libm outside). */
@@ -174,27 +185,11 @@ static inline vm_d vm_prod_err(vm_d a, vm_d b, vm_d p) {   /* Dekker, Veltkamp s
 #endif
 /* exp(hi + lo), |hi + lo| <= 708, |lo| small against hi's ulp scale allowed */
 static inline vm_d vm_exp_hl(vm_d hi, vm_d lo) {
-    const vm_d shifter = vm_set(0x1.8p52);
-    vm_d t = (hi + lo) * vm_set(1.4426950408889634074) + shifter;
-    vm_d k = t - shifter;
-    vm_l ki = (vm_l)t - (vm_l)shifter;
-    vm_d s = (vm_d)((ki + 1023) << 52);
+    vm_d k;
+    vm_d s = vm_split(hi + lo, &k);
     vm_d r = ((hi - k * vm_set(6.93147180369123816490e-01)) + lo)
              - k * vm_set(1.90821492927058770002e-10);
-    vm_d p = vm_set(1.0 / 6227020800.0);
-    p = p * r + vm_set(1.0 / 479001600.0);
-    p = p * r + vm_set(1.0 / 39916800.0);
-    p = p * r + vm_set(1.0 / 3628800.0);
-    p = p * r + vm_set(1.0 / 362880.0);
-    p = p * r + vm_set(1.0 / 40320.0);
-    p = p * r + vm_set(1.0 / 5040.0);
-    p = p * r + vm_set(1.0 / 720.0);
-    p = p * r + vm_set(1.0 / 120.0);
-    p = p * r + vm_set(1.0 / 24.0);
-    p = p * r + vm_set(1.0 / 6.0);
-    p = p * r + vm_set(0.5);
-    p = r + (r * r) * p;
-    return s + s * p;
+    return s + s * vm_expm1_poly(r);
 }
 static inline vm_l vm_gelu_ok(vm_d x) { return vm_abs(x) <= vm_set(37.0); }  /* false: NaN */
 /* Phi(x) for |x| <= 37 */
@@ -576,11 +571,8 @@ static inline vm_f vf_elu_b(vm_f g, vm_f x, float a, vm_i *bad) {
 
 /* ---- double-precision helpers with float32 accuracy (GELU of float32 data) */
 static inline vm_d vm_exp_lo(vm_d x) {   /* |x| <= 708 */
-    const vm_d shifter = vm_set(0x1.8p52);
-    vm_d t = x * vm_set(1.4426950408889634074) + shifter;
-    vm_d k = t - shifter;
-    vm_l ki = (vm_l)t - (vm_l)shifter;
-    vm_d s = (vm_d)((ki + 1023) << 52);
+    vm_d k;
+    vm_d s = vm_split(x, &k);
     vm_d r = (x - k * vm_set(6.93147180369123816490e-01)) - k * vm_set(1.90821492927058770002e-10);
     vm_d p = vm_set(1.0 / 40320.0);
     p = p * r + vm_set(1.0 / 5040.0);
