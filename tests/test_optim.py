@@ -446,6 +446,12 @@ def _unpacked(model):
     return model
 
 
+def _lenet5(pack, dtype, seed):
+    """LeNet-5 with its parameters packed as a Sequential packs them, or ``_unpacked``."""
+    model = LeNet5(dtype=dtype, seed=seed)
+    return model if pack else _unpacked(model)
+
+
 FLAT_CONFIGS = {
     "sgd": lambda ps: SGD(ps, lr=0.1),
     "sgd-momentum": lambda ps: SGD(ps, lr=0.05, momentum=0.9),
@@ -464,9 +470,7 @@ def test_whole_group_update_is_bitwise_the_per_parameter_update(config, groups, 
     x, labels = _batch(5, dtype, seed=3)
     results = []
     for pack in (True, False):
-        model = LeNet5(dtype=dtype, seed=4)
-        if not pack:
-            model = _unpacked(model)
+        model = _lenet5(pack, dtype, seed=4)
         params = model.parameters() if groups == "parameters" else model.param_groups(0.01)
         opt = FLAT_CONFIGS[config](params)
         loss_fn = CrossEntropyLoss()
@@ -524,9 +528,7 @@ def test_state_loaded_for_part_of_a_group_keeps_per_parameter_semantics():
     x, labels = _batch(3, F64, seed=5)
     results = []
     for pack in (True, False):
-        model = LeNet5(dtype=F64, seed=2)
-        if not pack:
-            model = _unpacked(model)
+        model = _lenet5(pack, F64, seed=2)
         params = model.parameters()
         opt = SGD(params, lr=0.05, momentum=0.9)
         part = {f"{p.name}.momentum": np.full(p.data.shape, 0.01) for p in params[:4]}
