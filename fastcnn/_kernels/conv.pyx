@@ -460,26 +460,30 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                               Py_ssize_t NF, Py_ssize_t WPh, Py_ssize_t OW, Py_ssize_t P,
                               Py_ssize_t ntile, Py_ssize_t img, Py_ssize_t gsz,
                               bint relu) noexcept nogil:
-    cdef Py_ssize_t pos[FTILE_NP]
+    cdef Py_ssize_t pos[LANE_TILES][FTILE_NP]
     cdef Py_ssize_t run = task % nrun, g = (task // nrun) % G, n = task // (nrun * G)
     cdef Py_ssize_t nfb = (Fg + NF - 1) // NF
+    cdef Py_ssize_t t0 = run * LANE_TILES, t1 = min(ntile, (run + 1) * LANE_TILES)
     cdef Py_ssize_t tile, p0, ps, p, u, i, fb
     cdef const floating* base = xs + n * img + g * gsz
     cdef floating* yg = y + (n * G + g) * Fg * P
-    for tile in range(run * LANE_TILES, min(ntile, (run + 1) * LANE_TILES)):
-        p0 = tile * FTILE_NP
-        ps = min(p0, P - FTILE_NP)  # < 0 when the plane is smaller than a tile
+    for tile in range(t0, t1):
+        ps = min(tile * FTILE_NP, P - FTILE_NP)  # < 0 when the plane is smaller than a tile
         for u in range(FTILE_NP):
             p = max(ps + u, <Py_ssize_t> 0)
             i = p // OW
-            pos[u] = i * WPh + p - i * OW
-        for fb in range(nfb):
+            pos[tile - t0][u] = i * WPh + p - i * OW
+    # Filter blocks outer: one block's packed weights (Kg*NF values) stay in L1 over the run.
+    for fb in range(nfb):
+        for tile in range(t0, t1):
+            p0 = tile * FTILE_NP
+            ps = min(p0, P - FTILE_NP)
             if floating is float:
-                fc_flanes6x2_f(base, pos, off, Kg, wpk + (g * nfb + fb) * Kg * NF,
+                fc_flanes6x2_f(base, pos[tile - t0], off, Kg, wpk + (g * nfb + fb) * Kg * NF,
                                bpk + (g * nfb + fb) * NF, relu, p0 - ps,
                                min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P)
             else:
-                fc_flanes6x2_d(base, pos, off, Kg, wpk + (g * nfb + fb) * Kg * NF,
+                fc_flanes6x2_d(base, pos[tile - t0], off, Kg, wpk + (g * nfb + fb) * Kg * NF,
                                bpk + (g * nfb + fb) * NF, relu, p0 - ps,
                                min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P)
 
