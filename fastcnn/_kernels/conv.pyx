@@ -436,7 +436,7 @@ def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, 
     previous tile (or, in a plane of fewer than FTILE_NP outputs, the positions before 0, which
     read position 0) are not stored.
 
-    Parallel over (image, group, run of LANE_TILES tiles): each task owns the outputs at its
+    Parallel over (image, group, run of tiles): each task owns the outputs at its
     tiles' positions for every filter of its group; each output is one register sum over
     k = 0 .. Kg-1 in order, whatever the thread count.
     """
@@ -445,45 +445,50 @@ def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, 
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
     cdef Py_ssize_t P = OH * OW
     cdef Py_ssize_t ntile = (P + FTILE_NP - 1) // FTILE_NP
-    cdef Py_ssize_t nrun = (ntile + LANE_TILES - 1) // LANE_TILES, task
+    # A whole plane per task when the image's input (of the group) fits in half of L1 and there
+    # are planes enough to share among the threads: one block of packed weights then stays in
+    # L1 over the plane. Else runs of LANE_TILES tiles, whose input rows stay in L1 over the
+    # filter blocks.
+    cdef Py_ssize_t run_len = LANE_TILES
+    if N * G >= 4 * n_threads and gsz * <Py_ssize_t> sizeof(floating) <= 16384:
+        run_len = max(ntile, <Py_ssize_t> 1)
+    cdef Py_ssize_t nrun = (ntile + run_len - 1) // run_len, task
     if N == 0 or F == 0:
         return
     # Race-free: task (n, g, run) writes only y[n, g*Fg:(g+1)*Fg] at its own tiles' positions.
     for task in prange(N * G * nrun, nogil=True, schedule='static', num_threads=n_threads):
-        _forward_lanes_task(&xs[0], &wpk[0], &bpk[0], &off[0], &y[0, 0, 0, 0], task, nrun, G,
-                            Fg, Kg, NF, WPh, OW, P, ntile, img, gsz, relu)
+        _forward_lanes_task(&xs[0], &wpk[0], &bpk[0], &off[0], &y[0, 0, 0, 0], task, nrun,
+                            run_len, G, Fg, Kg, NF, WPh, OW, P, ntile, img, gsz, relu)
 
 
 cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const floating* bpk,
                               const Py_ssize_t* off, floating* y, Py_ssize_t task,
-                              Py_ssize_t nrun, Py_ssize_t G, Py_ssize_t Fg, Py_ssize_t Kg,
-                              Py_ssize_t NF, Py_ssize_t WPh, Py_ssize_t OW, Py_ssize_t P,
-                              Py_ssize_t ntile, Py_ssize_t img, Py_ssize_t gsz,
+                              Py_ssize_t nrun, Py_ssize_t run_len, Py_ssize_t G, Py_ssize_t Fg,
+                              Py_ssize_t Kg, Py_ssize_t NF, Py_ssize_t WPh, Py_ssize_t OW,
+                              Py_ssize_t P, Py_ssize_t ntile, Py_ssize_t img, Py_ssize_t gsz,
                               bint relu) noexcept nogil:
-    cdef Py_ssize_t pos[LANE_TILES][FTILE_NP]
+    cdef Py_ssize_t pos[FTILE_NP]
     cdef Py_ssize_t run = task % nrun, g = (task // nrun) % G, n = task // (nrun * G)
     cdef Py_ssize_t nfb = (Fg + NF - 1) // NF
-    cdef Py_ssize_t t0 = run * LANE_TILES, t1 = min(ntile, (run + 1) * LANE_TILES)
+    cdef Py_ssize_t t0 = run * run_len, t1 = min(ntile, (run + 1) * run_len)
     cdef Py_ssize_t tile, p0, ps, p, u, i, fb
     cdef const floating* base = xs + n * img + g * gsz
     cdef floating* yg = y + (n * G + g) * Fg * P
-    for tile in range(t0, t1):
-        ps = min(tile * FTILE_NP, P - FTILE_NP)  # < 0 when the plane is smaller than a tile
-        for u in range(FTILE_NP):
-            p = max(ps + u, <Py_ssize_t> 0)
-            i = p // OW
-            pos[tile - t0][u] = i * WPh + p - i * OW
     # Filter blocks outer: one block's packed weights (Kg*NF values) stay in L1 over the run.
     for fb in range(nfb):
         for tile in range(t0, t1):
             p0 = tile * FTILE_NP
-            ps = min(p0, P - FTILE_NP)
+            ps = min(p0, P - FTILE_NP)  # < 0 when the plane is smaller than a tile
+            for u in range(FTILE_NP):
+                p = max(ps + u, <Py_ssize_t> 0)
+                i = p // OW
+                pos[u] = i * WPh + p - i * OW
             if floating is float:
-                fc_flanes6x2_f(base, pos[tile - t0], off, Kg, wpk + (g * nfb + fb) * Kg * NF,
+                fc_flanes6x2_f(base, pos, off, Kg, wpk + (g * nfb + fb) * Kg * NF,
                                bpk + (g * nfb + fb) * NF, relu, p0 - ps,
                                min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P)
             else:
-                fc_flanes6x2_d(base, pos[tile - t0], off, Kg, wpk + (g * nfb + fb) * Kg * NF,
+                fc_flanes6x2_d(base, pos, off, Kg, wpk + (g * nfb + fb) * Kg * NF,
                                bpk + (g * nfb + fb) * NF, relu, p0 - ps,
                                min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P)
 
