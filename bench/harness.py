@@ -349,23 +349,35 @@ def kernel_call_timer(fastcnn):
     kernels, calls] that grows with every kernel call; ``restore()`` puts the original functions
     back; ``cost`` is the time a wrapper adds to a call outside its timed window (seconds,
     measured on a no-op).
-    The library calls kernels as ``_kernels.<module>.<function>`` (attribute lookups at call
-    time), so every call goes through the wrapper. Used to split a step into kernel time and
-    Python (plus NumPy glue) time.
+    The library calls kernels as ``_kernels.<module>.<function>`` (or their dtype
+    specialisations, ``function["float"]``) looked up when a call is planned; the plans made
+    before the wrappers are dropped (``_invalidate_plans``), so every call goes through a
+    wrapper. Used to split a step into kernel time and Python (plus NumPy glue) time.
     """
+    from fastcnn.functional.conv import _invalidate_plans
+
     prefix = f"fastcnn._kernels._{fastcnn._kernels.VARIANT}."
     totals, saved = [0.0, 0], []
     clock = time.perf_counter
 
-    def wrap(fn):
-        def timed(*args, **kwargs):
+    class Timed:
+        __slots__ = ("fn",)
+
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __call__(self, *args, **kwargs):
             t0 = clock()
             try:
-                return fn(*args, **kwargs)
+                return self.fn(*args, **kwargs)
             finally:
                 totals[0] += clock() - t0
                 totals[1] += 1
-        return timed
+
+        def __getitem__(self, key):  # a fused-type kernel's specialisation, timed too
+            return Timed(self.fn[key])
+
+    wrap = Timed
 
     for name, mod in list(sys.modules.items()):
         if not name.startswith(prefix) or name.endswith("._openmp"):
@@ -376,10 +388,12 @@ def kernel_call_timer(fastcnn):
                 continue
             saved.append((mod, attr, fn))
             setattr(mod, attr, wrap(fn))
+    _invalidate_plans()
 
     def restore():
         for mod, attr, fn in saved:
             setattr(mod, attr, fn)
+        _invalidate_plans()
 
     def noop():
         return None

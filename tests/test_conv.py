@@ -414,6 +414,37 @@ def test_layers_accept_batch_zero():
     assert (conv.grads["weight"] == 0).all()
 
 
+@pytest.mark.parametrize("algo", ALGOS + ["dw"])
+def test_layer_plans_follow_shapes_threads_and_weights(algo):
+    """A layer keeps one plan per geometry (offsets, buffers, kernels made once): alternating
+    input sizes, thread counts and weights must give, call after call, what a fresh
+    functional call gives, bitwise (a plan's offsets or buffers clobbered by another's, or a
+    stale packed weight, would show here)."""
+    rng = np.random.default_rng(31)
+    groups = 4 if algo == "dw" else 2
+    try:
+        for dtype in (np.float32, np.float64):
+            conv = nn.Conv2d(4, 4 if algo == "dw" else 6, 3, padding=1, groups=groups, seed=5,
+                             dtype=dtype)
+            calls = [(9, 1), (9, 2), (9, 1), (6, 2), (6, 2), (9, 1)]  # (input size, threads)
+            with _algo(algo):
+                for step, (hw, threads) in enumerate(calls):
+                    fastcnn.set_num_threads(threads)
+                    conv.params["weight"][...] = rng.standard_normal(conv.params["weight"].shape)
+                    if step == 2:
+                        conv.params["weight"][0, 0, 1, 1] = np.nan  # the input gradient's fallback
+                    x = rng.standard_normal((2, 4, hw, hw)).astype(dtype)
+                    y = conv.forward(x)
+                    dy = rng.standard_normal(y.shape).astype(dtype)
+                    dx = conv.backward(dy)
+                    w, b = conv.params["weight"], conv.params["bias"]
+                    assert y.tobytes() == F.conv2d(x, w, b, 1, 1, 1, groups).tobytes()
+                    ref_dx = F.conv2d_backward_input(dy, w, (hw, hw), 1, 1, 1, groups)
+                    assert dx.tobytes() == ref_dx.tobytes()
+    finally:
+        fastcnn.set_num_threads(None)
+
+
 def test_sequential_fusion_is_bitwise_equal_to_the_layers():
     layers = [nn.Conv2d(3, 8, 3, padding="same", groups=1, seed=2), nn.ReLU(), nn.MaxPool2d(2),
               nn.Conv2d(8, 8, 3, padding=1, groups=8, seed=3), nn.ReLU()]
@@ -587,7 +618,8 @@ def test_depthwise_inf_weight_takes_the_general_kernels():
     w = rng.standard_normal((3, 1, 3, 3))
     w[1, 0, 0, 0] = np.inf
     g = F._geometry((2, 3, 6, 6), w.shape, 1, 1, 1, 3)
-    assert not F._use_dw(g, "input", w) and F._dw_ok(g, "input")
+    plan = F._plan(g, "input", w.dtype, None)
+    assert plan.algo == "dw" and plan.algo_for(w) == "direct"
     gy = rng.standard_normal((2, 3, 6, 6))
     dx = F.conv2d_backward_input(gy, w, (6, 6), 1, 1, 1, 3)
     tx = torch.zeros((2, 3, 6, 6), dtype=torch.float64, requires_grad=True)

@@ -28,6 +28,13 @@ sums) comes from a ``_Workspace``: a fresh one per call for these public functio
 by the layer for ``Conv2d`` / ``ConvTranspose2d``, so a training step reuses its buffers. A
 layer (and so a model) must therefore not run forward/backward from two Python threads at once;
 the public functions here are safe to call concurrently.
+
+Plans: what a call works out from the shapes alone (the algorithm, tile shapes, tap offsets,
+buffer views, the dtype's kernel functions) is a ``_Plan`` kept on the geometry object, which a
+layer reuses while its input shape stays the same; a repeated call then runs only the kernels
+(issue 9: at batch 1 this Python was as long as the kernels). The key holds the thread count
+and the forced algorithm, so changing either plans again; results are the same kernels' either
+way (tested bitwise).
 """
 
 import contextlib
@@ -155,11 +162,12 @@ class _Conv:
     """The validated geometry of one convolution (private: fields are trusted downstream)."""
 
     __slots__ = ("N", "C", "H", "W", "F", "KH", "KW", "OH", "OW", "stride", "pad4", "dilation",
-                 "groups")
+                 "groups", "plans")
 
     def __init__(self, N, C, H, W, F, KH, KW, stride, pad4, dilation, groups):
         self.N, self.C, self.H, self.W, self.F, self.KH, self.KW = N, C, H, W, F, KH, KW
         self.stride, self.pad4, self.dilation, self.groups = stride, pad4, dilation, groups
+        self.plans = None  # _Plan by (kind, dtype, threads, forced algorithm), see _plan
         self.OH, self.OW = _out_size(H, W, (KH, KW), stride, pad4, dilation)
         if self.OH * self.OW >= _LIMIT:
             raise ValueError(f"output plane {self.OH}x{self.OW} is too large")
@@ -187,8 +195,9 @@ def _geometry(x_shape, w_shape, stride, padding, dilation, groups, pad4=None):
     return _Conv(N, C, H, W, F, KH, KW, stride, pad4, dilation, groups)
 
 
-def _algo(g, kind, weight=None):
-    """Algorithm for one kernel call (see the module docstring)."""
+def _algo(g, kind, dtype=None, weight=None):
+    """Algorithm for one kernel call (see the module docstring); ``weight`` None: a finite one.
+    ``dtype`` is needed for the forward pass and the input gradient."""
     if _forced is not None:
         if (_forced == "matmul" and not g.covers_input()
                 or _forced == "lanes" and not _lanes_ok(g, kind)):
@@ -198,10 +207,11 @@ def _algo(g, kind, weight=None):
         return _forced
     if g.covers_input():
         return "matmul"
-    if kind == "input" and not _kernels.conv.all_finite(weight.reshape(-1)):
+    if kind == "input" and weight is not None and \
+            not _kernels.conv.all_finite(weight.reshape(-1)):
         return "direct"
     if kind != "weight" and _lanes_ok(g, kind):
-        lanes, tiles = _lanes_cost(g, kind, weight.dtype), _tiles_cost(g, kind, weight.dtype)
+        lanes, tiles = _lanes_cost(g, kind, dtype), _tiles_cost(g, kind, dtype)
         return "lanes" if lanes < _LANES_EDGE * tiles else "tiles"
     return "tiles"
 
@@ -250,14 +260,22 @@ def _phase_sizes(g):
 def _phase_planes(x, g, ws, NR):
     """The input as zero-padded stride-phase planes (flat), and their (HPh, WPh). A stride-1,
     unpadded input whose wide rows hold at least one tile is used as it is."""
-    sh, sw = g.stride
-    pt, pb, pl, pr = g.pad4
-    if (sh, sw) == (1, 1) and g.pad4 == (0, 0, 0, 0) and (g.OH - 1) * g.W + g.OW >= NR:
-        return x.reshape(-1), g.H, g.W, True
-    HPh, WPh = _phase_sizes(g)
-    xs = ws.get("xs", g.N * g.C * sh * sw * HPh * WPh, x.dtype)
-    _kernels.conv.pad_split(x, xs, pt, pl, sh, sw, HPh, WPh, get_num_threads())
+    xs, HPh, WPh = _phase_plan(g, x.dtype, ws, NR)
+    if xs is None:
+        return x.reshape(-1), HPh, WPh, True
+    _kernels.conv.pad_split(x, xs, g.pad4[0], g.pad4[2], g.stride[0], g.stride[1], HPh, WPh,
+                            get_num_threads())
     return xs, HPh, WPh, False
+
+
+def _phase_plan(g, dtype, ws, NR):
+    """(xs, HPh, WPh): the buffer for the phase planes of the input (None when the input is
+    read as it is: stride 1, no padding, wide rows of at least NR positions) and their size."""
+    sh, sw = g.stride
+    if (sh, sw) == (1, 1) and g.pad4 == (0, 0, 0, 0) and (g.OH - 1) * g.W + g.OW >= NR:
+        return None, g.H, g.W
+    HPh, WPh = _phase_sizes(g)
+    return ws.get("xs", g.N * g.C * sh * sw * HPh * WPh, dtype), HPh, WPh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,177 +285,285 @@ def _phase_planes(x, g, ws, NR):
 def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None):
     """y = conv2d(x, weight, bias) (then ReLU); arguments validated, y preallocated, ``g`` the
     geometry. ``weight_t`` may hold the (C*KH*KW, F) transposed weight for the matrix product."""
-    ws = ws if ws is not None else _Workspace()
-    n_threads = get_num_threads()
     if bias is None:
         bias = np.zeros(g.F, dtype=x.dtype)
     if g.N == 0:
         return y
-    if _use_dw(g, "forward", weight):
-        return _dw_forward(x, weight, bias, y, g, relu, n_threads)
-    algo = _algo(g, "forward", weight)
-    sh, sw = g.stride
-    pt, pb, pl, pr = g.pad4
-    dh, dw = g.dilation
-    if algo == "matmul":
-        if weight_t is None:
-            weight_t = np.ascontiguousarray(weight.reshape(g.F, -1).T)
-        y2 = y.reshape(g.N, g.F)
-        _gemm_into(x.reshape(g.N, -1), weight_t, y2)
-        y2 += bias
-        if relu:
-            np.maximum(y2, 0, out=y2)  # NaN stays NaN
-        return y
-    if algo == "direct":
-        _kernels.conv.forward_direct(x, weight, bias, y, sh, sw, pt, pl, dh, dw, g.groups,
-                                     bool(relu), n_threads)
-        return y
-    G = g.groups
-    Fg, Cg = g.F // G, g.C // G
-    Kg = Cg * g.KH * g.KW
-    if algo == "lanes":
-        _, NF = _kernels.conv.ftile_shape(x.dtype == np.float64)
-        xs, HPh, WPh, _ = _phase_planes(x, g, ws, 0)  # reads real outputs' taps only
-        off = ws.get("off", Kg, np.intp)[:Kg]
-        _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
-        nfb = -(-Fg // NF)
-        wpk = ws.get("apack", G * nfb * NF * Kg, x.dtype)
-        bpk = ws.get("bpack", G * nfb * NF, x.dtype)
-        _kernels.conv.pack_forward_lanes(weight, bias, wpk, bpk, G, NF, False)
-        _kernels.conv.forward_lanes(xs, wpk, bpk, off, y, g.C, sh, sw, HPh, WPh, G, NF,
-                                    bool(relu), n_threads)
-        return y
-    MR, NR = _kernels.conv.gtile_shape(Fg, x.dtype == np.float64)
-    xs, HPh, WPh, _ = _phase_planes(x, g, ws, NR)
-    off = ws.get("off", Kg, np.intp)[:Kg]
-    _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
-    apack = ws.get("apack", G * -(-Fg // MR) * MR * Kg, x.dtype)
-    _kernels.conv.pack_forward(weight, apack, G, MR)
-    _kernels.conv.forward(xs, apack, off, bias, y, g.C, sh, sw, HPh, WPh, G, MR, NR,
-                          bool(relu), n_threads)
+    _plan(g, "forward", x.dtype, ws).run(weight)(x, weight, bias, y, bool(relu), weight_t)
     return y
 
 
 def _conv2d_backward_input_into(grad_y, weight, grad_x, g, ws=None):
     """grad_x = input gradient of conv2d; arguments validated, grad_x preallocated."""
-    ws = ws if ws is not None else _Workspace()
-    n_threads = get_num_threads()
     if g.N == 0:
         return grad_x
-    if _use_dw(g, "input", weight):
-        return _dw_backward_input(grad_y, weight, grad_x, g, n_threads)
-    algo = _algo(g, "input", weight)
+    _plan(g, "input", grad_y.dtype, ws).run(weight)(grad_y, weight, grad_x)
+    return grad_x
+
+
+class _Plan:
+    """One kernel kind (forward or input gradient) planned for one geometry, dtype and thread
+    count: the algorithm and everything that depends on the shapes only (tile shapes, tap
+    offsets, work buffers, the dtype's kernels), made once and kept on the geometry, so that a
+    layer's repeated calls run only the kernels (issue 9: less Python per step).
+
+    ``run(weight)`` gives the call to make: the planned one, or, when the choice depends on the
+    weight holding only finite values (the depthwise kernels; the input gradient, whose
+    "direct" path keeps a NaN weight's effect to the positions it touches) and it does not,
+    the one planned for a non-finite weight."""
+
+    __slots__ = ("ws", "algo", "fallback_algo", "n_threads", "_check", "_runs", "_g", "_kind",
+                 "_dtype")
+
+    def __init__(self, g, kind, dtype, ws, n_threads):
+        self.ws, self._g, self._kind, self._dtype, self.n_threads = ws, g, kind, dtype, n_threads
+        if kind == "weight":
+            self.algo, self._check = _weight_algo(g), False
+        elif _dw_ok(g, kind) and (_forced is None or _forced == "dw"):
+            self.algo, self._check = "dw", _forced is None
+        else:
+            self.algo = _algo(g, kind, dtype)
+            self._check = kind == "input" and _forced is None and self.algo != "matmul"
+        # what a non-finite weight gets: the general kernels (the dw kernels multiply weights
+        # with padding zeros), "direct" for the input gradient
+        self.fallback_algo = "direct" if kind == "input" else _algo(g, kind, dtype)
+        self._runs = {self.algo: _BUILD[kind](self.algo, g, dtype, ws, n_threads)}
+
+    def algo_for(self, weight):
+        """The algorithm a call with this weight runs."""
+        if not self._check or _kernels.conv.all_finite(weight.reshape(-1)):
+            return self.algo
+        return self.fallback_algo
+
+    def run(self, weight):
+        """The call to make with this weight: ``run(weight)(x, weight, ...)``."""
+        algo = self.algo_for(weight)
+        fn = self._runs.get(algo)
+        if fn is None:
+            fn = self._runs[algo] = _BUILD[self._kind](algo, self._g, self._dtype, self.ws,
+                                                       self.n_threads)
+        return fn
+
+
+_generation = 0  # part of every plan's key: _invalidate_plans makes all of them stale
+
+
+def _invalidate_plans():
+    """Make every plan stale, so that the next call plans again (and looks the kernels up
+    again: a benchmark's call timer replaces them with wrappers)."""
+    global _generation
+    _generation += 1
+
+
+def _plan(g, kind, dtype, ws):
+    """The _Plan of this call, from ``g``'s cache when a plan was made for the same kind, dtype,
+    thread count, forced algorithm and workspace (a layer's repeated calls)."""
+    key = (kind, dtype, get_num_threads(), _forced, _generation)
+    plans = g.plans
+    if plans is None:
+        plans = g.plans = {}
+    plan = plans.get(key)
+    if plan is None or plan.ws is not ws or ws is None:
+        plan = plans[key] = _Plan(g, kind, dtype, ws if ws is not None else _Workspace(),
+                                  key[2])
+    return plan
+
+
+def _spec(fn, dtype):
+    """The dtype's specialisation of a fused-type kernel (skips the per-call dispatch)."""
+    return fn["double" if dtype == np.float64 else "float"]
+
+
+def _build_forward(algo, g, dtype, ws, n_threads):
+    """run(x, weight, bias, y, relu, weight_t) of one planned forward algorithm."""
+    K = _kernels.conv
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
     dh, dw = g.dilation
+    G, C, F, N = g.groups, g.C, g.F, g.N
+    Fg, Cg = F // G, C // G
+    Kg = Cg * g.KH * g.KW
+    if algo == "dw":
+        HPh, WPh = _phase_sizes(g)
+        fwd = _spec(_kernels.dwconv.forward, dtype)
+        return lambda x, w, b, y, relu, wt: fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, HPh, WPh,
+                                                relu, n_threads)
     if algo == "matmul":
-        _gemm_into(grad_y.reshape(g.N, g.F), weight.reshape(g.F, -1),
-                   grad_x.reshape(g.N, -1))
-        return grad_x
+        def run(x, w, b, y, relu, wt):
+            if wt is None:
+                wt = np.ascontiguousarray(w.reshape(F, -1).T)
+            y2 = y.reshape(N, F)
+            _gemm_into(x.reshape(N, -1), wt, y2)
+            y2 += b
+            if relu:
+                np.maximum(y2, 0, out=y2)  # NaN stays NaN
+        return run
     if algo == "direct":
-        _kernels.conv.backward_input_direct(grad_y, weight, grad_x, sh, sw, pt, pl, dh, dw,
-                                            g.groups, n_threads)
-        return grad_x
-    G = g.groups
-    Fg, Cg = g.F // G, g.C // G
+        fd = _spec(K.forward_direct, dtype)
+        return lambda x, w, b, y, relu, wt: fd(x, w, b, y, sh, sw, pt, pl, dh, dw, G, relu,
+                                               n_threads)
+    split = _spec(K.pad_split, dtype)
+    off = np.empty(Kg, dtype=np.intp)  # the plan's own: filled once
+    if algo == "lanes":
+        _, NF = K.ftile_shape(dtype == np.float64)
+        xs, HPh, WPh = _phase_plan(g, dtype, ws, 0)  # reads real outputs' taps only
+        nfb = -(-Fg // NF)
+        wpk = ws.get("apack", G * nfb * NF * Kg, dtype)
+        bpk = ws.get("bpack", G * nfb * NF, dtype)
+        pack, fwd = _spec(K.pack_forward_lanes, dtype), _spec(K.forward_lanes, dtype)
+
+        def run(x, w, b, y, relu, wt):
+            if xs is not None:
+                split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
+            pack(w, b, wpk, bpk, G, NF, False)
+            fwd(x.reshape(-1) if xs is None else xs, wpk, bpk, off, y, C, sh, sw, HPh, WPh,
+                G, NF, relu, n_threads)
+    else:
+        MR, NR = K.gtile_shape(Fg, dtype == np.float64)
+        xs, HPh, WPh = _phase_plan(g, dtype, ws, NR)
+        apack = ws.get("apack", G * -(-Fg // MR) * MR * Kg, dtype)
+        pack, fwd = _spec(K.pack_forward, dtype), _spec(K.forward, dtype)
+
+        def run(x, w, b, y, relu, wt):
+            if xs is not None:
+                split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
+            pack(w, apack, G, MR)
+            fwd(x.reshape(-1) if xs is None else xs, apack, off, b, y, C, sh, sw, HPh, WPh, G,
+                MR, NR, relu, n_threads)
+    K.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
+    return run
+
+
+def _build_input(algo, g, dtype, ws, n_threads):
+    """run(grad_y, weight, grad_x) of one planned input-gradient algorithm."""
+    K = _kernels.conv
+    sh, sw = g.stride
+    pt, pb, pl, pr = g.pad4
+    dh, dw = g.dilation
+    G, C, F, N = g.groups, g.C, g.F, g.N
+    Fg, Cg = F // G, C // G
+    Kf = Fg * g.KH * g.KW
+    split = _spec(K.pad_split, dtype)
+    if algo == "dw":
+        bi = _spec(_kernels.dwconv.backward_input, dtype)
+        return lambda gy, w, gx: bi(gy, w, gx, pt, pl, dh, dw, n_threads)
+    if algo == "matmul":
+        return lambda gy, w, gx: _gemm_into(gy.reshape(N, F), w.reshape(F, -1),
+                                            gx.reshape(N, -1))
+    if algo == "direct":
+        bd = _spec(K.backward_input_direct, dtype)
+        return lambda gy, w, gx: bd(gy, w, gx, sh, sw, pt, pl, dh, dw, G, n_threads)
     if algo == "lanes":  # stride 1: full correlation of padded dy with the turned weight
-        _, NF = _kernels.conv.ftile_shape(grad_y.dtype == np.float64)
+        _, NF = K.ftile_shape(dtype == np.float64)
         eh, ew = (g.KH - 1) * dh, (g.KW - 1) * dw
         HPh, WPh = g.H + eh, g.W + ew
-        if (eh - pt, ew - pl, HPh, WPh) == (0, 0, g.OH, g.OW):  # no border: dy as it is
-            gs = grad_y.reshape(-1)
-        else:  # top/left border eh - pt, ew - pl (< 0: rows/columns of dy no dx reaches)
-            gs = ws.get("gpad", g.N * g.F * HPh * WPh, grad_y.dtype)
-            _kernels.conv.pad_split(grad_y, gs, eh - pt, ew - pl, 1, 1, HPh, WPh, n_threads)
-        K = Fg * g.KH * g.KW
-        off = ws.get("off_in", K, np.intp)[:K]
-        _kernels.conv.forward_offsets(Fg, g.KH, g.KW, 1, 1, dh, dw, HPh, WPh, off)
+        # top/left border eh - pt, ew - pl (< 0: rows/columns of dy no dx reaches)
+        gs = None if (eh - pt, ew - pl, HPh, WPh) == (0, 0, g.OH, g.OW) else \
+            ws.get("gpad", N * F * HPh * WPh, dtype)
+        off = np.empty(Kf, dtype=np.intp)
+        K.forward_offsets(Fg, g.KH, g.KW, 1, 1, dh, dw, HPh, WPh, off)
         ncb = -(-Cg // NF)
-        wpk = ws.get("apack_in", G * ncb * NF * K, grad_y.dtype)
-        bpk = ws.get("bpack_in", G * ncb * NF, grad_y.dtype)
-        zeros = ws.get("zeros_in", g.C, grad_y.dtype)[:g.C]
-        zeros[...] = 0
-        _kernels.conv.pack_forward_lanes(weight, zeros, wpk, bpk, G, NF, True)
-        _kernels.conv.forward_lanes(gs, wpk, bpk, off, grad_x, g.F, 1, 1, HPh, WPh, G, NF,
-                                    False, n_threads)
-        return grad_x
-    MR, NR = _kernels.conv.gtile_shape(Cg, grad_y.dtype == np.float64)
+        wpk = ws.get("apack_in", G * ncb * NF * Kf, dtype)
+        bpk = ws.get("bpack_in", G * ncb * NF, dtype)
+        zeros = np.zeros(C, dtype=dtype)
+        pack, fwd = _spec(K.pack_forward_lanes, dtype), _spec(K.forward_lanes, dtype)
+
+        def run(gy, w, gx):
+            if gs is not None:
+                split(gy, gs, eh - pt, ew - pl, 1, 1, HPh, WPh, n_threads)
+            pack(w, zeros, wpk, bpk, G, NF, True)
+            fwd(gy.reshape(-1) if gs is None else gs, wpk, bpk, off, gx, F, 1, 1, HPh, WPh, G,
+                NF, False, n_threads)
+        return run
+    MR, NR = K.gtile_shape(Cg, dtype == np.float64)
     HPh, WPh = -(-(pt + g.H) // sh), -(-(pl + g.W) // sw)
     A, B = (g.KH - 1) * dh // sh, (g.KW - 1) * dw // sw
     GH, GW = A + max(HPh, g.OH), B + max(WPh, g.OW)
-    gpad = ws.get("gpad", g.N * g.F * GH * GW, grad_y.dtype)
-    _kernels.conv.pad_split(grad_y, gpad, A, B, 1, 1, GH, GW, n_threads)
-    K = Fg * g.KH * g.KW
-    apack = ws.get("apack_in", G * -(-Cg // MR) * MR * K, grad_y.dtype)
-    off = ws.get("off_in", K, np.intp)
+    gpad = ws.get("gpad", N * F * GH * GW, dtype)
+    apack = ws.get("apack_in", G * -(-Cg // MR) * MR * Kf, dtype)
+    off = ws.get("off_in", Kf, np.intp)  # filled with apack at every call
     starts = ws.get("phase_start", sh * sw + 1, np.intp)
-    _kernels.conv.pack_backward_input(weight, apack, off, starts, G, MR, sh, sw, dh, dw, GH, GW)
-    _kernels.conv.backward_input(gpad, apack, off, starts, grad_x, g.F, GH, GW, HPh, WPh, sh,
-                                 sw, pt, pl, G, MR, NR, n_threads)
-    return grad_x
+    pack, bi = _spec(K.pack_backward_input, dtype), _spec(K.backward_input, dtype)
+
+    def run(gy, w, gx):
+        split(gy, gpad, A, B, 1, 1, GH, GW, n_threads)
+        pack(w, apack, off, starts, G, MR, sh, sw, dh, dw, GH, GW)
+        bi(gpad, apack, off, starts, gx, F, GH, GW, HPh, WPh, sh, sw, pt, pl, G, MR, NR,
+           n_threads)
+    return run
 
 
 def _conv2d_backward_weight_into(x, grad_y, grad_w, grad_b, g, ws=None):
     """(grad_w, grad_b) of conv2d; arguments validated, outputs preallocated (grad_b may be
     None: not computed)."""
-    ws = ws if ws is not None else _Workspace()
-    n_threads = get_num_threads()
-    algo = _weight_algo(g)
-    if grad_b is not None:
-        if g.N == 0:
-            grad_b[...] = 0
-        elif algo == "matmul":  # one value per (image, filter): a column sum, in image order
-            np.sum(grad_y.reshape(g.N, g.F), axis=0, out=grad_b)
-        else:
-            _kernels.conv.bias_grad(grad_y, grad_b, n_threads)
     if g.N == 0:
         grad_w[...] = 0
+        if grad_b is not None:
+            grad_b[...] = 0
         return grad_w, grad_b
-    _backward_weight_algo(algo, x, grad_y, grad_w, g, ws, n_threads)
+    plan = _plan(g, "weight", x.dtype, ws)
+    algo = plan.algo
+    if grad_b is not None:
+        if algo == "matmul":  # one value per (image, filter): a column sum, in image order
+            np.sum(grad_y.reshape(g.N, g.F), axis=0, out=grad_b)
+        else:
+            _kernels.conv.bias_grad(grad_y, grad_b, plan.n_threads)
+    plan.run(None)(x, grad_y, grad_w)
     if _needs_exact_weight(g, algo, grad_w):
-        _backward_weight_algo("direct", x, grad_y, grad_w, g, ws, n_threads)
+        _backward_weight_algo("direct", x, grad_y, grad_w, g, plan.ws, plan.n_threads)
     return grad_w, grad_b
 
 
+def _build_weight(algo, g, dtype, ws, n_threads):
+    """run(x, grad_y, grad_w) of one planned weight-gradient algorithm (N > 0)."""
+    if algo != "tiles":
+        return lambda x, gy, gw: _backward_weight_algo(algo, x, gy, gw, g, ws, n_threads)
+    K = _kernels.conv
+    sh, sw = g.stride
+    pt, pb, pl, pr = g.pad4
+    G, C, F, N = g.groups, g.C, g.F, g.N
+    Fg, Cg = F // G, C // G
+    Kg = Cg * g.KH * g.KW
+    MR, NF = K.wtile_shape(Fg, dtype == np.float64)
+    xs, HPh, WPh = _phase_plan(g, dtype, ws, 0)  # the tiles read only real positions
+    off = np.empty(Kg, dtype=np.intp)
+    K.forward_offsets(Cg, g.KH, g.KW, sh, sw, g.dilation[0], g.dilation[1], HPh, WPh, off)
+    gt = ws.get("gt", N * g.OH * g.OW * F, dtype)
+    NB = _tiles_chunk(g, dtype.itemsize)
+    part = ws.get("part", -(-N // NB) * G * -(-Kg // MR) * MR * -(-Fg // NF) * NF, dtype)
+    split, to_pm = _spec(K.pad_split, dtype), _spec(K.to_pixels_major, dtype)
+    bw = _spec(K.backward_weight, dtype)
+
+    def run(x, gy, gw):
+        if xs is not None:
+            split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
+        to_pm(gy, gt, n_threads)
+        bw(x.reshape(-1) if xs is None else xs, gt, off, part, gw, N, C, sh, sw, HPh, WPh,
+           g.OH, g.OW, G, MR, NF, NB, n_threads)
+    return run
+
+
 def _backward_weight_algo(algo, x, grad_y, grad_w, g, ws, n_threads):
-    """grad_w of conv2d by ``algo`` (N > 0)."""
+    """grad_w of conv2d by ``algo`` (N > 0), unplanned (the tiles: see _build_weight)."""
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
     dh, dw = g.dilation
     if algo == "matmul":
         _gemm_into(grad_y.reshape(g.N, g.F).T, x.reshape(g.N, -1), grad_w.reshape(g.F, -1))
-        return
-    if algo == "direct":
+    elif algo == "direct":
         _kernels.conv.backward_weight_direct(x, grad_y, grad_w, sh, sw, pt, pl, dh, dw,
                                              g.groups, n_threads)
-        return
-    if algo == "rows":
+    elif algo == "rows":
         _backward_weight_rows(x, grad_y, grad_w, g, ws, n_threads)
-        return
-    if algo == "dw":
+    elif algo == "dw":
         HPh, WPh = _phase_sizes(g)
         _kernels.dwconv.backward_weight(x, grad_y, grad_w, sh, sw, pt, pl, dh, dw, HPh, WPh,
                                         n_threads)
-        return
-    G = g.groups
-    Fg, Cg = g.F // G, g.C // G
-    MR, NF = _kernels.conv.wtile_shape(Fg, x.dtype == np.float64)
-    if (sh, sw) == (1, 1) and g.pad4 == (0, 0, 0, 0):
-        xs, HPh, WPh = x.reshape(-1), g.H, g.W  # the tiles read only real positions
     else:
-        xs, HPh, WPh, _ = _phase_planes(x, g, ws, 1 << 62)
-    Kg = Cg * g.KH * g.KW
-    off = ws.get("off", Kg, np.intp)[:Kg]
-    _kernels.conv.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
-    P = g.OH * g.OW
-    gt = ws.get("gt", g.N * P * g.F, x.dtype)
-    _kernels.conv.to_pixels_major(grad_y, gt, n_threads)
-    NB = _tiles_chunk(g, x.itemsize)
-    n_chunks = -(-g.N // NB)
-    nkb, nfb = -(-Kg // MR), -(-Fg // NF)
-    part = ws.get("part", n_chunks * G * nkb * MR * nfb * NF, x.dtype)
-    _kernels.conv.backward_weight(xs, gt, off, part, grad_w, g.N, g.C, sh, sw, HPh, WPh, g.OH,
-                                  g.OW, G, MR, NF, NB, n_threads)
+        _build_weight(algo, g, x.dtype, ws, n_threads)(x, grad_y, grad_w)
+
+
+_BUILD = {"forward": _build_forward, "input": _build_input, "weight": _build_weight}
 
 
 def _dw_ok(g, kind):
@@ -460,31 +586,6 @@ def _dw_ok(g, kind):
     HPh, WPh = _phase_sizes(g)
     P = -(-((g.OH - 1) * WPh + g.OW) // NL) * NL
     return sh * sw * HPh * WPh + slack <= buf and P <= buf
-
-
-def _use_dw(g, kind, weight):
-    """The depthwise kernels run the forward pass / input gradient when they can, unless an
-    algorithm is forced (then only when "dw" is) or a weight is inf or NaN (they multiply the
-    weights with padding zeros; the general kernels keep their semantics)."""
-    if _forced is not None:
-        return _forced == "dw" and _dw_ok(g, kind)
-    return _dw_ok(g, kind) and _kernels.conv.all_finite(weight.reshape(-1))
-
-
-def _dw_forward(x, weight, bias, y, g, relu, n_threads):
-    sh, sw = g.stride
-    pt, _, pl, _ = g.pad4
-    HPh, WPh = _phase_sizes(g)
-    _kernels.dwconv.forward(x, weight, bias, y, sh, sw, pt, pl, g.dilation[0], g.dilation[1],
-                            HPh, WPh, bool(relu), n_threads)
-    return y
-
-
-def _dw_backward_input(grad_y, weight, grad_x, g, n_threads):
-    pt, _, pl, _ = g.pad4
-    _kernels.dwconv.backward_input(grad_y, weight, grad_x, pt, pl, g.dilation[0],
-                                   g.dilation[1], n_threads)
-    return grad_x
 
 
 def _rows_geometry(g):
