@@ -367,6 +367,35 @@ def test_linear_forward_and_all_gradients_match_torch(case, dtype, assert_close)
         assert_close(layer.grads["bias"], tlin.bias.grad.numpy(), ag.sum(axis=0))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_narrow_products_padded_to_a_tile_are_bitwise_the_plain_product(dtype):
+    """A Linear (or a Conv2d covering its input) with fewer outputs than the matrix product's
+    column tile runs with its transposed weight padded by zero columns; each real output must
+    be the same sum as the unpadded product's (the functional forms run it unpadded), in
+    training and in eval mode (where the padded weight is reused), for batches that fill row
+    blocks and batches that do not."""
+    from fastcnn.functional.linear import _gemm_columns
+
+    rng = np.random.default_rng(41)
+    for fout in (1, 3, 7):
+        assert _gemm_columns(fout, dtype) > fout  # the padded path
+        lin = Linear(37, fout, seed=1, dtype=dtype)
+        conv = fastcnn.Conv2d(3, fout, 5, seed=2, dtype=dtype)
+        assert conv._geometry((1, 3, 5, 5)).covers_input()  # one matrix product
+        for mode in ("train", "eval", "eval"):
+            getattr(lin, mode)(), getattr(conv, mode)()
+            for n in (1, 4, 7, 64):
+                x = rng.standard_normal((n, 37)).astype(dtype)
+                y = fastcnn.functional.linear(x, lin.params["weight"], lin.params["bias"])
+                assert lin.forward(x).tobytes() == y.tobytes()
+                xc = rng.standard_normal((n, 3, 5, 5)).astype(dtype)
+                yc = fastcnn.functional.conv2d(xc, conv.params["weight"], conv.params["bias"])
+                assert conv.forward(xc).tobytes() == yc.tobytes()
+                seq = fastcnn.Sequential(conv)  # reused buffers and plans
+                assert seq.forward(xc).tobytes() == yc.tobytes()
+            lin.params["weight"][0, 0] += 1  # an in-place change: the eval cache must see it
+
+
 def test_linear_compute_input_grad_false_returns_none():
     layer, x, rng = _linear_layer((4, 7, 5, True), F64)
     full, _, _ = _linear_layer((4, 7, 5, True), F64)

@@ -1040,6 +1040,12 @@ cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t r
 # Matrix product (dense layers, and a convolution whose kernel covers its whole input)
 # ---------------------------------------------------------------------------------------------
 
+def gemm_tile(bint is_double):
+    """Columns of C per register tile of ``gemm`` (a product with fewer columns than this runs
+    row by row, several times slower per product)."""
+    return FC_TILE_D if is_double else FC_TILE_F
+
+
 def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + k*sa_k]
          Py_ssize_t sa_m, Py_ssize_t sa_k, Py_ssize_t M, Py_ssize_t K,
          const floating[:, ::1] b,  # IN  B (K, N)

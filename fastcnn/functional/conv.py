@@ -45,7 +45,7 @@ from .. import _kernels
 from .._threads import get_num_threads
 from ._validate import _array, _check_grad, _int, _nonempty
 from ._validate import _pair as _vpair
-from .linear import _gemm_into
+from .linear import _gemm_columns, _gemm_into
 
 __all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_output_size",
            "conv_transpose2d", "conv_transpose2d_backward_input",
@@ -389,11 +389,14 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         return lambda x, w, b, y, relu, wt: fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, HPh, WPh,
                                                 relu, n_threads)
     if algo == "matmul":
+        Fw = _gemm_columns(F, dtype)  # a layer's transposed weight may be this wide
+        wide = ws.get("y_wide", N * Fw, dtype)[:N * Fw].reshape(N, Fw) if Fw != F else None
+
         def run(x, w, b, y, relu, wt):
             if wt is None:
                 wt = np.ascontiguousarray(w.reshape(F, -1).T)
             y2 = y.reshape(N, F)
-            _gemm_into(x.reshape(N, -1), wt, y2)
+            _gemm_into(x.reshape(N, -1), wt, y2, wide)
             y2 += b
             if relu:
                 np.maximum(y2, 0, out=y2)  # NaN stays NaN

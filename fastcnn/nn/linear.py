@@ -87,7 +87,9 @@ class Linear(Module):
         params = self.params
         weight_t = self._weight_t(params["weight"], reuse)
         if x.shape[0]:
-            _gemm_into(x, weight_t, y)
+            wide = None if weight_t.shape[1] == y.shape[1] else \
+                self._buffer("y_wide", (x.shape[0], weight_t.shape[1]), reuse)
+            _gemm_into(x, weight_t, y, wide)
         bias = params.get("bias")
         if bias is not None:
             y += bias

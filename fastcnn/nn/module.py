@@ -27,6 +27,7 @@ from collections import OrderedDict
 import numpy as np
 
 from ..functional._validate import _array, _int
+from ..functional.linear import _gemm_columns
 
 __all__ = ["Module", "Parameter"]
 
@@ -345,7 +346,9 @@ class Module:
 
     def _weight_t(self, weight, reuse):
         """``weight.reshape(F, -1).T`` as a C-contiguous work array (for the matrix-product
-        kernels, which read their right-hand side by rows).
+        kernels, which read their right-hand side by rows), with zero columns past F when F is
+        narrower than the kernel's column tile (``_gemm_columns``: pass ``_gemm_into`` a wide
+        output then).
 
         In evaluation mode with reused buffers the transposition (a strided copy that costs
         more than the product itself at batch 1: 0.6 ms for a 128 x 3136 weight) is skipped
@@ -353,14 +356,17 @@ class Module:
         comparison with a snapshot, so any change, however it was written, is seen. In
         training mode, where every step changes the weight, it is copied every time."""
         F = weight.shape[0]
-        wt = self._buffer("weight_t", (weight.size // F if F else 0, F), reuse)
+        # (a narrow product's B padded with zero columns: see functional.linear._gemm_columns)
+        wt = self._buffer("weight_t", (weight.size // F if F else 0,
+                                       _gemm_columns(F, weight.dtype)), reuse)
         # (below a few thousand elements the copy costs less than the comparison's glue)
         cacheable = reuse and not self.training and weight.size >= 4096 and \
             weight.flags.c_contiguous
         snap = self._work.get("weight_t_src")  # (wt, _Snapshot of the weight it holds)
         if cacheable and snap is not None and snap[0] is wt and snap[1].same(weight):
             return wt
-        np.copyto(wt, weight.reshape(F, -1).T)
+        np.copyto(wt[:, :F], weight.reshape(F, -1).T)
+        wt[:, F:] = 0
         if cacheable:
             if snap is None or snap[1].copy.shape != weight.shape or \
                     snap[1].copy.dtype != weight.dtype:
