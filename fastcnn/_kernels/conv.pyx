@@ -77,10 +77,10 @@ cdef extern from "_convtiles.h" nogil:
 cdef extern from "_convtiles.h" nogil:
     void fc_flanes6x2_f(const float*, const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t,
                         const float*, const float*, int, Py_ssize_t, Py_ssize_t, float*,
-                        Py_ssize_t)
+                        Py_ssize_t, float*, int, int)
     void fc_flanes6x2_d(const double*, const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t,
                         const double*, const double*, int, Py_ssize_t, Py_ssize_t, double*,
-                        Py_ssize_t)
+                        Py_ssize_t, double*, int, int)
 
 cdef extern from "_convtiles.h" nogil:
     void fc_rtile4x3_f(const float*, Py_ssize_t, const Py_ssize_t*, const float*, Py_ssize_t,
@@ -122,6 +122,12 @@ cdef enum:
     LANES = 16       # independent partial sums in _sum
     FTILE_NP = 6     # output positions per filters-on-lanes tile (fc_flanes6x2)
     LANE_TILES = 4   # filters-on-lanes tiles per task
+    # Taps per chunk of a long filters-on-lanes sum: one chunk of a filter block's packed
+    # weights (LANE_CHUNK * NF values, 16 KB with 32-byte vectors) stays in L1 over the task's
+    # tiles; a task runs at most CHUNK_TILES tiles then (its running sums live on its stack).
+    LANE_CHUNK = 256
+    CHUNK_TILES = 16
+    MAX_NF = 32      # >= NF of every build (2 vectors of float32 lanes with AVX-512)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,6 +489,8 @@ def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, 
     cdef Py_ssize_t run_len = LANE_TILES
     if N * G >= 4 * n_threads and gsz * <Py_ssize_t> sizeof(floating) <= 16384:
         run_len = max(ntile, <Py_ssize_t> 1)
+    if Kg > LANE_CHUNK:  # a chunked sum: the whole plane while its running sums fit the stack
+        run_len = ntile if N * G >= 4 * n_threads and ntile <= CHUNK_TILES else LANE_TILES
     cdef Py_ssize_t nrun = (ntile + run_len - 1) // run_len, task
     if N == 0 or F == 0:
         return
@@ -499,29 +507,40 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                               Py_ssize_t P, Py_ssize_t ntile, Py_ssize_t img, Py_ssize_t gsz,
                               bint relu) noexcept nogil:
     cdef Py_ssize_t pos[FTILE_NP]
+    cdef floating part[CHUNK_TILES * FTILE_NP * MAX_NF]  # running sums of a chunked sum
     cdef Py_ssize_t run = task % nrun, g = (task // nrun) % G, n = task // (nrun * G)
     cdef Py_ssize_t nfb = (Fg + NF - 1) // NF
     cdef Py_ssize_t t0 = run * run_len, t1 = min(ntile, (run + 1) * run_len)
-    cdef Py_ssize_t tile, p0, ps, p, u, i, fb
+    cdef Py_ssize_t tile, p0, ps, p, u, i, fb, kc, k0, kn
     cdef const floating* base = xs + n * img + g * gsz
+    cdef const floating* wb
     cdef floating* yg = y + (n * G + g) * Fg * P
-    # Filter blocks outer: one block's packed weights (Kg*NF values) stay in L1 over the run.
+    # Filter blocks outer: one block's packed weights (or one chunk of them) stay in L1 over
+    # the run; chunks of LANE_CHUNK taps in order, each over every tile of the run.
     for fb in range(nfb):
-        for tile in range(t0, t1):
-            p0 = tile * FTILE_NP
-            ps = min(p0, P - FTILE_NP)  # < 0 when the plane is smaller than a tile
-            for u in range(FTILE_NP):
-                p = max(ps + u, <Py_ssize_t> 0)
-                i = p // OW
-                pos[u] = i * WPh + p - i * OW
-            if floating is float:
-                fc_flanes6x2_f(base, pos, off, Kg, wpk + (g * nfb + fb) * Kg * NF,
-                               bpk + (g * nfb + fb) * NF, relu, p0 - ps,
-                               min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P)
-            else:
-                fc_flanes6x2_d(base, pos, off, Kg, wpk + (g * nfb + fb) * Kg * NF,
-                               bpk + (g * nfb + fb) * NF, relu, p0 - ps,
-                               min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P)
+        wb = wpk + (g * nfb + fb) * Kg * NF
+        for kc in range((Kg + LANE_CHUNK - 1) // LANE_CHUNK):
+            k0 = kc * LANE_CHUNK
+            kn = min(<Py_ssize_t> LANE_CHUNK, Kg - k0)
+            for tile in range(t0, t1):
+                p0 = tile * FTILE_NP
+                ps = min(p0, P - FTILE_NP)  # < 0 when the plane is smaller than a tile
+                for u in range(FTILE_NP):
+                    p = max(ps + u, <Py_ssize_t> 0)
+                    i = p // OW
+                    pos[u] = i * WPh + p - i * OW
+                if floating is float:
+                    fc_flanes6x2_f(base, pos, off + k0, kn, wb + k0 * NF,
+                                   bpk + (g * nfb + fb) * NF, relu, p0 - ps,
+                                   min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P,
+                                   part + (tile - t0) * FTILE_NP * NF, k0 == 0,
+                                   k0 + kn == Kg)
+                else:
+                    fc_flanes6x2_d(base, pos, off + k0, kn, wb + k0 * NF,
+                                   bpk + (g * nfb + fb) * NF, relu, p0 - ps,
+                                   min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P,
+                                   part + (tile - t0) * FTILE_NP * NF, k0 == 0,
+                                   k0 + kn == Kg)
 
 
 # ---------------------------------------------------------------------------------------------
