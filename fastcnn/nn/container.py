@@ -15,6 +15,8 @@ Less Python per step (issue 9). At batch 1 a step is mostly Python between the k
 * each layer validates its input once per shape: an input of the shape, dtype and layout the last
   call validated goes straight to the kernels (with the geometry, output buffer and workspace
   kept from that call); anything else is checked again and gets the same ValueError / TypeError;
+* a convolution plans each of its kernel calls once per shape (algorithm, tap offsets, buffer
+  views, the dtype's kernel functions: ``functional.conv._Plan``, kept on that geometry);
 * ``Sequential`` packs the parameters of its built-in layers into one flat buffer and their
   gradients into another (``Module._pack_parameters``), so that an optimiser updates a whole
   parameter group with a few NumPy calls instead of a loop over parameters (bitwise the same
