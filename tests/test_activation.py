@@ -3,7 +3,7 @@
 
 Each function is held to: PyTorch autograd on random shapes, its NumPy twin, float64 central
 differences, the exact function evaluated point by point with Python's ``math`` module (float64
-to ~1e-15 relative, float32 within 2 ulp of the correctly rounded value), special values (NaN,
+to ~1e-15 relative, float32 within a per-op bound of 0-5 ulp, F32_ULPS), special values (NaN,
 inf, -0.0, huge, subnormal) against PyTorch, 1/2/3-thread bitwise equality on arrays split into
 several blocks, 0-d / empty / non-contiguous / read-only inputs and input validation.
 """
