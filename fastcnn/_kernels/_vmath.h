@@ -309,6 +309,13 @@ static inline double vm_scalar(int op, double x, double g, double a) {
     case VM_ELU_B: return x <= 0 ? g * (a * exp(x)) : g;
     case VM_GELU: return vm_gelu_s(x);
     case VM_GELU_B: return g * vm_gelu_b_s(x);
+    case VM_GELU_TANH:
+        return x * vm_sigmoid_s(2.0 * VM_SQRT_2_OVER_PI * (x + VM_GELU_C * x * x * x));
+    case VM_GELU_TANH_B: {     /* the float32 kernels' fallback (NaN, inf): as the vector form */
+        double s = vm_sigmoid_s(2.0 * VM_SQRT_2_OVER_PI * (x + VM_GELU_C * x * x * x));
+        double du = VM_SQRT_2_OVER_PI * (1.0 + 3.0 * VM_GELU_C * x * x);
+        return g * (s * (1.0 - s) == 0.0 ? s : s + 2.0 * x * (s * (1.0 - s)) * du);
+    }
     default: return NAN;
     }
 }
@@ -508,14 +515,11 @@ static inline int vf_any(vm_i m) {
     return ((w[0] | w[1]) | (w[2] | w[3])) != 0;
 }
 
-/* expm1(r) and 2^n for |x| <= 87 */
-static inline vm_f vf_reduce(vm_f x, vm_f *scale) {
-    const vm_f shifter = vf_set(0x1.8p23f);
-    vm_f t = x * vf_set(1.44269504088896341f) + shifter;
-    vm_f k = t - shifter;
-    vm_i ki = (vm_i)t - (vm_i)shifter;
-    *scale = (vm_f)((ki + 127) << 23);
-    vm_f r = (x - k * vf_set(0x1.62e4p-1f)) - k * vf_set(0x1.7f7d1cp-20f);
+#define VF_LN2_HI 0x1.62e4p-1f     /* 15 bits: n * VF_LN2_HI is exact for |n| < 2^9 */
+#define VF_LN2_LO 0x1.7f7d1cp-20f  /* ln2 - VF_LN2_HI */
+
+/* expm1(r) for |r| <= ln2/2 (a little beyond is fine): r + r^2 (c2 + c3 r + ... + c7 r^5) */
+static inline vm_f vf_expm1_poly(vm_f r) {
     vm_f q = vf_set(0.00019851791148539633f);
     q = q * r + vf_set(0.0013942025834694505f);
     q = q * r + vf_set(0.008333380334079266f);
@@ -523,6 +527,15 @@ static inline vm_f vf_reduce(vm_f x, vm_f *scale) {
     q = q * r + vf_set(0.1666666567325592f);
     q = q * r + vf_set(0.5f);
     return r + (r * r) * q;
+}
+/* expm1(r) and 2^n for |x| <= 87 */
+static inline vm_f vf_reduce(vm_f x, vm_f *scale) {
+    const vm_f shifter = vf_set(0x1.8p23f);
+    vm_f t = x * vf_set(1.44269504088896341f) + shifter;
+    vm_f k = t - shifter;
+    vm_i ki = (vm_i)t - (vm_i)shifter;
+    *scale = (vm_f)((ki + 127) << 23);
+    return vf_expm1_poly((x - k * vf_set(VF_LN2_HI)) - k * vf_set(VF_LN2_LO));
 }
 static inline vm_f vf_exp_in(vm_f x) { vm_f s; vm_f p = vf_reduce(x, &s); return s + s * p; }
 static inline vm_f vf_expm1_in(vm_f x) {
@@ -569,70 +582,201 @@ static inline vm_f vf_elu_b(vm_f g, vm_f x, float a, vm_i *bad) {
     return vf_sel(neg, g * (vf_set(a) * e), vf_sel(x != x, x, g));
 }
 
-/* ---- double-precision helpers with float32 accuracy (GELU of float32 data) */
-static inline vm_d vm_exp_lo(vm_d x) {   /* |x| <= 708 */
-    vm_d k;
-    vm_d s = vm_split(x, &k);
-    vm_d r = (x - k * vm_set(6.93147180369123816490e-01)) - k * vm_set(1.90821492927058770002e-10);
-    vm_d p = vm_set(1.0 / 40320.0);
-    p = p * r + vm_set(1.0 / 5040.0);
-    p = p * r + vm_set(1.0 / 720.0);
-    p = p * r + vm_set(1.0 / 120.0);
-    p = p * r + vm_set(1.0 / 24.0);
-    p = p * r + vm_set(1.0 / 6.0);
-    p = p * r + vm_set(0.5);
-    p = r + (r * r) * p;
-    return s + s * p;
+/* ---- exact GELU in float32, eight lanes.
+ *
+ * With u = |x| and phi the normal density, Phi(-u) = exp(-u^2/2) G(u), G(u) = Phi(-u) / (sqrt(2pi)
+ * phi(u)) (the Mills ratio over sqrt(2pi): smooth, from 1/2 at 0 to ~ 0.4/u). G is a degree-8
+ * polynomial in v = u - m_i on each of eight intervals of u,
+ *   [0, .5) [.5, 1) [1, 2) [2, 3) [3, 5) [5, 7) [7, 11) [11, 15)
+ * (m_i: 0, .75, 1.5, 2.5, 4, 6, 9, 13)
+ * picked from the exponent and first mantissa bit of u + 1, the coefficients of each lane fetched
+ * with one shuffle per degree (vpermps). Coefficients fitted here (iteratively reweighted least
+ * squares for the minimax relative error, each coefficient rounded to float32 from the top degree
+ * down and the lower ones refitted; float32 Horner evaluation within 1.4 ulp of G). u - m_i is
+ * exact (m_i has few bits and u lies near it).
+ * exp(-u^2/2): u^2 = h + l split exactly, -h/2 reduced by Cody-Waite (exact), the -l/2 added to
+ * the reduced argument; 2^n is applied as two factors 2^(n/2) so that results far in the tail
+ * (u up to 14.75, n down to -157) round once into the float32 subnormals.
+ *   forward   x < 0: -(u G (1 + p)) 2^n        x >= 0: x - x Phi(-u)
+ *   backward  x < 0: g w 2^n, w = (G - u/sqrt(2pi)) (1 + p)      x >= 0: g - g w 2^n
+ * (exp(-u^2/2) = (1 + p) 2^n). u is clamped at 14.75, where both results are below the smallest
+ * subnormal; NaN and +-inf lanes are redone in double.
+ */
+static const float VF_MILLS_MID[8] = {0.0f, 0.75f, 1.5f, 2.5f, 4.0f, 6.0f, 9.0f, 13.0f};
+static const float VF_MILLS[9][8] = {   /* VF_MILLS[j][i]: coefficient of v^j on interval i */
+    {0.5f, 0.30023247f, 0.20578067f, 0.14133133f,
+     0.09441064f, 0.06477931f, 0.04379879f, 0.030509414f},
+    {-0.3989423f, -0.17376794f, -0.09027128f, -0.045613952f,
+     -0.021299714f, -0.010266394f, -0.00475318f, -0.002319892f},
+    {0.24999994f, 0.084953256f, 0.035186876f, 0.013648226f,
+     0.0046058903f, 0.0015904738f, 0.0005100819f, 0.00017540948f},
+    {-0.13297954f, -0.036684334f, -0.012497041f, -0.0038311346f,
+     -0.0009587387f, -0.00024118487f, -5.4149896e-05f, -1.31896095e-05f},
+    {0.06248736f, 0.014360001f, 0.004110346f, 0.001017601f,
+     0.0001927565f, 3.5842713e-05f, 5.688049e-06f, 9.863661e-07f},
+    {-0.02652215f, -0.005182547f, -0.0012655493f, -0.00025734882f,
+     -3.746633e-05f, -5.2221453e-06f, -5.8955214e-07f, -7.330799e-08f},
+    {0.010157984f, 0.0017454459f, 0.00036838988f, 6.232853e-05f,
+     7.088975e-06f, 7.477143e-07f, 6.071085e-08f, 5.424321e-09f},
+    {-0.003256315f, -0.00056015875f, -0.00010587598f, -1.4916678e-05f,
+     -1.4029039e-06f, -1.09867784e-07f, -6.809125e-09f, -4.1946072e-10f},
+    {0.000642519f, 0.00016769681f, 2.773407e-05f, 3.3328092e-06f,
+     2.495578e-07f, 1.5158966e-08f, 6.8523637e-10f, 3.068536e-11f},
+};
+#if defined(__FMA__)
+static inline vm_f vf_prod_err(vm_f a, vm_f b, vm_f p) {   /* a * b - p exactly */
+    return (vm_f)_mm256_fmsub_ps((__m256)a, (__m256)b, (__m256)p);
 }
-static inline vm_d vm_sigmoid_lo(vm_d v) {  /* any v; NaN gives NaN */
-    vm_d av = vm_abs(v);
-    av = vm_sel(av < vm_set(700.0), av, vm_set(700.0)) ;
-    vm_d t = vm_exp_lo(-av);
-    vm_d y = vm_sel(v >= vm_set(0.0), vm_set(1.0), t) / (vm_set(1.0) + t);
-    return vm_sel(v != v, v, y);
+#else
+static inline vm_f vf_prod_err(vm_f a, vm_f b, vm_f p) {   /* Dekker, Veltkamp splitting */
+    const vm_f c = vf_set(4097.0f);   /* 2^12 + 1 */
+    vm_f ta = c * a, tb = c * b;
+    vm_f ah = ta - (ta - a), bh = tb - (tb - b);
+    vm_f al = a - ah, bl = b - bh;
+    return ((ah * bh - p) + ah * bl + al * bh) + al * bl;
 }
-/* Phi(x) and, in *e unless e is NULL, exp(-min(|x|, 37)^2 / 2) */
-static inline vm_d vm_phi_lo(vm_d x, vm_d *e) {
-    vm_d u = vm_abs(x);
-    vm_l small = u <= vm_set(2.0);
-    vm_d uc = vm_sel(u < vm_set(37.0), u, vm_set(37.0)), ex = vm_set(0.0);
-    vm_d ps = vm_set(0.0), pt = vm_set(0.0);
-    if (e != NULL || vm_any(~small)) ex = vm_exp_lo(vm_set(-0.5) * (uc * uc));
-    if (e != NULL) *e = ex;
-    if (vm_any(small)) {
-        vm_d x2 = x * x;
-        vm_d p = vm_set(1.909444824477191e-12);
-        p = p * x2 + vm_set(-8.478532459443855e-11);
-        p = p * x2 + vm_set(2.117460565394247e-09);
-        p = p * x2 + vm_set(-4.0659692674598416e-08);
-        p = p * x2 + vm_set(6.645882541278557e-07);
-        p = p * x2 + vm_set(-9.442402991475065e-06);
-        p = p * x2 + vm_set(0.00011543227873679646);
-        p = p * x2 + vm_set(-0.0011873266024367104);
-        p = p * x2 + vm_set(0.009973556372219217);
-        p = p * x2 + vm_set(-0.06649037991392076);
-        p = p * x2 + vm_set(0.3989422803741666);
-        ps = vm_set(0.5) + x * p;
+#endif
+static inline vm_f vf_lookup(const float *table, vm_i idx) {   /* table[idx], idx in [0, 8) */
+#if defined(__AVX2__)
+    return (vm_f)_mm256_permutevar8x32_ps((__m256)vf_ld(table), (__m256i)idx);
+#else
+    return __builtin_shuffle(vf_ld(table), idx);
+#endif
+}
+/* G(u) for 0 <= u <= 14.75 */
+static inline vm_f vf_mills(vm_f u) {
+    vm_i idx = ((vm_i)(u + vf_set(1.0f)) >> 22) - 254;   /* (exponent of u+1) * 2 + mantissa bit */
+    vm_f v = u - vf_lookup(VF_MILLS_MID, idx);
+    vm_f p = vf_lookup(VF_MILLS[8], idx);
+    for (int j = 7; j >= 0; j--) p = p * v + vf_lookup(VF_MILLS[j], idx);
+    return p;
+}
+/* exp(-u^2/2) = (1 + p) * s * s2 for 0 <= u <= 14.75; returns p */
+static inline vm_f vf_gauss_split(vm_f u, vm_f *s, vm_f *s2) {
+    const vm_f shifter = vf_set(0x1.8p23f);
+    vm_f h = u * u, l = vf_prod_err(u, u, h);
+    vm_f a = vf_set(-0.5f) * h;
+    vm_f t = a * vf_set(1.44269504088896341f) + shifter;
+    vm_f k = t - shifter;
+    vm_i n = (vm_i)t - (vm_i)shifter, n1 = n >> 1;
+    *s = (vm_f)((n1 + 127) << 23);
+    *s2 = (vm_f)((n - n1 + 127) << 23);
+    return vf_expm1_poly(((a - k * vf_set(VF_LN2_HI)) - k * vf_set(VF_LN2_LO))
+                         - vf_set(0.5f) * l);
+}
+static inline vm_i vf_neg(vm_f x) { return (vm_i)x < (vm_i){0}; }   /* sign bit, -0.0 too */
+static inline vm_f vf_gelu(vm_f x, vm_i *bad) {
+    vm_f ax = vf_abs(x);
+    *bad = ~(ax <= vf_set(3.4028234e38f));   /* NaN, +-inf */
+    vm_f u = vf_sel(ax < vf_set(14.75f), ax, vf_set(14.75f)), s, s2;
+    vm_f p = vf_gauss_split(u, &s, &s2);
+    vm_f gm = vf_mills(u);
+    gm = gm + gm * p;                        /* Phi(-u) / 2^n */
+    vm_f yn = -(((u * gm) * s) * s2);
+    vm_f yp = x - x * ((gm * s) * s2);
+    return vf_sel(vf_neg(x), yn, yp);
+}
+static inline vm_f vf_gelu_b(vm_f g, vm_f x, vm_i *bad) {
+    vm_f ax = vf_abs(x);
+    *bad = ~(ax <= vf_set(3.4028234e38f));
+    vm_f u = vf_sel(ax < vf_set(14.75f), ax, vf_set(14.75f)), s, s2;
+    vm_f p = vf_gauss_split(u, &s, &s2);
+    vm_f w = vf_mills(u) - u * vf_set(0.398942280401432678f);
+    w = w + w * p;                           /* (Phi(-u) - u phi(u)) / 2^n */
+    vm_f dn = ((g * w) * s) * s2;
+    vm_f dp = g - g * ((w * s) * s2);
+    return vf_sel(vf_neg(x), dn, dp);
+}
+
+/* ---- GELU, tanh form, in float32: x * sigmoid(v), v = 2 sqrt(2/pi) (x + 0.044715 x^3).
+ *
+ * v is a computed quantity: its rounding in float32 would be amplified by |v| in exp(-|v|). So
+ * w = |v| and its Cody-Waite reduction w = n ln2 - r... are done in double, four lanes at a time
+ * (x^3 of a float32 is nearly exact there), and only r (|r| <= ln2/2) is rounded to float32;
+ * exp(-w) = (1 + p) 2^n, p = expm1(r), is finished in float32, eight lanes at a time, with 2^n
+ * applied as two factors (n down to -206 at |x| = 12, past which the function is x or -0).
+ * With t = exp(-w) and 1 / (1 + t) = sigmoid(w):
+ *   forward   x >= 0: x / (1 + t)            x < 0: (x (1 + p) / (1 + t)) 2^n
+ *   backward  s(1 - s) = t / (1 + t)^2,  v' = 2 sqrt(2/pi) (1 + 3 * 0.044715 x^2):
+ *             x >= 0: g (1 + x v' t / (1 + t)) / (1 + t)
+ *             x < 0:  (g (1 + p) (1 + x v' / (1 + t)) / (1 + t)) 2^n
+ * x is clamped to [-12, 12] except where it multiplies 1 / (1 + t) for x >= 0; NaN and +-inf
+ * lanes are redone in double.
+ */
+typedef int32_t vm_i4 __attribute__((vector_size(16)));
+/* halves of an eight-lane vector and back: register moves with AVX (a round trip through memory
+   would stall on store forwarding), memory in the generic build */
+#if defined(__AVX__)
+static inline vm_f4 vf_half(vm_f v, int h) {
+    return (vm_f4)(h ? _mm256_extractf128_ps((__m256)v, 1) : _mm256_castps256_ps128((__m256)v));
+}
+static inline vm_f vf_join(vm_f4 lo, vm_f4 hi) {
+    return (vm_f)_mm256_insertf128_ps(_mm256_castps128_ps256((__m128)lo), (__m128)hi, 1);
+}
+static inline vm_i vi_join(vm_i4 lo, vm_i4 hi) {
+    return (vm_i)_mm256_insertf128_si256(_mm256_castsi128_si256((__m128i)lo), (__m128i)hi, 1);
+}
+#else
+static inline vm_f4 vf_half(vm_f v, int h) {
+    vm_f4 r; memcpy(&r, (const char *)&v + 16 * h, sizeof r); return r;
+}
+static inline vm_f vf_join(vm_f4 lo, vm_f4 hi) {
+    vm_f r; memcpy(&r, &lo, 16); memcpy((char *)&r + 16, &hi, 16); return r;
+}
+static inline vm_i vi_join(vm_i4 lo, vm_i4 hi) {
+    vm_i r; memcpy(&r, &lo, 16); memcpy((char *)&r + 16, &hi, 16); return r;
+}
+#endif
+/* -w = -|v(x)| reduced: returns r (float32) and n, for |x| <= 12 */
+static inline vm_f vf_gelu_tanh_reduce(vm_f ax, vm_i *n) {
+    vm_f4 rh[2];
+    vm_i4 nh[2];
+    for (int h = 0; h < 2; h++) {
+        vm_d xd = __builtin_convertvector(vf_half(ax, h), vm_d);
+        vm_d w = -(xd * (vm_set(2.0 * VM_SQRT_2_OVER_PI)
+                         + vm_set(2.0 * VM_SQRT_2_OVER_PI * VM_GELU_C) * (xd * xd)));
+        vm_d k;
+        vm_split(w, &k);
+        vm_d r = (w - k * vm_set(6.93147180369123816490e-01))
+                 - k * vm_set(1.90821492927058770002e-10);
+        rh[h] = __builtin_convertvector(r, vm_f4);
+        nh[h] = __builtin_convertvector(k, vm_i4);
     }
-    if (vm_any(~small)) {
-        vm_d ut = vm_sel(u < vm_set(14.5), u, vm_set(14.5));
-        vm_d t = vm_set(1.0) / (vm_set(1.0) + vm_set(0.5) * ut);
-        vm_d p = vm_set(0.2512444015943107);
-        p = p * t + vm_set(-0.7689560582072994);
-        p = p * t + vm_set(0.8721761643032714);
-        p = p * t + vm_set(-0.3435491459129269);
-        p = p * t + vm_set(-0.03240027726354583);
-        p = p * t + vm_set(-0.07491924918791054);
-        p = p * t + vm_set(0.050888934103801846);
-        p = p * t + vm_set(0.1496088254963631);
-        p = p * t + vm_set(0.1994616794884847);
-        p = p * t + vm_set(0.19947195037034895);
-        p = p * t + vm_set(-2.3526429258739332e-08);
-        vm_d q = vm_sel(u <= vm_set(14.5), ex * p, vm_set(0.0));   /* Phi(-u) */
-        pt = vm_sel(x < vm_set(0.0), q, vm_set(1.0) - q);
-        pt = vm_sel(x != x, x, pt);
-    }
-    return vm_sel(small, ps, pt);
+    *n = vi_join(nh[0], nh[1]);
+    return vf_join(rh[0], rh[1]);
+}
+static inline vm_f vf_clamp12(vm_f x) {
+    vm_f c = vf_sel(x < vf_set(12.0f), x, vf_set(12.0f));
+    return vf_sel(c > vf_set(-12.0f), c, vf_set(-12.0f));
+}
+/* p and the factors 2^n1, 2^n2 (n1 + n2 = n) of exp(-|v|) = (1 + p) 2^n, xc in [-12, 12] */
+static inline vm_f vf_gelu_tanh_exp(vm_f xc, vm_f *s1, vm_f *s2) {
+    vm_i n;
+    vm_f r = vf_gelu_tanh_reduce(vf_abs(xc), &n);
+    vm_i n1 = n >> 1;
+    *s1 = (vm_f)((n1 + 127) << 23);
+    *s2 = (vm_f)((n - n1 + 127) << 23);
+    return vf_expm1_poly(r);
+}
+static inline vm_f vf_gelu_tanh(vm_f x, vm_i *bad) {
+    *bad = ~(vf_abs(x) <= vf_set(3.4028234e38f));   /* NaN, +-inf */
+    vm_f xc = vf_clamp12(vf_sel(*bad, vf_set(0.0f), x)), s1, s2;
+    vm_f p = vf_gelu_tanh_exp(xc, &s1, &s2);
+    vm_f d = vf_set(1.0f) + (s1 + s1 * p) * s2;     /* 1 + t */
+    vm_f yn = (((xc + xc * p) / d) * s1) * s2;
+    return vf_sel(vf_neg(x), yn, x / d);
+}
+static inline vm_f vf_gelu_tanh_b(vm_f g, vm_f x, vm_i *bad) {
+    *bad = ~(vf_abs(x) <= vf_set(3.4028234e38f));
+    vm_f xc = vf_clamp12(vf_sel(*bad, vf_set(0.0f), x)), s1, s2;
+    vm_f p = vf_gelu_tanh_exp(xc, &s1, &s2);
+    vm_f t = (s1 + s1 * p) * s2;
+    vm_f inv = vf_set(1.0f) / (vf_set(1.0f) + t);
+    vm_f xv = xc * (vf_set((float)(2.0 * VM_SQRT_2_OVER_PI))
+                    + vf_set((float)(6.0 * VM_SQRT_2_OVER_PI * VM_GELU_C)) * (xc * xc));
+    vm_f dp = g * ((vf_set(1.0f) + (xv * t) * inv) * inv);
+    vm_f dn = ((g * ((inv + inv * p) * (vf_set(1.0f) + xv * inv))) * s1) * s2;
+    return vf_sel(vf_neg(x), dn, dp);
 }
 
 /* float32 loops: full vectors, then the tail through a zero-padded local vector */
@@ -656,37 +800,60 @@ static inline void vf_st_part(float *p, vm_f v, ptrdiff_t m) {
     for (ptrdiff_t j = 0; j < m; j++) p[j] = b[j];
 }
 
+/* The ReLU family in explicit eight-lane selects (gcc's own vectorisation of the scalar loops
+   ran ReLU at half the speed of LeakyReLU); the scalar tails make the same select, so every
+   element gets the same bits whichever path it takes. */
+static void vf_relu_family(int op, const float *g, const float *x, float *y, ptrdiff_t n,
+                           float s) {
+    const vm_f zero = vf_set(0.0f), sv = vf_set(s);
+    ptrdiff_t i = 0;
+    switch (op) {
+    case VM_RELU:              /* x < 0 ? 0 : x (NaN and -0.0 kept) */
+        for (; i + VF_LANES <= n; i += VF_LANES) {
+            vm_f v = vf_ld(x + i);
+            vf_st(y + i, (vm_f)((vm_i)v & ~(v < zero)));
+        }
+        for (; i < n; i++) y[i] = x[i] < 0 ? 0.0f : x[i];
+        return;
+    case VM_LEAKY_RELU:        /* x > 0 ? x : s x */
+        for (; i + VF_LANES <= n; i += VF_LANES) {
+            vm_f v = vf_ld(x + i);
+            vf_st(y + i, vf_sel(v > zero, v, v * sv));
+        }
+        for (; i < n; i++) y[i] = x[i] > 0 ? x[i] : x[i] * s;
+        return;
+    case VM_RELU_B:            /* x > 0 ? g : 0 */
+        for (; i + VF_LANES <= n; i += VF_LANES)
+            vf_st(y + i, (vm_f)((vm_i)vf_ld(g + i) & (vf_ld(x + i) > zero)));
+        for (; i < n; i++) y[i] = x[i] > 0 ? g[i] : 0.0f;
+        return;
+    default:                   /* VM_LEAKY_RELU_B: x > 0 ? g : s g */
+        for (; i + VF_LANES <= n; i += VF_LANES) {
+            vm_f gv = vf_ld(g + i);
+            vf_st(y + i, vf_sel(vf_ld(x + i) > zero, gv, gv * sv));
+        }
+        for (; i < n; i++) y[i] = x[i] > 0 ? g[i] : g[i] * s;
+    }
+}
+
 static void vm_unary_float(int op, const float *x, float *y, ptrdiff_t n, double a) {
     const float af = (float)a;
     switch (op) {
-    case VM_ELU: case VM_TANH: case VM_SIGMOID:
+    case VM_RELU: case VM_LEAKY_RELU:
+        vf_relu_family(op, NULL, x, y, n, af);
+        return;
+    case VM_ELU: case VM_TANH: case VM_SIGMOID: case VM_GELU: case VM_GELU_TANH:
         VF_FOR(n, {
             vm_f xv = vf_ld_part(x + i_, m_), r;
             vm_i bad;
             if (op == VM_ELU) r = vf_elu(xv, af, &bad);
             else if (op == VM_TANH) r = vf_tanh(xv, &bad);
+            else if (op == VM_GELU) r = vf_gelu(xv, &bad);
+            else if (op == VM_GELU_TANH) r = vf_gelu_tanh(xv, &bad);
             else r = vf_sigmoid(xv, &bad);
             if (vf_any(bad))
                 for (int j = 0; j < VF_LANES; j++)
                     if (bad[j]) r[j] = (float)vm_scalar(op, (double)xv[j], 0.0, a);
-            vf_st_part(y + i_, r, m_);
-        })
-        return;
-    case VM_GELU: case VM_GELU_TANH:
-        VF_FOR(n, {
-            vm_f xv = vf_ld_part(x + i_, m_), r;
-            for (int h = 0; h < 2; h++) {   /* two halves of four lanes, in double */
-                vm_d xd = (vm_d){xv[4 * h], xv[4 * h + 1], xv[4 * h + 2], xv[4 * h + 3]}, rd;
-                if (op == VM_GELU) {
-                    rd = xd * vm_phi_lo(xd, NULL);
-                } else {   /* x * sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3) */
-                    vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI)
-                             * (xd + vm_set(VM_GELU_C) * xd * xd * xd);
-                    rd = xd * vm_sigmoid_lo(u);
-                }
-                vm_f4 f = __builtin_convertvector(rd, vm_f4);
-                for (int j = 0; j < 4; j++) r[4 * h + j] = f[j];
-            }
             vf_st_part(y + i_, r, m_);
         })
         return;
@@ -700,46 +867,30 @@ static void vm_binary_float(int op, const float *g, const float *x, float *dx, p
     const float af = (float)a;
     ptrdiff_t i;
     switch (op) {
-    case VM_TANH_B:            /* y = tanh(x): dx = g (1 - y^2) */
+    case VM_RELU_B: case VM_LEAKY_RELU_B:
+        vf_relu_family(op, g, x, dx, n, af);
+        return;
+    case VM_TANH_B:            /* y = tanh(x): dx = g (1 - y^2); 1 - y^2 is rounded once with
+                                  an FMA (gcc contracts it), else computed in double */
+#if defined(__FMA__)
         for (i = 0; i < n; i++) dx[i] = g[i] * (1.0f - x[i] * x[i]);
+#else
+        for (i = 0; i < n; i++) dx[i] = (float)((double)g[i] * (1.0 - (double)x[i] * x[i]));
+#endif
         return;
     case VM_SIGMOID_B:         /* y = sigmoid(x): dx = g y (1 - y) */
         for (i = 0; i < n; i++) dx[i] = g[i] * ((1.0f - x[i]) * x[i]);
         return;
-    case VM_ELU_B:
+    case VM_ELU_B: case VM_GELU_B: case VM_GELU_TANH_B:
         VF_FOR(n, {
-            vm_f xv = vf_ld_part(x + i_, m_), gv = vf_ld_part(g + i_, m_);
+            vm_f xv = vf_ld_part(x + i_, m_), gv = vf_ld_part(g + i_, m_), r;
             vm_i bad;
-            vm_f r = vf_elu_b(gv, xv, af, &bad);
+            if (op == VM_ELU_B) r = vf_elu_b(gv, xv, af, &bad);
+            else if (op == VM_GELU_B) r = vf_gelu_b(gv, xv, &bad);
+            else r = vf_gelu_tanh_b(gv, xv, &bad);
             if (vf_any(bad))
                 for (int j = 0; j < VF_LANES; j++)
                     if (bad[j]) r[j] = (float)vm_scalar(op, (double)xv[j], (double)gv[j], a);
-            vf_st_part(dx + i_, r, m_);
-        })
-        return;
-    case VM_GELU_B: case VM_GELU_TANH_B:
-        VF_FOR(n, {
-            vm_f xv = vf_ld_part(x + i_, m_), gv = vf_ld_part(g + i_, m_), r;
-            const vm_d one = vm_set(1.0), zero = vm_set(0.0);
-            for (int h = 0; h < 2; h++) {   /* two halves of four lanes, in double */
-                vm_d xd = (vm_d){xv[4 * h], xv[4 * h + 1], xv[4 * h + 2], xv[4 * h + 3]};
-                vm_d gd = (vm_d){gv[4 * h], gv[4 * h + 1], gv[4 * h + 2], gv[4 * h + 3]}, d;
-                if (op == VM_GELU_B) {   /* Phi(x) + x phi(x) */
-                    vm_d e;
-                    vm_d p = vm_phi_lo(xd, &e);
-                    d = p + vm_sel(vm_abs(xd) < vm_set(37.0),
-                                   xd * (vm_set(VM_INV_SQRT_2PI) * e), zero);
-                } else {                 /* s = sigmoid(2u): s + 2 x s (1 - s) u' */
-                    vm_d x2 = xd * xd;
-                    vm_d u = vm_set(2.0 * VM_SQRT_2_OVER_PI) * (xd + vm_set(VM_GELU_C) * x2 * xd);
-                    vm_d s = vm_sigmoid_lo(u);
-                    vm_d du = vm_set(VM_SQRT_2_OVER_PI) * (one + vm_set(3.0 * VM_GELU_C) * x2);
-                    d = s + vm_set(2.0) * xd * (s * (one - s)) * du;
-                    d = vm_sel(s * (one - s) == zero, s, d);  /* saturated: no inf * 0 */
-                }
-                vm_f4 f = __builtin_convertvector(gd * d, vm_f4);
-                for (int j = 0; j < 4; j++) r[4 * h + j] = f[j];
-            }
             vf_st_part(dx + i_, r, m_);
         })
         return;

@@ -14,6 +14,9 @@ from libc.stdint cimport int64_t
 
 cdef enum:
     BLOCK = 4096  # elements per prange iteration
+    # smaller arrays run their blocks on the calling thread: starting a team costs more than
+    # the work (the same blocks, so the same bits)
+    PARALLEL_MIN = 32768
     CHUNK = 64    # softmax columns per prange iteration (VM_SOFTMAX_CHUNK in _vmath.h)
 
 cdef extern from "_vmath.h" nogil:
@@ -63,6 +66,12 @@ def unary(int op,
     cdef Py_ssize_t blk
     if size == 0:
         return
+    if n_threads == 1 or size < PARALLEL_MIN:
+        with nogil:
+            for blk in range(n_blocks):
+                _unary_block(op, &x[blk * BLOCK], &y[blk * BLOCK],
+                             min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
+        return
     # Race-free: block blk owns y[blk*BLOCK : (blk+1)*BLOCK].
     for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):
         _unary_block(op, &x[blk * BLOCK], &y[blk * BLOCK],
@@ -80,6 +89,12 @@ def binary(int op,
     cdef Py_ssize_t n_blocks = (size + BLOCK - 1) // BLOCK
     cdef Py_ssize_t blk
     if size == 0:
+        return
+    if n_threads == 1 or size < PARALLEL_MIN:
+        with nogil:
+            for blk in range(n_blocks):
+                _binary_block(op, &g[blk * BLOCK], &x[blk * BLOCK], &dx[blk * BLOCK],
+                              min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
         return
     # Race-free: block blk owns dx[blk*BLOCK : (blk+1)*BLOCK].
     for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):

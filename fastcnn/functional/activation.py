@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import _kernels
 from .._threads import get_num_threads
-from ._validate import _array, _check_grad, _int
+from ._validate import _FLOATS, _array, _check_grad, _int
 
 __all__ = ["relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", "elu_backward",
            "gelu", "gelu_backward", "tanh", "tanh_backward", "sigmoid", "sigmoid_backward",
@@ -40,21 +40,39 @@ __all__ = ["relu", "relu_backward", "leaky_relu", "leaky_relu_backward", "elu", 
 _GELU_APPROXIMATE = ("none", "tanh")
 
 
+_SPECIALISED = {}
+
+
+def _kernel(name, dtype):
+    """The float32 or float64 specialisation of the fused kernel ``name`` (looked up once):
+    calling it skips Cython's run-time dispatch over the fused types, which costs as much as the
+    whole ReLU of a small feature map."""
+    key = (name, dtype)
+    fn = _SPECIALISED.get(key)
+    if fn is None:
+        fn = getattr(_kernels.elementwise, name)["float" if dtype == np.float32 else "double"]
+        _SPECIALISED[key] = fn
+    return fn
+
+
 def _elementwise(a, name, dtype=None):
     """Validated C-contiguous array of the same shape as ``a`` (0-d stays 0-d)."""
+    if (type(a) is np.ndarray and a.flags.c_contiguous and a.dtype.type in _FLOATS
+            and (dtype is None or a.dtype == dtype)):
+        return a  # the common case, without the calls below
     shape = np.shape(a)
     return _array(a, name, None, dtype).reshape(shape)
 
 
 def _unary_into(op, x, y, a=0.0):
     """y = op(x) for validated same-shape C-contiguous arrays (y may be x)."""
-    _kernels.elementwise.unary(op, x.reshape(-1), y.reshape(-1), a, get_num_threads())
+    _kernel("unary", x.dtype)(op, x.reshape(-1), y.reshape(-1), a, get_num_threads())
     return y
 
 
 def _binary_into(op, grad_y, x, grad_x, a=0.0):
-    _kernels.elementwise.binary(op, grad_y.reshape(-1), x.reshape(-1), grad_x.reshape(-1), a,
-                                get_num_threads())
+    _kernel("binary", x.dtype)(op, grad_y.reshape(-1), x.reshape(-1), grad_x.reshape(-1), a,
+                               get_num_threads())
     return grad_x
 
 
