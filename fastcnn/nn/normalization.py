@@ -62,6 +62,12 @@ class _BatchNorm(Module):
             return self.params["weight"], self.params["bias"]
         return self._ones, self._zeros
 
+    def _count_batch(self):
+        """num_batches_tracked += 1, in place (item assignment: ~5x cheaper than the in-place
+        ufunc on a 0-d array, which cost ~2 us a step)."""
+        buf = self.buffers["num_batches_tracked"]
+        buf[()] = buf[()] + 1
+
     def _uses_batch_stats(self):
         """As PyTorch: batch statistics when training, or when there are no running ones."""
         return self.training or not self.track_running_stats
@@ -92,12 +98,12 @@ class _BatchNorm(Module):
         batch = self._uses_batch_stats()
         if self.training and self.stats_reducer is not None:
             if self.track_running_stats:
-                self.buffers["num_batches_tracked"] += 1
+                self._count_batch()
             return self._forward_synced(x, y, gamma, beta)
         if batch:
             _check_training_size(x.shape)
         if self.training and self.track_running_stats:
-            self.buffers["num_batches_tracked"] += 1
+            self._count_batch()
         if x.size == 0:  # nothing to normalise; running statistics stay as they are (PyTorch)
             self._cache = (x, None, None, batch)
             return y
