@@ -27,6 +27,7 @@ include "_pool_plane.pxi"
 cdef enum:
     SMALL_PLANE = 1024   # planes of at most this many values are pooled in groups ...
     GROUP_VALUES = 4096  # ... of about this many input values (whole planes)
+    GAP_GROUP = 64       # planes per task of float32 global average pooling
 
 cdef extern from *:
     """
@@ -778,6 +779,74 @@ def avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, OH, OW)
 # Adaptive average pooling
 # ---------------------------------------------------------------------------------------------
 
+# Global average pooling of float32 planes, 8 planes a step (GCC/Clang vector extensions). A
+# plane's sum keeps _plane_sum's order exactly: lane i of one vector accumulator is its partial
+# sum i (elements k = i mod 8 in increasing k), the last n % 8 elements go to lanes 0.. (other
+# lanes keep their value: a blend, not an added zero, so even -0 and NaN payloads are kept), and
+# the lanes are added ((0+4) + (1+5)) + ((2+6) + (3+7)). The 8 plane sums are then divided by
+# H and by W as one vector (the same IEEE divisions as the scalar s / H / W). Before this the
+# per-plane cost (an integer division for the plane's (n, c), two int-to-float conversions and
+# two scalar divisions) made the 7x7 case 2.3-3.3x the time of a copy.
+cdef extern from *:
+    """
+    #include <string.h>
+    typedef float gp_vf __attribute__((vector_size(32)));
+    typedef int32_t gp_vi __attribute__((vector_size(32)));
+    static inline float gp_plane_sum(const float *x, ptrdiff_t n) {
+        const gp_vi iota = {0, 1, 2, 3, 4, 5, 6, 7};
+        gp_vf acc = {0}, t = {0};
+        ptrdiff_t k = 0;
+        for (; k + 8 <= n; k += 8) { gp_vf v; memcpy(&v, x + k, 32); acc += v; }
+        if (k < n) {
+            gp_vi m = iota < (int32_t)(n - k);
+            gp_vf r;
+            ptrdiff_t rem = n - k;  /* 1..7; lane by lane (a loop here became a memcpy call) */
+            t[0] = x[k];
+            if (rem > 1) t[1] = x[k + 1];
+            if (rem > 2) t[2] = x[k + 2];
+            if (rem > 3) t[3] = x[k + 3];
+            if (rem > 4) t[4] = x[k + 4];
+            if (rem > 5) t[5] = x[k + 5];
+            if (rem > 6) t[6] = x[k + 6];
+            r = acc + t;
+            acc = (gp_vf)(((gp_vi)r & m) | ((gp_vi)acc & ~m));
+        }
+        return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    }
+    /* y[p] = sum(x[p*n : (p+1)*n]) / H / W for planes p < P */
+    static void gp_gap_f(const float *x, float *y, ptrdiff_t P, ptrdiff_t n, float H, float W) {
+        ptrdiff_t p = 0;
+        for (; p + 8 <= P; p += 8) {
+            gp_vf s;
+            for (int i = 0; i < 8; i++) s[i] = gp_plane_sum(x + (p + i) * n, n);
+            s = s / H / W;
+            memcpy(y + p, &s, 32);
+        }
+        for (; p < P; p++) y[p] = gp_plane_sum(x + p * n, n) / H / W;
+    }
+    /* dx[p*n : (p+1)*n] = g[p] / H / W for planes p < P */
+    static void gp_gap_back_f(const float *g, float *dx, ptrdiff_t P, ptrdiff_t n, float H,
+                              float W) {
+        ptrdiff_t p = 0;
+        for (; p < P; p += 8) {
+            gp_vf d = {0};
+            int m = P - p < 8 ? (int)(P - p) : 8;
+            for (int i = 0; i < m; i++) d[i] = g[p + i];
+            d = d / H / W;
+            for (int i = 0; i < m; i++) {
+                float v = d[i];
+                float *o = dx + (p + i) * n;
+                for (ptrdiff_t k = 0; k < n; k++) o[k] = v;
+            }
+        }
+    }
+    """
+    void gp_gap_f(const float* x, float* y, Py_ssize_t P, Py_ssize_t n, float H,
+                  float W) noexcept nogil
+    void gp_gap_back_f(const float* g, float* dx, Py_ssize_t P, Py_ssize_t n, float H,
+                       float W) noexcept nogil
+
+
 cdef inline Py_ssize_t _start(Py_ssize_t i, Py_ssize_t size, Py_ssize_t out) noexcept nogil:
     """First input index of adaptive window i: floor(i * size / out)."""
     return (i * size) // out
@@ -852,7 +921,16 @@ def adaptive_avgpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, 
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t plane
+    cdef Py_ssize_t plane, grp, P = N * C, p0
+    if floating is float:
+        if OH == 1 and OW == 1 and P > 0 and H * W > 0:
+            # Race-free: group grp writes only y's planes [grp*GAP_GROUP, +GAP_GROUP).
+            for grp in prange((P + GAP_GROUP - 1) // GAP_GROUP, nogil=True, schedule='static',
+                              num_threads=n_threads):
+                p0 = grp * GAP_GROUP
+                gp_gap_f(&x[0, 0, 0, 0] + p0 * H * W, &y[0, 0, 0, 0] + p0,
+                         min(<Py_ssize_t> GAP_GROUP, P - p0), H * W, <float> H, <float> W)
+            return
     # Race-free: plane (n, c) writes only y[n, c].
     for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
         _adaptive_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
@@ -894,7 +972,16 @@ def adaptive_avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, O
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane
+    cdef Py_ssize_t plane, grp, P = N * C, p0
+    if floating is float:
+        if OH == 1 and OW == 1 and P > 0 and H * W > 0:
+            # Race-free: group grp writes only dx's planes [grp*GAP_GROUP, +GAP_GROUP).
+            for grp in prange((P + GAP_GROUP - 1) // GAP_GROUP, nogil=True, schedule='static',
+                              num_threads=n_threads):
+                p0 = grp * GAP_GROUP
+                gp_gap_back_f(&dy[0, 0, 0, 0] + p0, &dx[0, 0, 0, 0] + p0 * H * W,
+                              min(<Py_ssize_t> GAP_GROUP, P - p0), H * W, <float> H, <float> W)
+            return
     # Race-free: plane (n, c) writes only dx[n, c].
     for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
         _adaptive_back_plane(&dy[plane // C, plane % C, 0, 0], &dx[plane // C, plane % C, 0, 0],
