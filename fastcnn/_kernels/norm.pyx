@@ -35,6 +35,19 @@ cdef enum:
     PF_BYTES = 4096
 
 
+cdef enum:
+    # When a channel's N*S values take at least SPLIT_BYTES, the element pass (y, dx) runs
+    # after the statistics of every channel, in memory order (parallel over samples): a
+    # channel's rows, C*S values apart, are short streams on as many pages, and writing them
+    # channel by channel left the stores waiting on misses (backward 64x16x28x28: 3.9x -> 2.8x
+    # the time of a copy, same-round A/B; forward 28x28 and 32x14x14 gained 5-20%). Smaller
+    # channels stay in L1 between the passes and keep the one-channel-at-a-time order (7x7:
+    # memory order was up to 1.9x slower there). The backward pass keeps the channel sums on
+    # the stack, so it splits only up to SPLIT_MAX_C channels. Results are the same either way.
+    SPLIT_BYTES = 32768
+    SPLIT_MAX_C = 1024
+
+
 cdef inline Py_ssize_t _pf_dist(Py_ssize_t S, Py_ssize_t itemsize) noexcept nogil:
     """Rows to prefetch ahead: PF_BYTES worth of rows of S values, at least one."""
     return max(<Py_ssize_t> 1, PF_BYTES // max(<Py_ssize_t> 1, S * itemsize))
@@ -362,6 +375,7 @@ def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
     cdef double m = <double> (N * S)
     cdef double inv, var, unbiased
     cdef floating mu, a, b
+    cdef bint split = N * S * <Py_ssize_t> sizeof(floating) >= SPLIT_BYTES
     if N * S == 0 or C == 0:
         return
     # Race-free: iteration c writes only mean[c], invstd[c], running_*[c] and y[:, c, :].
@@ -373,12 +387,16 @@ def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
             unbiased = var * m / (m - 1) if m > 1 else var
             running_mean[c] = <floating> (factor * mean[c] + (1 - factor) * running_mean[c])
             running_var[c] = <floating> (factor * unbiased + (1 - factor) * running_var[c])
+        if split:
+            continue
         mu = <floating> mean[c]
         a = <floating> (weight[c] * inv)
         b = bias[c]
         # Rows in reverse: the last rows read by the statistics pass are the likeliest cached.
         for n in range(N - 1, -1, -1):
             _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
+    if split:
+        _normalise_rows(x, mean, invstd, weight, bias, y, n_threads)
 
 
 def bn_forward_eval(const floating[:, :, ::1] x,   # IN  (N, C, S)
@@ -389,17 +407,37 @@ def bn_forward_eval(const floating[:, :, ::1] x,   # IN  (N, C, S)
                     floating[:, :, ::1] y,         # OUT (N, C, S)
                     int n_threads):
     """Forward with given statistics: y = (x - mean) * gamma * invstd + beta. One pass."""
+    if x.shape[0] * x.shape[2] == 0 or x.shape[1] == 0:
+        return
+    _normalise_rows(x, mean, invstd, weight, bias, y, n_threads)
+
+
+cdef void _normalise_rows(const floating[:, :, ::1] x, const double[::1] mean,
+                          const double[::1] invstd, const floating[::1] weight,
+                          const floating[::1] bias, floating[:, :, ::1] y,
+                          int n_threads) noexcept nogil:
+    """y[n, c] = (x[n, c] - mean[c]) * (gamma[c] * invstd[c]) + beta[c] (in x's type), rows
+    in memory order (parallel over n): long streams the prefetchers follow, where a channel's
+    rows, C*S values apart, each start a new stream (and often a new page). Over channels when
+    there are fewer samples than threads. The same values in any order."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c, n
     cdef floating mu, a, b
-    if N * S == 0 or C == 0:
-        return
-    # Race-free: iteration c writes only y[:, c, :].
-    for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
-        mu = <floating> mean[c]
-        a = <floating> (weight[c] * invstd[c])
-        b = bias[c]
-        for n in range(N):
-            _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
+    if N >= n_threads:
+        # Race-free: iteration n writes only y[n].
+        for n in prange(N, schedule='static', num_threads=n_threads):
+            for c in range(C):
+                mu = <floating> mean[c]
+                a = <floating> (weight[c] * invstd[c])
+                b = bias[c]
+                _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
+    else:
+        # Race-free: iteration c writes only y[:, c, :].
+        for c in prange(C, schedule='static', num_threads=n_threads):
+            mu = <floating> mean[c]
+            a = <floating> (weight[c] * invstd[c])
+            b = bias[c]
+            for n in range(N):
+                _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
 
 
 def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input
@@ -420,9 +458,12 @@ def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input
     cdef double m = <double> (N * S)
     cdef double sg, sgx, inv
     cdef floating mu, a, k1, k0
+    cdef double sums[2 * SPLIT_MAX_C]
+    cdef bint split = (C <= SPLIT_MAX_C
+                       and N * S * <Py_ssize_t> sizeof(floating) >= SPLIT_BYTES)
     if C == 0:
         return
-    # Race-free: iteration c writes only dweight[c], dbias[c] and dx[:, c, :].
+    # Race-free: iteration c writes only dweight[c], dbias[c], sums[2c:2c+2] and dx[:, c, :].
     for c in prange(C, nogil=True, schedule='static', num_threads=n_threads):
         sg = 0
         sgx = 0
@@ -438,6 +479,10 @@ def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input
         inv = invstd[c]
         dbias[c] = <floating> sg
         dweight[c] = <floating> (sgx * inv)
+        if split:
+            sums[2 * c] = sg
+            sums[2 * c + 1] = sgx
+            continue
         mu = <floating> mean[c]
         a = <floating> (weight[c] * inv)
         if training:
@@ -448,4 +493,19 @@ def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input
             k0 = 0
         # Rows in reverse: the last rows read by the first pass are the likeliest still cached.
         for n in range(N - 1, -1, -1):
+            _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mu, a, k1, k0)
+    if not split:
+        return
+    # Race-free: iteration n writes only dx[n].
+    for n in prange(N, nogil=True, schedule='static', num_threads=n_threads):
+        for c in range(C):
+            inv = invstd[c]
+            mu = <floating> mean[c]
+            a = <floating> (weight[c] * inv)
+            if training:
+                k1 = <floating> (inv * inv * sums[2 * c + 1] / m)
+                k0 = <floating> (sums[2 * c] / m)
+            else:
+                k1 = 0
+                k0 = 0
             _grad_apply(&dy[n, c, 0], &x[n, c, 0], &dx[n, c, 0], S, mu, a, k1, k0)
