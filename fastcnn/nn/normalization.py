@@ -73,9 +73,18 @@ class _BatchNorm(Module):
         return self.training or not self.track_running_stats
 
     def _running_stats(self):
-        """``(mean, invstd)`` float64 from the running buffers (for eval mode and the fold)."""
-        mean = self.buffers["running_mean"].astype(np.float64)
-        invstd = 1.0 / np.sqrt(self.buffers["running_var"].astype(np.float64) + self.eps)
+        """``(mean, invstd)`` float64 from the running buffers (for eval mode and the fold; not
+        to be modified). Recomputed only when the buffers' contents or eps changed (a bytes
+        comparison, ~1 us: the conversions and the square root cost ~5-10 us a call, as much
+        as the whole eval forward of a 64x16x7x7 batch should take)."""
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        key = (rm.tobytes(), rv.tobytes(), self.eps)
+        cached = getattr(self, "_stats_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        mean = rm.astype(np.float64)
+        invstd = 1.0 / np.sqrt(rv.astype(np.float64) + self.eps)
+        self._stats_cache = (key, (mean, invstd))
         return mean, invstd
 
     def _check(self, x):
