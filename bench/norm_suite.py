@@ -8,7 +8,7 @@ same-round ratios:
 * ``copy``: ``np.copyto(out, x)`` of the input (the memory-bandwidth bound of one pass);
 * fastcnn: the layers' own paths as ``Sequential`` runs them (``_forward``/``_backward`` with
   reused buffers: validation, kernel, running-statistics update, step counter included);
-* torch: ``nn.BatchNorm2d`` in training mode under ``no_grad`` (forward),
+* torch: ``nn.BatchNorm2d`` in training (and eval) mode under ``no_grad`` (forward),
   ``aten.native_batch_norm_backward`` (backward, no autograd engine), ``F.dropout`` (forward) and
   ``aten.native_dropout_backward`` (backward).
 
@@ -55,6 +55,8 @@ def candidates(shape):
 
     bn = fastcnn.BatchNorm2d(C)
     bn._forward(x, reuse=True)
+    bn_eval = fastcnn.BatchNorm2d(C).eval()
+    bn_eval._forward(x, reuse=True)
     drop = fastcnn.Dropout(P, seed=1)
     drop._forward(x, reuse=True)
 
@@ -64,6 +66,11 @@ def candidates(shape):
     _, save_mean, save_invstd = torch.ops.aten.native_batch_norm(
         tx, w, b, tbn.running_mean, tbn.running_var, True, 0.1, 1e-5)
     tmask = torch.rand(shape) > P
+    tbn_eval = torch.nn.BatchNorm2d(C).eval()
+
+    def torch_bn_eval():
+        with torch.no_grad():
+            tbn_eval(tx)
 
     def torch_bn_forward():
         with torch.no_grad():
@@ -84,6 +91,8 @@ def candidates(shape):
                                            ("torch", torch_bn_forward)]),
         "batchnorm backward (train)": dict([copy, ("fastcnn", lambda: bn._backward(g, True)),
                                             ("torch", torch_bn_backward)]),
+        "batchnorm forward (eval)": dict([copy, ("fastcnn", lambda: bn_eval._forward(x, True)),
+                                          ("torch", torch_bn_eval)]),
         "dropout forward": dict([copy, ("fastcnn", lambda: drop._forward(x, True)),
                                  ("torch", torch_dropout)]),
         "dropout backward": dict([copy, ("fastcnn", lambda: drop._backward(g, True)),
@@ -112,6 +121,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--shapes", type=int, default=len(SHAPES),
                         help="only the first N shapes")
+    parser.add_argument("--ops", nargs="+", default=None,
+                        help="only the ops whose name starts with one of these words "
+                             "(e.g. batchnorm dropout)")
     args = parser.parse_args(argv)
     print(f"fastcnn {fastcnn.__version__} ({fastcnn.kernel_isa()}), torch {torch.__version__}; "
           f"float32; medians of {args.rounds} alternating rounds; ratios are same-round medians")
@@ -123,6 +135,8 @@ def main(argv=None):
         torch.set_num_threads(threads)
         for shape in SHAPES[:args.shapes]:
             for op, fns in candidates(shape).items():
+                if args.ops and not any(op.startswith(w) for w in args.ops):
+                    continue
                 t = {k: np.array(v) for k, v in measure(fns, args.rounds, args.round_ms).items()}
                 r_copy = float(np.median(t["fastcnn"] / t["copy"]))
                 r_torch = float(np.median(t["torch"] / t["fastcnn"]))

@@ -455,3 +455,24 @@ def test_sequential_matches_torch(dtype, direction):
         state = theirs.state_dict()
         for k, v in ours.state_dict().items():
             np.testing.assert_allclose(v, state[k].numpy(), rtol=rtol, atol=rtol)
+
+
+def test_eval_statistics_follow_in_place_buffer_changes():
+    """The eval forward reuses its float64 (mean, invstd) while the running buffers and eps are
+    unchanged; any in-place change to them must show in the next output."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 2, 4, 5)).astype(np.float32)
+    bn = fastcnn.BatchNorm2d(2).eval()
+    y0 = bn(x).copy()
+    bn.buffers["running_mean"][1] = 0.5
+    y1 = bn(x).copy()
+    want = F.batch_norm(x, bn.buffers["running_mean"], bn.buffers["running_var"],
+                        bn.params["weight"], bn.params["bias"], training=False)
+    np.testing.assert_array_equal(y1, want)
+    assert not np.array_equal(y0[:, 1], y1[:, 1])
+    np.testing.assert_array_equal(y0[:, 0], y1[:, 0])
+    bn.buffers["running_var"][...] = 4.0
+    bn.eps = 1e-3
+    want = F.batch_norm(x, bn.buffers["running_mean"], bn.buffers["running_var"],
+                        bn.params["weight"], bn.params["bias"], training=False, eps=1e-3)
+    np.testing.assert_array_equal(bn(x), want)

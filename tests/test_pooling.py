@@ -672,3 +672,37 @@ def test_small_inputs_run_on_fewer_threads(set_threads, monkeypatch):
     monkeypatch.setattr(pooling, "_GRAIN", 1)
     set_threads(2)
     assert pooling._threads_for(2) == 2
+
+
+def _gap_lane_order(x):
+    """Global average pooling in the kernel's float32 summation order: element k of a plane goes
+    to partial sum k % 8, the sums are added ((0+4) + (1+5)) + ((2+6) + (3+7)), then / H / W."""
+    N, C, H, W = x.shape
+    y = np.empty((N, C, 1, 1), dtype=np.float32)
+    for n in range(N):
+        for c in range(C):
+            s = [np.float32(0)] * 8
+            for k, v in enumerate(x[n, c].reshape(-1)):
+                s[k % 8] = np.float32(s[k % 8] + v)
+            total = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]))
+            y[n, c, 0, 0] = np.float32(np.float32(total / np.float32(H)) / np.float32(W))
+    return y
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (1, 7), (3, 3), (7, 7), (5, 9), (4, 4), (2, 13)],
+                         ids=lambda hw: f"{hw[0]}x{hw[1]}")
+def test_global_average_pooling_float32_order_and_threads(hw, set_threads, monkeypatch):
+    """The vectorised float32 path (8 planes a step, blended tails) keeps the scalar order
+    bitwise, for plane counts that are not multiples of 8 and for every thread count."""
+    monkeypatch.setattr(fastcnn.functional.pooling, "_GRAIN", 1)
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((3, 23) + hw) * 10).astype(np.float32)
+    x[0, 0] = -0.0
+    want = _gap_lane_order(x)
+    g = rng.standard_normal((3, 23, 1, 1)).astype(np.float32)
+    want_dx = np.broadcast_to(g / np.float32(hw[0]) / np.float32(hw[1]), x.shape)
+    for n in (1, 2, 3):
+        set_threads(n)
+        assert F.adaptive_avg_pool2d(x, 1).tobytes() == want.tobytes()
+        assert F.adaptive_avg_pool2d_backward(g, hw).tobytes() == \
+            np.ascontiguousarray(want_dx).tobytes()

@@ -44,18 +44,115 @@ cdef inline uint64_t _sample_key(uint64_t seed, uint64_t step, uint64_t n) noexc
     return _splitmix64(_splitmix64(_splitmix64(seed) ^ step) ^ n)
 
 
+# The element hash in 8 lanes of 32 bits (GCC/Clang vector extensions), 32 elements a step. The
+# scalar loop, left to the compiler, mixed in 64-bit index arithmetic and lane shuffles (~2.5
+# cycles per element, 3-7x the time of a copy). With AVX2, float32 hashes 8 consecutive elements
+# a vector, whose keep lanes select y's scale directly, and packs the four keep vectors of a step
+# into mask bytes; otherwise hash vector q holds element 4*l + q in lane l, so the 0/1 lanes
+# combine by shifts into the mask bytes in element order, and y follows from the bytes. Every
+# element goes through exactly the operations of the scalar form (_fmix32 below), so the mask and
+# y are unchanged (hash-compared against the scalar build). The keep test (h >> 1) >= threshold
+# is a signed compare (h >> 1) > threshold - 1: both sides lie in [-1, 2**31 - 1]. The byte
+# order assumes little-endian lanes; elsewhere everything takes the scalar path.
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <string.h>
+    typedef uint32_t dr_vu __attribute__((vector_size(32)));
+    typedef int32_t dr_vi __attribute__((vector_size(32)));
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    #define DR_VECTOR 1
+    #else
+    #define DR_VECTOR 0
+    #endif
+    static inline dr_vu dr_fmix32(dr_vu h) {
+        h ^= h >> 16; h *= 0x85EBCA6BU; h ^= h >> 13; h *= 0xC2B2AE35U; return h ^ (h >> 16);
+    }
+    /* The 32 mask bytes (0/1) of elements j .. j + 31, in element order: hash vector q holds
+       element 4*l + q in lane l, so the 0/1 lanes combine by shifts into bytes in order. */
+    static inline dr_vu dr_mask32(uint32_t j, uint32_t k0, uint32_t k1, int32_t tm1) {
+        const dr_vu iota = {0, 4, 8, 12, 16, 20, 24, 28};
+        dr_vu w = {0};
+        for (uint32_t q = 0; q < 4; q++) {
+            dr_vu h = dr_fmix32(dr_fmix32((iota + (j + q)) ^ k0) ^ k1);
+            w |= (dr_vu)((dr_vi)(h >> 1) > tm1) & (1u << (8 * q));
+        }
+        return w;
+    }
+    #ifdef __AVX2__
+    #include <immintrin.h>
+    #endif
+    /* mask[0:32*n32] = keep(j0 + k); y = x * (scale if kept else 0) for float32 x (x == NULL:
+       the mask only). Returns the number of elements done. With AVX2 the hash runs on 8
+       consecutive elements a vector, whose keep lanes select y's scale directly, and the four
+       keep vectors of a 32-element step are packed into mask bytes (packs + one permute). */
+    static ptrdiff_t dr_mask_f(const float *x, float *y, uint8_t *mask, uint32_t j0,
+                               ptrdiff_t n32, uint32_t k0, uint32_t k1, uint32_t threshold,
+                               float scale) {
+        const int32_t tm1 = (int32_t)(threshold - 1u);
+        if (!DR_VECTOR) return 0;
+    #ifdef __AVX2__
+        if (x != NULL) {
+            const dr_vu iota = {0, 1, 2, 3, 4, 5, 6, 7};
+            const __m256 vs = _mm256_set1_ps(scale);
+            const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+            const __m256i one = _mm256_set1_epi8(1);
+            for (ptrdiff_t b = 0; b < n32; b++) {
+                __m256i keep[4];
+                for (int v = 0; v < 4; v++) {
+                    uint32_t j = j0 + (uint32_t)(32 * b + 8 * v);
+                    dr_vu h = dr_fmix32(dr_fmix32((iota + j) ^ k0) ^ k1);
+                    dr_vi kv = (dr_vi)(h >> 1) > tm1;
+                    memcpy(&keep[v], &kv, 32);
+                    __m256 sel = _mm256_and_ps(vs, _mm256_castsi256_ps(keep[v]));
+                    _mm256_storeu_ps(y + 32 * b + 8 * v,
+                                     _mm256_mul_ps(_mm256_loadu_ps(x + 32 * b + 8 * v), sel));
+                }
+                __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(keep[0], keep[1]),
+                                               _mm256_packs_epi32(keep[2], keep[3]));
+                p = _mm256_and_si256(_mm256_permutevar8x32_epi32(p, order), one);
+                _mm256_storeu_si256((__m256i *)(mask + 32 * b), p);
+            }
+            return 32 * n32;
+        }
+    #endif
+        for (ptrdiff_t b = 0; b < n32; b++) {
+            dr_vu w = dr_mask32(j0 + (uint32_t)(32 * b), k0, k1, tm1);
+            memcpy(mask + 32 * b, &w, 32);
+        }
+        if (x != NULL)
+            for (ptrdiff_t k = 0; k < 32 * n32; k++) y[k] = x[k] * (mask[k] ? scale : 0.0f);
+        return 32 * n32;
+    }
+    """
+    Py_ssize_t dr_mask_f(const float* x, float* y, uint8_t* mask, uint32_t j0, Py_ssize_t n32,
+                         uint32_t k0, uint32_t k1, uint32_t threshold, float scale) noexcept nogil
+
+
+cdef inline void _apply_block(const floating* x, const uint8_t* mask, floating* y,
+                              Py_ssize_t len_, floating scale) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(len_):
+        y[k] = x[k] * (scale if mask[k] else 0)
+
+
 cdef inline void _mask_block(const floating* x, floating* y, uint8_t* mask, uint32_t j0,
                              Py_ssize_t len_, uint32_t k0, uint32_t k1, uint32_t threshold,
                              floating scale) noexcept nogil:
-    """mask[k] = keep(j0 + k); y[k] = x[k] * (scale if kept else 0)."""
-    cdef Py_ssize_t k
+    """mask[k] = keep(j0 + k); y[k] = x[k] * (scale if kept else 0). Whole groups of 32 in
+    vector lanes (float32: y too, while the block is in registers), the rest in scalar code;
+    the same result either way."""
+    cdef Py_ssize_t k, done
     cdef uint32_t h
-    cdef uint8_t keep
-    for k in range(len_):
+    if floating is float:
+        done = dr_mask_f(x, y, mask, j0, len_ // 32, k0, k1, threshold, scale)
+    else:
+        done = dr_mask_f(NULL, NULL, mask, j0, len_ // 32, k0, k1, threshold, 0)
+        _apply_block(x, mask, y, done, scale)
+    for k in range(done, len_):
         h = _fmix32(_fmix32((j0 + <uint32_t> k) ^ k0) ^ k1)
-        keep = (h >> 1) >= threshold
-        mask[k] = keep
-        y[k] = x[k] * (scale if keep else 0)
+        mask[k] = (h >> 1) >= threshold
+    _apply_block(x + done, mask + done, y + done, len_ - done, scale)
 
 
 def dropout_forward(const floating[:, ::1] x,    # IN  (N, D) one row per sample
@@ -97,13 +194,6 @@ def channel_mask(uint8_t[:, ::1] mask,    # OUT (N, C) 1 = channel kept
             for c in range(C):
                 h = _fmix32(_fmix32(<uint32_t> c ^ k0) ^ k1)
                 mask[n, c] = (h >> 1) >= threshold
-
-
-cdef inline void _apply_block(const floating* x, const uint8_t* mask, floating* y,
-                              Py_ssize_t len_, floating scale) noexcept nogil:
-    cdef Py_ssize_t k
-    for k in range(len_):
-        y[k] = x[k] * (scale if mask[k] else 0)
 
 
 def apply_mask(const floating[::1] x,      # IN  (size,)

@@ -59,7 +59,8 @@ def _check_counters(seed, step, sample_offset, N):
 
 def _dropout_into(x, y, mask, p, seed, step, sample_offset):
     """Element dropout of validated x (N, ...) into y (may be x) and mask (uint8, x's shape)."""
-    shape = (x.shape[0], prod(x.shape[1:]))
+    # (reshape with -1 when not empty: math.prod of the shape costs ~1 us, a call in all ~20)
+    shape = (x.shape[0], -1) if x.size else (x.shape[0], prod(x.shape[1:]))
     _kernels.dropout.dropout_forward(x.reshape(shape), y.reshape(shape), mask.reshape(shape),
                                      seed, step, sample_offset, _threshold(p), _scale(p),
                                      _threads_for(x.size))

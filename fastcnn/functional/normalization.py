@@ -17,9 +17,14 @@ __all__ = ["batch_norm", "batch_norm_stats", "batch_norm_backward"]
 
 
 def _view3(a):
-    """``(N, C, S)`` view of a C-contiguous ``(N, C, ...)`` array (math.prod of the shape's
-    Python ints: np.prod cost ~5 us a call, more than the kernel at small maps)."""
+    """``(N, C, S)`` view of a C-contiguous ``(N, C, ...)`` array. Per-call cost matters here
+    (a 64x16x7x7 batch norm takes ~20 us in all): np.prod cost ~5 us, math.prod of the shape
+    ~1 us, a reshape with -1 (possible when the array is not empty) half that."""
     shape = a.shape
+    if len(shape) == 3:
+        return a
+    if a.size:
+        return a.reshape(shape[0], shape[1], -1)
     return a.reshape(shape[0], shape[1], prod(shape[2:]))
 
 

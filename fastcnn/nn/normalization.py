@@ -62,14 +62,29 @@ class _BatchNorm(Module):
             return self.params["weight"], self.params["bias"]
         return self._ones, self._zeros
 
+    def _count_batch(self):
+        """num_batches_tracked += 1, in place (item assignment: ~5x cheaper than the in-place
+        ufunc on a 0-d array, which cost ~2 us a step)."""
+        buf = self.buffers["num_batches_tracked"]
+        buf[()] = buf[()] + 1
+
     def _uses_batch_stats(self):
         """As PyTorch: batch statistics when training, or when there are no running ones."""
         return self.training or not self.track_running_stats
 
     def _running_stats(self):
-        """``(mean, invstd)`` float64 from the running buffers (for eval mode and the fold)."""
-        mean = self.buffers["running_mean"].astype(np.float64)
-        invstd = 1.0 / np.sqrt(self.buffers["running_var"].astype(np.float64) + self.eps)
+        """``(mean, invstd)`` float64 from the running buffers (for eval mode and the fold; not
+        to be modified). Recomputed only when the buffers' contents or eps changed (a bytes
+        comparison, ~1 us: the conversions and the square root cost ~5-10 us a call, as much
+        as the whole eval forward of a 64x16x7x7 batch should take)."""
+        rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+        key = (rm.tobytes(), rv.tobytes(), self.eps)
+        cached = getattr(self, "_stats_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        mean = rm.astype(np.float64)
+        invstd = 1.0 / np.sqrt(rv.astype(np.float64) + self.eps)
+        self._stats_cache = (key, (mean, invstd))
         return mean, invstd
 
     def _check(self, x):
@@ -92,12 +107,12 @@ class _BatchNorm(Module):
         batch = self._uses_batch_stats()
         if self.training and self.stats_reducer is not None:
             if self.track_running_stats:
-                self.buffers["num_batches_tracked"] += 1
+                self._count_batch()
             return self._forward_synced(x, y, gamma, beta)
         if batch:
             _check_training_size(x.shape)
         if self.training and self.track_running_stats:
-            self.buffers["num_batches_tracked"] += 1
+            self._count_batch()
         if x.size == 0:  # nothing to normalise; running statistics stay as they are (PyTorch)
             self._cache = (x, None, None, batch)
             return y
