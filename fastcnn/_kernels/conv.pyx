@@ -110,9 +110,16 @@ cdef extern from "_microkernels.h" nogil:
                     const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
                     Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
                     Py_ssize_t ostride)
+    void fc_tile6_f(const float* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                    const float* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
+                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, float* out, Py_ssize_t ostride)
+    void fc_tile6_d(const double* inp, Py_ssize_t plane, Py_ssize_t row, Py_ssize_t Cin,
+                    const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
+                    Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
+                    Py_ssize_t ostride)
 
 cdef enum:
-    OB = 4           # rows of C per block of the matrix product
+    OB = 6           # rows of C per block of the matrix product (fc_tile6: 12 accumulators)
     # most blocks of C rows per task of the matrix product (their A rows and one B panel stay
     # in L2 while the column tiles go by)
     GEMM_BLOCKS = 8
@@ -1105,26 +1112,29 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
 
     ``C[m, j] = sum_k A[m, k] * B[k, j]``, summed in the order k = 0, 1, ..., K-1 for every
     element. It is the wide-row correlation again: rows of B play the input rows and entries of
-    A the kernel taps, so the same register tiles (4 rows of C x one tile of columns) do the
-    work.
+    A the kernel taps, so the same register tiles (OB = 6 rows of C x one tile of columns: 12
+    vector accumulators, enough to cover the FMA latency; 4 and then 1 row for the rows past
+    the last whole block) do the work.
 
-    Parallel over runs of up to GEMM_BLOCKS blocks of 4 rows of C, as many runs as threads
+    Parallel over runs of up to GEMM_BLOCKS blocks of OB rows of C, as many runs as threads
     where the rows allow: each task owns its rows. Within a run the column tile is the outer
     loop, so one K x tile panel of B stays in cache while every block of the run reads it
     (the blocks-outer order streamed all of B once per block: a 3136 x 128 layer at batch 64
-    read 26 MB of B per call). Each element is the same tile sum whatever the run length, so
-    results do not depend on the thread count.
+    read 26 MB of B per call). Each element is the same sum whatever the tile or the run
+    length, so results do not depend on the thread count.
     """
     cdef Py_ssize_t N = b.shape[1]
     cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
     cdef Py_ssize_t n_blocks = (M + OB - 1) // OB
-    cdef Py_ssize_t per_run = max(1, min(<Py_ssize_t> GEMM_BLOCKS,
+    # Blocks per run: GEMM_BLOCKS, or more while the run's rows of A stay within 64K elements
+    # (short sums, e.g. a weight gradient over a batch of 64: B is then read once per run).
+    cdef Py_ssize_t per_run = max(1, min(max(<Py_ssize_t> GEMM_BLOCKS, 65536 // max(OB * K, 1)),
                                          (n_blocks + n_threads - 1) // max(n_threads, 1)))
     cdef Py_ssize_t n_runs = (n_blocks + per_run - 1) // per_run
-    cdef Py_ssize_t run, blk, blk_end, m0, m, j0, j, nj
+    cdef Py_ssize_t run, blk, blk_end, m0, m, m1, j0, j, nj
     if M == 0 or N == 0:
         return
-    # Race-free: run writes only rows 4*run*per_run .. 4*(run+1)*per_run - 1 of C.
+    # Race-free: run writes only rows OB*run*per_run .. OB*(run+1)*per_run - 1 of C.
     for run in prange(n_runs, nogil=True, schedule='static', num_threads=n_threads):
         blk_end = min(n_blocks, (run + 1) * per_run)
         if N >= TT:
@@ -1134,14 +1144,22 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
                 for blk in range(run * per_run, blk_end):
                     m0 = blk * OB
                     if m0 + OB <= M:
-                        _corr_tile(OB, &b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K,
+                        if floating is float:
+                            fc_tile6_f(&b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K,
+                                       1, &c[m0, j], N)
+                        else:
+                            fc_tile6_d(&b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K,
+                                       1, &c[m0, j], N)
+                    elif m0 + 4 <= M:  # the last, partial block: 4 rows together
+                        _corr_tile(4, &b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K,
                                    1, &c[m0, j], N)
                 j0 = j0 + TT
         for blk in range(run * per_run, blk_end):
             m0 = blk * OB
-            if m0 + OB <= M and N >= TT:
-                continue
-            for m in range(m0, min(m0 + OB, M)):
+            m1 = min(m0 + OB, M)  # rows left to the one-row tiles: all of them when N < TT
+            if N >= TT:
+                m0 = m1 if m0 + OB <= M else (m0 + 4 if m0 + 4 <= M else m0)
+            for m in range(m0, m1):
                 j0 = 0
                 while j0 < N:
                     nj = min(TT, N - j0)
