@@ -167,7 +167,7 @@ class _Conv:
     def __init__(self, N, C, H, W, F, KH, KW, stride, pad4, dilation, groups):
         self.N, self.C, self.H, self.W, self.F, self.KH, self.KW = N, C, H, W, F, KH, KW
         self.stride, self.pad4, self.dilation, self.groups = stride, pad4, dilation, groups
-        self.plans = None  # _Plan by (kind, dtype, threads, forced algorithm), see _plan
+        self.plans = None  # _Plan by (kind, dtype, threads, forced algorithm, ...): see _plan
         self.OH, self.OW = _out_size(H, W, (KH, KW), stride, pad4, dilation)
         if self.OH * self.OW >= _LIMIT:
             raise ValueError(f"output plane {self.OH}x{self.OW} is too large")
@@ -302,10 +302,10 @@ def _conv2d_backward_input_into(grad_y, weight, grad_x, g, ws=None):
 
 
 class _Plan:
-    """One kernel kind (forward or input gradient) planned for one geometry, dtype and thread
-    count: the algorithm and everything that depends on the shapes only (tile shapes, tap
-    offsets, work buffers, the dtype's kernels), made once and kept on the geometry, so that a
-    layer's repeated calls run only the kernels (issue 9: less Python per step).
+    """One kernel kind (forward, input gradient or weight gradient) planned for one geometry,
+    dtype and thread count: the algorithm and everything that depends on the shapes only (tile
+    shapes, tap offsets, work buffers, the dtype's kernels), made once and kept on the geometry,
+    so that a layer's repeated calls run only the kernels (issue 9: less Python per step).
 
     ``run(weight)`` gives the call to make: the planned one, or, when the choice depends on the
     weight holding only finite values (the depthwise kernels; the input gradient, whose
