@@ -20,7 +20,9 @@ threads.
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
+
+include "_pad_plane.pxi"
 
 cdef extern from "_dwconv.h" nogil:
     const int FC_NL_F
@@ -60,6 +62,10 @@ cdef void _planes(const floating* s, Py_ssize_t H, Py_ssize_t W, Py_ssize_t top,
     then DWSLACK zeros."""
     cdef Py_ssize_t rh, rw, a, b, h, v, lo, hi
     cdef floating* r
+    if sh == 1 and sw == 1:
+        _pad_plane(s, H, W, top, left, d, HPh, WPh)
+        memset(d + HPh * WPh, 0, DWSLACK * sizeof(floating))
+        return
     for rh in range(sh):
         for rw in range(sw):
             for a in range(HPh):
