@@ -495,6 +495,7 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
     cdef Py_ssize_t tile, p0, ps, p, u, i, fb, kc, k0, kn
     cdef const floating* base = xs + n * img + g * gsz
     cdef const floating* wb
+    cdef floating* pt
     cdef floating* yg = y + (n * G + g) * Fg * P
     # Filter blocks outer: one block's packed weights (or one chunk of them) stay in L1 over
     # the run; chunks of LANE_CHUNK taps in order, each over every tile of the run.
@@ -510,18 +511,19 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                     p = max(ps + u, <Py_ssize_t> 0)
                     i = p // OW
                     pos[u] = i * WPh + p - i * OW
+                # this tile's running sums (used only by a chunked sum, whose runs have at
+                # most CHUNK_TILES tiles)
+                pt = part + (tile - t0) * FTILE_NP * NF if Kg > LANE_CHUNK else part
                 if floating is float:
                     fc_flanes6x2_f(base, pos, off + k0, kn, wb + k0 * NF,
                                    bpk + (g * nfb + fb) * NF, relu, p0 - ps,
-                                   min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P,
-                                   part + (tile - t0) * FTILE_NP * NF, k0 == 0,
-                                   k0 + kn == Kg)
+                                   min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P, pt,
+                                   k0 == 0, k0 + kn == Kg)
                 else:
                     fc_flanes6x2_d(base, pos, off + k0, kn, wb + k0 * NF,
                                    bpk + (g * nfb + fb) * NF, relu, p0 - ps,
-                                   min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P,
-                                   part + (tile - t0) * FTILE_NP * NF, k0 == 0,
-                                   k0 + kn == Kg)
+                                   min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P, pt,
+                                   k0 == 0, k0 + kn == Kg)
 
 
 # ---------------------------------------------------------------------------------------------
