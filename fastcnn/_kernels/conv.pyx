@@ -513,7 +513,9 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                     pos[u] = i * WPh + p - i * OW
                 # this tile's running sums (used only by a chunked sum, whose runs have at
                 # most CHUNK_TILES tiles)
-                pt = part + (tile - t0) * FTILE_NP * NF if Kg > LANE_CHUNK else part
+                pt = &part[0]
+                if Kg > LANE_CHUNK:
+                    pt = &part[(tile - t0) * FTILE_NP * NF]
                 if floating is float:
                     fc_flanes6x2_f(base, pos, off + k0, kn, wb + k0 * NF,
                                    bpk + (g * nfb + fb) * NF, relu, p0 - ps,
