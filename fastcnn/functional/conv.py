@@ -324,9 +324,10 @@ class _Plan:
         else:
             self.algo = _algo(g, kind, dtype)
             self._check = kind == "input" and _forced is None and self.algo != "matmul"
-        # what a non-finite weight gets: the general kernels (the dw kernels multiply weights
-        # with padding zeros), "direct" for the input gradient
-        self.fallback_algo = "direct" if kind == "input" else _algo(g, kind, dtype)
+        # what a non-finite weight gets (only when _check): the general kernels (the dw kernels
+        # multiply weights with padding zeros), "direct" for the input gradient
+        self.fallback_algo = self.algo if not self._check else \
+            "direct" if kind == "input" else _algo(g, kind, dtype)
         self._runs = {self.algo: _BUILD[kind](self.algo, g, dtype, ws, n_threads)}
 
     def algo_for(self, weight):
