@@ -396,6 +396,27 @@ def test_narrow_products_padded_to_a_tile_are_bitwise_the_plain_product(dtype):
             lin.params["weight"][0, 0] += 1  # an in-place change: the eval cache must see it
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_matrix_product_rows_are_the_same_sums_whatever_the_batch(dtype, set_threads):
+    """The product's rows run in 6-row tiles, 4-row tiles or alone (8-, 4- and 2-vector row
+    kernels, the last piece overlapping its neighbour): a row must be the same sum in every
+    case, so an image's outputs do not depend on its batch, nor on the thread count."""
+    rng = np.random.default_rng(43)
+    for _ in range(12):
+        m, k, n = int(rng.integers(1, 14)), int(rng.integers(1, 300)), int(rng.integers(1, 200))
+        x = rng.standard_normal((m, k)).astype(dtype)
+        w = rng.standard_normal((n, k)).astype(dtype)
+        set_threads(2)
+        y = fastcnn.functional.linear(x, w)
+        np.testing.assert_allclose(y, x.astype(F64) @ w.T.astype(F64),
+                                   rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                   atol=(1e-4 if dtype == np.float32 else 1e-12) * np.sqrt(k))
+        set_threads(1)
+        for i in rng.choice(m, size=min(m, 3), replace=False):
+            row = fastcnn.functional.linear(x[i:i + 1], w)
+            assert row.tobytes() == y[i:i + 1].tobytes(), (m, k, n, i)
+
+
 def test_linear_compute_input_grad_false_returns_none():
     layer, x, rng = _linear_layer((4, 7, 5, True), F64)
     full, _, _ = _linear_layer((4, 7, 5, True), F64)

@@ -85,6 +85,36 @@ FC_DEFINE_TILE(6, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
 FC_DEFINE_TILE(1, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
 FC_DEFINE_TILE(1, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
 
+/* One row of a matrix product, NV vectors of columns at a time (the rows of C that the 6- and
+ * 4-row tiles leave over, e.g. the single row of a batch-1 dense layer):
+ *
+ *   c[j] = sum_k a[k*sa_k] * b[k*ldb + j]     for j < NV*NL, in the order k = 0, 1, ..., K-1
+ *
+ * Each element is the same chain of fused multiply-adds as in fc_tile* (a product added to a
+ * running sum that starts at 0), so a row computed here equals, bitwise, the row computed
+ * inside a tile. NV independent chains cover the FMA latency that the two chains of fc_tile1
+ * leave exposed (one row, 120 columns, K = 400: 15.5 -> 4 us). NV = 8, 4 and 2 are built. */
+#define FC_DEFINE_GEMROW(NV, SUFFIX, T, V, LOAD, STORE, NL)                                      \
+static inline void fc_gemrow##NV##_##SUFFIX(const T *b, ptrdiff_t ldb, const T *a,               \
+                                            ptrdiff_t sa_k, ptrdiff_t K, T *c)                   \
+{                                                                                                \
+    V acc[NV];                                                                                   \
+    for (int v = 0; v < NV; v++) acc[v] = (V){0};                                                \
+    for (ptrdiff_t k = 0; k < K; k++) {                                                          \
+        T av = a[k * sa_k];                                                                      \
+        const T *bk = b + k * ldb;                                                               \
+        for (int v = 0; v < NV; v++) acc[v] += av * LOAD(bk + v * NL);                           \
+    }                                                                                            \
+    for (int v = 0; v < NV; v++) STORE(c + v * NL, acc[v]);                                      \
+}
+
+FC_DEFINE_GEMROW(8, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_GEMROW(8, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+FC_DEFINE_GEMROW(4, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_GEMROW(4, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+FC_DEFINE_GEMROW(2, f, float, fc_vf, fc_load_f, fc_store_f, FC_LANES_F)
+FC_DEFINE_GEMROW(2, d, double, fc_vd, fc_load_d, fc_store_d, FC_LANES_D)
+
 /* Channel-vectorised forward tile: FC_ROW consecutive output positions of one row, for NL
  * output channels at once (one vector of channels per position), plus bias and optional ReLU:
  *

@@ -40,7 +40,8 @@ the caller (a workspace owned by the layer): the kernels never allocate.
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 
 include "_pad_plane.pxi"
 
@@ -119,6 +120,21 @@ cdef extern from "_microkernels.h" nogil:
                     const double* w, Py_ssize_t ws_o, Py_ssize_t ws_i, Py_ssize_t ws_p,
                     Py_ssize_t ws_q, Py_ssize_t KH, Py_ssize_t KW, double* out,
                     Py_ssize_t ostride)
+
+    const int FC_LANES_F
+    const int FC_LANES_D
+    void fc_gemrow8_f(const float* b, Py_ssize_t ldb, const float* a, Py_ssize_t sa_k,
+                      Py_ssize_t K, float* c)
+    void fc_gemrow8_d(const double* b, Py_ssize_t ldb, const double* a, Py_ssize_t sa_k,
+                      Py_ssize_t K, double* c)
+    void fc_gemrow4_f(const float* b, Py_ssize_t ldb, const float* a, Py_ssize_t sa_k,
+                      Py_ssize_t K, float* c)
+    void fc_gemrow4_d(const double* b, Py_ssize_t ldb, const double* a, Py_ssize_t sa_k,
+                      Py_ssize_t K, double* c)
+    void fc_gemrow2_f(const float* b, Py_ssize_t ldb, const float* a, Py_ssize_t sa_k,
+                      Py_ssize_t K, float* c)
+    void fc_gemrow2_d(const double* b, Py_ssize_t ldb, const double* a, Py_ssize_t sa_k,
+                      Py_ssize_t K, double* c)
 
 cdef enum:
     OB = 6           # rows of C per block of the matrix product (fc_tile6: 12 accumulators)
@@ -1034,6 +1050,27 @@ def all_finite(const floating[::1] a):
     return not bad
 
 
+def same_bytes(a, b):
+    """True when the contiguous buffers ``a`` and ``b`` (e.g. C-contiguous arrays) hold the same
+    bytes: one memcmp, no allocation (``nn.module._Snapshot``: a cached transposed or folded
+    weight is reused while its source compares equal; memcmp runs at 3x the speed of
+    ``np.not_equal`` plus a reduction)."""
+    cdef Py_buffer ba, bb
+    cdef int diff = 1
+    PyObject_GetBuffer(a, &ba, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(b, &bb, PyBUF_SIMPLE)
+        try:
+            if ba.len == bb.len:
+                with nogil:
+                    diff = memcmp(ba.buf, bb.buf, ba.len)
+        finally:
+            PyBuffer_Release(&bb)
+    finally:
+        PyBuffer_Release(&ba)
+    return diff == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Matrix-product tiles
 # ---------------------------------------------------------------------------------------------
@@ -1075,6 +1112,37 @@ cdef inline void _corr_tile1(const floating* inp, Py_ssize_t plane, Py_ssize_t r
 # Matrix product (dense layers, and a convolution whose kernel covers its whole input)
 # ---------------------------------------------------------------------------------------------
 
+cdef inline void _gemm_row(const floating* b, Py_ssize_t N, const floating* a, Py_ssize_t sa_k,
+                           Py_ssize_t K, floating* c) noexcept nogil:
+    """c[j] = sum_k a[k*sa_k] * b[k*N + j] for j < N: one row of C, each element the same sum,
+    in the same order, as in the row tiles (fc_gemrow*). Columns go 8, then 4, then 2 vectors at
+    a time; the last 2-vector piece ends at N, recomputing a few columns (the same values)."""
+    cdef Py_ssize_t NL = FC_LANES_F if floating is float else FC_LANES_D
+    cdef Py_ssize_t j = 0
+    while j + 8 * NL <= N:
+        if floating is float:
+            fc_gemrow8_f(b + j, N, a, sa_k, K, c + j)
+        else:
+            fc_gemrow8_d(b + j, N, a, sa_k, K, c + j)
+        j = j + 8 * NL
+    if j + 4 * NL <= N:
+        if floating is float:
+            fc_gemrow4_f(b + j, N, a, sa_k, K, c + j)
+        else:
+            fc_gemrow4_d(b + j, N, a, sa_k, K, c + j)
+        j = j + 4 * NL
+    if N >= 2 * NL:
+        while j < N:
+            j = min(j, N - 2 * NL)
+            if floating is float:
+                fc_gemrow2_f(b + j, N, a, sa_k, K, c + j)
+            else:
+                fc_gemrow2_d(b + j, N, a, sa_k, K, c + j)
+            j = j + 2 * NL
+    elif j < N:
+        _corr_tile1(b + j, 0, N, 1, a, 0, sa_k, 0, K, 1, c + j, N - j)
+
+
 def gemm_tile(bint is_double):
     """Columns of C per register tile of ``gemm`` (a product with fewer columns than this runs
     row by row, several times slower per product)."""
@@ -1091,8 +1159,8 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
     ``C[m, j] = sum_k A[m, k] * B[k, j]``, summed in the order k = 0, 1, ..., K-1 for every
     element. It is the wide-row correlation again: rows of B play the input rows and entries of
     A the kernel taps, so the same register tiles (OB = 6 rows of C x one tile of columns: 12
-    vector accumulators, enough to cover the FMA latency; 4 and then 1 row for the rows past
-    the last whole block) do the work.
+    vector accumulators, enough to cover the FMA latency; then 4 rows; then single rows 8, 4
+    and 2 vectors wide, ``_gemm_row``, for the rows past the last whole block) do the work.
 
     Parallel over runs of up to GEMM_BLOCKS blocks of OB rows of C, as many runs as threads
     where the rows allow: each task owns its rows. Within a run the column tile is the outer
@@ -1109,7 +1177,7 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
     cdef Py_ssize_t per_run = max(1, min(max(<Py_ssize_t> GEMM_BLOCKS, 65536 // max(OB * K, 1)),
                                          (n_blocks + n_threads - 1) // max(n_threads, 1)))
     cdef Py_ssize_t n_runs = (n_blocks + per_run - 1) // per_run
-    cdef Py_ssize_t run, blk, blk_end, m0, m, m1, j0, j, nj
+    cdef Py_ssize_t run, blk, blk_end, m0, m, m1, j0, j
     if M == 0 or N == 0:
         return
     # Race-free: run writes only rows OB*run*per_run .. OB*(run+1)*per_run - 1 of C.
@@ -1138,9 +1206,4 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
             if N >= TT:
                 m0 = m1 if m0 + OB <= M else (m0 + 4 if m0 + 4 <= M else m0)
             for m in range(m0, m1):
-                j0 = 0
-                while j0 < N:
-                    nj = min(TT, N - j0)
-                    _corr_tile1(&b[0, j0], 0, N, 1, &a[m * sa_m], 0, sa_k, 0, K, 1,
-                                &c[m, j0], nj)
-                    j0 = j0 + TT
+                _gemm_row(&b[0, 0], N, &a[m * sa_m], sa_k, K, &c[m, 0])

@@ -26,6 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from .. import _kernels
 from ..functional._validate import _array, _int
 from ..functional.linear import _gemm_columns
 
@@ -73,41 +74,20 @@ def _positive(value, name):
     return value
 
 
-_UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def _words(a):
-    """The bytes of a C-contiguous array as unsigned integers (8-byte words when aligned)."""
-    flat = a.reshape(-1)
-    if a.nbytes % 8 == 0 and a.ctypes.data % 8 == 0:
-        return flat.view(np.uint64)
-    return flat.view(_UINT[a.dtype.itemsize])
-
-
 class _Snapshot:
     """A copy of an array, to tell cheaply whether the array still holds the same bytes (NaN
     equals itself, -0.0 differs from 0.0: what matters is that a result computed from it is
-    the same). The comparison is one pass over both arrays with no allocation."""
+    the same). The comparison is one memcmp over both arrays, with no allocation."""
 
-    __slots__ = ("copy", "_words", "_scratch", "_src", "_src_words")
+    __slots__ = ("copy",)
 
     def __init__(self, a):
         self.copy = np.array(a, order="C", copy=True)
-        self._words = _words(self.copy)
-        self._scratch = np.empty(self._words.size, dtype=bool)
-        self._src = self._src_words = None
 
     def same(self, a):
-        if a is not self._src:
-            if a.shape != self.copy.shape or a.dtype != self.copy.dtype or \
-                    not a.flags.c_contiguous:
-                return False
-            words = _words(a)
-            if words.dtype != self._words.dtype:
-                return bool(np.array_equal(words, _words(self.copy)))
-            self._src, self._src_words = a, words
-        np.not_equal(self._src_words, self._words, out=self._scratch)
-        return not np.logical_or.reduce(self._scratch)
+        copy = self.copy
+        return a.shape == copy.shape and a.dtype == copy.dtype and a.flags.c_contiguous and \
+            _kernels.conv.same_bytes(a, copy)
 
     def update(self, a):
         """Take a new copy of `a` (of the snapshot's shape and dtype)."""
@@ -355,16 +335,14 @@ class Module:
         while the weight holds the same bytes as when the copy was made; the check is a plain
         comparison with a snapshot, so any change, however it was written, is seen. In
         training mode, where every step changes the weight, it is copied every time."""
+        cacheable = reuse and not self.training and weight.flags.c_contiguous
+        snap = self._work.get("weight_t_src")  # (wt, _Snapshot of the weight it holds)
+        if cacheable and snap is not None and snap[1].same(weight):
+            return snap[0]
         F = weight.shape[0]
         # (a narrow product's B padded with zero columns: see functional.linear._gemm_columns)
         wt = self._buffer("weight_t", (weight.size // F if F else 0,
                                        _gemm_columns(F, weight.dtype)), reuse)
-        # (below a few thousand elements the copy costs less than the comparison's glue)
-        cacheable = reuse and not self.training and weight.size >= 4096 and \
-            weight.flags.c_contiguous
-        snap = self._work.get("weight_t_src")  # (wt, _Snapshot of the weight it holds)
-        if cacheable and snap is not None and snap[0] is wt and snap[1].same(weight):
-            return wt
         np.copyto(wt[:, :F], weight.reshape(F, -1).T)
         wt[:, F:] = 0
         if cacheable:
