@@ -6,10 +6,12 @@
         python bench/conv_suite.py --threads 1,2 --rounds 5 --peak 96,187
 
 For each shape, thread count and op (forward, input gradient, weight gradient at batch 64, and
-forward at batch 1) it checks fastcnn against torch, then alternates the two in rounds (each a
-median of several calls) and prints a Markdown table: medians in ms, the median of the
-same-round ratios torch / fastcnn (> 1: fastcnn faster) with min-max, fastcnn's GFLOP/s (useful
-multiply-adds x 2) and, with ``--peak`` (GFLOP/s per thread count), the fraction of the FMA peak.
+forward at batch 1, timed as an eval-mode layer runs it: packed weights kept between calls and
+reused after a memcmp of the weight and bias with their snapshots) it checks fastcnn against torch,
+then alternates the two in rounds (each a median of several calls) and prints a Markdown table:
+medians in ms, the median of the same-round ratios torch / fastcnn (> 1: fastcnn faster) with
+min-max, fastcnn's GFLOP/s (useful multiply-adds x 2) and, with ``--peak`` (GFLOP/s per thread
+count), the fraction of the FMA peak.
 """
 
 import argparse
@@ -67,8 +69,8 @@ def _make(s, N, op, torch):
         y = np.empty((N, s["F"], g.OH, g.OW), np.float32)
         wt = np.ascontiguousarray(w.reshape(s["F"], -1).T) if g.covers_input() else None
 
-        def ours():
-            return fconv._conv2d_into(x, w, b, y, g, False, ws, wt)
+        def ours():  # batch 1 (inference): as an eval-mode layer, packed weights kept
+            return fconv._conv2d_into(x, w, b, y, g, False, ws, wt, keep=N == 1)
 
         def theirs():
             return torch.nn.functional.conv2d(tx, tw, tb, *args)

@@ -417,6 +417,36 @@ def test_matrix_product_rows_are_the_same_sums_whatever_the_batch(dtype, set_thr
             assert row.tobytes() == y[i:i + 1].tobytes(), (m, k, n, i)
 
 
+def test_eval_conv_reuses_packed_weights_only_while_unchanged():
+    """An eval-mode Conv2d keeps its packed weights between calls (functional.conv._PackCache).
+    Every output must still be the functional result for the weight and bias of that call:
+    after in-place changes of either, after train/eval switches, with two input shapes
+    alternating on one layer, and with plans of both tile layouts packing into the one
+    buffer in turn (here by forcing the algorithm; in use, input shapes that pick different
+    kernels)."""
+    from fastcnn.functional import conv as fconv
+
+    rng = np.random.default_rng(47)
+    conv = fastcnn.Conv2d(5, 19, 3, padding=1, seed=3)
+    seq = fastcnn.Sequential(conv, fastcnn.ReLU())  # the fused step, reused buffers
+    w, b = conv.params["weight"], conv.params["bias"]
+    b[...] = rng.standard_normal(b.shape)
+    xs = [rng.standard_normal((n, 5, h, h)).astype(np.float32) for n, h in ((1, 6), (2, 9))]
+    for step in range(24):
+        if step % 8 == 5:
+            w.flat[rng.integers(w.size)] += 0.5  # in place: the cache must see it
+        if step % 8 == 7:
+            b[rng.integers(b.size)] -= 0.25
+        seq.train() if step == 12 else seq.eval()
+        x = xs[step // 6 % 2]
+        with fconv._force_algo(("lanes", "lanes", "tiles")[step % 3]):
+            want = fastcnn.functional.conv2d(x, w, b, padding=1)
+            layer_out = (seq.forward(x) if step % 2 else conv.forward(x)).tobytes()
+            assert layer_out == (np.maximum(want, 0) if step % 2 else want).tobytes(), step
+        # eval mode keeps the packing (so the checks above ran on reused packed weights)
+        assert (conv._ws.writers["apack"].snaps is not None) == (not seq.training)
+
+
 def test_linear_compute_input_grad_false_returns_none():
     layer, x, rng = _linear_layer((4, 7, 5, True), F64)
     full, _, _ = _linear_layer((4, 7, 5, True), F64)

@@ -431,27 +431,48 @@ def pack_forward_lanes(const floating[:, :, :, ::1] w,  # IN  (F, Cg, KH, KW)
     """
     cdef Py_ssize_t F = w.shape[0], Cg = w.shape[1], KH = w.shape[2], KW = w.shape[3]
     cdef Py_ssize_t Fg = F // G, M = Cg if rotate else Fg, Kg = (Fg if rotate else Cg) * KH * KW
-    cdef Py_ssize_t nfb = (M + NF - 1) // NF, g, fb, k, fl, f, e, p, q, KK = KH * KW
+    cdef Py_ssize_t nfb = (M + NF - 1) // NF, g, fb, k, fl, f, e, t, nl, KK = KH * KW
+    cdef Py_ssize_t k0, k1, e0, e1, EC = max(1, 64 // KK)
     cdef const floating* ws = &w[0, 0, 0, 0]
+    cdef const floating* src
+    cdef floating* dst
+    # Lane by lane within chunks of 64 taps: each lane's source is read in order (a filter's
+    # weights, or a channel's taps turned, filter after filter) and stored with stride NF into
+    # a chunk of the block that stays in L1 until its lines are full; no test per element.
     with nogil:
         for g in range(G):
             for fb in range(nfb):
+                nl = min(NF, M - fb * NF)  # real lanes of the block
                 for fl in range(NF):
                     f = fb * NF + fl
-                    bpk[(g * nfb + fb) * NF + fl] = b[g * M + f] if f < M else 0
-                for k in range(Kg):
-                    for fl in range(NF):
-                        f = fb * NF + fl
-                        if f >= M:
-                            wpk[((g * nfb + fb) * Kg + k) * NF + fl] = 0
-                        elif rotate:
-                            e = k // KK  # the filter; the tap turned by 180 degrees
-                            p = KH - 1 - (k % KK) // KW
-                            q = KW - 1 - k % KW
-                            wpk[((g * nfb + fb) * Kg + k) * NF + fl] = (
-                                ws[(((g * Fg + e) * Cg + f) * KH + p) * KW + q])
-                        else:
-                            wpk[((g * nfb + fb) * Kg + k) * NF + fl] = ws[(g * Fg + f) * Kg + k]
+                    bpk[(g * nfb + fb) * NF + fl] = b[g * M + f] if fl < nl else 0
+                dst = &wpk[(g * nfb + fb) * Kg * NF]
+                if rotate:  # k = e*KK + t reads tap KK-1-t of w[g*Fg + e, f]
+                    e0 = 0
+                    while e0 < Fg:
+                        e1 = min(Fg, e0 + EC)
+                        for fl in range(nl):
+                            f = fb * NF + fl
+                            for e in range(e0, e1):
+                                src = ws + ((g * Fg + e) * Cg + f) * KK + KK - 1
+                                for t in range(KK):
+                                    dst[(e * KK + t) * NF + fl] = src[-t]
+                        for fl in range(nl, NF):
+                            for k in range(e0 * KK, e1 * KK):
+                                dst[k * NF + fl] = 0
+                        e0 = e1
+                else:
+                    k0 = 0
+                    while k0 < Kg:
+                        k1 = min(Kg, k0 + 64)
+                        for fl in range(nl):
+                            src = ws + (g * Fg + fb * NF + fl) * Kg
+                            for k in range(k0, k1):
+                                dst[k * NF + fl] = src[k]
+                        for fl in range(nl, NF):
+                            for k in range(k0, k1):
+                                dst[k * NF + fl] = 0
+                        k0 = k1
 
 
 def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, HPh, WPh) + slack

@@ -43,6 +43,7 @@ import numpy as np
 
 from .. import _kernels
 from .._threads import get_num_threads
+from ._snapshot import _Snapshot
 from ._validate import _array, _check_grad, _int, _nonempty
 from ._validate import _pair as _vpair
 from .linear import _gemm_columns, _gemm_into
@@ -74,10 +75,12 @@ def _force_algo(name):
 
 class _Workspace:
     """Grow-only scratch buffers by name (flat arrays); ``get`` returns a view of the size asked.
-    Not thread-safe: one workspace per layer, used by one call at a time."""
+    Not thread-safe: one workspace per layer, used by one call at a time. ``writers[name]`` is
+    the _PackCache that last packed weights into a buffer of that name."""
 
     def __init__(self):
         self._bufs = {}
+        self.writers = {}
 
     def get(self, name, size, dtype):
         size = int(size) + _SLACK
@@ -86,6 +89,40 @@ class _Workspace:
             buf = np.empty(size, dtype=dtype)
             self._bufs[name] = buf
         return buf[:size]
+
+
+class _PackCache:
+    """Whether a planned forward's packed-weight buffer still holds the packing of this weight
+    (and bias), so that an eval-mode layer packs once, not at every call: 73,728 weights of a
+    64 -> 128 3x3 layer take longer to pack than the batch-1 convolution takes to run.
+
+    Valid when the caller asks for it (``keep``: an eval-mode layer with reused buffers), the
+    arrays hold the same bytes as when they were packed (snapshots, one memcmp each) and no
+    other plan has packed into a buffer of the same name since (``_Workspace.writers``: plans
+    of other input shapes may share the buffer, or hold an older one; any other writer makes
+    the next call pack again)."""
+
+    __slots__ = ("ws", "name", "snaps")
+
+    def __init__(self, ws, name):
+        self.ws, self.name, self.snaps = ws, name, None
+
+    def valid(self, keep, arrays):
+        snaps = self.snaps
+        return keep and snaps is not None and self.ws.writers.get(self.name) is self and \
+            all(s.same(a) for s, a in zip(snaps, arrays))
+
+    def packed(self, keep, arrays):
+        """Record that the buffer now holds the packing of ``arrays``."""
+        self.ws.writers[self.name] = self
+        if not keep:
+            self.snaps = None
+        elif self.snaps is not None and all(s.copy.shape == a.shape and s.copy.dtype == a.dtype
+                                            for s, a in zip(self.snaps, arrays)):
+            for s, a in zip(self.snaps, arrays):
+                s.update(a)
+        else:
+            self.snaps = tuple(_Snapshot(a) for a in arrays)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -282,14 +319,16 @@ def _phase_plan(g, dtype, ws, NR):
 # Kernels on validated arguments (used by the layers)
 # ---------------------------------------------------------------------------------------------
 
-def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None):
+def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None, keep=False):
     """y = conv2d(x, weight, bias) (then ReLU); arguments validated, y preallocated, ``g`` the
-    geometry. ``weight_t`` may hold the (C*KH*KW, F) transposed weight for the matrix product."""
+    geometry. ``weight_t`` may hold the (C*KH*KW, F) transposed weight for the matrix product.
+    ``keep``: the weight and bias are likely the same at the next call (an eval-mode layer), so
+    keep their packing and reuse it while they hold the same bytes (``_PackCache``)."""
     if bias is None:
         bias = np.zeros(g.F, dtype=x.dtype)
     if g.N == 0:
         return y
-    _plan(g, "forward", x.dtype, ws).run(weight)(x, weight, bias, y, bool(relu), weight_t)
+    _plan(g, "forward", x.dtype, ws).run(weight)(x, weight, bias, y, bool(relu), weight_t, keep)
     return y
 
 
@@ -376,7 +415,7 @@ def _spec(fn, dtype):
 
 
 def _build_forward(algo, g, dtype, ws, n_threads):
-    """run(x, weight, bias, y, relu, weight_t) of one planned forward algorithm."""
+    """run(x, weight, bias, y, relu, weight_t, keep) of one planned forward algorithm."""
     K = _kernels.conv
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
@@ -387,13 +426,13 @@ def _build_forward(algo, g, dtype, ws, n_threads):
     if algo == "dw":
         HPh, WPh = _phase_sizes(g)
         fwd = _spec(_kernels.dwconv.forward, dtype)
-        return lambda x, w, b, y, relu, wt: fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, HPh, WPh,
+        return lambda x, w, b, y, relu, wt, keep: fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, HPh, WPh,
                                                 relu, n_threads)
     if algo == "matmul":
         Fw = _gemm_columns(F, dtype)  # a layer's transposed weight may be this wide
         wide = ws.get("y_wide", N * Fw, dtype)[:N * Fw].reshape(N, Fw) if Fw != F else None
 
-        def run(x, w, b, y, relu, wt):
+        def run(x, w, b, y, relu, wt, keep):
             if wt is None:
                 wt = np.ascontiguousarray(w.reshape(F, -1).T)
             y2 = y.reshape(N, F)
@@ -404,7 +443,7 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         return run
     if algo == "direct":
         fd = _spec(K.forward_direct, dtype)
-        return lambda x, w, b, y, relu, wt: fd(x, w, b, y, sh, sw, pt, pl, dh, dw, G, relu,
+        return lambda x, w, b, y, relu, wt, keep: fd(x, w, b, y, sh, sw, pt, pl, dh, dw, G, relu,
                                                n_threads)
     split = _spec(K.pad_split, dtype)
     off = np.empty(Kg, dtype=np.intp)  # the plan's own: filled once
@@ -415,11 +454,14 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         wpk = ws.get("apack", G * nfb * NF * Kg, dtype)
         bpk = ws.get("bpack", G * nfb * NF, dtype)
         pack, fwd = _spec(K.pack_forward_lanes, dtype), _spec(K.forward_lanes, dtype)
+        packed = _PackCache(ws, "apack")
 
-        def run(x, w, b, y, relu, wt):
+        def run(x, w, b, y, relu, wt, keep):
             if xs is not None:
                 split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
-            pack(w, b, wpk, bpk, G, NF, False)
+            if not packed.valid(keep, (w, b)):
+                pack(w, b, wpk, bpk, G, NF, False)
+                packed.packed(keep, (w, b))
             fwd(x.reshape(-1) if xs is None else xs, wpk, bpk, off, y, C, sh, sw, HPh, WPh,
                 G, NF, relu, n_threads)
     else:
@@ -427,11 +469,14 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         xs, HPh, WPh = _phase_plan(g, dtype, ws, NR)
         apack = ws.get("apack", G * -(-Fg // MR) * MR * Kg, dtype)
         pack, fwd = _spec(K.pack_forward, dtype), _spec(K.forward, dtype)
+        packed = _PackCache(ws, "apack")
 
-        def run(x, w, b, y, relu, wt):
+        def run(x, w, b, y, relu, wt, keep):
             if xs is not None:
                 split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
-            pack(w, apack, G, MR)
+            if not packed.valid(keep, (w,)):
+                pack(w, apack, G, MR)
+                packed.packed(keep, (w,))
             fwd(x.reshape(-1) if xs is None else xs, apack, off, b, y, C, sh, sw, HPh, WPh, G,
                 MR, NR, relu, n_threads)
     K.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)

@@ -22,9 +22,9 @@ Less Python per step (issue 9). At batch 1 a step is mostly Python between the k
   parameter group with a few NumPy calls instead of a loop over parameters (bitwise the same
   result); a user's layer keeps its own arrays and runs through its public forward/backward;
 * in eval mode, the transposed weight that a matrix product needs (Linear, a convolution whose
-  kernel covers its input) and the Conv-BN fold are reused while the arrays they were made from
-  hold the same bytes (checked by a comparison with a snapshot at every call, so an in-place
-  change, however it was made, is seen).
+  kernel covers its input), a convolution's packed weights and the Conv-BN fold are reused
+  while the arrays they were made from hold the same bytes (checked by a memcmp with a
+  snapshot at every call, so an in-place change, however it was made, is seen).
 
 Threads: a model keeps per-call state (what backward needs, reused output buffers, work arrays,
 convolution workspaces, the snapshots above), so one model must not run forward / backward (in
@@ -37,9 +37,10 @@ own copy of the model (e.g. built from one ``state_dict``).
 
 import numpy as np
 
+from ..functional._snapshot import _Snapshot
 from .activation import ReLU
 from .conv import Conv2d
-from .module import Module, _Snapshot
+from .module import Module
 from .normalization import BatchNorm2d
 from .pooling import MaxPool2d
 

@@ -167,7 +167,8 @@ class Conv2d(Module):
         if g.covers_input():
             # A matrix product: the transposed weight goes in a work array of its own.
             weight_t = self._weight_t(weight, reuse)
-        _conv2d_into(xin, weight, bias, y, g, relu, self._ws, weight_t)
+        # (eval mode: the packed weights are kept and reused while the weight is unchanged)
+        _conv2d_into(xin, weight, bias, y, g, relu, self._ws, weight_t, not self.training)
         self._cache = (x, xin)
         return y
 

@@ -26,7 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import _kernels
+from ..functional._snapshot import _Snapshot
 from ..functional._validate import _array, _int
 from ..functional.linear import _gemm_columns
 
@@ -72,26 +72,6 @@ def _positive(value, name):
     if value < 1:
         raise ValueError(f"{name} must be >= 1, got {value}")
     return value
-
-
-class _Snapshot:
-    """A copy of an array, to tell cheaply whether the array still holds the same bytes (NaN
-    equals itself, -0.0 differs from 0.0: what matters is that a result computed from it is
-    the same). The comparison is one memcmp over both arrays, with no allocation."""
-
-    __slots__ = ("copy",)
-
-    def __init__(self, a):
-        self.copy = np.array(a, order="C", copy=True)
-
-    def same(self, a):
-        copy = self.copy
-        return a.shape == copy.shape and a.dtype == copy.dtype and a.flags.c_contiguous and \
-            _kernels.conv.same_bytes(a, copy)
-
-    def update(self, a):
-        """Take a new copy of `a` (of the snapshot's shape and dtype)."""
-        np.copyto(self.copy, a)
 
 
 class Module:
