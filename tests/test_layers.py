@@ -1074,6 +1074,72 @@ def test_sequential_validates_again_when_the_input_changes():
         np.testing.assert_array_equal(model.forward(xn), _small_net().forward(xn))
 
 
+# Networks for the bound eval forward (Sequential._forward_bound): fused steps, the Conv-BN
+# fold, layers without a binding (run through their plain forward), a user's layer.
+BOUND_NETS = {
+    "lenet5": (lambda: fastcnn.models.get_model("lenet5"), (1, 32, 32)),
+    "bnnet": (lambda: fastcnn.models.get_model("bnnet"), (1, 28, 28)),
+    "mixed": (lambda: Sequential(
+        Conv2d(3, 8, 3, padding=1, seed=1), fastcnn.BatchNorm2d(8), fastcnn.LeakyReLU(0.1),
+        Conv2d(8, 8, 3, stride=2, dilation=2, padding=2, seed=2), fastcnn.Tanh(),
+        fastcnn.AvgPool2d(2), Conv2d(8, 16, 2, groups=8, seed=3), fastcnn.Dropout(0.3),
+        Flatten(), Linear(64, 7, seed=4), fastcnn.Sigmoid(), _Scale(7)), (3, 13, 13)),
+}
+
+
+@pytest.mark.parametrize("net", list(BOUND_NETS))
+def test_bound_eval_forward_is_bitwise_the_plain_path(net, set_threads):
+    """In eval mode a Sequential runs functions bound to the input's shape; outputs, and the
+    gradients of a backward pass after them, must be the plain path's, bitwise, across input
+    shapes, thread counts, replaced and changed parameters and a layer put in training mode;
+    a bad input must get the plain path's error."""
+    make, image = BOUND_NETS[net]
+    rng = np.random.default_rng(51)
+    model, plain = make(), make()
+    for m in (model, plain):
+        bn = [layer for layer in m if isinstance(layer, fastcnn.BatchNorm2d)]
+        for layer in bn:  # running statistics that are not the defaults
+            layer.buffers["running_mean"][...] = np.linspace(-0.5, 0.5, layer.num_features)
+            layer.buffers["running_var"][...] = np.linspace(0.5, 2.0, layer.num_features)
+    state = model.state_dict()  # biases that are not zero
+    model.load_state_dict({k: v + (rng.standard_normal(v.shape) if k.endswith("bias") else 0)
+                           for k, v in state.items()})
+    plain.load_state_dict(model.state_dict())
+    plain._forward_bound = lambda x: None  # the plain path only
+    model.eval(), plain.eval()
+
+    def check(n, step):
+        x = rng.standard_normal((n,) + image).astype(F32)
+        y = model.forward(x)
+        assert y.tobytes() == plain.forward(x).tobytes(), step
+        g = rng.standard_normal(y.shape).astype(F32)
+        gx, pgx = model.backward(g), plain.backward(g)
+        assert (gx is None and pgx is None) or gx.tobytes() == pgx.tobytes(), step
+        for a, b in zip(model.parameters(), plain.parameters()):
+            assert a.grad.tobytes() == b.grad.tobytes(), (step, a.name)
+
+    for n in (1, 3, 1):
+        check(n, f"batch {n}")
+    assert model._bound is not None and any(f is not None for _, f in model._bound[1])
+    set_threads(2)
+    check(2, "2 threads")
+    set_threads(1)
+    conv = next(layer for layer in model if isinstance(layer, Conv2d))
+    pconv = next(layer for layer in plain if isinstance(layer, Conv2d))
+    new = rng.standard_normal(conv.params["weight"].shape).astype(F32)
+    conv.params["weight"], pconv.params["weight"] = new, new.copy()  # replaced
+    check(1, "replaced weight")
+    conv.params["weight"][0] *= -2.0  # changed in place
+    pconv.params["weight"][0] *= -2.0
+    check(1, "weight changed in place")
+    model[-2].train(), plain[-2].train()  # one layer in training mode: bound again
+    check(1, "a layer in training mode")
+    with pytest.raises(ValueError, match="channels"):
+        model.forward(np.zeros((1, image[0] + 1) + image[1:], F32))
+    with pytest.raises(TypeError, match="dtype"):
+        model.forward(np.zeros((1,) + image, F64))
+
+
 # Layers whose forward multiplies by a transposed copy of the weight (large enough to be
 # cached in eval mode): Linear, and a convolution whose kernel covers its input.
 CACHED_WEIGHT_NETS = {

@@ -109,8 +109,12 @@ class _PackCache:
 
     def valid(self, keep, arrays):
         snaps = self.snaps
-        return keep and snaps is not None and self.ws.writers.get(self.name) is self and \
-            all(s.same(a) for s, a in zip(snaps, arrays))
+        if not keep or snaps is None or self.ws.writers.get(self.name) is not self:
+            return False
+        for snap, a in zip(snaps, arrays):
+            if not snap.same(a):
+                return False
+        return True
 
     def packed(self, keep, arrays):
         """Record that the buffer now holds the packing of ``arrays``."""

@@ -32,6 +32,16 @@ class _Elementwise(Module):
         self._cache = x if self._keep == "x" else y
         return y
 
+    def _bind(self, shape):
+        y = np.empty(shape, dtype=self.dtype)
+        op, unary, keep_x = self._op, _f._unary_into, self._keep == "x"
+
+        def f(x):
+            unary(op, x, y, self._a())
+            self._cache = x if keep_x else y
+            return y
+        return f
+
     def _backward(self, grad_y, reuse):
         saved = self._cache
         grad_y = self._grad_input(grad_y, None if saved is None else saved.shape)

@@ -17,6 +17,10 @@ Less Python per step (issue 9). At batch 1 a step is mostly Python between the k
   kept from that call); anything else is checked again and gets the same ValueError / TypeError;
 * a convolution plans each of its kernel calls once per shape (algorithm, tap offsets, buffer
   views, the dtype's kernel functions: ``functional.conv._Plan``, kept on that geometry);
+* in eval mode, ``Sequential`` binds its steps to the input's shape (``_forward_bound``; each
+  layer's ``_bind``): a function per step with the validation, plan and buffers worked out
+  once, so that an inference call runs little more than the kernels and their caches' checks
+  (layers without a binding, and a user's layer, run their plain forward in between);
 * ``Sequential`` packs the parameters of its built-in layers into one flat buffer and their
   gradients into another (``Module._pack_parameters``), so that an optimiser updates a whole
   parameter group with a few NumPy calls instead of a loop over parameters (bitwise the same
@@ -35,16 +39,22 @@ buffers; the kernels release the GIL, so they run in parallel), and so are the f
 own copy of the model (e.g. built from one ``state_dict``).
 """
 
+from operator import attrgetter
+
 import numpy as np
 
+from .._threads import get_num_threads
+from ..functional import conv as _fconv
 from ..functional._snapshot import _Snapshot
 from .activation import ReLU
 from .conv import Conv2d
-from .module import Module
+from .module import Module, _Unbound
 from .normalization import BatchNorm2d
 from .pooling import MaxPool2d
 
 __all__ = ["Sequential"]
+
+_training = attrgetter("training")
 
 
 class _Step:
@@ -56,6 +66,11 @@ class _Step:
 
     def forward(self, x):
         return self.layers[0]._forward(x, reuse=True)
+
+    def bind(self, shape):
+        """(f, output shape) for Sequential's bound eval forward (f None: run ``forward``)."""
+        layer = self.layers[0]
+        return layer._bind(shape), layer.output_shape(shape)
 
     def backward(self, grad):
         return self.layers[0]._backward(grad, reuse=True)
@@ -78,6 +93,18 @@ class _ConvReLU(_Step):
         conv, relu = self.layers
         return conv._backward(relu._backward(grad, reuse=True), reuse=True)
 
+    def bind(self, shape):
+        conv, relu = self.layers
+        run = conv._bind(shape, relu=True)
+        if run is None:
+            return None, conv.output_shape(shape)
+
+        def f(x):
+            y = run(x)
+            relu._cache = y
+            return y
+        return f, conv.output_shape(shape)
+
 
 class _ConvReLUMaxPool(_Step):
     """Conv2d, ReLU and MaxPool2d: the ReLU applied in the convolution's output loop, the pool
@@ -93,6 +120,13 @@ class _ConvReLUMaxPool(_Step):
 
     def backward(self, grad):
         return self._conv_relu.backward(self.layers[2]._backward(grad, True))
+
+    def bind(self, shape):
+        conv_relu, shape = self._conv_relu.bind(shape)
+        pool = self.layers[2]._bind(shape)
+        if conv_relu is None or pool is None:
+            return None, self.layers[2].output_shape(shape)
+        return (lambda x: pool(conv_relu(x))), self.layers[2].output_shape(shape)
 
 
 class _ConvBN(_Step):
@@ -172,6 +206,20 @@ class _ConvBN(_Step):
             out = layer._forward(out, reuse=True)
         return out
 
+    def bind(self, shape):
+        conv, out = self.layers[0], self.layers[0].output_shape(shape)
+        run = conv._bind(shape, relu=self.relu, weights=self._folded_params) \
+            if self._foldable() else None
+        if run is None:
+            return None, out
+
+        def f(x):
+            if not self._foldable():
+                raise _Unbound
+            self.folded, self._x = True, x
+            return run(x)
+        return f, out
+
     def backward(self, grad):
         if self.folded:
             # Rare (gradients in eval mode): rerun the unfolded forward to give every layer
@@ -233,6 +281,7 @@ class Sequential(Module):
         super().__init__(dtype=dtypes.pop() if dtypes else np.float32)
         self.layers = list(layers)
         self._steps = _plan(self.layers)
+        self._bound = None  # (key, [(step, bound function or None)]): see _forward_bound
         self._pack_parameters()
 
     def children(self):
@@ -259,11 +308,55 @@ class Sequential(Module):
     def forward(self, x, copy=True):
         """Run every layer. ``copy=False`` returns the last layer's reused buffer instead of a
         fresh array (the trainer does this; the array is overwritten by the next forward)."""
-        out = x
-        for step in self._steps:
-            out = step.forward(out)
+        out = None
+        if not self.training and type(x) is np.ndarray:
+            out = self._forward_bound(x)
+        if out is None:
+            out = x
+            for step in self._steps:
+                out = step.forward(out)
         self._cache = True
         return np.array(out, copy=True) if copy else out
+
+    def _forward_bound(self, x):
+        """The eval-mode forward through functions bound to this input's shape (``bind`` of
+        each step, ``Module._bind`` of each layer): validation, plans and buffers worked out
+        once per input shape, then only the kernels and their caches' checks run. Bound
+        again when the input's shape, dtype or layout, a layer's mode, the thread count or
+        the kernels' plans change; None (the plain path runs) when the input is invalid or a
+        layer changed in a way its binding cannot follow. Bitwise the plain path (tested)."""
+        key = (x.shape, x.dtype, x.flags.c_contiguous, get_num_threads(), _fconv._forced,
+               _fconv._generation, tuple(map(_training, self.layers)))
+        bound = self._bound
+        if bound is None or bound[0] != key:
+            bound = self._bound = (key, self._bind_steps(x))
+        fns = bound[1]
+        if fns is None:
+            return None
+        out = x
+        try:
+            for step, f in fns:
+                out = step.forward(out) if f is None else f(out)
+        except _Unbound:
+            self._bound = None
+            return None
+        return out
+
+    def _bind_steps(self, x):
+        """[(step, f or None)] for inputs like ``x``, or None when ``x`` is not a valid input
+        of the first layer (the plain path then raises what it raises)."""
+        if x.dtype != self.dtype or not x.flags.c_contiguous:
+            return None
+        try:
+            shape = self.output_shape(x.shape)  # every layer's checks, once
+        except (ValueError, TypeError):
+            return None
+        del shape
+        fns, shape = [], x.shape
+        for step in self._steps:
+            f, shape = step.bind(shape)
+            fns.append((step, f))
+        return fns
 
     def backward(self, grad_y, copy=True):
         """Backpropagate through every layer; returns the input gradient (None if skipped)."""

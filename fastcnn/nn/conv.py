@@ -18,10 +18,11 @@ from ..functional.conv import (
     _geometry,
     _hyper,
     _padding4,
+    _plan,
     _transpose_geometry,
     _Workspace,
 )
-from .module import Module, _positive
+from .module import Module, _positive, _Unbound
 
 __all__ = ["Conv2d", "ConvTranspose2d"]
 
@@ -171,6 +172,31 @@ class Conv2d(Module):
         _conv2d_into(xin, weight, bias, y, g, relu, self._ws, weight_t, not self.training)
         self._cache = (x, xin)
         return y
+
+    def _bind(self, shape, relu=False, weights=None):
+        """Module._bind; ``relu`` for Sequential's fused Conv-ReLU steps, ``weights`` a function
+        giving the (weight, bias) to use instead of the parameters (the Conv-BN fold)."""
+        if self.padding_mode != "zeros" or len(shape) != 4 or shape[1] != self.in_channels \
+                or shape[0] == 0:
+            return None
+        g = self._geometry(tuple(shape))
+        dtype, wshape = self.dtype, (self.out_channels,) + self.params["weight"].shape[1:]
+        y = np.empty((shape[0], self.out_channels, g.OH, g.OW), dtype=dtype)
+        plan = _plan(g, "forward", dtype, self._ws)
+        covers, params, zero = g.covers_input(), self.params, self._zero_bias
+        weight_t = self._weight_t
+
+        def f(x):
+            if weights is None:
+                w, b = params["weight"], params.get("bias", zero)
+            else:
+                w, b = weights()
+            if w.shape != wshape or w.dtype != dtype or not w.flags.c_contiguous:
+                raise _Unbound
+            plan.run(w)(x, w, b, y, relu, weight_t(w, True) if covers else None, True)
+            self._cache = (x, x)
+            return y
+        return f
 
     def _backward(self, grad_y, reuse):
         """Fill ``grads`` and return the input gradient (None if ``compute_input_grad`` is off)."""

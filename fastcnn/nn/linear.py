@@ -5,7 +5,7 @@ import numpy as np
 
 from ..functional._validate import _int
 from ..functional.linear import _gemm_into
-from .module import Module, _positive
+from .module import Module, _positive, _Unbound
 
 __all__ = ["Identity", "Linear", "Flatten"]
 
@@ -96,6 +96,30 @@ class Linear(Module):
         self._cache = x
         return y
 
+    def _bind(self, shape):
+        if len(shape) != 2 or shape[1] != self.in_features or shape[0] == 0:
+            return None
+        params, weight_t, dtype = self.params, self._weight_t, self.dtype
+        wshape = (self.out_features, self.in_features)
+        y = np.empty((shape[0], self.out_features), dtype=dtype)
+        wide = [None]  # (N, columns of the padded transposed weight), made at the first call
+
+        def f(x):
+            w = params["weight"]
+            if w.shape != wshape or w.dtype != dtype:
+                raise _Unbound
+            wt = weight_t(w, True)
+            if wt.shape[1] != y.shape[1] and (wide[0] is None or
+                                              wide[0].shape[1] != wt.shape[1]):
+                wide[0] = np.empty((y.shape[0], wt.shape[1]), dtype=dtype)
+            _gemm_into(x, wt, y, wide[0])
+            bias = params.get("bias")
+            if bias is not None:
+                np.add(y, bias, out=y)
+            self._cache = x
+            return y
+        return f
+
     def _backward(self, grad_y, reuse):
         x = self._cache
         if x is None or type(grad_y) is not np.ndarray or grad_y.dtype != self.dtype or \
@@ -175,6 +199,17 @@ class Flatten(Module):
             self._fast = (shape, out, (self.start_dim, self.end_dim))
         self._cache = shape
         return x.reshape(out)  # explicit sizes: reshape(-1) is ambiguous when N = 0
+
+    def _bind(self, shape):
+        shape, dims = tuple(shape), (self.start_dim, self.end_dim)
+        out = self.output_shape(shape)
+
+        def f(x):
+            if (self.start_dim, self.end_dim) != dims:
+                raise _Unbound
+            self._cache = shape
+            return x.reshape(out)
+        return f
 
     def _backward(self, grad_y, reuse):
         shape, fast = self._cache, self._fast

@@ -60,6 +60,10 @@ class Parameter:
                 f"decay={self.decay})")
 
 
+class _Unbound(Exception):
+    """A bound eval-mode forward (``Module._bind``) no longer applies."""
+
+
 def _check_dtype(dtype):
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -146,6 +150,16 @@ class Module:
         if type(self).forward is Module.forward:
             raise NotImplementedError(f"{type(self).__name__} must implement forward(x)")
         return self.forward(x)
+
+    def _bind(self, shape):
+        """For ``Sequential``'s eval-mode forward: a function ``f(x) -> y`` that runs this
+        layer's eval-mode forward on inputs of exactly ``shape`` (and this layer's dtype,
+        C-contiguous), with everything that depends only on the shape worked out here, once;
+        or None to run the layer through ``_forward``. ``f`` keeps what ``_backward`` needs,
+        as ``_forward`` does, so a backward pass may follow; ``f`` may raise ``_Unbound``
+        when it finds that the layer changed in a way the binding did not foresee (its
+        ``Sequential`` then runs the plain path)."""
+        return None
 
     def _backward(self, grad_y, reuse):
         if type(self).backward is Module.backward:

@@ -115,6 +115,19 @@ class MaxPool2d(_Pool):
         self._cache = (x.shape, argmax)
         return y
 
+    def _bind(self, shape):
+        if len(shape) != 4 or min(shape) < 1:
+            return None
+        out, kernel, stride, padding, dilation = self._plan(shape)
+        y = np.empty(tuple(shape[:2]) + out, dtype=self.dtype)
+        argmax = np.empty(y.shape, dtype=np.int64)
+
+        def f(x):
+            _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
+            self._cache = (x.shape, argmax)
+            return y
+        return f
+
     def _backward(self, grad_y, reuse):
         x_shape, argmax = self._cache if self._cache is not None else (None, None)
         grad_y = self._grad_input(grad_y, None if argmax is None else argmax.shape)
