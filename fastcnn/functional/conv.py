@@ -536,13 +536,14 @@ def _build_input(algo, g, dtype, ws, n_threads):
     apack = ws.get("apack_in", G * -(-Cg // MR) * MR * Kf, dtype)
     off = ws.get("off_in", Kf, np.intp)  # filled with apack at every call
     starts = ws.get("phase_start", sh * sw + 1, np.intp)
+    rows = ws.get("row_start", sh * sw * (g.KH + 1), np.intp)
     pack, bi = _spec(K.pack_backward_input, dtype), _spec(K.backward_input, dtype)
 
     def run(gy, w, gx):
         split(gy, gpad, A, B, 1, 1, GH, GW, n_threads)
-        pack(w, apack, off, starts, G, MR, sh, sw, dh, dw, GH, GW)
-        bi(gpad, apack, off, starts, gx, F, GH, GW, HPh, WPh, sh, sw, pt, pl, G, MR, NR,
-           n_threads)
+        pack(w, apack, off, starts, rows, G, MR, sh, sw, dh, dw, GH, GW)
+        bi(gpad, apack, off, starts, rows, gx, F, GH, GW, HPh, WPh, sh, sw, pt, pl, G, MR, NR,
+           g.KH, dh, g.OH, n_threads)
     return run
 
 
