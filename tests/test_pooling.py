@@ -706,3 +706,58 @@ def test_global_average_pooling_float32_order_and_threads(hw, set_threads, monke
         assert F.adaptive_avg_pool2d(x, 1).tobytes() == want.tobytes()
         assert F.adaptive_avg_pool2d_backward(g, hw).tobytes() == \
             np.ascontiguousarray(want_dx).tobytes()
+
+
+def _special_values(x, rng):
+    """Ties, signed zeros and NaNs with payloads, for the max-pool tie and NaN rules."""
+    x = np.round(x * 2) / 2  # many ties
+    x[rng.random(x.shape) < 0.1] = -0.0
+    x[rng.random(x.shape) < 0.1] = 0.0
+    bits = x.view(np.uint32 if x.dtype == F32 else np.uint64)
+    nan = rng.random(x.shape) < 0.06
+    quiet = np.uint32(0x7FC00000) if x.dtype == F32 else np.uint64(0x7FF8000000000000)
+    bits[nan] = quiet | rng.integers(1, 1000, nan.sum()).astype(bits.dtype)  # payloads
+    return x
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_eval_max_pool_values_only_are_bitwise_the_training_values(dtype, set_threads):
+    """In eval mode a 2x2 / stride 2 MaxPool2d computes the values only (the argmax is made
+    from the kept input when asked for): outputs, ``indices`` and the gradient of a backward
+    pass after it are bitwise those of training mode, with ties, signed zeros and NaN
+    payloads, odd sizes (a last row and column no window reads), one and two threads, in a
+    Sequential (fused after Conv-ReLU, bound to the shape) and alone."""
+    rng = np.random.default_rng(61)
+    from fastcnn import _kernels
+    for _ in range(8):
+        n, c = int(rng.integers(1, 4)), int(rng.integers(1, 7))
+        h, w = int(rng.integers(2, 33)), int(rng.integers(2, 33))
+        x = _special_values(rng.standard_normal((n, c, h, w)).astype(dtype), rng)
+        set_threads(int(rng.integers(1, 3)))
+        # the kernel against the argmax kernel
+        y_ref = np.empty((n, c, h // 2, w // 2), dtype)
+        am = np.empty(y_ref.shape, np.int64)
+        _kernels.pool.maxpool2d_forward(x, y_ref, am, 2, 2, 2, 2, 0, 0, 1)
+        y_val = np.full_like(y_ref, 7.0)
+        assert _kernels.pool.maxpool2_values(x, y_val, 2)
+        assert y_val.tobytes() == y_ref.tobytes()
+        # the layer, alone and after a fused conv + ReLU, eval against train
+        pool = MaxPool2d(2, dtype=dtype)
+        g = rng.standard_normal(y_ref.shape).astype(dtype)
+        y_train = pool.forward(x).copy()
+        dx_train = pool.backward(g).copy()
+        idx_train = pool.indices.copy()
+        pool.eval()
+        assert pool.forward(x).tobytes() == y_train.tobytes()
+        assert pool.indices.tobytes() == idx_train.tobytes()
+        assert pool.backward(g).tobytes() == dx_train.tobytes()
+        pool.forward(x)
+        assert pool.backward(g).tobytes() == dx_train.tobytes()  # backward without indices
+        seq = Sequential(Conv2d(c, 3, 1, seed=2, dtype=dtype), ReLU(dtype=dtype),
+                         MaxPool2d(2, dtype=dtype))
+        gs = rng.standard_normal((n, 3, h // 2, w // 2)).astype(dtype)
+        ys, dxs = seq.forward(x), seq.backward(gs)
+        seq.eval()
+        for _ in range(2):  # bound to the shape, twice
+            assert seq.forward(x).tobytes() == ys.tobytes()
+            assert seq.backward(gs).tobytes() == dxs.tobytes()

@@ -76,7 +76,57 @@ cdef extern from *:
     }
     FPP_DEFINE_MAX2(float, f)
     FPP_DEFINE_MAX2(double, d)
+    /* 2x2 / stride 2 max-pooling of P consecutive (H, W) planes without the argmax (eval mode:
+       no backward pass needs it): fpp_max2's two passes over the row pairs of all P planes,
+       with each vertical winner's row (0 or 1) kept instead of its flat index. The horizontal
+       tie-break "comes first in row-major order" between the left winner (column 2j) and the
+       right one (2j + 1) is "the right one is from row 0 and the left one from row 1", so every
+       value is bitwise fpp_max2's, without its int64 index stores. Returns 0 (nothing done)
+       when a row pair does not fit the scratch. */
+    #define FPV_DEFINE_MAX2(T, SUF)                                                             \
+    static inline int fpv_max2_##SUF(const T *restrict x, ptrdiff_t P, ptrdiff_t H,           \
+                                     ptrdiff_t W, T *restrict y, ptrdiff_t OH, ptrdiff_t OW) { \
+        T v[FPP_CAP + 8]; int32_t t[FPP_CAP + 8];                                              \
+        ptrdiff_t L = 2 * OW, Lv = (2 * OW + 7) & ~(ptrdiff_t)7, rows, p0, r, c, m, n;         \
+        ptrdiff_t R = P * OH;                                                                  \
+        if (L > FPP_CAP || 2 * OH > H || L > W) return 0;                                      \
+        rows = FPP_CAP / L;                                                                    \
+        for (p0 = 0; p0 < R; p0 += rows) {                                                     \
+            ptrdiff_t nr = R - p0 < rows ? R - p0 : rows;                                      \
+            for (r = 0; r < nr; r++) {                                                         \
+                ptrdiff_t b = (p0 + r) / OH, i = (p0 + r) % OH;                                \
+                const T *restrict r0 = x + (b * H + 2 * i) * W;                                \
+                const T *restrict r1 = r0 + W;                                                 \
+                T *restrict vr = v + r * L;                                                    \
+                int32_t *restrict tr = t + r * L;                                              \
+                /* whole vectors unless this is the plane's last row pair (see fpp_max2) */    \
+                ptrdiff_t len = i < OH - 1 ? Lv : L;                                           \
+                for (c = 0; c < len; c++) {                                                    \
+                    T a = r0[c], bb = r1[c];                                                   \
+                    int w = FPP_WINS(bb, a);                                                   \
+                    vr[c] = fpp_sel_##SUF(w, bb, a);                                           \
+                    tr[c] = w;                                                                 \
+                }                                                                              \
+            }                                                                                  \
+            n = nr * OW;                                                                       \
+            T *restrict yo = y + p0 * OW;                                                      \
+            for (m = 0; m < n; m++) {                                                          \
+                T l = v[2 * m], rr = v[2 * m + 1];                                             \
+                int same = (rr == l) | ((rr != rr) & (l != l));                                \
+                int w = FPP_WINS(rr, l) | (same & (t[2 * m + 1] < t[2 * m]));                  \
+                yo[m] = fpp_sel_##SUF(w, rr, l);                                               \
+            }                                                                                  \
+        }                                                                                      \
+        return 1;                                                                              \
+    }
+    FPV_DEFINE_MAX2(float, f)
+    FPV_DEFINE_MAX2(double, d)
     """
+    const int FPP_CAP  # longest row pair (2*OW values) of the 2x2 kernels' scratch
+    int fpv_max2_f(const float* x, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W, float* y,
+                   Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
+    int fpv_max2_d(const double* x, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W, double* y,
+                   Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
     int fpp_max2_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, int64_t* am,
                    Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
     int fpp_max2_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, int64_t* am,

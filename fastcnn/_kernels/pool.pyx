@@ -458,6 +458,33 @@ cdef inline void _max2_group(const floating* x, floating* y, int64_t* am, Py_ssi
                         2, 2, 0, 0)
 
 
+def maxpool2_values(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
+                    floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW), 2*OH <= H, 2*OW <= W
+                    int n_threads):
+    """y = 2x2 / stride 2 max-pooling of x without the argmax (eval mode): bitwise the values
+    of ``maxpool2d_forward``. Parallel over groups of planes (about 4096 input values a task).
+    Returns False (nothing written) when a row is too long for the kernel's scratch (2*OW >
+    512): use ``maxpool2d_forward`` then."""
+    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3], G, grp, p0
+    if 2 * OW > FPP_CAP:
+        return False
+    if N * C == 0 or OH == 0 or OW == 0:
+        return True
+    G = max(1, GROUP_VALUES // (H * W))
+    # Race-free: group grp writes only planes [grp*G, grp*G + G) of y.
+    for grp in prange((N * C + G - 1) // G, nogil=True, schedule='static',
+                      num_threads=n_threads):
+        p0 = grp * G
+        if floating is float:
+            fpv_max2_f(&x[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W,
+                       &y[p0 // C, p0 % C, 0, 0], OH, OW)
+        else:
+            fpv_max2_d(&x[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W,
+                       &y[p0 // C, p0 % C, 0, 0], OH, OW)
+    return True
+
+
 def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
                       int64_t[:, :, :, ::1] argmax,    # OUT (N, C, OH, OW) flat index u*W+v

@@ -146,6 +146,16 @@ def _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation=(1, 1)):
     return y, argmax
 
 
+def _max_pool2d_values_into(x, y, kernel, stride, padding, dilation=(1, 1)):
+    """y = the max-pool values without the argmax (eval mode), when the window is the plain
+    2x2 / stride 2 one over whole windows (bitwise the values of ``_max_pool2d_into``); False
+    (nothing written) for other windows."""
+    if kernel != (2, 2) or stride != (2, 2) or padding != (0, 0) or dilation != (1, 1) or \
+            2 * y.shape[2] > x.shape[2] or 2 * y.shape[3] > x.shape[3]:
+        return False
+    return _kernels.pool.maxpool2_values(x, y, _threads_for(x.size))
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """2-D max-pooling that also returns where each maximum came from (PyTorch's
     ``max_pool2d(..., return_indices=True)``).

@@ -16,6 +16,7 @@ from ..functional.pooling import (
     _bool,
     _max_pool2d_backward_into,
     _max_pool2d_into,
+    _max_pool2d_values_into,
     _plan_avg_pool2d,
     _plan_max_pool2d,
     _pool_args,
@@ -103,16 +104,33 @@ class MaxPool2d(_Pool):
     @property
     def indices(self):
         """The argmax of the last forward pass (flat ``u*W + v`` per plane), or None."""
-        return None if self._cache is None else self._cache[1]
+        return None if self._cache is None else self._argmax(reuse=False)
+
+    def _argmax(self, reuse):
+        """The argmax of the last forward pass. An eval-mode forward of a 2x2 / stride 2 pool
+        computes the values only (the argmax costs as many bytes again) and keeps its input:
+        the argmax is then computed from it when asked for (a backward pass in eval mode)."""
+        x_shape, argmax, x = self._cache
+        if argmax is None:
+            out, kernel, stride, padding, dilation = self._plan(x_shape)
+            argmax = self._buffer("argmax", tuple(x_shape[:2]) + out, reuse, np.int64)
+            y = np.empty(argmax.shape, dtype=self.dtype)
+            _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
+            self._cache = (x_shape, argmax, None)
+        return argmax
 
     def _forward(self, x, reuse):
         x = self._input(x)
         out, kernel, stride, padding, dilation = self._plan(x.shape)
         shape = x.shape[:2] + out
         y = self._buffer("y", shape, reuse)
+        if not self.training and _max_pool2d_values_into(x, y, kernel, stride, padding,
+                                                         dilation):
+            self._cache = (x.shape, None, x)
+            return y
         argmax = self._buffer("argmax", shape, reuse, np.int64)
         _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
-        self._cache = (x.shape, argmax)
+        self._cache = (x.shape, argmax, None)
         return y
 
     def _bind(self, shape):
@@ -122,14 +140,18 @@ class MaxPool2d(_Pool):
         y = np.empty(tuple(shape[:2]) + out, dtype=self.dtype)
         argmax = np.empty(y.shape, dtype=np.int64)
 
-        def f(x):
-            _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
-            self._cache = (x.shape, argmax)
+        def f(x):  # (eval mode: as _forward)
+            if _max_pool2d_values_into(x, y, kernel, stride, padding, dilation):
+                self._cache = (x.shape, None, x)
+            else:
+                _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
+                self._cache = (x.shape, argmax, None)
             return y
         return f
 
     def _backward(self, grad_y, reuse):
-        x_shape, argmax = self._cache if self._cache is not None else (None, None)
+        x_shape, argmax = (self._cache[0], self._argmax(reuse)) if self._cache is not None \
+            else (None, None)
         grad_y = self._grad_input(grad_y, None if argmax is None else argmax.shape)
         grad_x = self._buffer("dx", x_shape, reuse)
         return _max_pool2d_backward_into(grad_y, argmax, grad_x)
