@@ -1120,7 +1120,7 @@ def test_bound_eval_forward_is_bitwise_the_plain_path(net, set_threads):
 
     for n in (1, 3, 1):
         check(n, f"batch {n}")
-    assert model._bound is not None and any(f is not None for _, f in model._bound[1])
+    assert model._bound is not None and any(f is not None for _, f, _ in model._bound[1])
     set_threads(2)
     check(2, "2 threads")
     set_threads(1)
@@ -1138,6 +1138,35 @@ def test_bound_eval_forward_is_bitwise_the_plain_path(net, set_threads):
         model.forward(np.zeros((1, image[0] + 1) + image[1:], F32))
     with pytest.raises(TypeError, match="dtype"):
         model.forward(np.zeros((1,) + image, F64))
+
+
+class _Halve(fastcnn.Module):
+    """A user's layer that keeps every other row and column without saying so in output_shape
+    (the default, the identity): a strided view (not C-contiguous), or a contiguous copy."""
+
+    def __init__(self, copy):
+        super().__init__()
+        self.copy = copy
+
+    def forward(self, x):
+        y = x[:, :, ::2, ::2]
+        return np.ascontiguousarray(y) if self.copy else y
+
+
+@pytest.mark.parametrize("copy", [False, True], ids=["view", "copy"])
+def test_bound_eval_forward_follows_a_user_layer_that_changes_the_shape_unannounced(copy):
+    """The layers bound after a user's layer were bound for the shape its output_shape gave;
+    when it returns another shape (or a non-contiguous view), the steps after it must run the
+    plain path (no kernel may read the array by the bound geometry), with the plain result."""
+    make = lambda: Sequential(Conv2d(2, 4, 3, padding=1, seed=1), _Halve(copy),  # noqa: E731
+                              Conv2d(4, 3, 3, padding=1, seed=2), ReLU(), MaxPool2d(2),
+                              Flatten(), Linear(12, 5, seed=3))
+    model, plain = make().eval(), make().eval()
+    plain._forward_bound = lambda x: None
+    x = np.random.default_rng(53).standard_normal((2, 2, 8, 8)).astype(F32)
+    for _ in range(3):
+        assert model.forward(x).tobytes() == plain.forward(x).tobytes()
+    assert model._bound is not None and model._bound[1] is None  # the rest ran plain
 
 
 # Layers whose forward multiplies by a transposed copy of the weight (large enough to be

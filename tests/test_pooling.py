@@ -726,7 +726,8 @@ def test_eval_max_pool_values_only_are_bitwise_the_training_values(dtype, set_th
     from the kept input when asked for): outputs, ``indices`` and the gradient of a backward
     pass after it are bitwise those of training mode, with ties, signed zeros and NaN
     payloads, odd sizes (a last row and column no window reads), one and two threads, in a
-    Sequential (fused after Conv-ReLU, bound to the shape) and alone."""
+    Sequential (fused after Conv-ReLU, bound to the shape); a layer used alone keeps computing
+    its argmax."""
     rng = np.random.default_rng(61)
     from fastcnn import _kernels
     for _ in range(8):
@@ -757,7 +758,11 @@ def test_eval_max_pool_values_only_are_bitwise_the_training_values(dtype, set_th
                          MaxPool2d(2, dtype=dtype))
         gs = rng.standard_normal((n, 3, h // 2, w // 2)).astype(dtype)
         ys, dxs = seq.forward(x), seq.backward(gs)
+        idxs = seq[2].indices.copy()
         seq.eval()
         for _ in range(2):  # bound to the shape, twice
             assert seq.forward(x).tobytes() == ys.tobytes()
+            assert seq[2]._cache[1] is None  # the values only ...
+            assert seq[2].indices.tobytes() == idxs.tobytes()  # ... and the argmax on demand
+            seq.forward(x)
             assert seq.backward(gs).tobytes() == dxs.tobytes()

@@ -1103,9 +1103,9 @@ def all_finite(const floating[::1] a):
 
 def same_bytes(a, b):
     """True when the contiguous buffers ``a`` and ``b`` (e.g. C-contiguous arrays) hold the same
-    bytes: one memcmp, no allocation (``nn.module._Snapshot``: a cached transposed or folded
-    weight is reused while its source compares equal; memcmp runs at 3x the speed of
-    ``np.not_equal`` plus a reduction)."""
+    bytes: one memcmp, no allocation (``functional._snapshot._Snapshot``: a cached transposed,
+    packed or folded weight is reused while its source compares equal; memcmp runs at 3x the
+    speed of ``np.not_equal`` plus a reduction)."""
     cdef Py_buffer ba, bb
     cdef int diff = 1
     PyObject_GetBuffer(a, &ba, PyBUF_SIMPLE)

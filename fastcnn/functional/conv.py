@@ -430,8 +430,8 @@ def _build_forward(algo, g, dtype, ws, n_threads):
     if algo == "dw":
         HPh, WPh = _phase_sizes(g)
         fwd = _spec(_kernels.dwconv.forward, dtype)
-        return lambda x, w, b, y, relu, wt, keep: fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, HPh, WPh,
-                                                relu, n_threads)
+        return lambda x, w, b, y, relu, wt, keep: fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, HPh,
+                                                      WPh, relu, n_threads)
     if algo == "matmul":
         Fw = _gemm_columns(F, dtype)  # a layer's transposed weight may be this wide
         wide = ws.get("y_wide", N * Fw, dtype)[:N * Fw].reshape(N, Fw) if Fw != F else None
@@ -447,8 +447,8 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         return run
     if algo == "direct":
         fd = _spec(K.forward_direct, dtype)
-        return lambda x, w, b, y, relu, wt, keep: fd(x, w, b, y, sh, sw, pt, pl, dh, dw, G, relu,
-                                               n_threads)
+        return lambda x, w, b, y, relu, wt, keep: fd(x, w, b, y, sh, sw, pt, pl, dh, dw, G,
+                                                     relu, n_threads)
     split = _spec(K.pad_split, dtype)
     off = np.empty(Kg, dtype=np.intp)  # the plan's own: filled once
     if algo == "lanes":

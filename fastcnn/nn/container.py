@@ -312,9 +312,7 @@ class Sequential(Module):
         if not self.training and type(x) is np.ndarray:
             out = self._forward_bound(x)
         if out is None:
-            out = x
-            for step in self._steps:
-                out = step.forward(out)
+            out = self._forward_plain(x)
         self._cache = True
         return np.array(out, copy=True) if copy else out
 
@@ -324,7 +322,9 @@ class Sequential(Module):
         once per input shape, then only the kernels and their caches' checks run. Bound
         again when the input's shape, dtype or layout, a layer's mode, the thread count or
         the kernels' plans change; None (the plain path runs) when the input is invalid or a
-        layer changed in a way its binding cannot follow. Bitwise the plain path (tested)."""
+        layer changed in a way its binding cannot follow. A layer without a binding runs its
+        plain forward, and when its output is not the array its ``output_shape`` promised (a
+        user's layer), the steps after it run the plain path. Bitwise the plain path (tested)."""
         key = (x.shape, x.dtype, x.flags.c_contiguous, get_num_threads(), _fconv._forced,
                _fconv._generation, tuple(map(_training, self.layers)))
         bound = self._bound
@@ -333,29 +333,44 @@ class Sequential(Module):
         fns = bound[1]
         if fns is None:
             return None
-        out = x
-        try:
-            for step, f in fns:
-                out = step.forward(out) if f is None else f(out)
-        except _Unbound:
-            self._bound = None
-            return None
+        out, dtype = x, self.dtype
+        for i, (step, f, shape) in enumerate(fns):
+            if f is not None:
+                try:
+                    out = f(out)
+                    continue
+                except _Unbound:  # raised before the step changed anything
+                    self._bound = None
+                    return self._forward_plain(out, i)
+            out = step.forward(out)
+            if type(out) is not np.ndarray or out.shape != shape or out.dtype != dtype or \
+                    not out.flags.c_contiguous:
+                # An output the binding did not foresee (a user's layer whose output_shape is
+                # not what it returns): the rest, and later calls like this one, run plain.
+                self._bound = (key, None)
+                return self._forward_plain(out, i + 1)
         return out
 
+    def _forward_plain(self, x, start=0):
+        """The steps from ``start`` on, each validating its input."""
+        for step in self._steps[start:]:
+            x = step.forward(x)
+        return x
+
     def _bind_steps(self, x):
-        """[(step, f or None)] for inputs like ``x``, or None when ``x`` is not a valid input
-        of the first layer (the plain path then raises what it raises)."""
+        """[(step, f or None, output shape)] for inputs like ``x``, or None when ``x`` is not a
+        valid input of the first layer (the plain path then raises what it raises) or a layer
+        cannot tell its output shape."""
         if x.dtype != self.dtype or not x.flags.c_contiguous:
             return None
         try:
-            shape = self.output_shape(x.shape)  # every layer's checks, once
-        except (ValueError, TypeError):
+            self.output_shape(x.shape)  # every layer's checks, once
+            fns, shape = [], x.shape
+            for step in self._steps:
+                f, shape = step.bind(shape)
+                fns.append((step, f, tuple(shape)))
+        except Exception:  # noqa: BLE001 (a user's output_shape may raise anything)
             return None
-        del shape
-        fns, shape = [], x.shape
-        for step in self._steps:
-            f, shape = step.bind(shape)
-            fns.append((step, f))
         return fns
 
     def backward(self, grad_y, copy=True):

@@ -191,7 +191,8 @@ class Conv2d(Module):
                 w, b = params["weight"], params.get("bias", zero)
             else:
                 w, b = weights()
-            if w.shape != wshape or w.dtype != dtype or not w.flags.c_contiguous:
+            if w.shape != wshape or w.dtype != dtype or not w.flags.c_contiguous or \
+                    self.padding_mode != "zeros":
                 raise _Unbound
             plan.run(w)(x, w, b, y, relu, weight_t(w, True) if covers else None, True)
             self._cache = (x, x)

@@ -107,9 +107,10 @@ class MaxPool2d(_Pool):
         return None if self._cache is None else self._argmax(reuse=False)
 
     def _argmax(self, reuse):
-        """The argmax of the last forward pass. An eval-mode forward of a 2x2 / stride 2 pool
-        computes the values only (the argmax costs as many bytes again) and keeps its input:
-        the argmax is then computed from it when asked for (a backward pass in eval mode)."""
+        """The argmax of the last forward pass. In a Sequential's eval forward a 2x2 / stride 2
+        pool computes the values only (the argmax costs as many bytes again) and keeps its
+        input, the previous layer's work array: the argmax is then computed from it when asked
+        for (``indices``, or a backward pass in eval mode, before the next forward)."""
         x_shape, argmax, x = self._cache
         if argmax is None:
             out, kernel, stride, padding, dilation = self._plan(x_shape)
@@ -124,8 +125,10 @@ class MaxPool2d(_Pool):
         out, kernel, stride, padding, dilation = self._plan(x.shape)
         shape = x.shape[:2] + out
         y = self._buffer("y", shape, reuse)
-        if not self.training and _max_pool2d_values_into(x, y, kernel, stride, padding,
-                                                         dilation):
+        # (in a Sequential's eval forward only: a layer called alone keeps its argmax, so
+        # that ``indices`` never depends on the caller's array after the call)
+        if reuse and not self.training and _max_pool2d_values_into(x, y, kernel, stride,
+                                                                   padding, dilation):
             self._cache = (x.shape, None, x)
             return y
         argmax = self._buffer("argmax", shape, reuse, np.int64)
