@@ -441,47 +441,52 @@ cdef inline void _max_plane(const floating* x, floating* y, int64_t* am, int32_t
             ar[j] = base + j * sw + tr[j]
 
 
-cdef inline void _max2_group(const floating* x, floating* y, int64_t* am, Py_ssize_t G,
-                             Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH,
-                             Py_ssize_t OW) noexcept nogil:
-    """2x2/2 max-pool of G consecutive planes (whole windows) in one call, else plane by
-    plane."""
-    cdef Py_ssize_t b
+cdef void _max2_groups(const floating* x, floating* y, int64_t* am, Py_ssize_t P,
+                       Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                       int n_threads) noexcept nogil:
+    """2x2/2 max-pool of P consecutive planes (whole windows) in groups of G planes (G fixed by
+    the shape) per task: with the argmax by fpg_max2 (else plane by plane), or with ``am`` NULL
+    the values only by fpv_max2 (a copy of fpg_max2's passes without the index arithmetic:
+    folding the two into one function cost the argmax path 2-8% and the values 10-16%;
+    the caller has checked that fpv_max2 takes the shape)."""
+    cdef Py_ssize_t G = max(1, GROUP_VALUES // (H * W)), grp, p0, b, g
     cdef int done
-    if floating is float:
-        done = fpg_max2_f(x, G, H, W, y, am, OH, OW)
-    else:
-        done = fpg_max2_d(x, G, H, W, y, am, OH, OW)
-    if not done:
-        for b in range(G):
-            _pool_plane(x + b * H * W, y + b * OH * OW, am + b * OH * OW, H, W, OH, OW, 2, 2,
-                        2, 2, 0, 0)
+    # Race-free: group grp writes only planes [grp*G, grp*G + G) of y and am.
+    for grp in prange((P + G - 1) // G, schedule='static', num_threads=n_threads):
+        p0 = grp * G
+        g = min(G, P - p0)
+        if am == NULL:
+            if floating is float:
+                fpv_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
+            else:
+                fpv_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
+            continue
+        if floating is float:
+            done = fpg_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, am + p0 * OH * OW,
+                              OH, OW)
+        else:
+            done = fpg_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW, am + p0 * OH * OW,
+                              OH, OW)
+        if not done:
+            for b in range(p0, p0 + g):
+                _pool_plane(x + b * H * W, y + b * OH * OW, am + b * OH * OW, H, W, OH, OW,
+                            2, 2, 2, 2, 0, 0)
 
 
 def maxpool2_values(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
-                    floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW), 2*OH <= H, 2*OW <= W
+                    floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
                     int n_threads):
     """y = 2x2 / stride 2 max-pooling of x without the argmax (eval mode): bitwise the values
     of ``maxpool2d_forward``. Parallel over groups of planes (about 4096 input values a task).
-    Returns False (nothing written) when a row is too long for the kernel's scratch (2*OW >
-    512): use ``maxpool2d_forward`` then."""
+    Returns False (nothing written) where fpv_max2 does not take the shape (a partial window,
+    or a row pair longer than its scratch, 2*OW > 512): use ``maxpool2d_forward`` then."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3], G, grp, p0
-    if 2 * OW > FPP_CAP:
+    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    if y.shape[0] != N or y.shape[1] != C or 2 * OH > H or 2 * OW > W or 2 * OW > FPP_CAP:
         return False
-    if N * C == 0 or OH == 0 or OW == 0:
-        return True
-    G = max(1, GROUP_VALUES // (H * W))
-    # Race-free: group grp writes only planes [grp*G, grp*G + G) of y.
-    for grp in prange((N * C + G - 1) // G, nogil=True, schedule='static',
-                      num_threads=n_threads):
-        p0 = grp * G
-        if floating is float:
-            fpv_max2_f(&x[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W,
-                       &y[p0 // C, p0 % C, 0, 0], OH, OW)
-        else:
-            fpv_max2_d(&x[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W,
-                       &y[p0 // C, p0 % C, 0, 0], OH, OW)
+    if N * C and OH and OW:
+        with nogil:
+            _max2_groups(&x[0, 0, 0, 0], &y[0, 0, 0, 0], NULL, N * C, H, W, OH, OW, n_threads)
     return True
 
 
@@ -509,18 +514,13 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     cdef size_t nbuf = 0
     cdef int fail = 0
     cdef int* failed = &fail  # written through the pointer, so it stays shared
-    cdef Py_ssize_t G, grp, p0
     if N * C == 0:
         return
     if pool2 and H * W <= SMALL_PLANE and OH > 0 and OW > 0:
-        # Small planes: groups of G planes (G fixed by the shape) per task and per call.
-        G = max(1, GROUP_VALUES // (H * W))
-        # Race-free: group grp writes only planes [grp*G, grp*G + G) of y and argmax.
-        for grp in prange((N * C + G - 1) // G, nogil=True, schedule='static',
-                          num_threads=n_threads):
-            p0 = grp * G
-            _max2_group(&x[p0 // C, p0 % C, 0, 0], &y[p0 // C, p0 % C, 0, 0],
-                        &argmax[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W, OH, OW)
+        # Small planes: groups of planes per task and per call.
+        with nogil:
+            _max2_groups(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], N * C, H, W, OH,
+                         OW, n_threads)
         return
     # The separable branch-free path: no dilation, and planes small enough that its scratch
     # (about two planes) stays in cache and its int32 offsets cannot overflow.

@@ -363,8 +363,7 @@ class Sequential(Module):
         cannot tell its output shape."""
         if x.dtype != self.dtype or not x.flags.c_contiguous:
             return None
-        try:
-            self.output_shape(x.shape)  # every layer's checks, once
+        try:  # (a shape a layer rejects makes its step's bind or output_shape raise)
             fns, shape = [], x.shape
             for step in self._steps:
                 f, shape = step.bind(shape)

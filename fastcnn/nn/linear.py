@@ -4,7 +4,7 @@
 import numpy as np
 
 from ..functional._validate import _int
-from ..functional.linear import _gemm_into
+from ..functional.linear import _gemm_columns, _gemm_into
 from .module import Module, _positive, _Unbound
 
 __all__ = ["Identity", "Linear", "Flatten"]
@@ -102,17 +102,14 @@ class Linear(Module):
         params, weight_t, dtype = self.params, self._weight_t, self.dtype
         wshape = (self.out_features, self.in_features)
         y = np.empty((shape[0], self.out_features), dtype=dtype)
-        wide = [None]  # (N, columns of the padded transposed weight), made at the first call
+        cols = _gemm_columns(self.out_features, dtype)  # of the (padded) transposed weight
+        wide = np.empty((shape[0], cols), dtype=dtype) if cols != self.out_features else None
 
         def f(x):
             w = params["weight"]
             if w.shape != wshape or w.dtype != dtype:
                 raise _Unbound
-            wt = weight_t(w, True)
-            if wt.shape[1] != y.shape[1] and (wide[0] is None or
-                                              wide[0].shape[1] != wt.shape[1]):
-                wide[0] = np.empty((y.shape[0], wt.shape[1]), dtype=dtype)
-            _gemm_into(x, wt, y, wide[0])
+            _gemm_into(x, weight_t(w, True), y, wide)
             bias = params.get("bias")
             if bias is not None:
                 np.add(y, bias, out=y)
