@@ -779,13 +779,6 @@ static inline vm_f vf_gelu_tanh_b(vm_f g, vm_f x, vm_i *bad) {
     return vf_sel(vf_neg(x), dn, dp);
 }
 
-/* float32 loops: full vectors, then the tail through a zero-padded local vector */
-#define VF_FOR(N, ...)                                                                        \
-    for (ptrdiff_t i_ = 0; i_ < (N); i_ += VF_LANES) {                                      \
-        ptrdiff_t m_ = (N) - i_ < VF_LANES ? (N) - i_ : VF_LANES;                           \
-        __VA_ARGS__                                                                         \
-    }
-
 /* load VF_LANES floats of p + i (m valid ones, the rest 0) */
 static inline vm_f vf_ld_part(const float *p, ptrdiff_t m) {
     float b[VF_LANES] = {0};
@@ -836,39 +829,66 @@ static void vf_relu_family(int op, const float *g, const float *x, float *y, ptr
     }
 }
 
-static void vm_unary_float(int op, const float *x, float *y, ptrdiff_t n, double a) {
+/* The lanes of r marked in bad, redone in double with the scalar definition (rare: NaN, inf,
+   arguments beyond the vector range); out of line, so that the loops keep their constants in
+   registers. */
+__attribute__((noinline)) static vm_f vf_fixup(int op, vm_f x, vm_f g, vm_f r, vm_i bad,
+                                               double a) {
+    for (int j = 0; j < VF_LANES; j++)
+        if (bad[j]) r[j] = (float)vm_scalar(op, (double)x[j], (double)g[j], a);
+    return r;
+}
+
+/* One vector of a float32 op. Always inlined with a constant op: each op gets its own loop. */
+static inline __attribute__((always_inline)) vm_f vf_apply(int op, vm_f gv, vm_f xv, double a) {
     const float af = (float)a;
+    vm_i bad;
+    vm_f r;
     switch (op) {
-    case VM_RELU: case VM_LEAKY_RELU:
-        vf_relu_family(op, NULL, x, y, n, af);
-        return;
-    case VM_ELU: case VM_TANH: case VM_SIGMOID: case VM_GELU: case VM_GELU_TANH:
-        VF_FOR(n, {
-            vm_f xv = vf_ld_part(x + i_, m_), r;
-            vm_i bad;
-            if (op == VM_ELU) r = vf_elu(xv, af, &bad);
-            else if (op == VM_TANH) r = vf_tanh(xv, &bad);
-            else if (op == VM_GELU) r = vf_gelu(xv, &bad);
-            else if (op == VM_GELU_TANH) r = vf_gelu_tanh(xv, &bad);
-            else r = vf_sigmoid(xv, &bad);
-            if (vf_any(bad))
-                for (int j = 0; j < VF_LANES; j++)
-                    if (bad[j]) r[j] = (float)vm_scalar(op, (double)xv[j], 0.0, a);
-            vf_st_part(y + i_, r, m_);
-        })
-        return;
-    default:
-        vm_unary_floatw(op, x, y, n, a);
+    case VM_ELU: r = vf_elu(xv, af, &bad); break;
+    case VM_TANH: r = vf_tanh(xv, &bad); break;
+    case VM_SIGMOID: r = vf_sigmoid(xv, &bad); break;
+    case VM_GELU: r = vf_gelu(xv, &bad); break;
+    case VM_GELU_TANH: r = vf_gelu_tanh(xv, &bad); break;
+    case VM_ELU_B: r = vf_elu_b(gv, xv, af, &bad); break;
+    case VM_GELU_B: r = vf_gelu_b(gv, xv, &bad); break;
+    default: r = vf_gelu_tanh_b(gv, xv, &bad); break;   /* VM_GELU_TANH_B */
+    }
+    if (vf_any(bad)) r = vf_fixup(op, xv, gv, r, bad, a);
+    return r;
+}
+
+/* dx (or y) = op over n elements: full vectors, then the tail through a zero-padded vector
+   (g is NULL for the forward ops) */
+static inline __attribute__((always_inline)) void vf_map(int op, const float *g, const float *x,
+                                                         float *y, ptrdiff_t n, double a) {
+    const vm_f zero = vf_set(0.0f);
+    ptrdiff_t i = 0;
+    for (; i + VF_LANES <= n; i += VF_LANES)
+        vf_st(y + i, vf_apply(op, g ? vf_ld(g + i) : zero, vf_ld(x + i), a));
+    if (i < n)
+        vf_st_part(y + i, vf_apply(op, g ? vf_ld_part(g + i, n - i) : zero,
+                                   vf_ld_part(x + i, n - i), a), n - i);
+}
+
+static void vm_unary_float(int op, const float *x, float *y, ptrdiff_t n, double a) {
+    switch (op) {
+    case VM_RELU: case VM_LEAKY_RELU: vf_relu_family(op, NULL, x, y, n, (float)a); return;
+    case VM_ELU: vf_map(VM_ELU, NULL, x, y, n, a); return;
+    case VM_TANH: vf_map(VM_TANH, NULL, x, y, n, a); return;
+    case VM_SIGMOID: vf_map(VM_SIGMOID, NULL, x, y, n, a); return;
+    case VM_GELU: vf_map(VM_GELU, NULL, x, y, n, a); return;
+    case VM_GELU_TANH: vf_map(VM_GELU_TANH, NULL, x, y, n, a); return;
+    default: vm_unary_floatw(op, x, y, n, a);
     }
 }
 
 static void vm_binary_float(int op, const float *g, const float *x, float *dx, ptrdiff_t n,
                             double a) {
-    const float af = (float)a;
     ptrdiff_t i;
     switch (op) {
     case VM_RELU_B: case VM_LEAKY_RELU_B:
-        vf_relu_family(op, g, x, dx, n, af);
+        vf_relu_family(op, g, x, dx, n, (float)a);
         return;
     case VM_TANH_B:            /* y = tanh(x): dx = g (1 - y^2); 1 - y^2 is rounded once with
                                   an FMA (gcc contracts it), else computed in double */
@@ -881,21 +901,10 @@ static void vm_binary_float(int op, const float *g, const float *x, float *dx, p
     case VM_SIGMOID_B:         /* y = sigmoid(x): dx = g y (1 - y) */
         for (i = 0; i < n; i++) dx[i] = g[i] * ((1.0f - x[i]) * x[i]);
         return;
-    case VM_ELU_B: case VM_GELU_B: case VM_GELU_TANH_B:
-        VF_FOR(n, {
-            vm_f xv = vf_ld_part(x + i_, m_), gv = vf_ld_part(g + i_, m_), r;
-            vm_i bad;
-            if (op == VM_ELU_B) r = vf_elu_b(gv, xv, af, &bad);
-            else if (op == VM_GELU_B) r = vf_gelu_b(gv, xv, &bad);
-            else r = vf_gelu_tanh_b(gv, xv, &bad);
-            if (vf_any(bad))
-                for (int j = 0; j < VF_LANES; j++)
-                    if (bad[j]) r[j] = (float)vm_scalar(op, (double)xv[j], (double)gv[j], a);
-            vf_st_part(dx + i_, r, m_);
-        })
-        return;
-    default:
-        vm_binary_floatw(op, g, x, dx, n, a);
+    case VM_ELU_B: vf_map(VM_ELU_B, g, x, dx, n, a); return;
+    case VM_GELU_B: vf_map(VM_GELU_B, g, x, dx, n, a); return;
+    case VM_GELU_TANH_B: vf_map(VM_GELU_TANH_B, g, x, dx, n, a); return;
+    default: vm_binary_floatw(op, g, x, dx, n, a);
     }
 }
 
