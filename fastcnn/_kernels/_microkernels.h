@@ -267,4 +267,65 @@ static inline int fc_pool2x2_##SUFFIX(const T *x, ptrdiff_t H, ptrdiff_t W, T *y
 FC_DEFINE_POOL2X2(f, float)
 FC_DEFINE_POOL2X2(d, double)
 
+/* ---- fc_pixels_major_{f,d}: d[t*F + f] = g[f*P + t] for f < F, t < P (one image of the output
+ * gradient, planes-major to pixels-major). Blocks of 8x8 floats (4x4 doubles) are transposed in
+ * registers (AVX2: unpack, shuffle, 128-bit permute; one 32-byte vector per block row in every
+ * build), the edges element by element. Storing one plane at a time across every position
+ * instead touched each cache line of d F times: measured 3x slower (64 images, 32 filters of
+ * 14x14, 1 thread). */
+typedef float fc_v8f __attribute__((vector_size(32)));
+typedef double fc_v4d __attribute__((vector_size(32)));
+typedef int32_t fc_v8i __attribute__((vector_size(32)));
+typedef int64_t fc_v4l __attribute__((vector_size(32)));
+
+static inline void fc_tr8_f(const float *s, ptrdiff_t ls, float *d, ptrdiff_t ld) {
+    fc_v8f r[8], t[8], u[8];
+    for (int k = 0; k < 8; k++) memcpy(&r[k], s + k * ls, sizeof r[k]);
+    for (int k = 0; k < 8; k += 2) {   /* interleave row pairs */
+        t[k] = __builtin_shuffle(r[k], r[k + 1], (fc_v8i){0, 8, 1, 9, 4, 12, 5, 13});
+        t[k + 1] = __builtin_shuffle(r[k], r[k + 1], (fc_v8i){2, 10, 3, 11, 6, 14, 7, 15});
+    }
+    for (int k = 0; k < 8; k += 4) {   /* then pairs of pairs */
+        u[k] = __builtin_shuffle(t[k], t[k + 2], (fc_v8i){0, 1, 8, 9, 4, 5, 12, 13});
+        u[k + 1] = __builtin_shuffle(t[k], t[k + 2], (fc_v8i){2, 3, 10, 11, 6, 7, 14, 15});
+        u[k + 2] = __builtin_shuffle(t[k + 1], t[k + 3], (fc_v8i){0, 1, 8, 9, 4, 5, 12, 13});
+        u[k + 3] = __builtin_shuffle(t[k + 1], t[k + 3], (fc_v8i){2, 3, 10, 11, 6, 7, 14, 15});
+    }
+    for (int k = 0; k < 4; k++) {      /* then the 128-bit halves */
+        fc_v8f lo = __builtin_shuffle(u[k], u[k + 4], (fc_v8i){0, 1, 2, 3, 8, 9, 10, 11});
+        fc_v8f hi = __builtin_shuffle(u[k], u[k + 4], (fc_v8i){4, 5, 6, 7, 12, 13, 14, 15});
+        memcpy(d + k * ld, &lo, sizeof lo);
+        memcpy(d + (k + 4) * ld, &hi, sizeof hi);
+    }
+}
+
+static inline void fc_tr4_d(const double *s, ptrdiff_t ls, double *d, ptrdiff_t ld) {
+    fc_v4d r[4], t[4];
+    for (int k = 0; k < 4; k++) memcpy(&r[k], s + k * ls, sizeof r[k]);
+    t[0] = __builtin_shuffle(r[0], r[1], (fc_v4l){0, 4, 2, 6});
+    t[1] = __builtin_shuffle(r[0], r[1], (fc_v4l){1, 5, 3, 7});
+    t[2] = __builtin_shuffle(r[2], r[3], (fc_v4l){0, 4, 2, 6});
+    t[3] = __builtin_shuffle(r[2], r[3], (fc_v4l){1, 5, 3, 7});
+    for (int k = 0; k < 2; k++) {
+        fc_v4d lo = __builtin_shuffle(t[k], t[k + 2], (fc_v4l){0, 1, 4, 5});
+        fc_v4d hi = __builtin_shuffle(t[k], t[k + 2], (fc_v4l){2, 3, 6, 7});
+        memcpy(d + k * ld, &lo, sizeof lo);
+        memcpy(d + (k + 2) * ld, &hi, sizeof hi);
+    }
+}
+
+#define FC_DEFINE_PIXELS_MAJOR(SUF, T, B, TR)                                                    \
+static void fc_pixels_major_##SUF(const T *g, T *d, ptrdiff_t F, ptrdiff_t P) {                  \
+    ptrdiff_t FB = F - F % B, PB = P - P % B;                                                    \
+    for (ptrdiff_t f0 = 0; f0 < FB; f0 += B) {                                                   \
+        for (ptrdiff_t t0 = 0; t0 < PB; t0 += B) TR(g + f0 * P + t0, P, d + t0 * F + f0, F);    \
+        for (ptrdiff_t t = PB; t < P; t++)                                                       \
+            for (ptrdiff_t f = f0; f < f0 + B; f++) d[t * F + f] = g[f * P + t];                 \
+    }                                                                                            \
+    for (ptrdiff_t t = 0; t < P; t++)                                                            \
+        for (ptrdiff_t f = FB; f < F; f++) d[t * F + f] = g[f * P + t];                          \
+}
+FC_DEFINE_PIXELS_MAJOR(f, float, 8, fc_tr8_f)
+FC_DEFINE_PIXELS_MAJOR(d, double, 4, fc_tr4_d)
+
 #endif
