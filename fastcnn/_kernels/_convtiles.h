@@ -13,7 +13,8 @@
  * fc_wtile{MR}x{NV}: MR taps x NV vectors of filters, for the weight gradient,
  *
  *     c[o*ldc + v*NL + l] = sum_{n<N} sum_{i<OH} sum_{j<OW}
- *                           x[n*x_img + xoff[o] + i*xrow + j] * g[n*g_img + (i*OW + j)*ldg + v*NL + l]
+ *                           x[n*x_img + xoff[o] + i*xrow + j*xcol]
+ *                           * g[n*g_img + (i*OW + j)*ldg + v*NL + l]
  *
  *   with g the output gradient laid out (N, OH*OW, F) (filters contiguous). Every product is a
  *   real (input, output-gradient) pair: no padding column of a wide row is ever read. Sums run
@@ -68,8 +69,9 @@ static inline void fc_gtile##MR##x##NV##_##SUF(const T *a, const T *b, const ptr
 
 #define FC_DEFINE_WTILE(MR, NV, SUF, T, V, LOAD, STORE, NL)                                     \
 static inline void fc_wtile##MR##x##NV##_##SUF(const T *x, ptrdiff_t x_img, const ptrdiff_t *xoff, \
-                                               ptrdiff_t xrow, const T *g, ptrdiff_t g_img,      \
-                                               ptrdiff_t ldg, ptrdiff_t N, ptrdiff_t OH,         \
+                                               ptrdiff_t xrow, ptrdiff_t xcol, const T *g,       \
+                                               ptrdiff_t g_img, ptrdiff_t ldg, ptrdiff_t N,      \
+                                               ptrdiff_t OH,                                     \
                                                ptrdiff_t OW, T *c, ptrdiff_t ldc)                \
 {                                                                                                \
     V acc[MR][NV];                                                                               \
@@ -86,7 +88,7 @@ static inline void fc_wtile##MR##x##NV##_##SUF(const T *x, ptrdiff_t x_img, cons
                 V gv[NV];                                                                        \
                 for (int v = 0; v < NV; v++) gv[v] = LOAD(gr + j * ldg + v * NL);                \
                 for (int o = 0; o < MR; o++) {                                                   \
-                    T s = xr[o][j];                                                              \
+                    T s = xr[o][j * xcol];                                                       \
                     for (int v = 0; v < NV; v++) acc[o][v] += s * gv[v];                         \
                 }                                                                                \
             }                                                                                    \

@@ -64,16 +64,17 @@ cdef extern from "_convtiles.h" nogil:
                        Py_ssize_t)
     void fc_gtile1x4_d(const double*, const double*, const Py_ssize_t*, Py_ssize_t, double*,
                        Py_ssize_t)
-    void fc_wtile6x2_f(const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, const float*,
-                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
-                       Py_ssize_t)
-    void fc_wtile12x1_f(const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, const float*,
-                        Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, float*,
-                        Py_ssize_t)
-    void fc_wtile6x2_d(const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, const double*,
-                       Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, double*,
-                       Py_ssize_t)
-    void fc_wtile12x1_d(const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t,
+    # (x, x_img, xoff, xrow, xcol, g, g_img, ldg, N, OH, OW, c, ldc)
+    void fc_wtile6x2_f(const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
+                       const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                       float*, Py_ssize_t)
+    void fc_wtile12x1_f(const float*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
+                        const float*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                        Py_ssize_t, float*, Py_ssize_t)
+    void fc_wtile6x2_d(const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
+                       const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
+                       Py_ssize_t, double*, Py_ssize_t)
+    void fc_wtile12x1_d(const double*, Py_ssize_t, const Py_ssize_t*, Py_ssize_t, Py_ssize_t,
                         const double*, Py_ssize_t, Py_ssize_t, Py_ssize_t, Py_ssize_t,
                         Py_ssize_t, double*, Py_ssize_t)
 
@@ -203,19 +204,19 @@ def wtile_shape(Py_ssize_t Fg, bint is_double):
 
 
 cdef inline void _wtile(Py_ssize_t mr, const floating* x, Py_ssize_t x_img, const Py_ssize_t* xoff,
-                        Py_ssize_t xrow, const floating* g, Py_ssize_t g_img, Py_ssize_t ldg,
-                        Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, floating* c,
+                        Py_ssize_t xrow, Py_ssize_t xcol, const floating* g, Py_ssize_t g_img,
+                        Py_ssize_t ldg, Py_ssize_t N, Py_ssize_t OH, Py_ssize_t OW, floating* c,
                         Py_ssize_t ldc) noexcept nogil:
     if floating is float:
         if mr == 12:
-            fc_wtile12x1_f(x, x_img, xoff, xrow, g, g_img, ldg, N, OH, OW, c, ldc)
+            fc_wtile12x1_f(x, x_img, xoff, xrow, xcol, g, g_img, ldg, N, OH, OW, c, ldc)
         else:
-            fc_wtile6x2_f(x, x_img, xoff, xrow, g, g_img, ldg, N, OH, OW, c, ldc)
+            fc_wtile6x2_f(x, x_img, xoff, xrow, xcol, g, g_img, ldg, N, OH, OW, c, ldc)
     else:
         if mr == 12:
-            fc_wtile12x1_d(x, x_img, xoff, xrow, g, g_img, ldg, N, OH, OW, c, ldc)
+            fc_wtile12x1_d(x, x_img, xoff, xrow, xcol, g, g_img, ldg, N, OH, OW, c, ldc)
         else:
-            fc_wtile6x2_d(x, x_img, xoff, xrow, g, g_img, ldg, N, OH, OW, c, ldc)
+            fc_wtile6x2_d(x, x_img, xoff, xrow, xcol, g, g_img, ldg, N, OH, OW, c, ldc)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -773,16 +774,19 @@ cdef inline void _store_phase(const floating* ct, Py_ssize_t ldc, Py_ssize_t nro
 # Weight gradient
 # ---------------------------------------------------------------------------------------------
 
-def backward_weight(const floating[::1] xs,      # IN  phase planes (N, C, sh, sw, HPh, WPh)
+def backward_weight(const floating[::1] xs,      # IN  padded input (N, C, HP, WP)
                     const floating[::1] gt,      # IN  dy as (N, OH*OW, F) + slack
-                    const Py_ssize_t[::1] off,   # IN  tap offsets (forward_offsets)
+                    const Py_ssize_t[::1] off,   # IN  tap offsets (forward_offsets, stride 1)
                     floating[::1] part,          # OUT scratch: (n_chunks, G, nkb*MR, nfb*NF)
                     floating[:, :, :, ::1] dw,   # OUT (F, Cg, KH, KW)
-                    Py_ssize_t N, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh,
-                    Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t G, Py_ssize_t MR,
+                    Py_ssize_t N, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HP,
+                    Py_ssize_t WP, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t G, Py_ssize_t MR,
                     Py_ssize_t NF, Py_ssize_t NB, int n_threads):
     """dw[f, c, p, q] = sum_{n, i, j} dy[n, f, i, j] * xp[n, g*Cg + c, i*sh + p*dh, j*sw + q*dw].
 
+    xp is read with the stride itself (rows i*sh*WP, columns j*sw): the tile broadcasts each
+    input value, so a stride costs no vector loads, and the input needs only its zero border
+    (no split into stride phases, which cost as much as the products at 3x3 stride 2 @28).
     The batch is cut into chunks of NB images (a size the caller derives from the shapes).
     Tasks (chunk, group, tap block, filter block) each sum their chunk into their own slot of
     ``part`` (register tiles of MR taps x NF filters, positions in the order n, i, j); then each
@@ -794,7 +798,7 @@ def backward_weight(const floating[::1] xs,      # IN  phase planes (N, C, sh, s
     cdef Py_ssize_t nkb = (Kg + MR - 1) // MR, nfb = (Fg + NF - 1) // NF
     cdef Py_ssize_t n_chunks = (N + NB - 1) // NB
     cdef Py_ssize_t ldp = nfb * NF, slot = G * nkb * MR * ldp
-    cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
+    cdef Py_ssize_t img = C * HP * WP, gsz = Cg * HP * WP
     cdef Py_ssize_t task, f, k, ch, g, fl
     cdef floating s
     if N == 0:
@@ -804,7 +808,7 @@ def backward_weight(const floating[::1] xs,      # IN  phase planes (N, C, sh, s
     for task in prange(n_chunks * G * nkb * nfb, nogil=True, schedule='static',
                        num_threads=n_threads):
         _backward_weight_task(&xs[0], &gt[0], &off[0], &part[0], task, N, G, Fg, Kg, nkb, nfb,
-                              MR, NF, F, img, gsz, WPh, OH, OW, ldp, slot, NB)
+                              MR, NF, F, img, gsz, sh * WP, sw, OH, OW, ldp, slot, NB)
     # Race-free: f writes only dw[f]; chunks are added in index order.
     for f in prange(F, nogil=True, schedule='static', num_threads=n_threads):
         g = f // Fg
@@ -820,8 +824,9 @@ cdef void _backward_weight_task(const floating* xs, const floating* gt, const Py
                                 floating* part, Py_ssize_t task, Py_ssize_t N, Py_ssize_t G,
                                 Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t nkb, Py_ssize_t nfb,
                                 Py_ssize_t MR, Py_ssize_t NF, Py_ssize_t F, Py_ssize_t img,
-                                Py_ssize_t gsz, Py_ssize_t WPh, Py_ssize_t OH, Py_ssize_t OW,
-                                Py_ssize_t ldp, Py_ssize_t slot, Py_ssize_t NB) noexcept nogil:
+                                Py_ssize_t gsz, Py_ssize_t xrow, Py_ssize_t xcol, Py_ssize_t OH,
+                                Py_ssize_t OW, Py_ssize_t ldp, Py_ssize_t slot,
+                                Py_ssize_t NB) noexcept nogil:
     cdef Py_ssize_t xoff[12]
     cdef Py_ssize_t fb = task % nfb, kb = (task // nfb) % nkb
     cdef Py_ssize_t g = (task // (nfb * nkb)) % G, ch = task // (nfb * nkb * G)
@@ -829,7 +834,7 @@ cdef void _backward_weight_task(const floating* xs, const floating* gt, const Py
     for o in range(MR):
         k = min(kb * MR + o, Kg - 1)  # a short last block repeats the last tap (discarded)
         xoff[o] = g * gsz + off[k]
-    _wtile(MR, xs + n0 * img, img, xoff, WPh, gt + n0 * OH * OW * F + g * Fg + fb * NF,
+    _wtile(MR, xs + n0 * img, img, xoff, xrow, xcol, gt + n0 * OH * OW * F + g * Fg + fb * NF,
            OH * OW * F, F, nn, OH, OW,
            part + ch * slot + (g * nkb + kb) * MR * ldp + fb * NF, ldp)
 

@@ -579,9 +579,12 @@ def _build_weight(algo, g, dtype, ws, n_threads):
     Fg, Cg = F // G, C // G
     Kg = Cg * g.KH * g.KW
     MR, NF = K.wtile_shape(Fg, dtype == np.float64)
-    xs, HPh, WPh = _phase_plan(g, dtype, ws, 0)  # the tiles read only real positions
+    # The tiles read the zero-bordered input with the stride itself (no phase planes); an
+    # unpadded input as it is.
+    HP, WP = g.H + pt + pb, g.W + pl + pr
+    xs = None if g.pad4 == (0, 0, 0, 0) else ws.get("xs", N * C * HP * WP, dtype)
     off = np.empty(Kg, dtype=np.intp)
-    K.forward_offsets(Cg, g.KH, g.KW, sh, sw, g.dilation[0], g.dilation[1], HPh, WPh, off)
+    K.forward_offsets(Cg, g.KH, g.KW, 1, 1, g.dilation[0], g.dilation[1], HP, WP, off)
     gt = ws.get("gt", N * g.OH * g.OW * F, dtype)
     NB = _tiles_chunk(g, dtype.itemsize)
     part = ws.get("part", -(-N // NB) * G * -(-Kg // MR) * MR * -(-Fg // NF) * NF, dtype)
@@ -590,9 +593,9 @@ def _build_weight(algo, g, dtype, ws, n_threads):
 
     def run(x, gy, gw):
         if xs is not None:
-            split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
+            split(x, xs, pt, pl, 1, 1, HP, WP, n_threads)
         to_pm(gy, gt, n_threads)
-        bw(x.reshape(-1) if xs is None else xs, gt, off, part, gw, N, C, sh, sw, HPh, WPh,
+        bw(x.reshape(-1) if xs is None else xs, gt, off, part, gw, N, C, sh, sw, HP, WP,
            g.OH, g.OW, G, MR, NF, NB, n_threads)
     return run
 
