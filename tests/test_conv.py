@@ -271,6 +271,51 @@ def test_non_contiguous_and_read_only_inputs():
                                        1, (1, 1, 1, 1), 1, 2), 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layout_passes_match_numpy_on_1_2_3_threads(dtype):
+    """The weight gradient's layout passes against NumPy, on shapes with every remainder of the
+    register transposes (filters and positions not multiples of 8 / 4) and more planes than
+    threads: to_pixels_major, bias_grad, to_wide_rows, pad_split (stride 1 and 2)."""
+    K = fastcnn._kernels.conv
+    rng = np.random.default_rng(3)
+    try:
+        for threads in (1, 2, 3):
+            for N, Fo, H, W in [(5, 13, 7, 5), (3, 16, 4, 4), (2, 9, 11, 3), (1, 3, 1, 1)]:
+                g = rng.standard_normal((N, Fo, H, W)).astype(dtype)
+                out = np.full(g.size + 8, -1, dtype)
+                K.to_pixels_major(g, out, threads)
+                np.testing.assert_array_equal(out[:g.size],
+                                              g.reshape(N, Fo, -1).transpose(0, 2, 1).ravel())
+                assert (out[g.size:] == -1).all()
+                db = np.full(Fo, np.nan, dtype)
+                K.bias_grad(g, db, threads)
+                expected = np.zeros(Fo, dtype)
+                for n in range(N):  # the documented order: images one after another
+                    expected = (expected + g[n].reshape(Fo, -1).sum(1, dtype=dtype)).astype(dtype)
+                rtol = 1e-5 if dtype == np.float32 else 1e-12
+                np.testing.assert_allclose(db, expected, rtol=rtol)
+                WPh = W + 2
+                Pg = (H - 1) * WPh + W + 3
+                wide = np.full(N * Fo * Pg, np.nan, dtype)
+                K.to_wide_rows(g, wide, WPh, Pg, threads)
+                expected = np.zeros((N, Fo, H, WPh), dtype)
+                expected[..., :W] = g
+                np.testing.assert_array_equal(wide.reshape(N, Fo, Pg)[..., :(H - 1) * WPh + W],
+                                              expected.reshape(N, Fo, -1)[..., :(H - 1) * WPh + W])
+                assert (wide.reshape(N, Fo, Pg)[..., (H - 1) * WPh + W:] == 0).all()
+                for (top, left, sh, sw) in [(1, 2, 1, 1), (2, 1, 2, 2), (0, 3, 1, 3), (3, 0, 2, 1)]:
+                    HPh, WPh2 = -(-(H + 2 * top) // sh), -(-(W + 2 * left) // sw)
+                    split = np.full(N * Fo * sh * sw * HPh * WPh2, np.nan, dtype)
+                    K.pad_split(g, split, top, left, sh, sw, HPh, WPh2, threads)
+                    padded = np.zeros((N, Fo, HPh * sh, WPh2 * sw), dtype)
+                    padded[:, :, top:top + H, left:left + W] = g[:, :, :HPh * sh - top,
+                                                                 :WPh2 * sw - left]
+                    phases = padded.reshape(N, Fo, HPh, sh, WPh2, sw).transpose(0, 1, 3, 5, 2, 4)
+                    np.testing.assert_array_equal(split, phases.ravel())
+    finally:
+        fastcnn.set_num_threads(None)
+
+
 # ---------------------------------------------------------------------------------------------
 # Transposed convolution
 # ---------------------------------------------------------------------------------------------
