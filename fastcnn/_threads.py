@@ -59,7 +59,9 @@ _blas_limiter = None
 
 
 def _limit_blas(n):
-    """Keep BLAS (NumPy's matmul in Linear layers) to the same budget as the kernels."""
+    """Keep BLAS to the same budget as the kernels. The layers do not call it (Linear runs the
+    kernels' own matrix product); NumPy calls around them may (``einsum`` in the distributed
+    batch norm's statistics), and a user's code in the same process does."""
     global _blas_limiter
     try:
         from threadpoolctl import threadpool_limits
