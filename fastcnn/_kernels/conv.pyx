@@ -26,8 +26,9 @@ One mechanism serves every shape ("phase planes" + register tiles, see ``_convti
   again a stride-1 correlation (channels and filters exchanged), with the same tiles. No product
   with a stride gap is ever formed.
 * Weight gradient: tiles of MR taps x NV vectors of filters over the output gradient laid out
-  (N, OH*OW, F), summed over chunks of images whose size the caller derives from the shapes
-  (never from the thread count); the chunks' partial sums are then added in index order. Or
+  (N, OH*OW, F), reading the zero-padded input with the stride itself (no phase split), summed
+  over chunks of images whose size the caller derives from the shapes (never from the thread
+  count); the chunks' partial sums are then added in index order. Or
   ("rows") tiles of filters x taps with the positions on the lanes: dot products along wide rows.
 * ``*_direct``: the plain definitions, leaving out every tap that reads padding or falls in a
   stride gap. They give exact IEEE semantics when a weight (or input) is inf or NaN, and are the
@@ -1005,15 +1006,17 @@ def bias_grad(const floating[:, :, :, ::1] dy,  # IN  (N, F, OH, OW)
     """
     cdef Py_ssize_t N = dy.shape[0], F = dy.shape[1], HW = dy.shape[2] * dy.shape[3]
     cdef Py_ssize_t nb = min(F, <Py_ssize_t> max(n_threads, 1)), fb = (F + nb - 1) // nb
-    cdef Py_ssize_t blk, f, n
+    cdef Py_ssize_t blk, f, f0, f1, n
     if F == 0:
         return
     # Race-free: block blk writes only db[blk*fb : (blk+1)*fb].
     for blk in prange(nb, nogil=True, schedule='static', num_threads=n_threads):
-        for f in range(blk * fb, min(F, blk * fb + fb)):
+        f0 = blk * fb
+        f1 = min(F, f0 + fb)
+        for f in range(f0, f1):
             db[f] = 0
         for n in range(N):
-            for f in range(blk * fb, min(F, blk * fb + fb)):
+            for f in range(f0, f1):
                 db[f] = db[f] + _sum(&dy[n, f, 0, 0], HW)
 
 
