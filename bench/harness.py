@@ -343,7 +343,8 @@ def batch_data(input_shape, n, num_classes=10, seed=0):
 
 
 def kernel_call_timer(fastcnn):
-    """Wrap every function of fastcnn's loaded compiled kernel modules with a timer.
+    """Wrap every function of fastcnn's loaded compiled kernel modules with a timer (and the
+    calls of every bound kernel call, ``Bound*``, made while the timers are in).
 
     Returns ``(totals, restore, cost)``: ``totals`` is a two-element list [seconds inside the
     kernels, calls] that grows with every kernel call; ``restore()`` puts the original functions
@@ -377,17 +378,20 @@ def kernel_call_timer(fastcnn):
         def __getitem__(self, key):  # a fused-type kernel's specialisation, timed too
             return Timed(self.fn[key])
 
-    wrap = Timed
+    def timed_class(cls):  # a bound kernel call (``Bound*``): its calls are timed
+        return lambda *args, **kwargs: Timed(cls(*args, **kwargs))
 
     for name, mod in list(sys.modules.items()):
         if not name.startswith(prefix) or name.endswith("._openmp"):
             continue
         for attr in dir(mod):
             fn = getattr(mod, attr)
-            if attr.startswith("_") or not callable(fn) or isinstance(fn, type):
+            if attr.startswith("_") or not callable(fn):
+                continue
+            if isinstance(fn, type) and not attr.startswith("Bound"):
                 continue
             saved.append((mod, attr, fn))
-            setattr(mod, attr, wrap(fn))
+            setattr(mod, attr, timed_class(fn) if isinstance(fn, type) else Timed(fn))
     _invalidate_plans()
 
     def restore():
@@ -398,7 +402,7 @@ def kernel_call_timer(fastcnn):
     def noop():
         return None
 
-    timed_noop, n = wrap(noop), 20000
+    timed_noop, n = Timed(noop), 20000
     best = math.inf
     for _ in range(3):
         t0 = clock()

@@ -689,3 +689,63 @@ def test_depthwise_routing():
     with F._force_algo("dw"):
         y = F.conv2d(x, w, None, 1, 1, 1, 2)
     _close(y, ref.conv2d_general_loops(x, w, None, 1, (1, 1, 1, 1), 1, 2), 1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bound calls (a layer's repeated eval-mode forward with its kernel arguments fixed)
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algo", ["auto", "tiles", "lanes", "matmul"])
+def test_bound_conv_forward_is_bitwise_the_planned_call(algo, dtype, set_threads):
+    """Conv2d's bound forward (the kernels' Bound* calls) against the functional convolution
+    with the same algorithm, on the random cases (batch >= 1), 1 and 2 threads, with ReLU, and
+    after the weight and bias change in place (the packed weights must follow)."""
+    for i, case in enumerate(CASES[:16] + FIXED):
+        if case["N"] == 0:
+            continue
+        x, w, b, _ = _arrays(case, dtype, seed=i)
+        s, p, d, G = _args(case)
+        layer = nn.Conv2d(case["C"], case["F"], (case["KH"], case["KW"]), s, p, d, G,
+                          dtype=dtype).eval()
+        layer.params["weight"][...], layer.params["bias"][...] = w, b
+        set_threads(1 + i % 2)
+        with _algo(algo):
+            for relu in (False, True):
+                f = layer._bind(x.shape, relu=relu)
+                for step in range(3):
+                    y = f(x)
+                    want = F.conv2d(x, layer.params["weight"], layer.params["bias"], s, p, d, G)
+                    if relu:
+                        want = np.maximum(want, 0)
+                    assert y.tobytes() == want.tobytes(), (i, relu, step)
+                    layer.params["weight"][..., 0] *= -1.5  # the next call sees the change
+                    layer.params["bias"][:1] += 1.0
+
+
+def test_bound_kernel_calls_reject_an_input_they_were_not_bound_for():
+    """A bound call checks its input's size, dtype and layout before entering the kernel."""
+    from fastcnn.functional.activation import _bind_unary
+    from fastcnn.functional.linear import _bind_gemm
+    from fastcnn.functional.pooling import _bind_max_pool2d_values
+
+    y = np.empty((2, 3, 4, 4), np.float32)
+    pool = _bind_max_pool2d_values((2, 3, 8, 8), y, (2, 2), (2, 2), (0, 0))
+    relu = _bind_unary(0, y)
+    gemm = _bind_gemm(np.ones((6, 16), np.float32), np.ones(5, np.float32),
+                      np.empty((2, 5), np.float32), np.empty((2, 16), np.float32))
+    good = np.ones((2, 3, 8, 8), np.float32)
+    pool(good)
+    for bad in (np.ones((2, 3, 8, 7), np.float32), good.astype(np.float64),
+                np.ones((2, 3, 8, 16), np.float32)[..., ::2], [1.0, 2.0]):
+        with pytest.raises((ValueError, TypeError)):
+            pool(bad)
+    relu(y, 0.0)
+    with pytest.raises(ValueError, match="float32"):
+        relu(y.astype(np.float64), 0.0)
+    gemm(np.ones((2, 6), np.float32))
+    with pytest.raises(ValueError, match="48 bytes"):
+        gemm(np.ones((2, 7), np.float32))
+    with pytest.raises(ValueError, match="bound product"):
+        _bind_gemm(np.ones((6, 4), np.float32), None, np.empty((2, 5), np.float32))
+    assert _bind_max_pool2d_values((2, 3, 8, 8), y, (3, 3), (2, 2), (0, 0)) is None

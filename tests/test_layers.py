@@ -1132,6 +1132,17 @@ def test_bound_eval_forward_is_bitwise_the_plain_path(net, set_threads):
     conv.params["weight"][0] *= -2.0  # changed in place
     pconv.params["weight"][0] *= -2.0
     check(1, "weight changed in place")
+    # biases (read by the bound kernel calls through pointers taken at binding)
+    for layer, player in zip(model, plain):
+        bias = layer.params.get("bias") if isinstance(layer, (Conv2d, Linear)) else None
+        if bias is None:
+            continue
+        new = rng.standard_normal(bias.shape).astype(F32)
+        layer.params["bias"], player.params["bias"] = new, new.copy()
+        check(1, f"replaced bias of {layer!r}")
+        layer.params["bias"][:2] = 3.0
+        player.params["bias"][:2] = 3.0
+        check(1, f"bias of {layer!r} changed in place")
     model[-2].train(), plain[-2].train()  # one layer in training mode: bound again
     check(1, "a layer in training mode")
     with pytest.raises(ValueError, match="channels"):

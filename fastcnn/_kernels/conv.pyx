@@ -41,10 +41,10 @@ the caller (a workspace owned by the layer): the kernels never allocate.
 
 from cython.parallel cimport prange
 from cython cimport floating
-from libc.string cimport memcmp, memcpy, memset
-from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
+from libc.string cimport memcmp, memcpy, memset, strcmp
 
 include "_pad_plane.pxi"
+include "_bound.pxi"
 
 cdef extern from "_convtiles.h" nogil:
     const int FC_NL_F
@@ -271,19 +271,27 @@ def pad_split(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     span of a phase's columns that read x depends on the phase only, so it is worked out once per
     phase rather than per row.
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
+    if x.shape[0] * x.shape[1]:
+        _pad_split(&x[0, 0, 0, 0], x.shape[0] * x.shape[1], x.shape[2], x.shape[3], &out[0],
+                   top, left, sh, sw, HPh, WPh, n_threads)
+
+
+cdef void _pad_split(const floating* x, Py_ssize_t NC, Py_ssize_t H, Py_ssize_t W,
+                     floating* out, Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh,
+                     Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh,
+                     int n_threads) noexcept nogil:
     cdef Py_ssize_t plane = HPh * WPh, nc, rh, rw, a, h, lo, hi
     cdef floating* d
     cdef const floating* s
     # Race-free: (n, c) writes only its sh*sw phase planes.
-    for nc in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        s = &x[nc // C, nc % C, 0, 0]
+    for nc in prange(NC, schedule='static', num_threads=n_threads):
+        s = x + nc * H * W
         if sh == 1 and sw == 1:
-            _pad_plane(s, H, W, top, left, &out[nc * plane], HPh, WPh)
+            _pad_plane(s, H, W, top, left, out + nc * plane, HPh, WPh)
             continue
         for rh in range(sh):
             for rw in range(sw):
-                d = &out[((nc * sh + rh) * sw + rw) * plane]
+                d = out + ((nc * sh + rh) * sw + rw) * plane
                 lo = _span_lo(rw - left, sw, WPh)
                 hi = _span_hi(W, rw - left, sw, WPh, lo)
                 for a in range(HPh):
@@ -394,20 +402,28 @@ def forward(const floating[::1] xs,          # IN  phase planes (N, C, sh, sw, H
     its tiles for every filter of its group. Each output is one register-tile sum over
     k = 0 .. Kg-1 in order.
     """
-    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t Fg = F // G, Cg = C // G, Kg = off.shape[0]
+    if y.shape[0] and y.shape[1]:
+        _forward(&xs[0], &apack[0], &off[0], off.shape[0], &b[0], &y[0, 0, 0, 0], y.shape[0],
+                 y.shape[1], y.shape[2], y.shape[3], C, sh, sw, HPh, WPh, G, MR, NR, relu,
+                 n_threads)
+
+
+cdef void _forward(const floating* xs, const floating* apack, const Py_ssize_t* off,
+                   Py_ssize_t Kg, const floating* b, floating* y, Py_ssize_t N, Py_ssize_t F,
+                   Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw,
+                   Py_ssize_t HPh, Py_ssize_t WPh, Py_ssize_t G, Py_ssize_t MR, Py_ssize_t NR,
+                   bint relu, int n_threads) noexcept nogil:
+    cdef Py_ssize_t Fg = F // G, Cg = C // G
     cdef Py_ssize_t nfb = (Fg + MR - 1) // MR
     cdef Py_ssize_t T = (OH - 1) * WPh + OW
     cdef Py_ssize_t ntile = (T + NR - 1) // NR
     cdef Py_ssize_t nrun = (ntile + TILES_PER_TASK - 1) // TILES_PER_TASK
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
     cdef Py_ssize_t task
-    if N == 0 or F == 0:
-        return
     # Race-free: task (n, g, run) writes only y[n, g*Fg:(g+1)*Fg] at its own tiles' positions.
-    for task in prange(N * G * nrun, nogil=True, schedule='static', num_threads=n_threads):
-        _forward_task(&xs[0], &apack[0], &off[0], &b[0], &y[0, 0, 0, 0], task, nrun, G, Fg,
-                      Kg, nfb, MR, NR, T, ntile, WPh, OH, OW, img, gsz, relu)
+    for task in prange(N * G * nrun, schedule='static', num_threads=n_threads):
+        _forward_task(xs, apack, off, b, y, task, nrun, G, Fg, Kg, nfb, MR, NR, T, ntile, WPh,
+                      OH, OW, img, gsz, relu)
 
 
 cdef void _forward_task(const floating* xs, const floating* apack, const Py_ssize_t* off,
@@ -512,8 +528,18 @@ def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, 
     tiles' positions for every filter of its group; each output is one register sum over
     k = 0 .. Kg-1 in order, whatever the thread count.
     """
-    cdef Py_ssize_t N = y.shape[0], F = y.shape[1], OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t Fg = F // G, Cg = C // G, Kg = off.shape[0]
+    if y.shape[0] and y.shape[1]:
+        _forward_lanes(&xs[0], &wpk[0], &bpk[0], &off[0], off.shape[0], &y[0, 0, 0, 0],
+                       y.shape[0], y.shape[1], y.shape[2], y.shape[3], C, sh, sw, HPh, WPh, G,
+                       NF, relu, n_threads)
+
+
+cdef void _forward_lanes(const floating* xs, const floating* wpk, const floating* bpk,
+                         const Py_ssize_t* off, Py_ssize_t Kg, floating* y, Py_ssize_t N,
+                         Py_ssize_t F, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t C, Py_ssize_t sh,
+                         Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh, Py_ssize_t G,
+                         Py_ssize_t NF, bint relu, int n_threads) noexcept nogil:
+    cdef Py_ssize_t Fg = F // G, Cg = C // G
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
     cdef Py_ssize_t P = OH * OW
     cdef Py_ssize_t ntile = (P + FTILE_NP - 1) // FTILE_NP
@@ -527,12 +553,10 @@ def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, 
     if Kg > LANE_CHUNK:  # a chunked sum: the whole plane while its running sums fit the stack
         run_len = ntile if N * G >= 4 * n_threads and ntile <= CHUNK_TILES else LANE_TILES
     cdef Py_ssize_t nrun = (ntile + run_len - 1) // run_len, task
-    if N == 0 or F == 0:
-        return
     # Race-free: task (n, g, run) writes only y[n, g*Fg:(g+1)*Fg] at its own tiles' positions.
-    for task in prange(N * G * nrun, nogil=True, schedule='static', num_threads=n_threads):
-        _forward_lanes_task(&xs[0], &wpk[0], &bpk[0], &off[0], &y[0, 0, 0, 0], task, nrun,
-                            run_len, G, Fg, Kg, NF, WPh, OW, P, ntile, img, gsz, relu)
+    for task in prange(N * G * nrun, schedule='static', num_threads=n_threads):
+        _forward_lanes_task(xs, wpk, bpk, off, y, task, nrun, run_len, G, Fg, Kg, NF, WPh, OW,
+                            P, ntile, img, gsz, relu)
 
 
 cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const floating* bpk,
@@ -1134,25 +1158,66 @@ def all_finite(const floating[::1] a):
     return not bad
 
 
-def same_bytes(a, b):
-    """True when the contiguous buffers ``a`` and ``b`` (e.g. C-contiguous arrays) hold the same
-    bytes: one memcmp, no allocation (``functional._snapshot._Snapshot``: a cached transposed,
-    packed or folded weight is reused while its source compares equal; memcmp runs at 3x the
-    speed of ``np.not_equal`` plus a reduction)."""
-    cdef Py_buffer ba, bb
-    cdef int diff = 1
-    PyObject_GetBuffer(a, &ba, PyBUF_SIMPLE)
-    try:
-        PyObject_GetBuffer(b, &bb, PyBUF_SIMPLE)
+cdef class Snapshot:
+    """A C-contiguous copy of an array, to tell cheaply whether the array still holds the same
+    bytes, so that work derived from it (a transposed, packed or folded weight) can be reused:
+    ``same(a)`` is true when ``a`` is C-contiguous with the copy's shape and element format
+    and one memcmp finds the same bytes (NaN equals itself, -0.0 differs from 0.0: what
+    matters is that a result computed from it is the same). Done in C with no allocation:
+    about 0.1 us plus the memcmp, where the same checks through NumPy attributes cost 1.5 us,
+    several times per layer call at batch 1 (memcmp itself runs at 3x the speed of
+    ``np.not_equal`` plus a reduction)."""
+
+    cdef readonly object copy
+    cdef Py_buffer _view  # of copy, held for the snapshot's life
+    cdef bint _held
+
+    def __cinit__(self, a):
+        import numpy
+        self.copy = numpy.array(a, order="C", copy=True)
+        PyObject_GetBuffer(self.copy, &self._view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+        self._held = True
+
+    def __dealloc__(self):
+        if self._held:
+            PyBuffer_Release(&self._view)
+
+    def same(self, a):
+        """True when `a` holds the copy's bytes in the copy's shape and format."""
+        cdef Py_buffer ba
+        cdef bint equal
+        cdef int k
+        if a is None:
+            return False
         try:
-            if ba.len == bb.len:
+            PyObject_GetBuffer(a, &ba, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
+        except (BufferError, TypeError, ValueError):  # not contiguous, or not an array
+            return False
+        try:
+            equal = ba.ndim == self._view.ndim and ba.len == self._view.len and \
+                ba.itemsize == self._view.itemsize and \
+                strcmp(ba.format, self._view.format) == 0
+            for k in range(ba.ndim if equal else 0):
+                equal = equal and ba.shape[k] == self._view.shape[k]
+            if equal:
                 with nogil:
-                    diff = memcmp(ba.buf, bb.buf, ba.len)
+                    equal = memcmp(ba.buf, self._view.buf, ba.len) == 0
         finally:
-            PyBuffer_Release(&bb)
-    finally:
-        PyBuffer_Release(&ba)
-    return diff == 0
+            PyBuffer_Release(&ba)
+        return equal
+
+    def update(self, a):
+        """Take a new copy of `a`, of the snapshot's shape and format (else ValueError)."""
+        if not self.same_layout(a):
+            raise ValueError(f"a snapshot of shape {self.copy.shape} and dtype "
+                             f"{self.copy.dtype} cannot take an array of shape "
+                             f"{getattr(a, 'shape', None)} and dtype {getattr(a, 'dtype', None)}")
+        import numpy
+        numpy.copyto(self.copy, a)
+
+    def same_layout(self, a):
+        """True when `a` has the copy's shape and dtype (whatever its bytes)."""
+        return a is not None and a.shape == self.copy.shape and a.dtype == self.copy.dtype
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1253,7 +1318,12 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
     read 26 MB of B per call). Each element is the same sum whatever the tile or the run
     length, so results do not depend on the thread count.
     """
-    cdef Py_ssize_t N = b.shape[1]
+    if M and b.shape[1]:
+        _gemm(&a[0], sa_m, sa_k, M, K, &b[0, 0], b.shape[1], &c[0, 0], n_threads)
+
+
+cdef void _gemm(const floating* a, Py_ssize_t sa_m, Py_ssize_t sa_k, Py_ssize_t M, Py_ssize_t K,
+                const floating* b, Py_ssize_t N, floating* c, int n_threads) noexcept nogil:
     cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
     cdef Py_ssize_t n_blocks = (M + OB - 1) // OB
     # Blocks per run: GEMM_BLOCKS, or more while the run's rows of A stay within 64K elements
@@ -1262,10 +1332,8 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
                                          (n_blocks + n_threads - 1) // max(n_threads, 1)))
     cdef Py_ssize_t n_runs = (n_blocks + per_run - 1) // per_run
     cdef Py_ssize_t run, blk, blk_end, m0, m, m1, j0, j
-    if M == 0 or N == 0:
-        return
     # Race-free: run writes only rows OB*run*per_run .. OB*(run+1)*per_run - 1 of C.
-    for run in prange(n_runs, nogil=True, schedule='static', num_threads=n_threads):
+    for run in prange(n_runs, schedule='static', num_threads=n_threads):
         blk_end = min(n_blocks, (run + 1) * per_run)
         if N >= TT:
             j0 = 0
@@ -1275,14 +1343,14 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
                     m0 = blk * OB
                     if m0 + OB <= M:
                         if floating is float:
-                            fc_tile6_f(&b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K,
-                                       1, &c[m0, j], N)
+                            fc_tile6_f(b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
+                                       c + m0 * N + j, N)
                         else:
-                            fc_tile6_d(&b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K,
-                                       1, &c[m0, j], N)
+                            fc_tile6_d(b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
+                                       c + m0 * N + j, N)
                     elif m0 + 4 <= M:  # the last, partial block: 4 rows together
-                        _corr_tile(4, &b[0, j], 0, N, 1, &a[m0 * sa_m], sa_m, 0, sa_k, 0, K,
-                                   1, &c[m0, j], N)
+                        _corr_tile(4, b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
+                                   c + m0 * N + j, N)
                 j0 = j0 + TT
         for blk in range(run * per_run, blk_end):
             m0 = blk * OB
@@ -1290,4 +1358,145 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
             if N >= TT:
                 m0 = m1 if m0 + OB <= M else (m0 + 4 if m0 + 4 <= M else m0)
             for m in range(m0, m1):
-                _gemm_row(&b[0, 0], N, &a[m * sa_m], sa_k, K, &c[m, 0])
+                _gemm_row(b, N, a + m * sa_m, sa_k, K, c + m * N)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bound calls (_bound.pxi): a layer's repeated forward with its arguments fixed once
+# ---------------------------------------------------------------------------------------------
+
+cdef struct _FwdArgs:
+    Py_ssize_t N, C, H, W, F, OH, OW, sh, sw, HPh, WPh, G, MR, NR, NF, Kg, top, left
+    bint lanes, split, relu
+    int n_threads
+    char* xs
+    const char* wpk
+    const char* bpk
+    const Py_ssize_t* off
+    char* y
+
+
+cdef void _bound_forward(const floating* x, const floating* b, const _FwdArgs* a) noexcept nogil:
+    cdef const floating* src = x
+    if a.split:
+        _pad_split(x, a.N * a.C, a.H, a.W, <floating*> a.xs, a.top, a.left, a.sh, a.sw, a.HPh,
+                   a.WPh, a.n_threads)
+        src = <const floating*> a.xs
+    if a.lanes:
+        _forward_lanes(src, <const floating*> a.wpk, <const floating*> a.bpk, a.off, a.Kg,
+                       <floating*> a.y, a.N, a.F, a.OH, a.OW, a.C, a.sh, a.sw, a.HPh, a.WPh, a.G,
+                       a.NF, a.relu, a.n_threads)
+    else:
+        _forward(src, <const floating*> a.wpk, a.off, a.Kg, b, <floating*> a.y, a.N, a.F, a.OH,
+                 a.OW, a.C, a.sh, a.sw, a.HPh, a.WPh, a.G, a.MR, a.NR, a.relu, a.n_threads)
+
+
+cdef class BoundForward:
+    """``forward_lanes`` (``lanes``) or ``forward``, after ``pad_split`` into ``xs`` when xs is
+    given (else the input is read as the phase planes), with every argument but the input and
+    the bias fixed: ``bound(x, b)`` for x (N, C, H, W) and b (F,) C-contiguous in y's dtype
+    (``forward_lanes`` reads the packed bias, not b). The packed weights must hold the packing
+    of the weight in use: the caller checks that, as for the unbound kernels."""
+
+    cdef _FwdArgs a
+    cdef object keep  # the arrays the pointers point into
+    cdef Py_ssize_t x_bytes, b_bytes
+    cdef bint dbl
+
+    def __init__(self, bint lanes, x_shape, xs, wpk, bpk, const Py_ssize_t[::1] off, y,
+                 Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh, Py_ssize_t G,
+                 Py_ssize_t MR, Py_ssize_t NR, Py_ssize_t NF, Py_ssize_t top, Py_ssize_t left,
+                 bint relu, int n_threads):
+        cdef Py_ssize_t item = y.dtype.itemsize
+        self.dbl = item == 8
+        self.a.N, self.a.C, self.a.H, self.a.W = x_shape
+        self.a.F, self.a.OH, self.a.OW = y.shape[1], y.shape[2], y.shape[3]
+        if y.shape[0] != self.a.N or min(x_shape) < 1 or min(y.shape) < 1:
+            raise ValueError(f"a bound forward needs non-empty x and y of one batch, got "
+                             f"{tuple(x_shape)} and {y.shape}")
+        self.a.sh, self.a.sw, self.a.HPh, self.a.WPh, self.a.G = sh, sw, HPh, WPh, G
+        self.a.MR, self.a.NR, self.a.NF, self.a.Kg = MR, NR, NF, off.shape[0]
+        self.a.top, self.a.left, self.a.lanes, self.a.relu = top, left, lanes, relu
+        self.a.split, self.a.n_threads = xs is not None, n_threads
+        self.keep = (xs, wpk, bpk, off, y)
+        self.a.xs = _bound_data(xs, xs.nbytes, self.dbl, True) if xs is not None else NULL
+        self.a.wpk = _bound_data(wpk, wpk.nbytes, self.dbl, False)
+        self.a.bpk = _bound_data(bpk, bpk.nbytes, self.dbl, False) if lanes else NULL
+        self.a.off = &off[0]
+        self.a.y = _bound_data(y, y.nbytes, self.dbl, True)
+        self.x_bytes = self.a.N * self.a.C * self.a.H * self.a.W * item
+        self.b_bytes = self.a.F * item
+
+    def __call__(self, x, b):
+        cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
+        cdef const char* bp = NULL
+        if not self.a.lanes:  # (forward_lanes reads the packed bias)
+            bp = _bound_data(b, self.b_bytes, self.dbl, False)
+        with nogil:
+            if self.dbl:
+                _bound_forward(<const double*> xp, <const double*> bp, &self.a)
+            else:
+                _bound_forward(<const float*> xp, <const float*> bp, &self.a)
+
+
+cdef void _bound_gemm(const floating* x, const floating* b, const floating* bias,
+                      floating* c, floating* y, Py_ssize_t M, Py_ssize_t K, Py_ssize_t Nb,
+                      Py_ssize_t N, bint relu, int n_threads) noexcept nogil:
+    cdef Py_ssize_t m, j
+    cdef floating v
+    _gemm(x, K, 1, M, K, b, Nb, c, n_threads)
+    for m in range(M):  # bitwise what NumPy's add and maximum(., 0) give
+        for j in range(N):
+            v = c[m * Nb + j]
+            if bias != NULL:
+                v = v + bias[j]
+            if relu and not v > 0 and v == v:
+                v = 0
+            y[m * N + j] = v
+
+
+cdef class BoundGemm:
+    """y = x @ b (+ bias) (then max(., 0), NaN kept, if relu): ``gemm`` with every argument but
+    the input fixed: ``bound(x)`` for x (M, K) C-contiguous (any shape of that size). b is
+    (K, Nb), Nb >= N; with Nb > N (zero columns padding a narrow product to a register tile,
+    ``functional.linear._gemm_columns``) the product goes to ``wide`` (M, Nb) first. Bitwise
+    ``gemm`` then NumPy's add of the bias and maximum with 0."""
+
+    cdef object keep
+    cdef char* b
+    cdef char* bias
+    cdef char* c
+    cdef char* y
+    cdef Py_ssize_t M, K, Nb, N, x_bytes
+    cdef bint relu, dbl
+    cdef int n_threads
+
+    def __init__(self, b, bias, y, wide, bint relu, int n_threads):
+        cdef Py_ssize_t item = y.dtype.itemsize
+        self.dbl = item == 8
+        self.M, self.N = y.shape
+        self.K, self.Nb = b.shape
+        if self.M < 1 or self.K < 1 or self.N < 1 or self.Nb < self.N or \
+                (self.Nb != self.N and (wide is None or wide.shape != (self.M, self.Nb))):
+            raise ValueError(f"a bound product needs non-empty b (K, Nb) and y (M, N), N <= Nb, "
+                             f"and wide (M, Nb) when N < Nb, got b {b.shape}, y {y.shape}, wide "
+                             f"{None if wide is None else wide.shape}")
+        self.keep = (b, bias, y, wide)
+        self.b = _bound_data(b, b.nbytes, self.dbl, False)
+        self.bias = NULL if bias is None else _bound_data(bias, self.N * item, self.dbl, False)
+        self.y = _bound_data(y, y.nbytes, self.dbl, True)
+        self.c = self.y if self.Nb == self.N else _bound_data(wide, wide.nbytes, self.dbl, True)
+        self.relu, self.n_threads = relu, n_threads
+        self.x_bytes = self.M * self.K * item
+
+    def __call__(self, x):
+        cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
+        with nogil:
+            if self.dbl:
+                _bound_gemm(<const double*> xp, <const double*> self.b,
+                            <const double*> self.bias, <double*> self.c, <double*> self.y,
+                            self.M, self.K, self.Nb, self.N, self.relu, self.n_threads)
+            else:
+                _bound_gemm(<const float*> xp, <const float*> self.b, <const float*> self.bias,
+                            <float*> self.c, <float*> self.y, self.M, self.K, self.Nb, self.N,
+                            self.relu, self.n_threads)

@@ -12,6 +12,8 @@ from cython cimport floating
 from libc.math cimport exp, log
 from libc.stdint cimport int64_t
 
+include "_bound.pxi"
+
 cdef enum:
     BLOCK = 4096  # elements per prange iteration
     # smaller arrays run their blocks on the calling thread: starting a team costs more than
@@ -61,21 +63,53 @@ def unary(int op,
           int n_threads):
     """y = f(x; a) elementwise, f chosen by ``op`` (RELU, LEAKY_RELU with slope a, ELU with
     alpha a, GELU, GELU_TANH, TANH, SIGMOID, EXP); formulas in _vmath.h."""
-    cdef Py_ssize_t size = x.shape[0]
+    if x.shape[0]:
+        with nogil:
+            _unary(op, &x[0], &y[0], x.shape[0], a, n_threads)
+
+
+cdef void _unary(int op, const floating* x, floating* y, Py_ssize_t size, double a,
+                 int n_threads) noexcept nogil:
     cdef Py_ssize_t n_blocks = (size + BLOCK - 1) // BLOCK
     cdef Py_ssize_t blk
-    if size == 0:
-        return
     if n_threads == 1 or size < PARALLEL_MIN:
-        with nogil:
-            for blk in range(n_blocks):
-                _unary_block(op, &x[blk * BLOCK], &y[blk * BLOCK],
-                             min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
+        for blk in range(n_blocks):
+            _unary_block(op, x + blk * BLOCK, y + blk * BLOCK,
+                         min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
         return
     # Race-free: block blk owns y[blk*BLOCK : (blk+1)*BLOCK].
-    for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):
-        _unary_block(op, &x[blk * BLOCK], &y[blk * BLOCK],
+    for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+        _unary_block(op, x + blk * BLOCK, y + blk * BLOCK,
                      min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
+
+
+cdef class BoundUnary:
+    """``unary`` with the op, y and the thread count fixed: ``bound(x, a)`` for x C-contiguous
+    of y's size and dtype (_bound.pxi)."""
+
+    cdef object keep
+    cdef char* y
+    cdef Py_ssize_t size, x_bytes
+    cdef int op, n_threads
+    cdef bint dbl
+
+    def __init__(self, int op, y, int n_threads):
+        if y.size < 1:
+            raise ValueError("a bound elementwise call needs a non-empty y")
+        self.dbl = y.dtype.itemsize == 8
+        self.keep, self.op, self.n_threads, self.size = y, op, n_threads, y.size
+        self.y = _bound_data(y, y.nbytes, self.dbl, True)
+        self.x_bytes = y.nbytes
+
+    def __call__(self, x, double a):
+        cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
+        with nogil:
+            if self.dbl:
+                _unary(self.op, <const double*> xp, <double*> self.y, self.size, a,
+                       self.n_threads)
+            else:
+                _unary(self.op, <const float*> xp, <float*> self.y, self.size, a,
+                       self.n_threads)
 
 
 def binary(int op,

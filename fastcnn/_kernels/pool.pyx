@@ -23,6 +23,7 @@ from libc.string cimport memset
 
 
 include "_pool_plane.pxi"
+include "_bound.pxi"
 
 cdef enum:
     SMALL_PLANE = 1024   # planes of at most this many values are pooled in groups ...
@@ -1048,3 +1049,35 @@ def adaptive_avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, O
     for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
         _adaptive_back_plane(&dy[plane // C, plane % C, 0, 0], &dx[plane // C, plane % C, 0, 0],
                              H, W, OH, OW)
+
+
+cdef class BoundMaxPool2Values:
+    """``maxpool2_values`` with y fixed: ``bound(x)`` for x (N, C, H, W) C-contiguous of y's
+    dtype (_bound.pxi). Made only for shapes that ``maxpool2_values`` takes (else ValueError)."""
+
+    cdef object keep
+    cdef char* y
+    cdef Py_ssize_t P, H, W, OH, OW, x_bytes
+    cdef bint dbl
+    cdef int n_threads
+
+    def __init__(self, x_shape, y, int n_threads):
+        N, C, self.H, self.W = x_shape
+        self.P, self.OH, self.OW = N * C, y.shape[2], y.shape[3]
+        if tuple(y.shape[:2]) != (N, C) or min(self.P, self.OH, self.OW) < 1 or \
+                2 * self.OH > self.H or 2 * self.OW > self.W or 2 * self.OW > FPP_CAP:
+            raise ValueError(f"maxpool2_values does not take x {tuple(x_shape)} to y {y.shape}")
+        self.dbl = y.dtype.itemsize == 8
+        self.keep, self.n_threads = y, n_threads
+        self.y = _bound_data(y, y.nbytes, self.dbl, True)
+        self.x_bytes = self.P * self.H * self.W * y.dtype.itemsize
+
+    def __call__(self, x):
+        cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
+        with nogil:
+            if self.dbl:
+                _max2_groups(<const double*> xp, <double*> self.y, NULL, self.P, self.H, self.W,
+                             self.OH, self.OW, self.n_threads)
+            else:
+                _max2_groups(<const float*> xp, <float*> self.y, NULL, self.P, self.H, self.W,
+                             self.OH, self.OW, self.n_threads)

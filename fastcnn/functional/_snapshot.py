@@ -1,27 +1,11 @@
 """Snapshots of arrays, to reuse work derived from an array while it holds the same bytes: the
 transposed weight of a matrix product and the Conv-BN fold (``nn.module``, ``nn.container``),
-and packed convolution weights (``functional.conv._PackCache``)."""
-
-import numpy as np
+and packed convolution weights (``functional.conv._PackCache``). The class is compiled
+(``_kernels.conv.Snapshot``): its checks run several times per layer call."""
 
 from .. import _kernels
 
 
-class _Snapshot:
-    """A copy of an array, to tell cheaply whether the array still holds the same bytes (NaN
-    equals itself, -0.0 differs from 0.0: what matters is that a result computed from it is
-    the same). The comparison is one memcmp over both arrays, with no allocation."""
-
-    __slots__ = ("copy",)
-
-    def __init__(self, a):
-        self.copy = np.array(a, order="C", copy=True)
-
-    def same(self, a):
-        copy = self.copy
-        return a.shape == copy.shape and a.dtype == copy.dtype and a.flags.c_contiguous and \
-            _kernels.conv.same_bytes(a, copy)
-
-    def update(self, a):
-        """Take a new copy of `a` (of the snapshot's shape and dtype)."""
-        np.copyto(self.copy, a)
+def _Snapshot(a):  # noqa: N802 (a class in all but name: the kernels' build picks it)
+    """A snapshot of `a`: ``same(a)``, ``update(a)``, ``copy`` (see ``_kernels.conv.Snapshot``)."""
+    return _kernels.conv.Snapshot(a)

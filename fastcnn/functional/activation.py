@@ -70,6 +70,14 @@ def _unary_into(op, x, y, a=0.0):
     return y
 
 
+def _bind_unary(op, y):
+    """f(x, a): ``_unary_into(op, x, y, a)`` with y fixed, for a layer's repeated calls (a bound
+    kernel call, ``_kernels/_bound.pxi``); None for an empty y."""
+    if y.size == 0:
+        return None
+    return _kernels.elementwise.BoundUnary(op, y, get_num_threads())
+
+
 def _binary_into(op, grad_y, x, grad_x, a=0.0):
     _kernel("binary", x.dtype)(op, grad_y.reshape(-1), x.reshape(-1), grad_x.reshape(-1), a,
                                get_num_threads())

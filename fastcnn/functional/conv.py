@@ -46,7 +46,7 @@ from .._threads import get_num_threads
 from ._snapshot import _Snapshot
 from ._validate import _array, _check_grad, _int, _nonempty
 from ._validate import _pair as _vpair
-from .linear import _gemm_columns, _gemm_into
+from .linear import _bind_gemm, _gemm_columns, _gemm_into
 
 __all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_output_size",
            "conv_transpose2d", "conv_transpose2d_backward_input",
@@ -121,8 +121,7 @@ class _PackCache:
         self.ws.writers[self.name] = self
         if not keep:
             self.snaps = None
-        elif self.snaps is not None and all(s.copy.shape == a.shape and s.copy.dtype == a.dtype
-                                            for s, a in zip(self.snaps, arrays)):
+        elif self.snaps is not None and all(s.same_layout(a) for s, a in zip(self.snaps, arrays)):
             for s, a in zip(self.snaps, arrays):
                 s.update(a)
         else:
@@ -379,6 +378,15 @@ class _Plan:
             return self.algo
         return self.fallback_algo
 
+    def bind(self, y, relu):
+        """f(x, weight, bias, weight_t): the forward with y and relu fixed, for a layer's
+        repeated eval-mode calls (``_build_forward``), or None when the algorithm has no bound
+        form or depends on the weight (then ``run``)."""
+        if self._kind != "forward" or self._check:
+            return None
+        bind = getattr(self._runs[self.algo], "bind", None)
+        return None if bind is None else bind(y, relu)
+
     def run(self, weight):
         """The call to make with this weight: ``run(weight)(x, weight, ...)``."""
         algo = self.algo_for(weight)
@@ -419,7 +427,10 @@ def _spec(fn, dtype):
 
 
 def _build_forward(algo, g, dtype, ws, n_threads):
-    """run(x, weight, bias, y, relu, weight_t, keep) of one planned forward algorithm."""
+    """run(x, weight, bias, y, relu, weight_t, keep) of one planned forward algorithm. The
+    tiled, lanes and matmul algorithms also have ``run.bind(y, relu)``: f(x, weight, bias,
+    weight_t), the same call with y and relu fixed and keep on, through the kernels' bound
+    calls (``_kernels/_bound.pxi``: the arrays' pointers taken once, not at every call)."""
     K = _kernels.conv
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
@@ -444,6 +455,18 @@ def _build_forward(algo, g, dtype, ws, n_threads):
             y2 += b
             if relu:
                 np.maximum(y2, 0, out=y2)  # NaN stays NaN
+
+        def bind(y, relu):
+            bound = [None, None, None]  # (wt, b, the BoundGemm made for them)
+
+            def f(x, w, b, wt):
+                if wt is None:
+                    return run(x, w, b, y, relu, None, True)
+                if bound[0] is not wt or bound[1] is not b:
+                    bound[:] = wt, b, _bind_gemm(wt, b, y.reshape(N, F), wide, relu)
+                bound[2](x)
+            return f
+        run.bind = bind
         return run
     if algo == "direct":
         fd = _spec(K.forward_direct, dtype)
@@ -468,6 +491,17 @@ def _build_forward(algo, g, dtype, ws, n_threads):
                 packed.packed(keep, (w, b))
             fwd(x.reshape(-1) if xs is None else xs, wpk, bpk, off, y, C, sh, sw, HPh, WPh,
                 G, NF, relu, n_threads)
+
+        def bind(y, relu):
+            call = K.BoundForward(True, (N, C, g.H, g.W), xs, wpk, bpk, off, y, sh, sw, HPh,
+                                  WPh, G, 0, 0, NF, pt, pl, relu, n_threads)
+
+            def f(x, w, b, wt):
+                if not packed.valid(True, (w, b)):
+                    pack(w, b, wpk, bpk, G, NF, False)
+                    packed.packed(True, (w, b))
+                call(x, b)
+            return f
     else:
         MR, NR = K.gtile_shape(Fg, dtype == np.float64)
         xs, HPh, WPh = _phase_plan(g, dtype, ws, NR)
@@ -483,7 +517,19 @@ def _build_forward(algo, g, dtype, ws, n_threads):
                 packed.packed(keep, (w,))
             fwd(x.reshape(-1) if xs is None else xs, apack, off, b, y, C, sh, sw, HPh, WPh, G,
                 MR, NR, relu, n_threads)
+
+        def bind(y, relu):
+            call = K.BoundForward(False, (N, C, g.H, g.W), xs, apack, None, off, y, sh, sw,
+                                  HPh, WPh, G, MR, NR, 0, pt, pl, relu, n_threads)
+
+            def f(x, w, b, wt):
+                if not packed.valid(True, (w,)):
+                    pack(w, apack, G, MR)
+                    packed.packed(True, (w,))
+                call(x, b)
+            return f
     K.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
+    run.bind = bind
     return run
 
 

@@ -42,6 +42,13 @@ def _gemm_into(a, b, c, c_wide=None):
     return c
 
 
+def _bind_gemm(b, bias, c, c_wide=None, relu=False):
+    """f(a): ``c = a @ b`` (+ bias, then max(., 0) if relu) for C-contiguous a of c's rows and
+    b's rows, with b, bias, c and c_wide fixed: a bound kernel call (``_kernels/_bound.pxi``),
+    bitwise ``_gemm_into`` then NumPy's add and maximum. For a layer's repeated calls."""
+    return _kernels.conv.BoundGemm(b, bias, c, c_wide, relu, get_num_threads())
+
+
 def linear(x, weight, bias=None):
     """``y = x @ weight.T + bias``.
 

@@ -156,6 +156,19 @@ def _max_pool2d_values_into(x, y, kernel, stride, padding, dilation=(1, 1)):
     return _kernels.pool.maxpool2_values(x, y, _threads_for(x.size))
 
 
+def _bind_max_pool2d_values(x_shape, y, kernel, stride, padding, dilation=(1, 1)):
+    """f(x): ``_max_pool2d_values_into(x, y, ...)`` with y fixed, for a layer's repeated calls on
+    inputs of shape ``x_shape`` (a bound kernel call, ``_kernels/_bound.pxi``); None where that
+    function would return False (other windows: use ``_max_pool2d_into``)."""
+    if kernel != (2, 2) or stride != (2, 2) or padding != (0, 0) or dilation != (1, 1):
+        return None
+    try:
+        return _kernels.pool.BoundMaxPool2Values(tuple(x_shape), y,
+                                                 _threads_for(int(np.prod(x_shape))))
+    except ValueError:  # a shape the values kernel does not take
+        return None
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False):
     """2-D max-pooling that also returns where each maximum came from (PyTorch's
     ``max_pool2d(..., return_indices=True)``).

@@ -35,9 +35,13 @@ class _Elementwise(Module):
     def _bind(self, shape):
         y = np.empty(shape, dtype=self.dtype)
         op, unary, keep_x = self._op, _f._unary_into, self._keep == "x"
+        bound = _f._bind_unary(op, y)
 
         def f(x):
-            unary(op, x, y, self._a())
+            if bound is not None:
+                bound(x, self._a())
+            else:
+                unary(op, x, y, self._a())
             self._cache = x if keep_x else y
             return y
         return f

@@ -183,6 +183,7 @@ class Conv2d(Module):
         dtype, wshape = self.dtype, (self.out_channels,) + self.params["weight"].shape[1:]
         y = np.empty((shape[0], self.out_channels, g.OH, g.OW), dtype=dtype)
         plan = _plan(g, "forward", dtype, self._ws)
+        bound = plan.bind(y, relu)  # None: the planned call, chosen per weight
         covers, params, zero = g.covers_input(), self.params, self._zero_bias
         weight_t = self._weight_t
 
@@ -192,9 +193,14 @@ class Conv2d(Module):
             else:
                 w, b = weights()
             if w.shape != wshape or w.dtype != dtype or not w.flags.c_contiguous or \
-                    self.padding_mode != "zeros":
+                    self.padding_mode != "zeros" or type(b) is not np.ndarray or \
+                    b.shape != (self.out_channels,) or b.dtype != dtype:
                 raise _Unbound
-            plan.run(w)(x, w, b, y, relu, weight_t(w, True) if covers else None, True)
+            wt = weight_t(w, True) if covers else None
+            if bound is not None:
+                bound(x, w, b, wt)
+            else:
+                plan.run(w)(x, w, b, y, relu, wt, True)
             self._cache = (x, x)
             return y
         return f

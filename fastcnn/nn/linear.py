@@ -1,10 +1,10 @@
 """Dense layers and reshaping (functional: ``fastcnn.functional.linear``; kernel: ``gemm`` in
-``_kernels/conv.pyx``; tests: ``tests/test_linear.py``)."""
+``_kernels/conv.pyx``; tests: ``tests/test_layers.py``)."""
 
 import numpy as np
 
 from ..functional._validate import _int
-from ..functional.linear import _gemm_columns, _gemm_into
+from ..functional.linear import _bind_gemm, _gemm_columns, _gemm_into
 from .module import Module, _positive, _Unbound
 
 __all__ = ["Identity", "Linear", "Flatten"]
@@ -105,14 +105,18 @@ class Linear(Module):
         cols = _gemm_columns(self.out_features, dtype)  # of the (padded) transposed weight
         wide = np.empty((shape[0], cols), dtype=dtype) if cols != self.out_features else None
 
+        bound = [None, None, None]  # (weight_t, bias, the bound product made for them)
+
         def f(x):
-            w = params["weight"]
-            if w.shape != wshape or w.dtype != dtype:
+            w, bias = params["weight"], params.get("bias")
+            if w.shape != wshape or w.dtype != dtype or (bias is not None and (
+                    type(bias) is not np.ndarray or bias.shape != (self.out_features,) or
+                    bias.dtype != dtype or not bias.flags.c_contiguous)):
                 raise _Unbound
-            _gemm_into(x, weight_t(w, True), y, wide)
-            bias = params.get("bias")
-            if bias is not None:
-                np.add(y, bias, out=y)
+            wt = weight_t(w, True)
+            if bound[0] is not wt or bound[1] is not bias:
+                bound[:] = wt, bias, _bind_gemm(wt, bias, y, wide)
+            bound[2](x)  # bitwise _gemm_into, then the bias added
             self._cache = x
             return y
         return f

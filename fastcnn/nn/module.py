@@ -340,8 +340,7 @@ class Module:
         np.copyto(wt[:, :F], weight.reshape(F, -1).T)
         wt[:, F:] = 0
         if cacheable:
-            if snap is None or snap[1].copy.shape != weight.shape or \
-                    snap[1].copy.dtype != weight.dtype:
+            if snap is None or not snap[1].same_layout(weight):
                 self._work["weight_t_src"] = (wt, _Snapshot(weight))
             else:
                 snap[1].update(weight)

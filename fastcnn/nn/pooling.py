@@ -13,6 +13,7 @@ from ..functional.pooling import (
     _avg_args,
     _avg_pool2d_backward_into,
     _avg_pool2d_into,
+    _bind_max_pool2d_values,
     _bool,
     _max_pool2d_backward_into,
     _max_pool2d_into,
@@ -142,9 +143,13 @@ class MaxPool2d(_Pool):
         out, kernel, stride, padding, dilation = self._plan(shape)
         y = np.empty(tuple(shape[:2]) + out, dtype=self.dtype)
         argmax = np.empty(y.shape, dtype=np.int64)
+        values = _bind_max_pool2d_values(shape, y, kernel, stride, padding, dilation)
 
         def f(x):  # (eval mode: as _forward)
-            if _max_pool2d_values_into(x, y, kernel, stride, padding, dilation):
+            if values is not None:
+                values(x)
+                self._cache = (x.shape, None, x)
+            elif _max_pool2d_values_into(x, y, kernel, stride, padding, dilation):
                 self._cache = (x.shape, None, x)
             else:
                 _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
