@@ -67,10 +67,9 @@ def _make(s, N, op, torch):
     tx, tw, tb, tg = (torch.from_numpy(a) for a in (x, w, b, gy))
     if op == "forward":
         y = np.empty((N, s["F"], g.OH, g.OW), np.float32)
-        wt = np.ascontiguousarray(w.reshape(s["F"], -1).T) if g.covers_input() else None
 
         def ours():  # batch 1 (inference): as an eval-mode layer, packed weights kept
-            return fconv._conv2d_into(x, w, b, y, g, False, ws, wt, keep=N == 1)
+            return fconv._conv2d_into(x, w, b, y, g, False, ws, keep=N == 1)
 
         def theirs():
             return torch.nn.functional.conv2d(tx, tw, tb, *args)

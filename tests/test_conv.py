@@ -726,14 +726,14 @@ def test_bound_conv_forward_is_bitwise_the_planned_call(algo, dtype, set_threads
 def test_bound_kernel_calls_reject_an_input_they_were_not_bound_for():
     """A bound call checks its input's size, dtype and layout before entering the kernel."""
     from fastcnn.functional.activation import _bind_unary
-    from fastcnn.functional.linear import _bind_gemm
+    from fastcnn.functional.linear import _bind_linear
     from fastcnn.functional.pooling import _bind_max_pool2d_values
 
     y = np.empty((2, 3, 4, 4), np.float32)
     pool = _bind_max_pool2d_values((2, 3, 8, 8), y, (2, 2), (2, 2), (0, 0))
     relu = _bind_unary(0, y)
-    gemm = _bind_gemm(np.ones((6, 16), np.float32), np.ones(5, np.float32),
-                      np.empty((2, 5), np.float32), np.empty((2, 16), np.float32))
+    gemm = _bind_linear(np.ones((5, 6), np.float32), np.ones(5, np.float32),
+                        np.empty((2, 5), np.float32))
     good = np.ones((2, 3, 8, 8), np.float32)
     pool(good)
     for bad in (np.ones((2, 3, 8, 7), np.float32), good.astype(np.float64),
@@ -746,6 +746,6 @@ def test_bound_kernel_calls_reject_an_input_they_were_not_bound_for():
     gemm(np.ones((2, 6), np.float32))
     with pytest.raises(ValueError, match="48 bytes"):
         gemm(np.ones((2, 7), np.float32))
-    with pytest.raises(ValueError, match="bound product"):
-        _bind_gemm(np.ones((6, 4), np.float32), None, np.empty((2, 5), np.float32))
+    with pytest.raises(ValueError, match="bound dense product"):
+        _bind_linear(np.ones((4, 6), np.float32), None, np.empty((2, 5), np.float32))
     assert _bind_max_pool2d_values((2, 3, 8, 8), y, (3, 3), (2, 2), (0, 0)) is None

@@ -368,17 +368,14 @@ def test_linear_forward_and_all_gradients_match_torch(case, dtype, assert_close)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_narrow_products_padded_to_a_tile_are_bitwise_the_plain_product(dtype):
-    """A Linear (or a Conv2d covering its input) with fewer outputs than the matrix product's
-    column tile runs with its transposed weight padded by zero columns; each real output must
-    be the same sum as the unpadded product's (the functional forms run it unpadded), in
-    training and in eval mode (where the padded weight is reused), for batches that fill row
-    blocks and batches that do not."""
-    from fastcnn.functional.linear import _gemm_columns
-
+def test_dense_products_are_bitwise_the_functional_forms(dtype):
+    """A Linear (or a Conv2d covering its input: one dense product) reads its weight as it is
+    held, in training and in eval mode (where Sequential's bound call holds its pointer), for
+    batches that fill the row tiles and batches that do not, and narrow outputs (fewer than a
+    register tile); each output must be the functional form's, bitwise, also after an in-place
+    change of the weight."""
     rng = np.random.default_rng(41)
-    for fout in (1, 3, 7):
-        assert _gemm_columns(fout, dtype) > fout  # the padded path
+    for fout in (1, 3, 7, 13):
         lin = Linear(37, fout, seed=1, dtype=dtype)
         conv = fastcnn.Conv2d(3, fout, 5, seed=2, dtype=dtype)
         assert conv._geometry((1, 3, 5, 5)).covers_input()  # one matrix product
@@ -398,9 +395,9 @@ def test_narrow_products_padded_to_a_tile_are_bitwise_the_plain_product(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matrix_product_rows_are_the_same_sums_whatever_the_batch(dtype, set_threads):
-    """The product's rows run in 6-row tiles, 4-row tiles or alone (8-, 4- and 2-vector row
-    kernels, the last piece overlapping its neighbour): a row must be the same sum in every
-    case, so an image's outputs do not depend on its batch, nor on the thread count."""
+    """The dense product's rows run in 4x3 register tiles or alone (1x4 tiles, single dot
+    products at the edges): a row must be the same dot product in every case, so an image's
+    outputs do not depend on its batch, nor on the thread count."""
     rng = np.random.default_rng(43)
     for _ in range(12):
         m, k, n = int(rng.integers(1, 14)), int(rng.integers(1, 300)), int(rng.integers(1, 200))

@@ -333,4 +333,143 @@ static void fc_pixels_major_##SUF(const T *g, T *d, ptrdiff_t F, ptrdiff_t P) { 
 FC_DEFINE_PIXELS_MAJOR(f, float, 8, fc_tr8_f)
 FC_DEFINE_PIXELS_MAJOR(d, double, 4, fc_tr4_d)
 
+/* ---- Dot-product tiles for c = a @ b.T with both operands read by rows (a dense layer's
+ * input (M, K) and weight (N, K) as it holds them: no transposed copy of the weight to make,
+ * or to keep current while it is cached):
+ *
+ *   c[i*ldc + j] = fc_red(sum over vector steps s of A_s * B_s, lane by lane)
+ *
+ * where step s holds a[i][s*NL .. s*NL + NL-1] (and b[j][...]), the last step padded with zeros
+ * past K: lane l of a 32-byte vector sums k = l (mod NL) in order (a fused multiply-add chain
+ * from 0), and fc_red adds the lanes by a fixed tree. Every element is that same computation
+ * whichever tile computes it (4x3 register tiles, a 1x4 tile for the last rows, single
+ * elements at the edges), whatever M and the thread count, and in every build (32-byte
+ * vectors throughout: two SSE registers in the baseline one). (A scalar loop over the last
+ * K % NL terms instead was compiled differently from one tile to the next: fused in one,
+ * vectorised multiplies and separate adds in another.) */
+static inline float fc_red_f(fc_v8f v) {
+    typedef float v4 __attribute__((vector_size(16)));
+    v4 lo, hi;
+    memcpy(&lo, &v, 16);
+    memcpy(&hi, (const char *)&v + 16, 16);
+    v4 t = lo + hi;                      /* l_i + l_{i+4} */
+    return (t[0] + t[2]) + (t[1] + t[3]);
+}
+static inline double fc_red_d(fc_v4d v) {
+    return (v[0] + v[2]) + (v[1] + v[3]);
+}
+/* fc_red of four vectors at once (lane m of the result: fc_red(v[m]), the same tree of adds). */
+typedef float fc_v4f __attribute__((vector_size(16)));
+typedef int32_t fc_v4i __attribute__((vector_size(16)));
+static inline fc_v4f fc_red4_f(const fc_v8f *v) {
+    fc_v4f t[4];
+    for (int m = 0; m < 4; m++) {
+        fc_v4f lo, hi;
+        memcpy(&lo, &v[m], 16);
+        memcpy(&hi, (const char *)&v[m] + 16, 16);
+        t[m] = lo + hi;
+    }
+    fc_v4f s01 = __builtin_shuffle(t[0], t[1], (fc_v4i){0, 1, 4, 5}) +
+                 __builtin_shuffle(t[0], t[1], (fc_v4i){2, 3, 6, 7});   /* t0+t2, t1+t3 */
+    fc_v4f s23 = __builtin_shuffle(t[2], t[3], (fc_v4i){0, 1, 4, 5}) +
+                 __builtin_shuffle(t[2], t[3], (fc_v4i){2, 3, 6, 7});
+    return __builtin_shuffle(s01, s23, (fc_v4i){0, 2, 4, 6}) +
+           __builtin_shuffle(s01, s23, (fc_v4i){1, 3, 5, 7});
+}
+static inline fc_v4d fc_red4_d(const fc_v4d *v) {
+    fc_v4d r;
+    for (int m = 0; m < 4; m++) r[m] = fc_red_d(v[m]);
+    return r;
+}
+/* The last step's operand: p[0 .. n-1] then zeros (0 < n < NL). */
+static inline fc_v8f fc_ldpart_f(const float *p, ptrdiff_t n) {
+    float t[8] = {0};
+    memcpy(t, p, (size_t)n * sizeof *p);
+    return fc_ld8_f(t);
+}
+static inline fc_v4d fc_ldpart_d(const double *p, ptrdiff_t n) {
+    double t[4] = {0};
+    memcpy(t, p, (size_t)n * sizeof *p);
+    return fc_ld4_d(t);
+}
+#define FC_DEFINE_DOT(SUF, T, V, V4, NL, LD)                                                     \
+static inline void fc_dot4x3_##SUF(const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb,         \
+                                   ptrdiff_t K, T *c, ptrdiff_t ldc)                             \
+{                                                                                                \
+    V acc[4][3];                                                                                 \
+    ptrdiff_t K8 = K - K % NL;                                                                   \
+    for (int i = 0; i < 4; i++)                                                                  \
+        for (int j = 0; j < 3; j++) acc[i][j] = (V){0};                                          \
+    for (ptrdiff_t k = 0; k < K8; k += NL) {                                                     \
+        V b0 = LD(b + k), b1 = LD(b + ldb + k), b2 = LD(b + 2 * ldb + k);                        \
+        for (int i = 0; i < 4; i++) {                                                            \
+            V av = LD(a + i * lda + k);                                                          \
+            acc[i][0] += av * b0;                                                                \
+            acc[i][1] += av * b1;                                                                \
+            acc[i][2] += av * b2;                                                                \
+        }                                                                                        \
+    }                                                                                            \
+    if (K8 < K) {                                                                                \
+        V b0 = fc_ldpart_##SUF(b + K8, K - K8), b1 = fc_ldpart_##SUF(b + ldb + K8, K - K8);      \
+        V b2 = fc_ldpart_##SUF(b + 2 * ldb + K8, K - K8);                                        \
+        for (int i = 0; i < 4; i++) {                                                            \
+            V av = fc_ldpart_##SUF(a + i * lda + K8, K - K8);                                    \
+            acc[i][0] += av * b0;                                                                \
+            acc[i][1] += av * b1;                                                                \
+            acc[i][2] += av * b2;                                                                \
+        }                                                                                        \
+    }                                                                                            \
+    for (int j = 0; j < 3; j++) {                                                                \
+        V col[4] = {acc[0][j], acc[1][j], acc[2][j], acc[3][j]};                                 \
+        V4 r = fc_red4_##SUF(col);                                                               \
+        for (int i = 0; i < 4; i++) c[i * ldc + j] = r[i];                                       \
+    }                                                                                            \
+}                                                                                                \
+static inline void fc_dot1x4_##SUF(const T *a, const T *b, ptrdiff_t ldb, ptrdiff_t K, T *c)     \
+{                                                                                                \
+    V acc[4];                                                                                    \
+    ptrdiff_t K8 = K - K % NL;                                                                   \
+    for (int j = 0; j < 4; j++) acc[j] = (V){0};                                                 \
+    for (ptrdiff_t k = 0; k < K8; k += NL) {                                                     \
+        V av = LD(a + k);                                                                        \
+        for (int j = 0; j < 4; j++) acc[j] += av * LD(b + j * ldb + k);                          \
+    }                                                                                            \
+    if (K8 < K) {                                                                                \
+        V av = fc_ldpart_##SUF(a + K8, K - K8);                                                  \
+        for (int j = 0; j < 4; j++) acc[j] += av * fc_ldpart_##SUF(b + j * ldb + K8, K - K8);    \
+    }                                                                                            \
+    for (int j = 0; j < 4; j++) c[j] = fc_red_##SUF(acc[j]);                                     \
+}                                                                                                \
+static inline T fc_dot1_##SUF(const T *a, const T *b, ptrdiff_t K)                               \
+{                                                                                                \
+    V acc = (V){0};                                                                              \
+    ptrdiff_t K8 = K - K % NL;                                                                   \
+    for (ptrdiff_t k = 0; k < K8; k += NL) acc += LD(a + k) * LD(b + k);                         \
+    if (K8 < K) acc += fc_ldpart_##SUF(a + K8, K - K8) * fc_ldpart_##SUF(b + K8, K - K8);        \
+    return fc_red_##SUF(acc);                                                                    \
+}                                                                                                \
+/* Rows i0..i1-1 x columns j0..j1-1 of c: 4x3 tiles, then 1x4 tiles and single elements. */    \
+static void fc_dot_block_##SUF(const T *a, ptrdiff_t lda, const T *b, ptrdiff_t ldb,             \
+                               ptrdiff_t K, T *c, ptrdiff_t ldc, ptrdiff_t i0, ptrdiff_t i1,     \
+                               ptrdiff_t j0, ptrdiff_t j1)                                       \
+{                                                                                                \
+    ptrdiff_t i = i0;                                                                            \
+    for (; i + 4 <= i1; i += 4) {                                                                \
+        ptrdiff_t j = j0;                                                                        \
+        for (; j + 3 <= j1; j += 3)                                                              \
+            fc_dot4x3_##SUF(a + i * lda, lda, b + j * ldb, ldb, K, c + i * ldc + j, ldc);        \
+        for (; j < j1; j++)                                                                      \
+            for (int r = 0; r < 4; r++)                                                          \
+                c[(i + r) * ldc + j] = fc_dot1_##SUF(a + (i + r) * lda, b + j * ldb, K);         \
+    }                                                                                            \
+    for (; i < i1; i++) {                                                                        \
+        ptrdiff_t j = j0;                                                                        \
+        for (; j + 4 <= j1; j += 4)                                                              \
+            fc_dot1x4_##SUF(a + i * lda, b + j * ldb, ldb, K, c + i * ldc + j);                  \
+        for (; j < j1; j++) c[i * ldc + j] = fc_dot1_##SUF(a + i * lda, b + j * ldb, K);         \
+    }                                                                                            \
+}
+FC_DEFINE_DOT(f, float, fc_v8f, fc_v4f, 8, fc_ld8_f)
+FC_DEFINE_DOT(d, double, fc_v4d, fc_v4d, 4, fc_ld4_d)
+
 #endif

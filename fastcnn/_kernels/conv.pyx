@@ -106,6 +106,12 @@ cdef extern from "_convtiles.h" nogil:
                        const Py_ssize_t*, Py_ssize_t, Py_ssize_t, int, double*, Py_ssize_t)
 
 cdef extern from "_microkernels.h" nogil:
+    void fc_dot_block_f(const float* a, Py_ssize_t lda, const float* b, Py_ssize_t ldb,
+                        Py_ssize_t K, float* c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1,
+                        Py_ssize_t j0, Py_ssize_t j1)
+    void fc_dot_block_d(const double* a, Py_ssize_t lda, const double* b, Py_ssize_t ldb,
+                        Py_ssize_t K, double* c, Py_ssize_t ldc, Py_ssize_t i0, Py_ssize_t i1,
+                        Py_ssize_t j0, Py_ssize_t j1)
     void fc_pixels_major_f(const float* g, float* d, Py_ssize_t F, Py_ssize_t P)
     void fc_pixels_major_d(const double* g, double* d, Py_ssize_t F, Py_ssize_t P)
     const int FC_TILE_F  # output positions per tile of the matrix product, float32
@@ -145,6 +151,8 @@ cdef enum:
     # most blocks of C rows per task of the matrix product (their A rows and one B panel stay
     # in L2 while the column tiles go by)
     GEMM_BLOCKS = 8
+    NT_ROWS = 16     # rows of a per task of gemm_nt (4 register tiles)
+    NT_COLS = 48     # rows of b per task of gemm_nt (16 register tiles)
     MAX_TILE = 32    # the largest FC_TILE of any build
     MAX_CTILE = 512  # >= MR * NV * NL of every register tile (6*2*32 with AVX-512 float32)
     TILES_PER_TASK = 4  # wide-row tiles per forward / input-gradient task
@@ -1439,15 +1447,50 @@ cdef class BoundForward:
                 _bound_forward(<const float*> xp, <const float*> bp, &self.a)
 
 
-cdef void _bound_gemm(const floating* x, const floating* b, const floating* bias,
-                      floating* c, floating* y, Py_ssize_t M, Py_ssize_t K, Py_ssize_t Nb,
-                      Py_ssize_t N, bint relu, int n_threads) noexcept nogil:
+def gemm_nt(const floating[:, ::1] a,  # IN  A (M, K)
+            const floating[:, ::1] b,  # IN  B (N, K)
+            floating[:, ::1] c,        # OUT C (M, N)
+            int n_threads):
+    """C = A @ B.T with both operands read by rows: a dense layer's input and its weight as the
+    layer holds it (no transposed copy to make, nor to keep current while cached).
+
+    ``C[i, j]`` is the dot product of row i of A and row j of B in the fixed order of
+    fc_dot_block (_microkernels.h: lane sums over k mod 8 (4 for float64), a fixed tree over
+    the lanes, then the tail in order), whatever the tile that computes it, M, or the thread
+    count. Parallel over blocks of NT_ROWS rows x NT_COLS columns of C: each task owns its
+    block.
+    """
+    if a.shape[0] and b.shape[0]:
+        _gemm_nt(&a[0, 0], &b[0, 0], &c[0, 0], a.shape[0], b.shape[0], a.shape[1], n_threads)
+
+
+cdef void _gemm_nt(const floating* a, const floating* b, floating* c, Py_ssize_t M,
+                   Py_ssize_t N, Py_ssize_t K, int n_threads) noexcept nogil:
+    cdef Py_ssize_t nbm = (M + NT_ROWS - 1) // NT_ROWS, nbn = (N + NT_COLS - 1) // NT_COLS
+    cdef Py_ssize_t task, i0, j0
+    # Race-free: task (row block, column block) writes only its block of C.
+    for task in prange(nbm * nbn, schedule='static', num_threads=n_threads):
+        i0 = (task // nbn) * NT_ROWS
+        j0 = (task % nbn) * NT_COLS
+        if floating is float:
+            fc_dot_block_f(a, K, b, K, K, c, N, i0, min(M, i0 + NT_ROWS), j0,
+                           min(N, j0 + NT_COLS))
+        else:
+            fc_dot_block_d(a, K, b, K, K, c, N, i0, min(M, i0 + NT_ROWS), j0,
+                           min(N, j0 + NT_COLS))
+
+
+cdef void _bound_linear(const floating* x, const floating* w, const floating* bias,
+                        floating* y, Py_ssize_t M, Py_ssize_t K, Py_ssize_t N, bint relu,
+                        int n_threads) noexcept nogil:
     cdef Py_ssize_t m, j
     cdef floating v
-    _gemm(x, K, 1, M, K, b, Nb, c, n_threads)
+    _gemm_nt(x, w, y, M, N, K, n_threads)
+    if bias == NULL and not relu:
+        return
     for m in range(M):  # bitwise what NumPy's add and maximum(., 0) give
         for j in range(N):
-            v = c[m * Nb + j]
+            v = y[m * N + j]
             if bias != NULL:
                 v = v + bias[j]
             if relu and not v > 0 and v == v:
@@ -1455,37 +1498,32 @@ cdef void _bound_gemm(const floating* x, const floating* b, const floating* bias
             y[m * N + j] = v
 
 
-cdef class BoundGemm:
-    """y = x @ b (+ bias) (then max(., 0), NaN kept, if relu): ``gemm`` with every argument but
-    the input fixed: ``bound(x)`` for x (M, K) C-contiguous (any shape of that size). b is
-    (K, Nb), Nb >= N; with Nb > N (zero columns padding a narrow product to a register tile,
-    ``functional.linear._gemm_columns``) the product goes to ``wide`` (M, Nb) first. Bitwise
-    ``gemm`` then NumPy's add of the bias and maximum with 0."""
+cdef class BoundLinear:
+    """y = x @ w.T (+ bias) (then max(., 0), NaN kept, if relu): ``gemm_nt`` with every argument
+    but the input fixed: ``bound(x)`` for x (M, K) C-contiguous (any shape of that size), w
+    (N, K) and y (M, N) C-contiguous, bias (N,) or None. Bitwise ``gemm_nt`` then NumPy's add
+    of the bias and maximum with 0."""
 
     cdef object keep
-    cdef char* b
+    cdef char* w
     cdef char* bias
-    cdef char* c
     cdef char* y
-    cdef Py_ssize_t M, K, Nb, N, x_bytes
+    cdef Py_ssize_t M, K, N, x_bytes
     cdef bint relu, dbl
     cdef int n_threads
 
-    def __init__(self, b, bias, y, wide, bint relu, int n_threads):
+    def __init__(self, w, bias, y, bint relu, int n_threads):
         cdef Py_ssize_t item = y.dtype.itemsize
         self.dbl = item == 8
         self.M, self.N = y.shape
-        self.K, self.Nb = b.shape
-        if self.M < 1 or self.K < 1 or self.N < 1 or self.Nb < self.N or \
-                (self.Nb != self.N and (wide is None or wide.shape != (self.M, self.Nb))):
-            raise ValueError(f"a bound product needs non-empty b (K, Nb) and y (M, N), N <= Nb, "
-                             f"and wide (M, Nb) when N < Nb, got b {b.shape}, y {y.shape}, wide "
-                             f"{None if wide is None else wide.shape}")
-        self.keep = (b, bias, y, wide)
-        self.b = _bound_data(b, b.nbytes, self.dbl, False)
+        self.K = w.shape[1]
+        if self.M < 1 or self.K < 1 or self.N < 1 or w.shape[0] != self.N:
+            raise ValueError(f"a bound dense product needs non-empty w (N, K) and y (M, N), "
+                             f"got w {w.shape} and y {y.shape}")
+        self.keep = (w, bias, y)
+        self.w = _bound_data(w, w.nbytes, self.dbl, False)
         self.bias = NULL if bias is None else _bound_data(bias, self.N * item, self.dbl, False)
         self.y = _bound_data(y, y.nbytes, self.dbl, True)
-        self.c = self.y if self.Nb == self.N else _bound_data(wide, wide.nbytes, self.dbl, True)
         self.relu, self.n_threads = relu, n_threads
         self.x_bytes = self.M * self.K * item
 
@@ -1493,10 +1531,10 @@ cdef class BoundGemm:
         cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
         with nogil:
             if self.dbl:
-                _bound_gemm(<const double*> xp, <const double*> self.b,
-                            <const double*> self.bias, <double*> self.c, <double*> self.y,
-                            self.M, self.K, self.Nb, self.N, self.relu, self.n_threads)
+                _bound_linear(<const double*> xp, <const double*> self.w,
+                              <const double*> self.bias, <double*> self.y, self.M, self.K,
+                              self.N, self.relu, self.n_threads)
             else:
-                _bound_gemm(<const float*> xp, <const float*> self.b, <const float*> self.bias,
-                            <float*> self.c, <float*> self.y, self.M, self.K, self.Nb, self.N,
-                            self.relu, self.n_threads)
+                _bound_linear(<const float*> xp, <const float*> self.w,
+                              <const float*> self.bias, <float*> self.y, self.M, self.K,
+                              self.N, self.relu, self.n_threads)

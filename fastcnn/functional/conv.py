@@ -46,7 +46,7 @@ from .._threads import get_num_threads
 from ._snapshot import _Snapshot
 from ._validate import _array, _check_grad, _int, _nonempty
 from ._validate import _pair as _vpair
-from .linear import _bind_gemm, _gemm_columns, _gemm_into
+from .linear import _bind_linear, _gemm_into, _linear_into
 
 __all__ = ["conv2d", "conv2d_backward_input", "conv2d_backward_weight", "conv2d_output_size",
            "conv_transpose2d", "conv_transpose2d_backward_input",
@@ -322,16 +322,16 @@ def _phase_plan(g, dtype, ws, NR):
 # Kernels on validated arguments (used by the layers)
 # ---------------------------------------------------------------------------------------------
 
-def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, weight_t=None, keep=False):
+def _conv2d_into(x, weight, bias, y, g, relu=False, ws=None, keep=False):
     """y = conv2d(x, weight, bias) (then ReLU); arguments validated, y preallocated, ``g`` the
-    geometry. ``weight_t`` may hold the (C*KH*KW, F) transposed weight for the matrix product.
+    geometry.
     ``keep``: the weight and bias are likely the same at the next call (an eval-mode layer), so
     keep their packing and reuse it while they hold the same bytes (``_PackCache``)."""
     if bias is None:
         bias = np.zeros(g.F, dtype=x.dtype)
     if g.N == 0:
         return y
-    _plan(g, "forward", x.dtype, ws).run(weight)(x, weight, bias, y, bool(relu), weight_t, keep)
+    _plan(g, "forward", x.dtype, ws).run(weight)(x, weight, bias, y, bool(relu), keep)
     return y
 
 
@@ -379,7 +379,7 @@ class _Plan:
         return self.fallback_algo
 
     def bind(self, y, relu):
-        """f(x, weight, bias, weight_t): the forward with y and relu fixed, for a layer's
+        """f(x, weight, bias): the forward with y and relu fixed, for a layer's
         repeated eval-mode calls (``_build_forward``), or None when the algorithm has no bound
         form or depends on the weight (then ``run``)."""
         if self._kind != "forward" or self._check:
@@ -427,10 +427,10 @@ def _spec(fn, dtype):
 
 
 def _build_forward(algo, g, dtype, ws, n_threads):
-    """run(x, weight, bias, y, relu, weight_t, keep) of one planned forward algorithm. The
-    tiled, lanes and matmul algorithms also have ``run.bind(y, relu)``: f(x, weight, bias,
-    weight_t), the same call with y and relu fixed and keep on, through the kernels' bound
-    calls (``_kernels/_bound.pxi``: the arrays' pointers taken once, not at every call)."""
+    """run(x, weight, bias, y, relu, keep) of one planned forward algorithm. The tiled, lanes
+    and matmul algorithms also have ``run.bind(y, relu)``: f(x, weight, bias), the same call
+    with y and relu fixed and keep on, through the kernels' bound calls
+    (``_kernels/_bound.pxi``: the arrays' pointers taken once, not at every call)."""
     K = _kernels.conv
     sh, sw = g.stride
     pt, pb, pl, pr = g.pad4
@@ -441,36 +441,29 @@ def _build_forward(algo, g, dtype, ws, n_threads):
     if algo == "dw":
         HPh, WPh = _phase_sizes(g)
         fwd = _spec(_kernels.dwconv.forward, dtype)
-        return lambda x, w, b, y, relu, wt, keep: fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, HPh,
+        return lambda x, w, b, y, relu, keep: fwd(x, w, b, y, sh, sw, pt, pl, dh, dw, HPh,
                                                       WPh, relu, n_threads)
     if algo == "matmul":
-        Fw = _gemm_columns(F, dtype)  # a layer's transposed weight may be this wide
-        wide = ws.get("y_wide", N * Fw, dtype)[:N * Fw].reshape(N, Fw) if Fw != F else None
-
-        def run(x, w, b, y, relu, wt, keep):
-            if wt is None:
-                wt = np.ascontiguousarray(w.reshape(F, -1).T)
+        def run(x, w, b, y, relu, keep):
             y2 = y.reshape(N, F)
-            _gemm_into(x.reshape(N, -1), wt, y2, wide)
+            _linear_into(x.reshape(N, -1), w.reshape(F, -1), y2)
             y2 += b
             if relu:
                 np.maximum(y2, 0, out=y2)  # NaN stays NaN
 
         def bind(y, relu):
-            bound = [None, None, None]  # (wt, b, the BoundGemm made for them)
+            bound = [None, None, None]  # (w, b, the bound product made for them)
 
-            def f(x, w, b, wt):
-                if wt is None:
-                    return run(x, w, b, y, relu, None, True)
-                if bound[0] is not wt or bound[1] is not b:
-                    bound[:] = wt, b, _bind_gemm(wt, b, y.reshape(N, F), wide, relu)
+            def f(x, w, b):
+                if bound[0] is not w or bound[1] is not b:
+                    bound[:] = w, b, _bind_linear(w.reshape(F, -1), b, y.reshape(N, F), relu)
                 bound[2](x)
             return f
         run.bind = bind
         return run
     if algo == "direct":
         fd = _spec(K.forward_direct, dtype)
-        return lambda x, w, b, y, relu, wt, keep: fd(x, w, b, y, sh, sw, pt, pl, dh, dw, G,
+        return lambda x, w, b, y, relu, keep: fd(x, w, b, y, sh, sw, pt, pl, dh, dw, G,
                                                      relu, n_threads)
     split = _spec(K.pad_split, dtype)
     off = np.empty(Kg, dtype=np.intp)  # the plan's own: filled once
@@ -483,7 +476,7 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         pack, fwd = _spec(K.pack_forward_lanes, dtype), _spec(K.forward_lanes, dtype)
         packed = _PackCache(ws, "apack")
 
-        def run(x, w, b, y, relu, wt, keep):
+        def run(x, w, b, y, relu, keep):
             if xs is not None:
                 split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
             if not packed.valid(keep, (w, b)):
@@ -496,7 +489,7 @@ def _build_forward(algo, g, dtype, ws, n_threads):
             call = K.BoundForward(True, (N, C, g.H, g.W), xs, wpk, bpk, off, y, sh, sw, HPh,
                                   WPh, G, 0, 0, NF, pt, pl, relu, n_threads)
 
-            def f(x, w, b, wt):
+            def f(x, w, b):
                 if not packed.valid(True, (w, b)):
                     pack(w, b, wpk, bpk, G, NF, False)
                     packed.packed(True, (w, b))
@@ -509,7 +502,7 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         pack, fwd = _spec(K.pack_forward, dtype), _spec(K.forward, dtype)
         packed = _PackCache(ws, "apack")
 
-        def run(x, w, b, y, relu, wt, keep):
+        def run(x, w, b, y, relu, keep):
             if xs is not None:
                 split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
             if not packed.valid(keep, (w,)):
@@ -522,7 +515,7 @@ def _build_forward(algo, g, dtype, ws, n_threads):
             call = K.BoundForward(False, (N, C, g.H, g.W), xs, apack, None, off, y, sh, sw,
                                   HPh, WPh, G, MR, NR, 0, pt, pl, relu, n_threads)
 
-            def f(x, w, b, wt):
+            def f(x, w, b):
                 if not packed.valid(True, (w,)):
                     pack(w, apack, G, MR)
                     packed.packed(True, (w,))

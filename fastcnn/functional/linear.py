@@ -10,27 +10,12 @@ from ._validate import _array, _check_grad
 __all__ = ["linear", "linear_backward"]
 
 
-def _gemm_columns(N, dtype):
-    """Columns to give B of a product with N columns: N, or one register tile of the kernel
-    when N is narrower. The kernel runs a product narrower than a tile row by row, about 4x
-    slower per product (measured 1 thread, AVX2: 64x3136 @ 3136x10 0.70 ms, 0.14 ms with B
-    padded to 16 columns); zero columns added to B add columns to C and leave the sum of every
-    real column as it was, bitwise."""
-    return max(N, _kernels.conv.gemm_tile(dtype == np.float64)) if N else N
-
-
-def _gemm_into(a, b, c, c_wide=None):
+def _gemm_into(a, b, c):
     """c = a @ b with the kernels' matrix product (deterministic, on the kernels' threads).
 
     ``b`` and ``c`` are C-contiguous; ``a`` is C-contiguous or the transpose of a C-contiguous
-    array (read through strides, not copied). ``b`` may have zero columns past ``c``'s (see
-    ``_gemm_columns``): the product then goes to ``c_wide`` (M, b.shape[1]) and its first
-    columns to ``c``.
+    array (read through strides, not copied).
     """
-    if b.shape[1] != c.shape[1]:
-        _gemm_into(a, b, c_wide)
-        np.copyto(c, c_wide[:, :c.shape[1]])
-        return c
     M, K = a.shape
     if a.flags.c_contiguous:
         flat, sa_m, sa_k = a.reshape(-1), K, 1
@@ -42,11 +27,20 @@ def _gemm_into(a, b, c, c_wide=None):
     return c
 
 
-def _bind_gemm(b, bias, c, c_wide=None, relu=False):
-    """f(a): ``c = a @ b`` (+ bias, then max(., 0) if relu) for C-contiguous a of c's rows and
-    b's rows, with b, bias, c and c_wide fixed: a bound kernel call (``_kernels/_bound.pxi``),
-    bitwise ``_gemm_into`` then NumPy's add and maximum. For a layer's repeated calls."""
-    return _kernels.conv.BoundGemm(b, bias, c, c_wide, relu, get_num_threads())
+def _linear_into(x, weight, c):
+    """c = x @ weight.T (a dense layer's product): x (M, K) and weight (N, K) read by rows, as
+    they are held (kernel ``gemm_nt``: no transposed copy of the weight). Each element is one
+    dot product in a fixed order, whatever M and the thread count."""
+    _kernels.conv.gemm_nt(np.ascontiguousarray(x), np.ascontiguousarray(weight), c,
+                          get_num_threads())
+    return c
+
+
+def _bind_linear(weight, bias, c, relu=False):
+    """f(x): ``c = x @ weight.T`` (+ bias, then max(., 0) if relu) for C-contiguous x of c's
+    rows, with weight (C-contiguous), bias and c fixed: a bound kernel call
+    (``_kernels/_bound.pxi``), bitwise ``_linear_into`` then NumPy's add and maximum."""
+    return _kernels.conv.BoundLinear(weight, bias, c, relu, get_num_threads())
 
 
 def linear(x, weight, bias=None):
@@ -68,7 +62,7 @@ def linear(x, weight, bias=None):
         raise ValueError(f"weight expects {weight.shape[1]} input features (shape {weight.shape}) "
                          f"but x has {x.shape[1]} (shape {x.shape})")
     y = np.empty((x.shape[0], weight.shape[0]), dtype=x.dtype)
-    _gemm_into(x, np.ascontiguousarray(weight.T), y)
+    _linear_into(x, weight, y)
     if bias is not None:
         bias = _array(bias, "bias", 1, x.dtype)
         if bias.shape != (weight.shape[0],):

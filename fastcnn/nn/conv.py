@@ -164,12 +164,8 @@ class Conv2d(Module):
         params = self.params
         bias = params.get("bias", self._zero_bias)
         weight = params["weight"]
-        weight_t = None
-        if g.covers_input():
-            # A matrix product: the transposed weight goes in a work array of its own.
-            weight_t = self._weight_t(weight, reuse)
         # (eval mode: the packed weights are kept and reused while the weight is unchanged)
-        _conv2d_into(xin, weight, bias, y, g, relu, self._ws, weight_t, not self.training)
+        _conv2d_into(xin, weight, bias, y, g, relu, self._ws, not self.training)
         self._cache = (x, xin)
         return y
 
@@ -184,8 +180,7 @@ class Conv2d(Module):
         y = np.empty((shape[0], self.out_channels, g.OH, g.OW), dtype=dtype)
         plan = _plan(g, "forward", dtype, self._ws)
         bound = plan.bind(y, relu)  # None: the planned call, chosen per weight
-        covers, params, zero = g.covers_input(), self.params, self._zero_bias
-        weight_t = self._weight_t
+        params, zero = self.params, self._zero_bias
 
         def f(x):
             if weights is None:
@@ -196,11 +191,10 @@ class Conv2d(Module):
                     self.padding_mode != "zeros" or type(b) is not np.ndarray or \
                     b.shape != (self.out_channels,) or b.dtype != dtype:
                 raise _Unbound
-            wt = weight_t(w, True) if covers else None
             if bound is not None:
-                bound(x, w, b, wt)
+                bound(x, w, b)
             else:
-                plan.run(w)(x, w, b, y, relu, wt, True)
+                plan.run(w)(x, w, b, y, relu, True)
             self._cache = (x, x)
             return y
         return f

@@ -4,7 +4,7 @@
 import numpy as np
 
 from ..functional._validate import _int
-from ..functional.linear import _bind_gemm, _gemm_columns, _gemm_into
+from ..functional.linear import _bind_linear, _gemm_into, _linear_into
 from .module import Module, _positive, _Unbound
 
 __all__ = ["Identity", "Linear", "Flatten"]
@@ -85,11 +85,8 @@ class Linear(Module):
             if reuse:
                 self._fast = (x.shape, y)
         params = self.params
-        weight_t = self._weight_t(params["weight"], reuse)
         if x.shape[0]:
-            wide = None if weight_t.shape[1] == y.shape[1] else \
-                self._buffer("y_wide", (x.shape[0], weight_t.shape[1]), reuse)
-            _gemm_into(x, weight_t, y, wide)
+            _linear_into(x, params["weight"], y)
         bias = params.get("bias")
         if bias is not None:
             y += bias
@@ -99,24 +96,21 @@ class Linear(Module):
     def _bind(self, shape):
         if len(shape) != 2 or shape[1] != self.in_features or shape[0] == 0:
             return None
-        params, weight_t, dtype = self.params, self._weight_t, self.dtype
+        params, dtype = self.params, self.dtype
         wshape = (self.out_features, self.in_features)
         y = np.empty((shape[0], self.out_features), dtype=dtype)
-        cols = _gemm_columns(self.out_features, dtype)  # of the (padded) transposed weight
-        wide = np.empty((shape[0], cols), dtype=dtype) if cols != self.out_features else None
-
-        bound = [None, None, None]  # (weight_t, bias, the bound product made for them)
+        bound = [None, None, None]  # (weight, bias, the bound product made for them)
 
         def f(x):
             w, bias = params["weight"], params.get("bias")
-            if w.shape != wshape or w.dtype != dtype or (bias is not None and (
-                    type(bias) is not np.ndarray or bias.shape != (self.out_features,) or
-                    bias.dtype != dtype or not bias.flags.c_contiguous)):
+            if type(w) is not np.ndarray or w.shape != wshape or w.dtype != dtype or \
+                    not w.flags.c_contiguous or (bias is not None and (
+                        type(bias) is not np.ndarray or bias.shape != (self.out_features,) or
+                        bias.dtype != dtype or not bias.flags.c_contiguous)):
                 raise _Unbound
-            wt = weight_t(w, True)
-            if bound[0] is not wt or bound[1] is not bias:
-                bound[:] = wt, bias, _bind_gemm(wt, bias, y, wide)
-            bound[2](x)  # bitwise _gemm_into, then the bias added
+            if bound[0] is not w or bound[1] is not bias:
+                bound[:] = w, bias, _bind_linear(w, bias, y)
+            bound[2](x)  # bitwise _linear_into, then the bias added
             self._cache = x
             return y
         return f

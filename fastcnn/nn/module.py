@@ -26,9 +26,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..functional._snapshot import _Snapshot
 from ..functional._validate import _array, _int
-from ..functional.linear import _gemm_columns
 
 __all__ = ["Module", "Parameter"]
 
@@ -317,37 +315,6 @@ class Module:
             if reuse:
                 self._work[key] = buf
         return buf
-
-    def _weight_t(self, weight, reuse):
-        """``weight.reshape(F, -1).T`` as a C-contiguous work array (for the matrix-product
-        kernels, which read their right-hand side by rows), with zero columns past F when F is
-        narrower than the kernel's column tile (``_gemm_columns``: pass ``_gemm_into`` a wide
-        output then).
-
-        In evaluation mode with reused buffers the transposition (a strided copy that costs
-        more than the product itself at batch 1: 0.6 ms for a 128 x 3136 weight) is skipped
-        while the weight holds the same bytes as when the copy was made; the check is a plain
-        comparison with a snapshot, so any change, however it was written, is seen. In
-        training mode, where every step changes the weight, it is copied every time."""
-        cacheable = reuse and not self.training and weight.flags.c_contiguous
-        snap = self._work.get("weight_t_src")  # (wt, _Snapshot of the weight it holds)
-        if cacheable and snap is not None and snap[1].same(weight):
-            return snap[0]
-        F = weight.shape[0]
-        # (a narrow product's B padded with zero columns: see functional.linear._gemm_columns)
-        wt = self._buffer("weight_t", (weight.size // F if F else 0,
-                                       _gemm_columns(F, weight.dtype)), reuse)
-        np.copyto(wt[:, :F], weight.reshape(F, -1).T)
-        wt[:, F:] = 0
-        if cacheable:
-            if snap is None or not snap[1].same_layout(weight):
-                self._work["weight_t_src"] = (wt, _Snapshot(weight))
-            else:
-                snap[1].update(weight)
-                self._work["weight_t_src"] = (wt, snap[1])
-        elif snap is not None:  # wt no longer matches the snapshot
-            del self._work["weight_t_src"]
-        return wt
 
     def _input(self, x, channels=None, ndim=4):
         """Check an input array against this layer (ndim, channels, dtype); C-contiguous."""
