@@ -1300,12 +1300,6 @@ cdef inline void _gemm_row(const floating* b, Py_ssize_t N, const floating* a, P
         _corr_tile1(b + j, 0, N, 1, a, 0, sa_k, 0, K, 1, c + j, N - j)
 
 
-def gemm_tile(bint is_double):
-    """Columns of C per register tile of ``gemm`` (a product with fewer columns than this runs
-    row by row, several times slower per product)."""
-    return FC_TILE_D if is_double else FC_TILE_F
-
-
 def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + k*sa_k]
          Py_ssize_t sa_m, Py_ssize_t sa_k, Py_ssize_t M, Py_ssize_t K,
          const floating[:, ::1] b,  # IN  B (K, N)

@@ -1,7 +1,7 @@
 """Snapshots of arrays, to reuse work derived from an array while it holds the same bytes: the
-transposed weight of a matrix product and the Conv-BN fold (``nn.module``, ``nn.container``),
-and packed convolution weights (``functional.conv._PackCache``). The class is compiled
-(``_kernels.conv.Snapshot``): its checks run several times per layer call."""
+Conv-BN fold (``nn.container``) and packed convolution weights (``functional.conv._PackCache``).
+The class is compiled (``_kernels.conv.Snapshot``): its checks run several times per layer
+call."""
 
 from .. import _kernels
 
