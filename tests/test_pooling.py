@@ -738,7 +738,9 @@ def test_eval_max_pool_values_only_are_bitwise_the_training_values(dtype, set_th
         # the kernel against the argmax kernel
         y_ref = np.empty((n, c, h // 2, w // 2), dtype)
         am = np.empty(y_ref.shape, np.int64)
-        _kernels.pool.maxpool2d_forward(x, y_ref, am, 2, 2, 2, 2, 0, 0, 1)
+        work = np.empty(_kernels.pool.maxpool2d_scratch(h, w, h // 2, w // 2, 2, 2, 2, 2, 1, 1,
+                                                        dtype == np.float64, 1), dtype)
+        _kernels.pool.maxpool2d_forward(x, y_ref, am, 2, 2, 2, 2, 0, 0, 1, 1, 1, work)
         y_val = np.full_like(y_ref, 7.0)
         assert _kernels.pool.maxpool2_values(x, y_val, 2)
         assert y_val.tobytes() == y_ref.tobytes()

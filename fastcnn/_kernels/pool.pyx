@@ -15,10 +15,9 @@ Every plane (n, c) is owned by one thread and every sum runs in an order fixed b
 results are bitwise identical for any thread count.
 """
 
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport parallel, prange, threadid
 from cython cimport floating
 from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
 
@@ -491,12 +490,36 @@ def maxpool2_values(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     return True
 
 
+cdef Py_ssize_t _max_scratch(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                             Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                             Py_ssize_t dh, Py_ssize_t dw, bint dbl) noexcept nogil:
+    """Scratch elements per thread of maxpool2d_forward's per-plane paths: fms_max's buffer
+    (no dilation, planes up to 2**20 elements) then _max_plane's OW + 1 int32 column table."""
+    cdef Py_ssize_t item = 8 if dbl else 4, nbuf = 0
+    if not (dh == 1 and dw == 1 and OH > 0 and OW > 0 and H * W <= (1 << 20)):
+        return (OW + 1) * 4 // item + 2
+    if dbl:
+        nbuf = fms_scratch_d(OH, OW, kh, kw, sh, sw)
+    else:
+        nbuf = fms_scratch_f(OH, OW, kh, kw, sh, sw)
+    return nbuf + (OW + 1) * 4 // item + 2
+
+
+def maxpool2d_scratch(Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh,
+                      Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t dh, Py_ssize_t dw,
+                      bint is_double, int n_threads):
+    """Elements of the scratch array ``maxpool2d_forward`` needs (``n_threads`` threads' parts):
+    the caller (a layer's workspace) owns it, so that no call allocates."""
+    return n_threads * _max_scratch(H, W, OH, OW, kh, kw, sh, sw, dh, dw, is_double)
+
+
 def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                       floating[:, :, :, ::1] y,        # OUT (N, C, OH, OW)
                       int64_t[:, :, :, ::1] argmax,    # OUT (N, C, OH, OW) flat index u*W+v
                       Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                       Py_ssize_t ph, Py_ssize_t pw, int n_threads,
-                      Py_ssize_t dh=1, Py_ssize_t dw=1):
+                      Py_ssize_t dh, Py_ssize_t dw,
+                      floating[::1] scratch):          # WORK maxpool2d_scratch(...) elements
     """y[n,c,i,j] = max over p < kh, q < kw of x[n,c, i*sh-ph+p*dh, j*sw-pw+q*dw] (real
     positions only); argmax[n,c,i,j] = u*W + v of that maximum in x[n,c].
 
@@ -513,8 +536,7 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     cdef int32_t* tr
     cdef floating* buf
     cdef size_t nbuf = 0
-    cdef int fail = 0
-    cdef int* failed = &fail  # written through the pointer, so it stays shared
+    cdef Py_ssize_t per = _max_scratch(H, W, OH, OW, kh, kw, sh, sw, dh, dw, floating is double)
     if N * C == 0:
         return
     if pool2 and H * W <= SMALL_PLANE and OH > 0 and OW > 0:
@@ -530,15 +552,14 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
             nbuf = fms_scratch_f(OH, OW, kh, kw, sh, sw)
         else:
             nbuf = fms_scratch_d(OH, OW, kh, kw, sh, sw)
+    if scratch.shape[0] < n_threads * per:
+        raise ValueError(f"maxpool2d_forward needs {n_threads * per} elements of scratch, got "
+                         f"{scratch.shape[0]}")
     with nogil, parallel(num_threads=n_threads):
-        tr = <int32_t*> malloc((OW + 1) * sizeof(int32_t))
-        buf = <floating*> malloc(nbuf * sizeof(floating) + 1)
-        if tr == NULL or buf == NULL:
-            failed[0] = 1
+        buf = &scratch[0] + threadid() * per
+        tr = <int32_t*> (buf + nbuf)
         # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c]; tr, buf are per thread.
         for plane in prange(N * C, schedule='static'):
-            if tr == NULL or buf == NULL:
-                continue
             if pool2:
                 _pool_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
                             &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw,
@@ -558,10 +579,6 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                 _max_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
                            &argmax[plane // C, plane % C, 0, 0], tr, H, W, OH, OW, kh, kw, sh,
                            sw, ph, pw, dh, dw)
-        free(tr)
-        free(buf)
-    if fail:
-        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
 
 
 cdef inline void _scatter_plane(const floating* g, const int64_t* a, const floating* y,
@@ -790,18 +807,18 @@ def avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, OH, OW)
                        floating[:, :, :, ::1] dx,        # OUT (N, C, H, W)
                        Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                        Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad,
-                       Py_ssize_t divisor_override, int n_threads):
+                       Py_ssize_t divisor_override, int n_threads,
+                       floating[::1] scratch):  # WORK n_threads * (OH * OW + 1) elements
     """dx[n,c,u,v] = sum over the windows (i, j) that hold (u, v) of dy[n,c,i,j] / divisor(i, j)
     (each gradient spread evenly over its window, as avgpool2d_forward's divisor).
 
-    Parallel over (n, c) planes: each task owns dx[n, c] (and one thread's scratch row).
+    Parallel over (n, c) planes: each task owns dx[n, c] (and one thread's part of the
+    scratch, owned by the caller so that no call allocates).
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane, G, grp, p0
+    cdef Py_ssize_t plane, G, grp, p0, per = OH * OW + 1
     cdef floating* gs
-    cdef int fail = 0
-    cdef int* failed = &fail  # written through the pointer, so it stays shared
     cdef floating div = divisor_override if divisor_override > 0 else 4
     if N * C == 0:
         return
@@ -823,19 +840,16 @@ def avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, OH, OW)
                                       &dx[0, 0, 0, 0] + p0 * H * W, min(G, N * C - p0), H, W,
                                       OH, OW, div)
         return
+    if scratch.shape[0] < n_threads * per:
+        raise ValueError(f"avgpool2d_backward needs {n_threads * per} elements of scratch, got "
+                         f"{scratch.shape[0]}")
     with nogil, parallel(num_threads=n_threads):
-        gs = <floating*> malloc((OH * OW + 1) * sizeof(floating))
-        if gs == NULL:
-            failed[0] = 1
+        gs = &scratch[0] + threadid() * per
         # Race-free: plane (n, c) writes only dx[n, c]; gs is per thread.
         for plane in prange(N * C, schedule='static'):
-            if gs != NULL:
-                _avg_back_plane(&dy[plane // C, plane % C, 0, 0],
-                                &dx[plane // C, plane % C, 0, 0], gs, H, W, OH, OW, kh, kw,
-                                sh, sw, ph, pw, count_include_pad, divisor_override)
-        free(gs)
-    if fail:
-        raise MemoryError("fastcnn: could not allocate kernel scratch memory")
+            _avg_back_plane(&dy[plane // C, plane % C, 0, 0], &dx[plane // C, plane % C, 0, 0],
+                            gs, H, W, OH, OW, kh, kw, sh, sw, ph, pw, count_include_pad,
+                            divisor_override)
 
 
 # ---------------------------------------------------------------------------------------------

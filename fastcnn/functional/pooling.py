@@ -134,15 +134,21 @@ def _plan_max_pool2d(x_shape, kernel_size, stride, padding, dilation, ceil_mode)
     return out, kernel, _kernel_stride(out, stride, size, padding), padding, dilation
 
 
-def _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation=(1, 1)):
+def _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation=(1, 1), scratch=None):
     """Kernel call for validated arguments and preallocated y, argmax (int64) of the output
-    shape (which carries floor or ceil mode)."""
+    shape (which carries floor or ceil mode). ``scratch(n)`` gives a work array of n elements
+    of x's dtype (a layer's workspace; default a new array)."""
     # threads by the taps read (overlapping windows read each element several times): a 3x3
     # stride-2 pool of 64x16x7x7 reads 147k taps from 50k elements and gains a second thread
-    taps = max(x.size, y.size * kernel[0] * kernel[1])
+    n_threads = _threads_for(max(x.size, y.size * kernel[0] * kernel[1]))
+    size = _kernels.pool.maxpool2d_scratch(x.shape[2], x.shape[3], y.shape[2], y.shape[3],
+                                           kernel[0], kernel[1], stride[0], stride[1],
+                                           dilation[0], dilation[1], x.dtype == np.float64,
+                                           n_threads)
+    work = np.empty(size, x.dtype) if scratch is None else scratch(size)
     _kernels.pool.maxpool2d_forward(x, y, argmax, kernel[0], kernel[1], stride[0], stride[1],
-                                    padding[0], padding[1], _threads_for(taps), dilation[0],
-                                    dilation[1])
+                                    padding[0], padding[1], n_threads, dilation[0],
+                                    dilation[1], work)
     return y, argmax
 
 
@@ -297,11 +303,15 @@ def _avg_pool2d_into(x, y, plan):
     return y
 
 
-def _avg_pool2d_backward_into(grad_y, grad_x, plan):
+def _avg_pool2d_backward_into(grad_y, grad_x, plan, scratch=None):
+    """Kernel call; ``scratch(n)`` gives a work array as for ``_max_pool2d_into``."""
     _, kernel, stride, padding, include, divisor = plan
+    n_threads = _threads_for(grad_x.size)
+    size = n_threads * (grad_y.shape[2] * grad_y.shape[3] + 1)
+    work = np.empty(size, grad_x.dtype) if scratch is None else scratch(size)
     _kernels.pool.avgpool2d_backward(grad_y, grad_x, kernel[0], kernel[1], stride[0],
                                      stride[1], padding[0], padding[1], include, divisor,
-                                     _threads_for(grad_x.size))
+                                     n_threads, work)
     return grad_x
 
 

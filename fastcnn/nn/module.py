@@ -316,6 +316,14 @@ class Module:
                 self._work[key] = buf
         return buf
 
+    def _scratch(self, size):
+        """A kernel's work array of ``size`` elements of the layer's dtype, kept for the next
+        call (grown when a call needs more): no call of a layer allocates it again."""
+        buf = self._work.get("scratch")
+        if buf is None or buf.size < size:
+            buf = self._work["scratch"] = np.empty(max(size, 1), dtype=self.dtype)
+        return buf
+
     def _input(self, x, channels=None, ndim=4):
         """Check an input array against this layer (ndim, channels, dtype); C-contiguous."""
         if type(x) is np.ndarray and x.dtype == self.dtype and x.flags.c_contiguous and \

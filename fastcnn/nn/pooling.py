@@ -117,7 +117,7 @@ class MaxPool2d(_Pool):
             out, kernel, stride, padding, dilation = self._plan(x_shape)
             argmax = self._buffer("argmax", tuple(x_shape[:2]) + out, reuse, np.int64)
             y = np.empty(argmax.shape, dtype=self.dtype)
-            _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
+            _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation, self._scratch)
             self._cache = (x_shape, argmax, None)
         return argmax
 
@@ -133,7 +133,7 @@ class MaxPool2d(_Pool):
             self._cache = (x.shape, None, x)
             return y
         argmax = self._buffer("argmax", shape, reuse, np.int64)
-        _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
+        _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation, self._scratch)
         self._cache = (x.shape, argmax, None)
         return y
 
@@ -152,7 +152,7 @@ class MaxPool2d(_Pool):
             elif _max_pool2d_values_into(x, y, kernel, stride, padding, dilation):
                 self._cache = (x.shape, None, x)
             else:
-                _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation)
+                _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation, self._scratch)
                 self._cache = (x.shape, argmax, None)
             return y
         return f
@@ -218,7 +218,7 @@ class AvgPool2d(_Pool):
         x_shape, plan = self._cache if self._cache is not None else (None, None)
         grad_y = self._grad_input(grad_y, None if plan is None else x_shape[:2] + plan[0])
         grad_x = self._buffer("dx", x_shape, reuse)
-        return _avg_pool2d_backward_into(grad_y, grad_x, plan)
+        return _avg_pool2d_backward_into(grad_y, grad_x, plan, self._scratch)
 
     def extra_repr(self):
         a = self.init_args()
