@@ -649,16 +649,21 @@ def test_avg_pool2x2_fast_path_sums_in_row_major_order(shape, dtype, div):
                                   ((2, 3), 1, 0, False), ((3, 2), (2, 3), (1, 1), True),
                                   ((4, 4), 3, 2, False), ((1, 1), 2, 0, False)],
                          ids=["3s2p1", "3s2p1-ceil", "2x3s1", "3x2-s2x3-p1-ceil", "4s3p2", "1s2"])
-@pytest.mark.parametrize("shape", [(2, 5, 7, 7), (1, 3, 14, 13), (1, 1, 5, 29)])
-def test_max_pool_separable_path_is_bitwise_the_window_scan(shape, args, dtype):
+@pytest.mark.parametrize("shape", [(2, 5, 7, 7), (1, 3, 14, 13), (1, 1, 5, 29), (9, 21, 7, 7)])
+def test_max_pool_separable_path_is_bitwise_the_window_scan(shape, args, dtype, set_threads,
+                                                            monkeypatch):
     # ties, -inf next to the -inf padding, NaNs with payloads: the separable path (horizontal
-    # then vertical winners, -inf outputs redone by the scan) against the window scan
+    # then vertical winners, -inf outputs redone by the scan) against the window scan, on 1, 2
+    # and 3 threads (each with its own part of the layer's scratch)
+    monkeypatch.setattr(fastcnn.functional.pooling, "_GRAIN", 1)
     kernel, stride, padding, ceil = args
     x = _hostile(shape, dtype, sum(shape))
-    y, argmax = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil)
     ref_y, ref_argmax = ref.max_pool2d_loops(x, kernel, stride, padding, ceil_mode=ceil)
-    np.testing.assert_array_equal(argmax, ref_argmax)
-    assert y.tobytes() == np.ascontiguousarray(ref_y, dtype).tobytes()
+    for threads in (1, 2, 3):
+        set_threads(threads)
+        y, argmax = F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil)
+        np.testing.assert_array_equal(argmax, ref_argmax)
+        assert y.tobytes() == np.ascontiguousarray(ref_y, dtype).tobytes()
 
 
 def test_small_inputs_run_on_fewer_threads(set_threads, monkeypatch):
