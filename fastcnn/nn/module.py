@@ -320,7 +320,7 @@ class Module:
         """A kernel's work array of ``size`` elements of the layer's dtype, kept for the next
         call (grown when a call needs more): no call of a layer allocates it again."""
         buf = self._work.get("scratch")
-        if buf is None or buf.size < size:
+        if buf is None or buf.size < size or buf.dtype != self.dtype:
             buf = self._work["scratch"] = np.empty(max(size, 1), dtype=self.dtype)
         return buf
 
