@@ -368,6 +368,40 @@ def test_special_values_match_torch(name, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", NAMES)
+def test_layer_with_reused_buffers_is_the_functional_form(name, dtype, set_threads):
+    """A layer with reused buffers (as a Sequential runs it) keeps kernel calls bound to its
+    output and gradient buffers for the next call of the same shape: every call must still be
+    the functional form's result, bitwise, across repeated shapes, a new shape and back, a
+    thread-count change, a changed parameter (LeakyReLU's slope, ELU's alpha), a
+    non-contiguous view and an input of the other dtype."""
+    fwd, bwd, *_, make = ACTS[name]
+    layer = make(dtype)
+    for step, (shape, threads) in enumerate([((4, 3, 7, 7), 1), ((4, 3, 7, 7), 1), ((2, 9), 1),
+                                             ((4, 3, 7, 7), 2), ((4, 3, 7, 7), 2), ((), 1),
+                                             ((4, 3, 7, 7), 1)]):
+        set_threads(threads)
+        if step == 4 and hasattr(layer, "negative_slope"):
+            layer.negative_slope = 0.3
+            fwd = lambda x: F.leaky_relu(x, 0.3)  # noqa: E731
+            bwd = lambda g, x: F.leaky_relu_backward(g, x, 0.3)  # noqa: E731
+        if step == 4 and hasattr(layer, "alpha"):
+            layer.alpha = 0.5
+            fwd = lambda x: F.elu(x, 0.5)  # noqa: E731
+            bwd = lambda g, x: F.elu_backward(g, x, 0.5)  # noqa: E731
+        x = np.asarray(_x(shape, dtype, seed=step))
+        g = np.asarray(_x(shape, dtype, seed=100 + step))
+        y = layer._forward(x, reuse=True)
+        assert y.tobytes() == fwd(x).tobytes(), step
+        gx = layer._backward(g, reuse=True)
+        assert gx.tobytes() == bwd(g, _saved(name, x)).tobytes(), step
+    x = _x((4, 3, 7, 14), dtype, seed=9)[..., ::2]  # a view, not contiguous
+    assert layer._forward(x, reuse=True).tobytes() == fwd(np.ascontiguousarray(x)).tobytes()
+    with pytest.raises(TypeError, match="dtype"):  # the plain path's checks still run
+        layer._forward(x.astype(F64 if dtype == F32 else F32), reuse=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("name", NAMES)
 def test_bitwise_identical_for_1_2_3_threads(name, dtype, set_threads):
     fwd, bwd, *_ = ACTS[name]
     # above the kernels' 32768-element parallel threshold: ten blocks, the last partial, a tail

@@ -119,21 +119,54 @@ def binary(int op,
            double a,
            int n_threads):
     """dx = g * f'(x; a) elementwise for the backward ops (RELU_B, ..., SIGMOID_B)."""
-    cdef Py_ssize_t size = x.shape[0]
+    if x.shape[0]:
+        with nogil:
+            _binary(op, &g[0], &x[0], &dx[0], x.shape[0], a, n_threads)
+
+
+cdef void _binary(int op, const floating* g, const floating* x, floating* dx, Py_ssize_t size,
+                  double a, int n_threads) noexcept nogil:
     cdef Py_ssize_t n_blocks = (size + BLOCK - 1) // BLOCK
     cdef Py_ssize_t blk
-    if size == 0:
-        return
     if n_threads == 1 or size < PARALLEL_MIN:
-        with nogil:
-            for blk in range(n_blocks):
-                _binary_block(op, &g[blk * BLOCK], &x[blk * BLOCK], &dx[blk * BLOCK],
-                              min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
+        for blk in range(n_blocks):
+            _binary_block(op, g + blk * BLOCK, x + blk * BLOCK, dx + blk * BLOCK,
+                          min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
         return
     # Race-free: block blk owns dx[blk*BLOCK : (blk+1)*BLOCK].
-    for blk in prange(n_blocks, nogil=True, schedule='static', num_threads=n_threads):
-        _binary_block(op, &g[blk * BLOCK], &x[blk * BLOCK], &dx[blk * BLOCK],
+    for blk in prange(n_blocks, schedule='static', num_threads=n_threads):
+        _binary_block(op, g + blk * BLOCK, x + blk * BLOCK, dx + blk * BLOCK,
                       min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
+
+
+cdef class BoundBinary:
+    """``binary`` with the op, dx and the thread count fixed: ``bound(g, x, a)`` for g and x
+    C-contiguous of dx's size and dtype (_bound.pxi)."""
+
+    cdef object keep
+    cdef char* dx
+    cdef Py_ssize_t size, nbytes
+    cdef int op, n_threads
+    cdef bint dbl
+
+    def __init__(self, int op, dx, int n_threads):
+        if dx.size < 1:
+            raise ValueError("a bound elementwise call needs a non-empty dx")
+        self.dbl = dx.dtype.itemsize == 8
+        self.keep, self.op, self.n_threads, self.size = dx, op, n_threads, dx.size
+        self.dx = _bound_data(dx, dx.nbytes, self.dbl, True)
+        self.nbytes = dx.nbytes
+
+    def __call__(self, g, x, double a):
+        cdef const char* gp = _bound_data(g, self.nbytes, self.dbl, False)
+        cdef const char* xp = _bound_data(x, self.nbytes, self.dbl, False)
+        with nogil:
+            if self.dbl:
+                _binary(self.op, <const double*> gp, <const double*> xp, <double*> self.dx,
+                        self.size, a, self.n_threads)
+            else:
+                _binary(self.op, <const float*> gp, <const float*> xp, <float*> self.dx,
+                        self.size, a, self.n_threads)
 
 
 cdef inline void _softmax_item(const floating* x, floating* y, Py_ssize_t K, Py_ssize_t I,

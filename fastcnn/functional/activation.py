@@ -78,6 +78,14 @@ def _bind_unary(op, y):
     return _kernels.elementwise.BoundUnary(op, y, get_num_threads())
 
 
+def _bind_binary(op, grad_x):
+    """f(grad_y, x, a): ``_binary_into(op, grad_y, x, grad_x, a)`` with grad_x fixed (a bound
+    kernel call); None for an empty grad_x."""
+    if grad_x.size == 0:
+        return None
+    return _kernels.elementwise.BoundBinary(op, grad_x, get_num_threads())
+
+
 def _binary_into(op, grad_y, x, grad_x, a=0.0):
     _kernel("binary", x.dtype)(op, grad_y.reshape(-1), x.reshape(-1), grad_x.reshape(-1), a,
                                get_num_threads())

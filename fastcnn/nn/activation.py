@@ -9,6 +9,7 @@ buffer (its input may be the previous layer's kept array, and the backward pass 
 import numpy as np
 
 from .. import _kernels
+from .._threads import get_num_threads
 from ..functional import activation as _f
 from .module import Module
 
@@ -25,10 +26,24 @@ class _Elementwise(Module):
         return 0.0
 
     def _forward(self, x, reuse):
-        shape = np.shape(x)
-        x = self._input(x, ndim=None).reshape(shape)
-        y = self._buffer("y", x.shape, reuse)
-        _f._unary_into(self._op, x, y, self._a())
+        # With reused buffers, an input of the shape, dtype and layout of the last call runs
+        # the kernel call bound to the output buffer then (no other check: 11.6 -> 8.2 us for
+        # a ReLU of 64x16x7x7, where the kernel's work is about a copy's 7.8 us).
+        fast = self._work.get("forward") if reuse else None
+        if fast is not None and type(x) is np.ndarray and x.shape == fast[0] and \
+                x.dtype == self.dtype and x.flags.c_contiguous and fast[1] == get_num_threads():
+            y = fast[2]
+            fast[3](x, self._a())
+        else:
+            shape = np.shape(x)
+            x = self._input(x, ndim=None).reshape(shape)
+            y = self._buffer("y", x.shape, reuse)
+            bound = _f._bind_unary(self._op, y) if reuse else None
+            if bound is None:
+                _f._unary_into(self._op, x, y, self._a())
+            else:
+                self._work["forward"] = (x.shape, get_num_threads(), y, bound)
+                bound(x, self._a())
         self._cache = x if self._keep == "x" else y
         return y
 
@@ -48,10 +63,22 @@ class _Elementwise(Module):
 
     def _backward(self, grad_y, reuse):
         saved = self._cache
+        fast = self._work.get("backward") if reuse else None
+        if fast is not None and saved is not None and type(grad_y) is np.ndarray and \
+                grad_y.shape == fast[0] and saved.shape == fast[0] and \
+                grad_y.dtype == self.dtype and grad_y.flags.c_contiguous and \
+                fast[1] == get_num_threads():
+            fast[3](grad_y, saved, self._a())  # (as _forward's bound call)
+            return fast[2]
         grad_y = self._grad_input(grad_y, None if saved is None else saved.shape)
         grad_y = grad_y.reshape(saved.shape)
         grad_x = self._buffer("dx", saved.shape, reuse)
-        return _f._binary_into(self._op_b, grad_y, saved, grad_x, self._a())
+        bound = _f._bind_binary(self._op_b, grad_x) if reuse else None
+        if bound is None:
+            return _f._binary_into(self._op_b, grad_y, saved, grad_x, self._a())
+        self._work["backward"] = (saved.shape, get_num_threads(), grad_x, bound)
+        bound(grad_y, saved, self._a())
+        return grad_x
 
 
 class ReLU(_Elementwise):
