@@ -83,32 +83,36 @@ cdef void _unary(int op, const floating* x, floating* y, Py_ssize_t size, double
                      min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
 
 
-cdef class BoundUnary:
-    """``unary`` with the op, y and the thread count fixed: ``bound(x, a)`` for x C-contiguous
-    of y's size and dtype (_bound.pxi)."""
+cdef class _BoundElementwise:
+    """An elementwise kernel with the op, its output array and the thread count fixed; its
+    inputs must be C-contiguous arrays of the output's size and dtype (_bound.pxi)."""
 
     cdef object keep
-    cdef char* y
-    cdef Py_ssize_t size, x_bytes
+    cdef char* out
+    cdef Py_ssize_t size, nbytes
     cdef int op, n_threads
     cdef bint dbl
 
-    def __init__(self, int op, y, int n_threads):
-        if y.size < 1:
-            raise ValueError("a bound elementwise call needs a non-empty y")
-        self.dbl = y.dtype.itemsize == 8
-        self.keep, self.op, self.n_threads, self.size = y, op, n_threads, y.size
-        self.y = _bound_data(y, y.nbytes, self.dbl, True)
-        self.x_bytes = y.nbytes
+    def __init__(self, int op, out, int n_threads):
+        if out.size < 1:
+            raise ValueError("a bound elementwise call needs a non-empty output")
+        self.dbl = out.dtype.itemsize == 8
+        self.keep, self.op, self.n_threads, self.size = out, op, n_threads, out.size
+        self.out = _bound_data(out, out.nbytes, self.dbl, True)
+        self.nbytes = out.nbytes
+
+
+cdef class BoundUnary(_BoundElementwise):
+    """``unary`` bound to its output y: ``bound(x, a)``."""
 
     def __call__(self, x, double a):
-        cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
+        cdef const char* xp = _bound_data(x, self.nbytes, self.dbl, False)
         with nogil:
             if self.dbl:
-                _unary(self.op, <const double*> xp, <double*> self.y, self.size, a,
+                _unary(self.op, <const double*> xp, <double*> self.out, self.size, a,
                        self.n_threads)
             else:
-                _unary(self.op, <const float*> xp, <float*> self.y, self.size, a,
+                _unary(self.op, <const float*> xp, <float*> self.out, self.size, a,
                        self.n_threads)
 
 
@@ -139,33 +143,18 @@ cdef void _binary(int op, const floating* g, const floating* x, floating* dx, Py
                       min(<Py_ssize_t> BLOCK, size - blk * BLOCK), a)
 
 
-cdef class BoundBinary:
-    """``binary`` with the op, dx and the thread count fixed: ``bound(g, x, a)`` for g and x
-    C-contiguous of dx's size and dtype (_bound.pxi)."""
-
-    cdef object keep
-    cdef char* dx
-    cdef Py_ssize_t size, nbytes
-    cdef int op, n_threads
-    cdef bint dbl
-
-    def __init__(self, int op, dx, int n_threads):
-        if dx.size < 1:
-            raise ValueError("a bound elementwise call needs a non-empty dx")
-        self.dbl = dx.dtype.itemsize == 8
-        self.keep, self.op, self.n_threads, self.size = dx, op, n_threads, dx.size
-        self.dx = _bound_data(dx, dx.nbytes, self.dbl, True)
-        self.nbytes = dx.nbytes
+cdef class BoundBinary(_BoundElementwise):
+    """``binary`` bound to its output dx: ``bound(g, x, a)``."""
 
     def __call__(self, g, x, double a):
         cdef const char* gp = _bound_data(g, self.nbytes, self.dbl, False)
         cdef const char* xp = _bound_data(x, self.nbytes, self.dbl, False)
         with nogil:
             if self.dbl:
-                _binary(self.op, <const double*> gp, <const double*> xp, <double*> self.dx,
+                _binary(self.op, <const double*> gp, <const double*> xp, <double*> self.out,
                         self.size, a, self.n_threads)
             else:
-                _binary(self.op, <const float*> gp, <const float*> xp, <float*> self.dx,
+                _binary(self.op, <const float*> gp, <const float*> xp, <float*> self.out,
                         self.size, a, self.n_threads)
 
 
