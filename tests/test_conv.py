@@ -235,6 +235,42 @@ def _check_bitwise_for_1_2_3_threads(case, algo, seed):
             assert a.tobytes() == b_.tobytes()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algo", ["auto", "lanes"])
+def test_an_image_outputs_do_not_depend_on_its_batch(algo, dtype):
+    """The filters-on-lanes tiles run over the batch's positions image after image (a tile may
+    end one image and start the next, and the batch's last tile is shifted back): each image's
+    forward and input gradient are bitwise those of the image alone, on 1 and 3 threads, for
+    planes of fewer outputs than a tile, not a multiple of a tile, and chunked sums (C=60)."""
+    rng = np.random.default_rng(21)
+    shapes = [  # (N, C, H, W, F, k, padding, stride)
+        (7, 3, 1, 1, 5, 1, 0, 1), (5, 4, 2, 2, 9, 3, 1, 1), (4, 6, 5, 1, 17, 1, 0, 1),
+        (3, 5, 7, 7, 16, 3, 1, 1), (6, 60, 4, 4, 20, 3, 1, 1), (2, 8, 9, 7, 33, 3, 1, 2),
+    ]
+    try:
+        for N, C, H, W, Fo, k, pad, st in shapes:
+            x = rng.standard_normal((N, C, H, W)).astype(dtype)
+            w = rng.standard_normal((Fo, C, k, k)).astype(dtype)
+            b = rng.standard_normal(Fo).astype(dtype)
+            OH, OW = F.conv2d_output_size((H, W), k, st, pad)
+            g = rng.standard_normal((N, Fo, OH, OW)).astype(dtype)
+            for threads in (1, 3):
+                fastcnn.set_num_threads(threads)
+                with _algo(algo):
+                    y = F.conv2d(x, w, b, st, pad)
+                    dx = F.conv2d_backward_input(g, w, (H, W), st, pad)
+                    for n in range(N):
+                        assert y[n].tobytes() == F.conv2d(x[n:n + 1], w, b, st, pad).tobytes()
+                        assert dx[n].tobytes() == F.conv2d_backward_input(
+                            g[n:n + 1], w, (H, W), st, pad).tobytes()
+                ref_y = ref.conv2d_general_loops(x.astype(np.float64), w.astype(np.float64),
+                                                 b.astype(np.float64), (st, st),
+                                                 (pad, pad, pad, pad), (1, 1), 1)
+                _close(y, ref_y, 1e-4 if dtype == np.float32 else 1e-12)
+    finally:
+        fastcnn.set_num_threads(None)
+
+
 def test_nan_weight_reaches_only_positions_it_touches():
     """A 1x1 NaN kernel at stride 2 reads only even positions: the others get gradient 0."""
     w = np.full((1, 1, 1, 1), np.nan)

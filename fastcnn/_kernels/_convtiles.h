@@ -103,18 +103,22 @@ static inline void fc_wtile##MR##x##NV##_##SUF(const T *x, ptrdiff_t x_img, cons
  * straight into the output planes with bias and optional ReLU:
  *
  *     s[u][l] = sum_{k<K} x[pos[u] + off[k]] * w[k*NV*NL + l]       (k = 0, 1, ... in order)
- *     y[l*plane + u - u0] = relu?(s[u][l] + bias[l])                u0 <= u < NP, l < nf
+ *     out_u[l*plane] = relu?(s[u][l] + bias[l])                     l < nf
  *
- * ``pos`` holds each position's offset in the input planes (any NP positions: no padding column
- * or stride gap is ever computed). A long sum may run in chunks of taps (the caller offsets
- * ``off`` and ``w``): ``first`` starts from 0, else from the running sums a previous chunk left in
- * ``part`` (NP x NV vectors); without ``last`` the running sums go back to ``part`` and nothing
- * else is done. Storing a float sum and loading it again changes nothing, so a chunked sum is
- * bitwise the one-pass sum. Each tap prefetches the next cache line of its plane after
- * the last position: with many input planes (1x1 kernels, input gradients) the hardware
- * prefetchers cannot follow that many streams (measured 1.3-1.9x on 1x1 shapes, neutral on 3x3);
- * a prefetch never faults, so reading past a plane there is harmless. The bias is added (and ReLU applied, NaN kept: v < 0 ? 0 : v)
- * on whole vectors; the transposed store then runs filter by filter over the NP positions. */
+ * ``pos`` holds each position's offset in the input planes: any NP positions, of one image or
+ * of two (no padding column, stride gap or partial last tile of an image is ever computed).
+ * Their outputs (filter 0 of the block) are out_u = y + u (NP consecutive outputs of a plane,
+ * ``yp`` NULL), or out_u = yp[u] for u0 <= u < NP (the others are not stored). A long sum may run in chunks of taps (the
+ * caller offsets ``off`` and ``w``): ``first`` starts from 0, else from the running sums a
+ * previous chunk left in ``part`` (NP x NV vectors); without ``last`` the running sums go back
+ * to ``part`` and nothing else is done. Storing a float sum and loading it again changes
+ * nothing, so a chunked sum is bitwise the one-pass sum. Each tap prefetches the next cache
+ * line of its plane after the last position: with many input planes (1x1 kernels, input
+ * gradients) the hardware prefetchers cannot follow that many streams (measured 1.3-1.9x on
+ * 1x1 shapes, neutral on 3x3); a prefetch never faults, so reading past a plane there is
+ * harmless. The bias is added (and ReLU applied, NaN kept: v < 0 ? 0 : v) on whole vectors;
+ * the transposed store then runs filter by filter over consecutive outputs, else position by
+ * position. */
 /* fc_tstore_{f,d}(NP, NV, r, y, plane): y[(v*NL + l)*plane + u] = r[u*NV + v][l] for u < NP,
  * by in-register transposes where the build has them (float, 32-byte AVX vectors, NP = 6);
  * returns 0 when it did nothing (the caller then stores element by element). */
@@ -170,14 +174,15 @@ static inline int fc_tstore_d(int np, int nv, const fc_gvd *r, double *y, ptrdif
 static inline void fc_flanes##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *pos,                \
                                                 const ptrdiff_t *off, ptrdiff_t K, const T *w,   \
                                                 const T *bias, int relu, ptrdiff_t u0,           \
-                                                ptrdiff_t nf, T *y, ptrdiff_t plane, T *part,    \
-                                                int first, int last)                             \
+                                                ptrdiff_t nf, T *y, T *const *yp,                \
+                                                ptrdiff_t plane, T *part, int first, int last)   \
 {                                                                                                \
     V acc[NP][NV];                                                                               \
     const T *xp[NP];                                                                             \
+    T *yl = yp ? yp[NP - 1] : y + NP - 1;                                                        \
     for (int u = 0; u < NP; u++) xp[u] = x + pos[u];                                             \
     for (ptrdiff_t l = 0; last && l < nf; l++)                                                   \
-        __builtin_prefetch(y + l * plane + 128 / sizeof(T), 1);                                  \
+        __builtin_prefetch(yl + l * plane + 128 / sizeof(T), 1);                                 \
     for (int u = 0; u < NP; u++)                                                                 \
         for (int v = 0; v < NV; v++)                                                             \
             acc[u][v] = first ? (V){0} : LOAD(part + (u * NV + v) * NL);                         \
@@ -206,18 +211,16 @@ static inline void fc_flanes##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *pos
             if (relu) r = (V)((VI)r & ~(VI)(r < (V){0}));                                        \
             acc[u][v] = r;                                                                       \
         }                                                                                        \
-    if (nf == NV * NL && u0 == 0) {                                                              \
-        if (fc_tstore_##SUF(NP, NV, &acc[0][0], y, plane)) return;                               \
-        for (int u = 0; u < NP; u++)                                                             \
-            for (int v = 0; v < NV; v++) STORE(&ct[u][v * NL], acc[u][v]);                      \
-        for (int l = 0; l < NV * NL; l++)                                                        \
+    if (!yp && nf == NV * NL && fc_tstore_##SUF(NP, NV, &acc[0][0], y, plane)) return;           \
+    for (int u = 0; u < NP; u++)                                                                 \
+        for (int v = 0; v < NV; v++) STORE(&ct[u][v * NL], acc[u][v]);                          \
+    if (!yp) {                                                                                   \
+        for (ptrdiff_t l = 0; l < nf; l++)                                                       \
             for (int u = 0; u < NP; u++) y[l * plane + u] = ct[u][l];                            \
         return;                                                                                  \
     }                                                                                            \
-    for (int u = 0; u < NP; u++)                                                                 \
-        for (int v = 0; v < NV; v++) STORE(&ct[u][v * NL], acc[u][v]);                          \
-    for (ptrdiff_t l = 0; l < nf; l++)                                                           \
-        for (int u = (int)u0; u < NP; u++) y[l * plane + u - u0] = ct[u][l];                          \
+    for (int u = (int)u0; u < NP; u++)                                                           \
+        for (ptrdiff_t l = 0; l < nf; l++) yp[u][l * plane] = ct[u][l];                          \
 }
 
 /* fc_rtile{MF}x{MK}: MF filters x MK taps with the output positions on the vector lanes, for the

@@ -37,6 +37,11 @@ One mechanism serves every shape ("phase planes" + register tiles, see ``_convti
 Every reduction runs in an order fixed by the shapes, so results are bitwise identical for any
 number of threads. Scratch (phase planes, packed weights, offsets, partial sums) is passed in by
 the caller (a workspace owned by the layer): the kernels never allocate.
+
+SERIAL: with one thread the tasks run in a plain loop, not in a ``prange``. libgomp makes a
+team even of one thread, and its barriers make two futex system calls per parallel region
+(0.5 us a region measured, against nothing for the loop): several percent of a batch-1 forward,
+whose layers take 2-30 us.
 """
 
 from cython.parallel cimport prange
@@ -82,10 +87,10 @@ cdef extern from "_convtiles.h" nogil:
 cdef extern from "_convtiles.h" nogil:
     void fc_flanes6x2_f(const float*, const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t,
                         const float*, const float*, int, Py_ssize_t, Py_ssize_t, float*,
-                        Py_ssize_t, float*, int, int)
+                        float**, Py_ssize_t, float*, int, int)
     void fc_flanes6x2_d(const double*, const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t,
                         const double*, const double*, int, Py_ssize_t, Py_ssize_t, double*,
-                        Py_ssize_t, double*, int, int)
+                        double**, Py_ssize_t, double*, int, int)
 
 cdef extern from "_convtiles.h" nogil:
     void fc_rtile4x3_f(const float*, Py_ssize_t, const Py_ssize_t*, const float*, Py_ssize_t,
@@ -288,28 +293,39 @@ cdef void _pad_split(const floating* x, Py_ssize_t NC, Py_ssize_t H, Py_ssize_t 
                      floating* out, Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh,
                      Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh,
                      int n_threads) noexcept nogil:
-    cdef Py_ssize_t plane = HPh * WPh, nc, rh, rw, a, h, lo, hi
-    cdef floating* d
-    cdef const floating* s
+    cdef Py_ssize_t nc
     # Race-free: (n, c) writes only its sh*sw phase planes.
+    if n_threads == 1:  # serial: see SERIAL in the header
+        for nc in range(NC):
+            _pad_split_plane(x, nc, H, W, out, top, left, sh, sw, HPh, WPh)
+        return
     for nc in prange(NC, schedule='static', num_threads=n_threads):
-        s = x + nc * H * W
-        if sh == 1 and sw == 1:
-            _pad_plane(s, H, W, top, left, out + nc * plane, HPh, WPh)
-            continue
-        for rh in range(sh):
-            for rw in range(sw):
-                d = out + ((nc * sh + rh) * sw + rw) * plane
-                lo = _span_lo(rw - left, sw, WPh)
-                hi = _span_hi(W, rw - left, sw, WPh, lo)
-                for a in range(HPh):
-                    h = a * sh + rh - top
-                    if h < 0 or h >= H:
-                        memset(d + a * WPh, 0, WPh * sizeof(floating))
-                    elif sw == 1:
-                        _copy_row(s + h * W, W, left, d + a * WPh, WPh)
-                    else:
-                        _copy_row_strided(s + h * W, rw - left, sw, d + a * WPh, lo, hi, WPh)
+        _pad_split_plane(x, nc, H, W, out, top, left, sh, sw, HPh, WPh)
+
+
+cdef void _pad_split_plane(const floating* x, Py_ssize_t nc, Py_ssize_t H, Py_ssize_t W,
+                           floating* out, Py_ssize_t top, Py_ssize_t left, Py_ssize_t sh,
+                           Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh) noexcept nogil:
+    """The sh*sw zero-padded phase planes of plane nc of x."""
+    cdef Py_ssize_t plane = HPh * WPh, rh, rw, a, h, lo, hi
+    cdef floating* d
+    cdef const floating* s = x + nc * H * W
+    if sh == 1 and sw == 1:
+        _pad_plane(s, H, W, top, left, out + nc * plane, HPh, WPh)
+        return
+    for rh in range(sh):
+        for rw in range(sw):
+            d = out + ((nc * sh + rh) * sw + rw) * plane
+            lo = _span_lo(rw - left, sw, WPh)
+            hi = _span_hi(W, rw - left, sw, WPh, lo)
+            for a in range(HPh):
+                h = a * sh + rh - top
+                if h < 0 or h >= H:
+                    memset(d + a * WPh, 0, WPh * sizeof(floating))
+                elif sw == 1:
+                    _copy_row(s + h * W, W, left, d + a * WPh, WPh)
+                else:
+                    _copy_row_strided(s + h * W, rw - left, sw, d + a * WPh, lo, hi, WPh)
 
 
 def to_pixels_major(const floating[:, :, :, ::1] g,  # IN  (N, F, OH, OW)
@@ -429,6 +445,11 @@ cdef void _forward(const floating* xs, const floating* apack, const Py_ssize_t* 
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
     cdef Py_ssize_t task
     # Race-free: task (n, g, run) writes only y[n, g*Fg:(g+1)*Fg] at its own tiles' positions.
+    if n_threads == 1:  # serial: see SERIAL in the header
+        for task in range(N * G * nrun):
+            _forward_task(xs, apack, off, b, y, task, nrun, G, Fg, Kg, nfb, MR, NR, T, ntile,
+                          WPh, OH, OW, img, gsz, relu)
+        return
     for task in prange(N * G * nrun, schedule='static', num_threads=n_threads):
         _forward_task(xs, apack, off, b, y, task, nrun, G, Fg, Kg, nfb, MR, NR, T, ntile, WPh,
                       OH, OW, img, gsz, relu)
@@ -524,17 +545,18 @@ def forward_lanes(const floating[::1] xs,     # IN  phase planes (N, C, sh, sw, 
                   Py_ssize_t C, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh,
                   Py_ssize_t G, Py_ssize_t NF, bint relu, int n_threads):
     """The same convolution as ``forward`` with the filters on the vector lanes: tiles of
-    FTILE_NP consecutive output positions p = i*OW + j (read at i*WPh + j of the phase planes:
-    only real outputs are computed) x NF filters (fc_flanes6x2: each input value broadcast
-    against packed weight vectors), stored transposed into the output planes with bias and ReLU.
+    FTILE_NP consecutive output positions q = n*OH*OW + i*OW + j of the batch (read at
+    n*img + i*WPh + j of the phase planes: only real outputs are computed; a tile may end one
+    image and start the next) x NF filters (fc_flanes6x2: each input value broadcast against
+    packed weight vectors), stored transposed into the output planes with bias and ReLU.
 
-    The last tile is shifted back to end at the last output; the positions it shares with the
-    previous tile (or, in a plane of fewer than FTILE_NP outputs, the positions before 0, which
-    read position 0) are not stored.
+    The last tile is shifted back to end at the batch's last output; the positions it shares
+    with the previous tile (or, in a batch of fewer than FTILE_NP outputs, the positions before
+    0, which read position 0) are not stored.
 
-    Parallel over (image, group, run of tiles): each task owns the outputs at its
-    tiles' positions for every filter of its group; each output is one register sum over
-    k = 0 .. Kg-1 in order, whatever the thread count.
+    Parallel over (group, run of tiles): each task owns the outputs at its tiles' positions
+    for every filter of its group; each output is one register sum over k = 0 .. Kg-1 in
+    order, whatever the thread count or the batch it is in.
     """
     if y.shape[0] and y.shape[1]:
         _forward_lanes(&xs[0], &wpk[0], &bpk[0], &off[0], off.shape[0], &y[0, 0, 0, 0],
@@ -549,54 +571,93 @@ cdef void _forward_lanes(const floating* xs, const floating* wpk, const floating
                          Py_ssize_t NF, bint relu, int n_threads) noexcept nogil:
     cdef Py_ssize_t Fg = F // G, Cg = C // G
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
-    cdef Py_ssize_t P = OH * OW
-    cdef Py_ssize_t ntile = (P + FTILE_NP - 1) // FTILE_NP
-    # A whole plane per task when the image's input (of the group) fits in half of L1 and there
-    # are planes enough to share among the threads: one block of packed weights then stays in
-    # L1 over the plane. Else runs of LANE_TILES tiles, whose input rows stay in L1 over the
-    # filter blocks.
+    cdef Py_ssize_t P = OH * OW, Q = N * P
+    # The tiles run over the batch's positions image after image (q = n*P + p): a plane of P
+    # outputs costs P/FTILE_NP tiles, not a whole last tile per image (7x7: 54 positions
+    # computed for 49; 4x4: 18 for 16).
+    cdef Py_ssize_t ntile = (Q + FTILE_NP - 1) // FTILE_NP
+    cdef Py_ssize_t per_img = (P + FTILE_NP - 1) // FTILE_NP
+    # About an image's tiles per task when the image's input (of the group) fits in half of L1
+    # and there are images enough to share among the threads: one block of packed weights then
+    # stays in L1 over the plane. Else runs of LANE_TILES tiles, whose input rows stay in L1
+    # over the filter blocks.
     cdef Py_ssize_t run_len = LANE_TILES
     if N * G >= 4 * n_threads and gsz * <Py_ssize_t> sizeof(floating) <= 16384:
-        run_len = max(ntile, <Py_ssize_t> 1)
-    if Kg > LANE_CHUNK:  # a chunked sum: the whole plane while its running sums fit the stack
-        run_len = ntile if N * G >= 4 * n_threads and ntile <= CHUNK_TILES else LANE_TILES
+        run_len = per_img
+    if Kg > LANE_CHUNK:  # a chunked sum: an image's tiles while their running sums fit the stack
+        run_len = per_img if N * G >= 4 * n_threads and per_img <= CHUNK_TILES else LANE_TILES
     cdef Py_ssize_t nrun = (ntile + run_len - 1) // run_len, task
-    # Race-free: task (n, g, run) writes only y[n, g*Fg:(g+1)*Fg] at its own tiles' positions.
-    for task in prange(N * G * nrun, schedule='static', num_threads=n_threads):
+    # Race-free: task (g, run) writes only y[:, g*Fg:(g+1)*Fg] at its own tiles' positions.
+    if n_threads == 1:  # serial: see SERIAL in the header
+        for task in range(G * nrun):
+            _forward_lanes_task(xs, wpk, bpk, off, y, task, nrun, run_len, G, Fg, Kg, NF, WPh,
+                                OW, P, Q, ntile, img, gsz, relu)
+        return
+    for task in prange(G * nrun, schedule='static', num_threads=n_threads):
         _forward_lanes_task(xs, wpk, bpk, off, y, task, nrun, run_len, G, Fg, Kg, NF, WPh, OW,
-                            P, ntile, img, gsz, relu)
+                            P, Q, ntile, img, gsz, relu)
 
 
 cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const floating* bpk,
                               const Py_ssize_t* off, floating* y, Py_ssize_t task,
                               Py_ssize_t nrun, Py_ssize_t run_len, Py_ssize_t G, Py_ssize_t Fg,
                               Py_ssize_t Kg, Py_ssize_t NF, Py_ssize_t WPh, Py_ssize_t OW,
-                              Py_ssize_t P, Py_ssize_t ntile, Py_ssize_t img, Py_ssize_t gsz,
-                              bint relu) noexcept nogil:
+                              Py_ssize_t P, Py_ssize_t Q, Py_ssize_t ntile, Py_ssize_t img,
+                              Py_ssize_t gsz, bint relu) noexcept nogil:
     cdef Py_ssize_t pos[FTILE_NP]
+    cdef floating* yp[FTILE_NP]
     cdef floating part[CHUNK_TILES * FTILE_NP * MAX_NF]  # running sums of a chunked sum
-    cdef Py_ssize_t run = task % nrun, g = (task // nrun) % G, n = task // (nrun * G)
+    cdef Py_ssize_t run = task % nrun, g = task // nrun
     cdef Py_ssize_t nfb = (Fg + NF - 1) // NF
     cdef Py_ssize_t t0 = run * run_len, t1 = min(ntile, (run + 1) * run_len)
-    cdef Py_ssize_t tile, p0, ps, p, u, i, fb, kc, k0, kn
-    cdef const floating* base = xs + n * img + g * gsz
+    cdef Py_ssize_t tile, q0, qs, u, n, p, i, j, fb, kc, k0, kn
+    cdef const floating* base = xs + g * gsz
     cdef const floating* wb
     cdef floating* pt
-    cdef floating* yg = y + (n * G + g) * Fg * P
+    cdef floating* yb
+    cdef floating* ys
+    cdef floating** ypp
     # Filter blocks outer: one block's packed weights (or one chunk of them) stay in L1 over
     # the run; chunks of LANE_CHUNK taps in order, each over every tile of the run.
     for fb in range(nfb):
         wb = wpk + (g * nfb + fb) * Kg * NF
+        yb = y + (g * Fg + fb * NF) * P  # filter fb*NF of group g in image 0
         for kc in range((Kg + LANE_CHUNK - 1) // LANE_CHUNK):
             k0 = kc * LANE_CHUNK
             kn = min(<Py_ssize_t> LANE_CHUNK, Kg - k0)
             for tile in range(t0, t1):
-                p0 = tile * FTILE_NP
-                ps = min(p0, P - FTILE_NP)  # < 0 when the plane is smaller than a tile
-                for u in range(FTILE_NP):
-                    p = max(ps + u, <Py_ssize_t> 0)
-                    i = p // OW
-                    pos[u] = i * WPh + p - i * OW
+                # positions qs .. qs+5 (the last tile shifted back to end at Q; positions
+                # before 0, in a batch of fewer than FTILE_NP outputs, read position 0);
+                # those before q0 belong to the previous tile and are not stored
+                q0 = tile * FTILE_NP
+                qs = min(q0, Q - FTILE_NP)
+                n = max(qs, <Py_ssize_t> 0) // P
+                p = max(qs, <Py_ssize_t> 0) - n * P
+                i = p // OW
+                j = p - i * OW
+                ys = yb + n * G * Fg * P + p
+                if qs == q0 and p + FTILE_NP <= P:  # consecutive outputs of one plane
+                    for u in range(FTILE_NP):
+                        pos[u] = n * img + i * WPh + j
+                        j = j + 1
+                        if j == OW:
+                            j = 0
+                            i = i + 1
+                    ypp = NULL
+                else:  # an image's end, or the batch's shifted last tile
+                    for u in range(FTILE_NP):
+                        if u > 0 and qs + u > 0:  # the next position (row, plane, batch order)
+                            p = p + 1
+                            j = j + 1
+                            if j == OW:
+                                j = 0
+                                i = i + 1
+                            if p == P:
+                                p = i = 0
+                                n = n + 1
+                        pos[u] = n * img + i * WPh + j
+                        yp[u] = yb + n * G * Fg * P + p
+                    ypp = &yp[0]
                 # this tile's running sums (used only by a chunked sum, whose runs have at
                 # most CHUNK_TILES tiles)
                 pt = &part[0]
@@ -604,14 +665,14 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                     pt = &part[(tile - t0) * FTILE_NP * NF]
                 if floating is float:
                     fc_flanes6x2_f(base, pos, off + k0, kn, wb + k0 * NF,
-                                   bpk + (g * nfb + fb) * NF, relu, p0 - ps,
-                                   min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P, pt,
-                                   k0 == 0, k0 + kn == Kg)
+                                   bpk + (g * nfb + fb) * NF, relu, q0 - qs,
+                                   min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
+                                   k0 + kn == Kg)
                 else:
                     fc_flanes6x2_d(base, pos, off + k0, kn, wb + k0 * NF,
-                                   bpk + (g * nfb + fb) * NF, relu, p0 - ps,
-                                   min(NF, Fg - fb * NF), yg + fb * NF * P + p0, P, pt,
-                                   k0 == 0, k0 + kn == Kg)
+                                   bpk + (g * nfb + fb) * NF, relu, q0 - qs,
+                                   min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
+                                   k0 + kn == Kg)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1326,41 +1387,54 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
 
 cdef void _gemm(const floating* a, Py_ssize_t sa_m, Py_ssize_t sa_k, Py_ssize_t M, Py_ssize_t K,
                 const floating* b, Py_ssize_t N, floating* c, int n_threads) noexcept nogil:
-    cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
     cdef Py_ssize_t n_blocks = (M + OB - 1) // OB
     # Blocks per run: GEMM_BLOCKS, or more while the run's rows of A stay within 64K elements
     # (short sums, e.g. a weight gradient over a batch of 64: B is then read once per run).
     cdef Py_ssize_t per_run = max(1, min(max(<Py_ssize_t> GEMM_BLOCKS, 65536 // max(OB * K, 1)),
                                          (n_blocks + n_threads - 1) // max(n_threads, 1)))
     cdef Py_ssize_t n_runs = (n_blocks + per_run - 1) // per_run
-    cdef Py_ssize_t run, blk, blk_end, m0, m, m1, j0, j
+    cdef Py_ssize_t run
     # Race-free: run writes only rows OB*run*per_run .. OB*(run+1)*per_run - 1 of C.
+    if n_threads == 1:  # serial: see SERIAL in the header
+        for run in range(n_runs):
+            _gemm_run(a, sa_m, sa_k, M, K, b, N, c, run, per_run, n_blocks)
+        return
     for run in prange(n_runs, schedule='static', num_threads=n_threads):
-        blk_end = min(n_blocks, (run + 1) * per_run)
-        if N >= TT:
-            j0 = 0
-            while j0 < N:
-                j = min(j0, N - TT)  # the last tile ends at N, recomputing a few columns
-                for blk in range(run * per_run, blk_end):
-                    m0 = blk * OB
-                    if m0 + OB <= M:
-                        if floating is float:
-                            fc_tile6_f(b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
-                                       c + m0 * N + j, N)
-                        else:
-                            fc_tile6_d(b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
-                                       c + m0 * N + j, N)
-                    elif m0 + 4 <= M:  # the last, partial block: 4 rows together
-                        _corr_tile(4, b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
+        _gemm_run(a, sa_m, sa_k, M, K, b, N, c, run, per_run, n_blocks)
+
+
+cdef void _gemm_run(const floating* a, Py_ssize_t sa_m, Py_ssize_t sa_k, Py_ssize_t M,
+                    Py_ssize_t K, const floating* b, Py_ssize_t N, floating* c, Py_ssize_t run,
+                    Py_ssize_t per_run, Py_ssize_t n_blocks) noexcept nogil:
+    """Rows OB*run*per_run .. of C = A @ B: register tiles of OB rows x TT columns, the last
+    partial block 4 rows together, what is left by one-row tiles."""
+    cdef Py_ssize_t TT = FC_TILE_F if floating is float else FC_TILE_D
+    cdef Py_ssize_t blk, m0, m, m1, j0, j
+    cdef Py_ssize_t blk_end = min(n_blocks, (run + 1) * per_run)
+    if N >= TT:
+        j0 = 0
+        while j0 < N:
+            j = min(j0, N - TT)  # the last tile ends at N, recomputing a few columns
+            for blk in range(run * per_run, blk_end):
+                m0 = blk * OB
+                if m0 + OB <= M:
+                    if floating is float:
+                        fc_tile6_f(b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
                                    c + m0 * N + j, N)
-                j0 = j0 + TT
-        for blk in range(run * per_run, blk_end):
-            m0 = blk * OB
-            m1 = min(m0 + OB, M)  # rows left to the one-row tiles: all of them when N < TT
-            if N >= TT:
-                m0 = m1 if m0 + OB <= M else (m0 + 4 if m0 + 4 <= M else m0)
-            for m in range(m0, m1):
-                _gemm_row(b, N, a + m * sa_m, sa_k, K, c + m * N)
+                    else:
+                        fc_tile6_d(b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
+                                   c + m0 * N + j, N)
+                elif m0 + 4 <= M:  # the last, partial block: 4 rows together
+                    _corr_tile(4, b + j, 0, N, 1, a + m0 * sa_m, sa_m, 0, sa_k, 0, K, 1,
+                               c + m0 * N + j, N)
+            j0 = j0 + TT
+    for blk in range(run * per_run, blk_end):
+        m0 = blk * OB
+        m1 = min(m0 + OB, M)  # rows left to the one-row tiles: all of them when N < TT
+        if N >= TT:
+            m0 = m1 if m0 + OB <= M else (m0 + 4 if m0 + 4 <= M else m0)
+        for m in range(m0, m1):
+            _gemm_row(b, N, a + m * sa_m, sa_k, K, c + m * N)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1461,17 +1535,24 @@ def gemm_nt(const floating[:, ::1] a,  # IN  A (M, K)
 cdef void _gemm_nt(const floating* a, const floating* b, floating* c, Py_ssize_t M,
                    Py_ssize_t N, Py_ssize_t K, int n_threads) noexcept nogil:
     cdef Py_ssize_t nbm = (M + NT_ROWS - 1) // NT_ROWS, nbn = (N + NT_COLS - 1) // NT_COLS
-    cdef Py_ssize_t task, i0, j0
+    cdef Py_ssize_t task
     # Race-free: task (row block, column block) writes only its block of C.
+    if n_threads == 1:  # serial: see SERIAL in the header
+        for task in range(nbm * nbn):
+            _gemm_nt_task(a, b, c, M, N, K, nbn, task)
+        return
     for task in prange(nbm * nbn, schedule='static', num_threads=n_threads):
-        i0 = (task // nbn) * NT_ROWS
-        j0 = (task % nbn) * NT_COLS
-        if floating is float:
-            fc_dot_block_f(a, K, b, K, K, c, N, i0, min(M, i0 + NT_ROWS), j0,
-                           min(N, j0 + NT_COLS))
-        else:
-            fc_dot_block_d(a, K, b, K, K, c, N, i0, min(M, i0 + NT_ROWS), j0,
-                           min(N, j0 + NT_COLS))
+        _gemm_nt_task(a, b, c, M, N, K, nbn, task)
+
+
+cdef inline void _gemm_nt_task(const floating* a, const floating* b, floating* c, Py_ssize_t M,
+                               Py_ssize_t N, Py_ssize_t K, Py_ssize_t nbn,
+                               Py_ssize_t task) noexcept nogil:
+    cdef Py_ssize_t i0 = (task // nbn) * NT_ROWS, j0 = (task % nbn) * NT_COLS
+    if floating is float:
+        fc_dot_block_f(a, K, b, K, K, c, N, i0, min(M, i0 + NT_ROWS), j0, min(N, j0 + NT_COLS))
+    else:
+        fc_dot_block_d(a, K, b, K, K, c, N, i0, min(M, i0 + NT_ROWS), j0, min(N, j0 + NT_COLS))
 
 
 cdef void _bound_linear(const floating* x, const floating* w, const floating* bias,

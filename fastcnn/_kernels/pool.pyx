@@ -449,28 +449,35 @@ cdef void _max2_groups(const floating* x, floating* y, int64_t* am, Py_ssize_t P
     the values only by fpv_max2 (a copy of fpg_max2's passes without the index arithmetic:
     folding the two into one function cost the argmax path 2-8% and the values 10-16%;
     the caller has checked that fpv_max2 takes the shape)."""
-    cdef Py_ssize_t G = max(1, GROUP_VALUES // (H * W)), grp, p0, b, g
-    cdef int done
+    cdef Py_ssize_t G = max(1, GROUP_VALUES // (H * W)), grp
     # Race-free: group grp writes only planes [grp*G, grp*G + G) of y and am.
+    if n_threads == 1:  # serial: a team of one still costs libgomp's barrier system calls
+        for grp in range((P + G - 1) // G):
+            _max2_group(x, y, am, grp * G, min(G, P - grp * G), H, W, OH, OW)
+        return
     for grp in prange((P + G - 1) // G, schedule='static', num_threads=n_threads):
-        p0 = grp * G
-        g = min(G, P - p0)
-        if am == NULL:
-            if floating is float:
-                fpv_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
-            else:
-                fpv_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
-            continue
+        _max2_group(x, y, am, grp * G, min(G, P - grp * G), H, W, OH, OW)
+
+
+cdef void _max2_group(const floating* x, floating* y, int64_t* am, Py_ssize_t p0, Py_ssize_t g,
+                      Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """Planes p0 .. p0 + g - 1 of _max2_groups."""
+    cdef Py_ssize_t b
+    cdef int done
+    if am == NULL:
         if floating is float:
-            done = fpg_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, am + p0 * OH * OW,
-                              OH, OW)
+            fpv_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
         else:
-            done = fpg_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW, am + p0 * OH * OW,
-                              OH, OW)
-        if not done:
-            for b in range(p0, p0 + g):
-                _pool_plane(x + b * H * W, y + b * OH * OW, am + b * OH * OW, H, W, OH, OW,
-                            2, 2, 2, 2, 0, 0)
+            fpv_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
+        return
+    if floating is float:
+        done = fpg_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, am + p0 * OH * OW, OH, OW)
+    else:
+        done = fpg_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW, am + p0 * OH * OW, OH, OW)
+    if not done:
+        for b in range(p0, p0 + g):
+            _pool_plane(x + b * H * W, y + b * OH * OW, am + b * OH * OW, H, W, OH, OW,
+                        2, 2, 2, 2, 0, 0)
 
 
 def maxpool2_values(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
