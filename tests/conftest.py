@@ -51,6 +51,18 @@ class _ReferenceAPI:
         return ref.relu_backward_ref(grad_y, x)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _every_loop_parallel():
+    """Every parallel loop gets every thread (``_threads.pxi``'s grain set to 1), so that the
+    tests' small shapes run the kernels' parallel paths on 2 and 3 threads; a test of the
+    default grain sets it back itself."""
+    mods = [fastcnn._kernels.conv, fastcnn._kernels.pool]
+    old = [m.set_grain(1) for m in mods]
+    yield
+    for m, g in zip(mods, old):
+        m.set_grain(g)
+
+
 @pytest.fixture(scope="session")
 def api():
     """The functional API under test (see the module docstring)."""

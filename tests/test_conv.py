@@ -271,6 +271,35 @@ def test_an_image_outputs_do_not_depend_on_its_batch(algo, dtype):
         fastcnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("module", ["conv", "pool"])
+def test_small_loops_get_fewer_threads_and_the_same_bytes(module):
+    """A parallel loop gets no more threads than it has work for (``_threads.pxi``: batch-1
+    layers of LeNet-5 run on one thread), and the results are the same bytes as with every loop
+    on every thread (the grain the other tests run with)."""
+    K = getattr(fastcnn._kernels, module)
+    old = K.set_grain(65536)
+    try:
+        assert K.threads_for(0, 4) == 1
+        assert K.threads_for(65536 * 2 - 1, 2) == 1
+        assert K.threads_for(65536 * 2, 2) == 2
+        assert K.threads_for(65536 * 3, 8) == 3
+        assert K.threads_for(10 ** 12, 3) == 3
+        with pytest.raises(ValueError, match="grain"):
+            K.set_grain(0)
+        x = np.random.default_rng(4).standard_normal((1, 16, 14, 14)).astype(np.float32)
+        w = np.random.default_rng(5).standard_normal((32, 16, 3, 3)).astype(np.float32)
+        results = []
+        for grain in (65536, 1):
+            K.set_grain(grain)
+            fastcnn.set_num_threads(2)
+            results.append((F.conv2d(x, w, None, 1, 1).tobytes(),
+                            fastcnn.functional.max_pool2d(x, 2)[0].tobytes()))
+        assert results[0] == results[1]
+    finally:
+        K.set_grain(old)
+        fastcnn.set_num_threads(None)
+
+
 def test_nan_weight_reaches_only_positions_it_touches():
     """A 1x1 NaN kernel at stride 2 reads only even positions: the others get gradient 0."""
     w = np.full((1, 1, 1, 1), np.nan)

@@ -38,10 +38,11 @@ Every reduction runs in an order fixed by the shapes, so results are bitwise ide
 number of threads. Scratch (phase planes, packed weights, offsets, partial sums) is passed in by
 the caller (a workspace owned by the layer): the kernels never allocate.
 
-SERIAL: with one thread the tasks run in a plain loop, not in a ``prange``. libgomp makes a
-team even of one thread, and its barriers make two futex system calls per parallel region
-(0.5 us a region measured, against nothing for the loop): several percent of a batch-1 forward,
-whose layers take 2-30 us.
+SERIAL: a loop gets no more threads than it has work for (``_threads.pxi``), and with one
+thread the tasks run in a plain loop, not in a ``prange``: libgomp makes a team even of one
+thread, and its barriers make two futex system calls per parallel region (0.5 us a region
+measured, against nothing for the loop), several percent of a batch-1 forward whose layers
+take 2-30 us.
 """
 
 from cython.parallel cimport prange
@@ -50,6 +51,7 @@ from libc.string cimport memcmp, memcpy, memset, strcmp
 
 include "_pad_plane.pxi"
 include "_bound.pxi"
+include "_threads.pxi"
 
 cdef extern from "_convtiles.h" nogil:
     const int FC_NL_F
@@ -294,6 +296,7 @@ cdef void _pad_split(const floating* x, Py_ssize_t NC, Py_ssize_t H, Py_ssize_t 
                      Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh,
                      int n_threads) noexcept nogil:
     cdef Py_ssize_t nc
+    n_threads = _threads_for(NC * sh * sw * HPh * WPh * MOVE, n_threads)
     # Race-free: (n, c) writes only its sh*sw phase planes.
     if n_threads == 1:  # serial: see SERIAL in the header
         for nc in range(NC):
@@ -444,6 +447,7 @@ cdef void _forward(const floating* xs, const floating* apack, const Py_ssize_t* 
     cdef Py_ssize_t nrun = (ntile + TILES_PER_TASK - 1) // TILES_PER_TASK
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
     cdef Py_ssize_t task
+    n_threads = _threads_for(N * F * OH * OW * Kg, n_threads)
     # Race-free: task (n, g, run) writes only y[n, g*Fg:(g+1)*Fg] at its own tiles' positions.
     if n_threads == 1:  # serial: see SERIAL in the header
         for task in range(N * G * nrun):
@@ -572,6 +576,7 @@ cdef void _forward_lanes(const floating* xs, const floating* wpk, const floating
     cdef Py_ssize_t Fg = F // G, Cg = C // G
     cdef Py_ssize_t img = C * sh * sw * HPh * WPh, gsz = Cg * sh * sw * HPh * WPh
     cdef Py_ssize_t P = OH * OW, Q = N * P
+    n_threads = _threads_for(Q * F * Kg, n_threads)
     # The tiles run over the batch's positions image after image (q = n*P + p): a plane of P
     # outputs costs P/FTILE_NP tiles, not a whole last tile per image (7x7: 54 positions
     # computed for 49; 4x4: 18 for 16).
@@ -1388,6 +1393,7 @@ def gemm(const floating[::1] a,    # IN  A (M, K), element (m, k) at a[m*sa_m + 
 cdef void _gemm(const floating* a, Py_ssize_t sa_m, Py_ssize_t sa_k, Py_ssize_t M, Py_ssize_t K,
                 const floating* b, Py_ssize_t N, floating* c, int n_threads) noexcept nogil:
     cdef Py_ssize_t n_blocks = (M + OB - 1) // OB
+    n_threads = _threads_for(M * N * K, n_threads)
     # Blocks per run: GEMM_BLOCKS, or more while the run's rows of A stay within 64K elements
     # (short sums, e.g. a weight gradient over a batch of 64: B is then read once per run).
     cdef Py_ssize_t per_run = max(1, min(max(<Py_ssize_t> GEMM_BLOCKS, 65536 // max(OB * K, 1)),
@@ -1535,6 +1541,7 @@ def gemm_nt(const floating[:, ::1] a,  # IN  A (M, K)
 cdef void _gemm_nt(const floating* a, const floating* b, floating* c, Py_ssize_t M,
                    Py_ssize_t N, Py_ssize_t K, int n_threads) noexcept nogil:
     cdef Py_ssize_t nbm = (M + NT_ROWS - 1) // NT_ROWS, nbn = (N + NT_COLS - 1) // NT_COLS
+    n_threads = _threads_for(M * N * K, n_threads)
     cdef Py_ssize_t task
     # Race-free: task (row block, column block) writes only its block of C.
     if n_threads == 1:  # serial: see SERIAL in the header

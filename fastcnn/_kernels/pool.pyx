@@ -23,6 +23,7 @@ from libc.string cimport memset
 
 include "_pool_plane.pxi"
 include "_bound.pxi"
+include "_threads.pxi"
 
 cdef enum:
     SMALL_PLANE = 1024   # planes of at most this many values are pooled in groups ...
@@ -450,8 +451,10 @@ cdef void _max2_groups(const floating* x, floating* y, int64_t* am, Py_ssize_t P
     folding the two into one function cost the argmax path 2-8% and the values 10-16%;
     the caller has checked that fpv_max2 takes the shape)."""
     cdef Py_ssize_t G = max(1, GROUP_VALUES // (H * W)), grp
+    n_threads = _threads_for(P * H * W * MOVE, n_threads)
     # Race-free: group grp writes only planes [grp*G, grp*G + G) of y and am.
     if n_threads == 1:  # serial: a team of one still costs libgomp's barrier system calls
+        # (_threads.pxi)
         for grp in range((P + G - 1) // G):
             _max2_group(x, y, am, grp * G, min(G, P - grp * G), H, W, OH, OW)
         return
