@@ -89,10 +89,10 @@ cdef extern from "_convtiles.h" nogil:
 cdef extern from "_convtiles.h" nogil:
     void fc_flanes6x2_f(const float*, const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t,
                         const float*, const float*, int, Py_ssize_t, Py_ssize_t, float*,
-                        float**, Py_ssize_t, float*, int, int)
+                        float**, Py_ssize_t, float*, int, int, int)
     void fc_flanes6x2_d(const double*, const Py_ssize_t*, const Py_ssize_t*, Py_ssize_t,
                         const double*, const double*, int, Py_ssize_t, Py_ssize_t, double*,
-                        double**, Py_ssize_t, double*, int, int)
+                        double**, Py_ssize_t, double*, int, int, int)
 
 cdef extern from "_convtiles.h" nogil:
     void fc_rtile4x3_f(const float*, Py_ssize_t, const Py_ssize_t*, const float*, Py_ssize_t,
@@ -172,6 +172,7 @@ cdef enum:
     LANE_CHUNK = 256
     CHUNK_TILES = 16
     MAX_NF = 32      # >= NF of every build (2 vectors of float32 lanes with AVX-512)
+    PF_Y_TAPS = 64   # sums of at least this many taps prefetch their output lines (fc_flanes)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -630,16 +631,23 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
         for kc in range((Kg + LANE_CHUNK - 1) // LANE_CHUNK):
             k0 = kc * LANE_CHUNK
             kn = min(<Py_ssize_t> LANE_CHUNK, Kg - k0)
+            # the position q of the run's first tile, as (image n, plane offset p, row i,
+            # column j); then stepped from tile to tile (no division per tile)
+            n = (t0 * FTILE_NP) // P
+            p = t0 * FTILE_NP - n * P
+            i = p // OW
+            j = p - i * OW
             for tile in range(t0, t1):
                 # positions qs .. qs+5 (the last tile shifted back to end at Q; positions
                 # before 0, in a batch of fewer than FTILE_NP outputs, read position 0);
                 # those before q0 belong to the previous tile and are not stored
                 q0 = tile * FTILE_NP
                 qs = min(q0, Q - FTILE_NP)
-                n = max(qs, <Py_ssize_t> 0) // P
-                p = max(qs, <Py_ssize_t> 0) - n * P
-                i = p // OW
-                j = p - i * OW
+                if qs != q0:  # the batch's last tile (n, p, i, j hold q0 there: go back)
+                    n = max(qs, <Py_ssize_t> 0) // P
+                    p = max(qs, <Py_ssize_t> 0) - n * P
+                    i = p // OW
+                    j = p - i * OW
                 ys = yb + n * G * Fg * P + p
                 if qs == q0 and p + FTILE_NP <= P:  # consecutive outputs of one plane
                     for u in range(FTILE_NP):
@@ -648,6 +656,7 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                         if j == OW:
                             j = 0
                             i = i + 1
+                    p = p + FTILE_NP
                     ypp = NULL
                 else:  # an image's end, or the batch's shifted last tile
                     for u in range(FTILE_NP):
@@ -663,6 +672,14 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                         pos[u] = n * img + i * WPh + j
                         yp[u] = yb + n * G * Fg * P + p
                     ypp = &yp[0]
+                    p = p + 1  # the next tile's first position (none after the last tile)
+                    j = j + 1
+                    if j == OW:
+                        j = 0
+                        i = i + 1
+                if p == P:
+                    p = i = j = 0
+                    n = n + 1
                 # this tile's running sums (used only by a chunked sum, whose runs have at
                 # most CHUNK_TILES tiles)
                 pt = &part[0]
@@ -672,12 +689,12 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                     fc_flanes6x2_f(base, pos, off + k0, kn, wb + k0 * NF,
                                    bpk + (g * nfb + fb) * NF, relu, q0 - qs,
                                    min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
-                                   k0 + kn == Kg)
+                                   k0 + kn == Kg, Kg >= PF_Y_TAPS)
                 else:
                     fc_flanes6x2_d(base, pos, off + k0, kn, wb + k0 * NF,
                                    bpk + (g * nfb + fb) * NF, relu, q0 - qs,
                                    min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
-                                   k0 + kn == Kg)
+                                   k0 + kn == Kg, Kg >= PF_Y_TAPS)
 
 
 # ---------------------------------------------------------------------------------------------
