@@ -726,6 +726,42 @@ def _special_values(x, rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_values_only_max_pool_fast_and_exact_blocks(dtype, set_threads):
+    """The values-only 2x2 max-pool takes plain maxima over blocks of row pairs without NaN
+    or -0 and the exact tie and NaN rules elsewhere: with ReLU-like data (many +0 ties) and a
+    few windows where plain maxima would pick another -0 / +0 or NaN payload than the
+    row-major scan, both kinds of block occur in one call, and every value is bitwise the
+    argmax kernel's."""
+    from fastcnn import _kernels
+    rng = np.random.default_rng(62)
+    for trial in range(12):
+        n, c = int(rng.integers(1, 5)), int(rng.integers(1, 40))
+        h, w = int(rng.integers(2, 40)), int(rng.integers(2, 40))
+        x = np.maximum(rng.standard_normal((n, c, h, w)), 0).astype(dtype)  # +0 ties
+        x[rng.random(x.shape) < 0.2] = 1.5  # nonzero ties
+        bits = x.view(np.uint32 if dtype == F32 else np.uint64)
+        quiet = 0x7FC00000 if dtype == F32 else 0x7FF8000000000000
+        for _ in range(int(rng.integers(0, 4))):  # a few special windows, in a few planes
+            b_, c_ = int(rng.integers(0, n)), int(rng.integers(0, c))
+            i, j = 2 * int(rng.integers(0, h // 2)), 2 * int(rng.integers(0, w // 2))
+            if rng.random() < 0.5:  # left winner -0 from row 1, right +0 from row 0: +0 wins
+                x[b_, c_, i:i + 2, j:j + 2] = [[-1.0, 0.0], [-0.0, -1.0]]
+            else:  # two NaNs with payloads: the first one in row-major order wins
+                x[b_, c_, i:i + 2, j:j + 2] = [[1.0, 0.0], [2.0, 3.0]]
+                bits[b_, c_, i + 1, j] = quiet | int(rng.integers(1, 1000))
+                bits[b_, c_, i, j + 1] = quiet | int(rng.integers(1, 1000))
+        set_threads(1 + trial % 2)
+        y_ref = np.empty((n, c, h // 2, w // 2), dtype)
+        am = np.empty(y_ref.shape, np.int64)
+        work = np.empty(_kernels.pool.maxpool2d_scratch(h, w, h // 2, w // 2, 2, 2, 2, 2, 1, 1,
+                                                        dtype == np.float64, 1), dtype)
+        _kernels.pool.maxpool2d_forward(x, y_ref, am, 2, 2, 2, 2, 0, 0, 1, 1, 1, work)
+        y_val = np.full_like(y_ref, 7.0)
+        assert _kernels.pool.maxpool2_values(x, y_val, 1 + trial % 2)
+        assert y_val.tobytes() == y_ref.tobytes()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_eval_max_pool_values_only_are_bitwise_the_training_values(dtype, set_threads):
     """In eval mode a 2x2 / stride 2 MaxPool2d computes the values only (the argmax is made
     from the kept input when asked for): outputs, ``indices`` and the gradient of a backward
