@@ -593,28 +593,39 @@ cdef void _forward_lanes(const floating* xs, const floating* wpk, const floating
     if Kg > LANE_CHUNK:  # a chunked sum: an image's tiles while their running sums fit the stack
         run_len = per_img if N * G >= 4 * n_threads and per_img <= CHUNK_TILES else LANE_TILES
     cdef Py_ssize_t nrun = (ntile + run_len - 1) // run_len, task
-    # Race-free: task (g, run) writes only y[:, g*Fg:(g+1)*Fg] at its own tiles' positions.
+    # With few runs (a batch of an image or two) a task takes one filter block of its run, so
+    # that the threads get even shares (32->64 @7 at batch 1: runs of 4, 4 and 1 tiles gave one
+    # thread 8 tiles and the other 1, and no gain from a second thread).
+    cdef Py_ssize_t nfb = (Fg + NF - 1) // NF
+    cdef Py_ssize_t fsplit = nfb if G * nrun < 4 * n_threads else 1
+    # Race-free: task (g, filter block or all of them, run) writes only y[:, g*Fg:(g+1)*Fg]
+    # (of its block) at its own tiles' positions.
     if n_threads == 1:  # serial: see SERIAL in the header
         for task in range(G * nrun):
-            _forward_lanes_task(xs, wpk, bpk, off, y, task, nrun, run_len, G, Fg, Kg, NF, WPh,
-                                OW, P, Q, ntile, img, gsz, relu)
+            _forward_lanes_task(xs, wpk, bpk, off, y, task, nrun, run_len, 1, G, Fg, Kg, NF,
+                                WPh, OW, P, Q, ntile, img, gsz, relu)
         return
-    for task in prange(G * nrun, schedule='static', num_threads=n_threads):
-        _forward_lanes_task(xs, wpk, bpk, off, y, task, nrun, run_len, G, Fg, Kg, NF, WPh, OW,
-                            P, Q, ntile, img, gsz, relu)
+    for task in prange(G * fsplit * nrun, schedule='static', num_threads=n_threads):
+        _forward_lanes_task(xs, wpk, bpk, off, y, task, nrun, run_len, fsplit, G, Fg, Kg, NF,
+                            WPh, OW, P, Q, ntile, img, gsz, relu)
 
 
 cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const floating* bpk,
                               const Py_ssize_t* off, floating* y, Py_ssize_t task,
-                              Py_ssize_t nrun, Py_ssize_t run_len, Py_ssize_t G, Py_ssize_t Fg,
-                              Py_ssize_t Kg, Py_ssize_t NF, Py_ssize_t WPh, Py_ssize_t OW,
-                              Py_ssize_t P, Py_ssize_t Q, Py_ssize_t ntile, Py_ssize_t img,
-                              Py_ssize_t gsz, bint relu) noexcept nogil:
+                              Py_ssize_t nrun, Py_ssize_t run_len, Py_ssize_t fsplit,
+                              Py_ssize_t G, Py_ssize_t Fg, Py_ssize_t Kg, Py_ssize_t NF,
+                              Py_ssize_t WPh, Py_ssize_t OW, Py_ssize_t P, Py_ssize_t Q,
+                              Py_ssize_t ntile, Py_ssize_t img, Py_ssize_t gsz,
+                              bint relu) noexcept nogil:
+    """Run ``task % nrun`` of group ``task // (nrun*fsplit)``: every filter block (fsplit 1),
+    or block ``(task // nrun) % fsplit`` alone (fsplit = the number of blocks)."""
     cdef Py_ssize_t pos[FTILE_NP]
     cdef floating* yp[FTILE_NP]
     cdef floating part[CHUNK_TILES * FTILE_NP * MAX_NF]  # running sums of a chunked sum
-    cdef Py_ssize_t run = task % nrun, g = task // nrun
+    cdef Py_ssize_t run = task % nrun, g = task // (nrun * fsplit)
     cdef Py_ssize_t nfb = (Fg + NF - 1) // NF
+    cdef Py_ssize_t fb0 = 0 if fsplit == 1 else (task // nrun) % fsplit
+    cdef Py_ssize_t fb1 = nfb if fsplit == 1 else fb0 + 1
     cdef Py_ssize_t t0 = run * run_len, t1 = min(ntile, (run + 1) * run_len)
     cdef Py_ssize_t tile, q0, qs, u, n, p, i, j, fb, kc, k0, kn
     cdef const floating* base = xs + g * gsz
@@ -625,7 +636,7 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
     cdef floating** ypp
     # Filter blocks outer: one block's packed weights (or one chunk of them) stay in L1 over
     # the run; chunks of LANE_CHUNK taps in order, each over every tile of the run.
-    for fb in range(nfb):
+    for fb in range(fb0, fb1):
         wb = wpk + (g * nfb + fb) * Kg * NF
         yb = y + (g * Fg + fb * NF) * P  # filter fb*NF of group g in image 0
         for kc in range((Kg + LANE_CHUNK - 1) // LANE_CHUNK):
