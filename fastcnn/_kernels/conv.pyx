@@ -593,11 +593,11 @@ cdef void _forward_lanes(const floating* xs, const floating* wpk, const floating
     if Kg > LANE_CHUNK:  # a chunked sum: an image's tiles while their running sums fit the stack
         run_len = per_img if N * G >= 4 * n_threads and per_img <= CHUNK_TILES else LANE_TILES
     cdef Py_ssize_t nrun = (ntile + run_len - 1) // run_len, task
-    # With few runs (a batch of an image or two) a task takes one filter block of its run, so
+    # With few runs (a batch of a few images) a task takes one filter block of its run, so
     # that the threads get even shares (32->64 @7 at batch 1: runs of 4, 4 and 1 tiles gave one
     # thread 8 tiles and the other 1, and no gain from a second thread).
     cdef Py_ssize_t nfb = (Fg + NF - 1) // NF
-    cdef Py_ssize_t fsplit = nfb if G * nrun < 4 * n_threads else 1
+    cdef Py_ssize_t fsplit = nfb if G * nrun < 16 * n_threads else 1
     # Race-free: task (g, filter block or all of them, run) writes only y[:, g*Fg:(g+1)*Fg]
     # (of its block) at its own tiles' positions.
     if n_threads == 1:  # serial: see SERIAL in the header
