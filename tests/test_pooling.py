@@ -725,6 +725,22 @@ def _special_values(x, rng):
     return x
 
 
+def _values_kernel_is_the_argmax_kernel(x, threads):
+    """The values-only 2x2 max-pool kernel of x against the argmax kernel, bitwise; returns the
+    pooled values."""
+    from fastcnn import _kernels
+    n, c, h, w = x.shape
+    y_ref = np.empty((n, c, h // 2, w // 2), x.dtype)
+    am = np.empty(y_ref.shape, np.int64)
+    work = np.empty(_kernels.pool.maxpool2d_scratch(h, w, h // 2, w // 2, 2, 2, 2, 2, 1, 1,
+                                                    x.dtype == np.float64, 1), x.dtype)
+    _kernels.pool.maxpool2d_forward(x, y_ref, am, 2, 2, 2, 2, 0, 0, 1, 1, 1, work)
+    y_val = np.full_like(y_ref, 7.0)
+    assert _kernels.pool.maxpool2_values(x, y_val, threads)
+    assert y_val.tobytes() == y_ref.tobytes()
+    return y_ref
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_values_only_max_pool_fast_and_exact_blocks(dtype, set_threads):
     """The values-only 2x2 max-pool takes plain maxima over blocks of row pairs without NaN
@@ -732,7 +748,6 @@ def test_values_only_max_pool_fast_and_exact_blocks(dtype, set_threads):
     few windows where plain maxima would pick another -0 / +0 or NaN payload than the
     row-major scan, both kinds of block occur in one call, and every value is bitwise the
     argmax kernel's."""
-    from fastcnn import _kernels
     rng = np.random.default_rng(62)
     for trial in range(12):
         n, c = int(rng.integers(1, 5)), int(rng.integers(1, 40))
@@ -751,14 +766,7 @@ def test_values_only_max_pool_fast_and_exact_blocks(dtype, set_threads):
                 bits[b_, c_, i + 1, j] = quiet | int(rng.integers(1, 1000))
                 bits[b_, c_, i, j + 1] = quiet | int(rng.integers(1, 1000))
         set_threads(1 + trial % 2)
-        y_ref = np.empty((n, c, h // 2, w // 2), dtype)
-        am = np.empty(y_ref.shape, np.int64)
-        work = np.empty(_kernels.pool.maxpool2d_scratch(h, w, h // 2, w // 2, 2, 2, 2, 2, 1, 1,
-                                                        dtype == np.float64, 1), dtype)
-        _kernels.pool.maxpool2d_forward(x, y_ref, am, 2, 2, 2, 2, 0, 0, 1, 1, 1, work)
-        y_val = np.full_like(y_ref, 7.0)
-        assert _kernels.pool.maxpool2_values(x, y_val, 1 + trial % 2)
-        assert y_val.tobytes() == y_ref.tobytes()
+        _values_kernel_is_the_argmax_kernel(x, 1 + trial % 2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -770,21 +778,12 @@ def test_eval_max_pool_values_only_are_bitwise_the_training_values(dtype, set_th
     Sequential (fused after Conv-ReLU, bound to the shape); a layer used alone keeps computing
     its argmax."""
     rng = np.random.default_rng(61)
-    from fastcnn import _kernels
     for _ in range(8):
         n, c = int(rng.integers(1, 4)), int(rng.integers(1, 7))
         h, w = int(rng.integers(2, 33)), int(rng.integers(2, 33))
         x = _special_values(rng.standard_normal((n, c, h, w)).astype(dtype), rng)
         set_threads(int(rng.integers(1, 3)))
-        # the kernel against the argmax kernel
-        y_ref = np.empty((n, c, h // 2, w // 2), dtype)
-        am = np.empty(y_ref.shape, np.int64)
-        work = np.empty(_kernels.pool.maxpool2d_scratch(h, w, h // 2, w // 2, 2, 2, 2, 2, 1, 1,
-                                                        dtype == np.float64, 1), dtype)
-        _kernels.pool.maxpool2d_forward(x, y_ref, am, 2, 2, 2, 2, 0, 0, 1, 1, 1, work)
-        y_val = np.full_like(y_ref, 7.0)
-        assert _kernels.pool.maxpool2_values(x, y_val, 2)
-        assert y_val.tobytes() == y_ref.tobytes()
+        y_ref = _values_kernel_is_the_argmax_kernel(x, 2)
         # the layer, alone and after a fused conv + ReLU, eval against train
         pool = MaxPool2d(2, dtype=dtype)
         g = rng.standard_normal(y_ref.shape).astype(dtype)
