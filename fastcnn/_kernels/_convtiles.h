@@ -108,19 +108,19 @@ static inline void fc_wtile##MR##x##NV##_##SUF(const T *x, ptrdiff_t x_img, cons
  * ``pos`` holds each position's offset in the input planes: any NP positions, of one image or
  * of two (no padding column, stride gap or partial last tile of an image is ever computed).
  * Their outputs (filter 0 of the block) are out_u = y + u (NP consecutive outputs of a plane,
- * ``yp`` NULL), or out_u = yp[u] for u0 <= u < NP (the others are not stored). A long sum may run in chunks of taps (the
- * caller offsets ``off`` and ``w``): ``first`` starts from 0, else from the running sums a
- * previous chunk left in ``part`` (NP x NV vectors); without ``last`` the running sums go back
- * to ``part`` and nothing else is done. Storing a float sum and loading it again changes
- * nothing, so a chunked sum is bitwise the one-pass sum. Each tap prefetches the next cache
- * line of its plane after the last position: with many input planes (1x1 kernels, input
- * gradients) the hardware prefetchers cannot follow that many streams (measured 1.3-1.9x on
- * 1x1 shapes, neutral on 3x3); a prefetch never faults, so reading past a plane there is
- * harmless. With ``pf_y`` the output lines two past the tile's are prefetched before the
- * sum (worth it for long sums only: 1.04-1.08x on 32->64 @14, batch 64; 0.9x on 1->32 @28,
- * 9 taps). The bias is added (and ReLU applied, NaN kept: v < 0 ? 0 : v) on whole vectors;
- * the transposed store then runs filter by filter over consecutive outputs, else position by
- * position. */
+ * ``yp`` NULL), or out_u = yp[u] for u0 <= u < NP (the others are not stored). A long sum may
+ * run in chunks of taps (the caller offsets ``off`` and ``w``): ``first`` starts from 0, else
+ * from the running sums a previous chunk left in ``part`` (NP x NV vectors); without ``last``
+ * the running sums go back to ``part`` and nothing else is done. Storing a float sum and
+ * loading it again changes nothing, so a chunked sum is bitwise the one-pass sum. Each tap
+ * prefetches the next cache line of its plane after the last position: with many input planes
+ * (1x1 kernels, input gradients) the hardware prefetchers cannot follow that many streams
+ * (measured 1.3-1.9x on 1x1 shapes, neutral on 3x3); a prefetch never faults, so reading past
+ * a plane there is harmless. With ``pf_y`` the output lines two past the tile's are prefetched
+ * before the sum (worth it for long sums only: without it 1.04-1.08x the time on 32->64 @14,
+ * batch 64; with it 1.1x on 1->32 @28, 9 taps). The bias is added (and ReLU applied, NaN kept:
+ * v < 0 ? 0 : v) on whole vectors; the transposed store then runs filter by filter over
+ * consecutive outputs, else position by position. */
 /* fc_tstore_{f,d}(NP, NV, r, y, plane): y[(v*NL + l)*plane + u] = r[u*NV + v][l] for u < NP,
  * by in-register transposes where the build has them (float, 32-byte AVX vectors, NP = 6);
  * returns 0 when it did nothing (the caller then stores element by element). */

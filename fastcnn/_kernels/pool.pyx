@@ -453,8 +453,7 @@ cdef void _max2_groups(const floating* x, floating* y, int64_t* am, Py_ssize_t P
     cdef Py_ssize_t G = max(1, GROUP_VALUES // (H * W)), grp
     n_threads = _threads_for(P * H * W * MOVE, n_threads)
     # Race-free: group grp writes only planes [grp*G, grp*G + G) of y and am.
-    if n_threads == 1:  # serial: a team of one still costs libgomp's barrier system calls
-        # (_threads.pxi)
+    if n_threads == 1:  # serial: libgomp's team of one costs system calls (_threads.pxi)
         for grp in range((P + G - 1) // G):
             _max2_group(x, y, am, grp * G, min(G, P - grp * G), H, W, OH, OW)
         return
