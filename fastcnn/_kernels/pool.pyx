@@ -590,16 +590,43 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                            sw, ph, pw, dh, dw)
 
 
-cdef inline void _scatter_plane(const floating* g, const int64_t* a, const floating* y,
-                                floating* d, Py_ssize_t in_size,
-                                Py_ssize_t out_size) noexcept nogil:
-    """d (in_size) = 0, then d[a[k]] += g[k] for k in row-major order, where y[k] > 0 when a
-    pooled output y is given (NULL: no ReLU mask)."""
-    cdef Py_ssize_t k
-    memset(d, 0, in_size * sizeof(floating))
-    for k in range(out_size):
-        if y == NULL or y[k] > 0:
-            d[a[k]] = d[a[k]] + g[k]
+cdef void _scatter_planes(const floating* g, const int64_t* a, const floating* y, floating* d,
+                          Py_ssize_t p0, Py_ssize_t np_, Py_ssize_t in_size,
+                          Py_ssize_t out_size) noexcept nogil:
+    """Planes p0 .. p0 + np_ - 1 (in_size values of d, out_size of g, a, y each): d = 0, then
+    d[a[k]] += g[k] for k in row-major order, where y[k] > 0 when a pooled output y is given
+    (NULL: no ReLU mask). One memset for the group (a 7x7 plane alone is 196 bytes)."""
+    cdef Py_ssize_t p, k
+    cdef const floating* gp
+    cdef const int64_t* ap
+    cdef floating* dp
+    memset(d + p0 * in_size, 0, np_ * in_size * sizeof(floating))
+    for p in range(p0, p0 + np_):
+        gp = g + p * out_size
+        ap = a + p * out_size
+        dp = d + p * in_size
+        if y == NULL:
+            for k in range(out_size):
+                dp[ap[k]] = dp[ap[k]] + gp[k]
+        else:
+            for k in range(out_size):
+                if y[p * out_size + k] > 0:
+                    dp[ap[k]] = dp[ap[k]] + gp[k]
+
+
+cdef void _max_scatter(const floating* g, const int64_t* a, const floating* y, floating* d,
+                       Py_ssize_t P, Py_ssize_t in_size, Py_ssize_t out_size,
+                       int n_threads) noexcept nogil:
+    """_scatter_planes over P planes in groups of about GROUP_VALUES input values."""
+    cdef Py_ssize_t G = max(1, GROUP_VALUES // max(in_size, <Py_ssize_t> 1)), grp
+    n_threads = _threads_for(P * in_size * MOVE, n_threads)
+    # Race-free: group grp writes only its planes of d.
+    if n_threads == 1:  # serial: libgomp's team of one costs system calls (_threads.pxi)
+        for grp in range((P + G - 1) // G):
+            _scatter_planes(g, a, y, d, grp * G, min(G, P - grp * G), in_size, out_size)
+        return
+    for grp in prange((P + G - 1) // G, schedule='static', num_threads=n_threads):
+        _scatter_planes(g, a, y, d, grp * G, min(G, P - grp * G), in_size, out_size)
 
 
 def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
@@ -608,15 +635,16 @@ def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
                        int n_threads):
     """dx[n,c].flat[argmax[n,c,i,j]] += dy[n,c,i,j]; overlapping windows add up.
 
-    Parallel over (n, c) planes: each task owns dx[n, c] and adds in row-major order of (i, j).
+    Parallel over groups of (n, c) planes: each task owns its planes of dx and adds in row-major
+    order of (i, j).
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane
-    # Race-free: plane (n, c) writes only dx[n, c].
-    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        _scatter_plane(&dy[plane // C, plane % C, 0, 0], &argmax[plane // C, plane % C, 0, 0],
-                       NULL, &dx[plane // C, plane % C, 0, 0], H * W, OH * OW)
+    if N * C == 0 or H * W == 0:
+        return
+    with nogil:
+        _max_scatter(&dy[0, 0, 0, 0] if dy.shape[2] * dy.shape[3] else NULL,
+                     &argmax[0, 0, 0, 0] if dy.shape[2] * dy.shape[3] else NULL, NULL,
+                     &dx[0, 0, 0, 0], N * C, H * W, dy.shape[2] * dy.shape[3], n_threads)
 
 
 def maxpool2d_relu_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
@@ -627,16 +655,17 @@ def maxpool2d_relu_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH,
     """Gradient through ReLU then max-pool: dx[n,c].flat[argmax] += dy * (y > 0).
 
     y is the pooled output of ReLU'd values, so y > 0 exactly where the ReLU passed the maximum
-    on; the ReLU's own mask is never needed. Parallel over (n, c) planes, as maxpool2d_backward.
+    on; the ReLU's own mask is never needed. Parallel over groups of (n, c) planes, as
+    maxpool2d_backward.
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
-    cdef Py_ssize_t OH = dy.shape[2], OW = dy.shape[3]
-    cdef Py_ssize_t plane
-    # Race-free: plane (n, c) writes only dx[n, c].
-    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        _scatter_plane(&dy[plane // C, plane % C, 0, 0], &argmax[plane // C, plane % C, 0, 0],
-                       &y[plane // C, plane % C, 0, 0], &dx[plane // C, plane % C, 0, 0],
-                       H * W, OH * OW)
+    cdef bint empty = dy.shape[2] * dy.shape[3] == 0
+    if N * C == 0 or H * W == 0:
+        return
+    with nogil:
+        _max_scatter(NULL if empty else &dy[0, 0, 0, 0], NULL if empty else &argmax[0, 0, 0, 0],
+                     NULL if empty else &y[0, 0, 0, 0], &dx[0, 0, 0, 0], N * C, H * W,
+                     dy.shape[2] * dy.shape[3], n_threads)
 
 
 # ---------------------------------------------------------------------------------------------
