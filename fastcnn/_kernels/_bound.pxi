@@ -6,7 +6,7 @@
 # typed memoryview per argument (0.5 us each: five of them made up most of a batch-1 layer).
 
 from cpython.buffer cimport (PyBUF_C_CONTIGUOUS, PyBUF_FORMAT, PyBUF_WRITABLE,
-                            PyBuffer_Release, PyObject_GetBuffer)
+                             PyBuffer_Release, PyObject_GetBuffer)
 
 
 cdef char* _bound_data(object a, Py_ssize_t nbytes, bint dbl, bint writable) except NULL:

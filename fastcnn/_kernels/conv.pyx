@@ -281,9 +281,10 @@ cdef inline void _split_row2(const floating* s, Py_ssize_t W, Py_ssize_t left, f
     """d0[b] = s[2b - left] and d1[b] = s[2b + 1 - left] where inside [0, W), else 0, for
     b < n: the two column phases of a zero-padded row in one pass (the interior a vectorised
     deinterleave; the scalar gather per phase was 30% of a stride-2 forward)."""
-    cdef Py_ssize_t lo = min((left + 1) // 2, n)  # first b with 2b - left >= 0
-    cdef Py_ssize_t last = W - 2 + left  # 2 * (the last b with 2b + 1 - left < W), if >= 0
-    cdef Py_ssize_t hi = max(min(last // 2 + 1 if last >= 0 else 0, n), lo)
+    # the interior: both phases read inside the row (the spans of _copy_row_strided's phases)
+    cdef Py_ssize_t lo = _span_lo(-left, 2, n)
+    cdef Py_ssize_t hi = max(min(_span_hi(W, -left, 2, n, lo),
+                                 _span_hi(W, 1 - left, 2, n, _span_lo(1 - left, 2, n))), lo)
     cdef Py_ssize_t b, c
     for b in range(lo):
         c = 2 * b - left
@@ -1602,8 +1603,8 @@ def gemm_nt(const floating[:, ::1] a,  # IN  A (M, K)
 cdef void _gemm_nt(const floating* a, const floating* b, floating* c, Py_ssize_t M,
                    Py_ssize_t N, Py_ssize_t K, int n_threads) noexcept nogil:
     cdef Py_ssize_t nbm = (M + NT_ROWS - 1) // NT_ROWS, nbn = (N + NT_COLS - 1) // NT_COLS
-    n_threads = _threads_for(M * N * K, n_threads)
     cdef Py_ssize_t task
+    n_threads = _threads_for(M * N * K, n_threads)
     # Race-free: task (row block, column block) writes only its block of C.
     if n_threads == 1:  # serial: see SERIAL in the header
         for task in range(nbm * nbn):

@@ -639,12 +639,12 @@ def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
     order of (i, j).
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
+    cdef bint empty = dy.shape[2] * dy.shape[3] == 0
     if N * C == 0 or H * W == 0:
         return
     with nogil:
-        _max_scatter(&dy[0, 0, 0, 0] if dy.shape[2] * dy.shape[3] else NULL,
-                     &argmax[0, 0, 0, 0] if dy.shape[2] * dy.shape[3] else NULL, NULL,
-                     &dx[0, 0, 0, 0], N * C, H * W, dy.shape[2] * dy.shape[3], n_threads)
+        _max_scatter(NULL if empty else &dy[0, 0, 0, 0], NULL if empty else &argmax[0, 0, 0, 0],
+                     NULL, &dx[0, 0, 0, 0], N * C, H * W, dy.shape[2] * dy.shape[3], n_threads)
 
 
 def maxpool2d_relu_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
