@@ -6,11 +6,13 @@ issue 9; ``--networks`` may name models of the zoo) and each thread count (``--t
 
 * the training step (forward, softmax cross-entropy, backward, SGD with momentum) in ms per
   batch, fastcnn against PyTorch (same weights, same data);
-* inference (forward only) in ms per batch, against PyTorch (``torch.inference_mode()``) and
-  ONNX Runtime (CPU execution provider, ``intra_op_num_threads`` = the thread count,
-  ``inter_op_num_threads`` 1, sequential execution; the model is exported from the equivalent
-  PyTorch module with ``torch.onnx.export``, dynamic batch). Without onnx / onnxruntime the
-  column is left out with a note;
+* inference (forward only) in ms per batch, fastcnn's model frozen as deployed
+  (``model.eval().freeze()``: weights fixed, as in an ONNX Runtime session), against PyTorch
+  (``torch.inference_mode()``) and ONNX Runtime (CPU execution provider,
+  ``intra_op_num_threads`` = the thread count, ``inter_op_num_threads`` 1, sequential
+  execution; the model is exported from the equivalent PyTorch module with
+  ``torch.onnx.export``, dynamic batch). Without onnx / onnxruntime the column is left out
+  with a note;
 * the Python overhead of fastcnn per step at batch 1: the step time minus the time spent in the
   compiled kernels (every kernel call timed through a wrapper, ``harness.kernel_call_timer``);
 
@@ -115,7 +117,7 @@ class _FastcnnImpl:
         return step, (lambda x: model.forward(x, copy=False).argmax(axis=1))
 
     def inference(self, net):
-        model = self._model(net).eval()
+        model = self._model(net).freeze()
         return lambda x: model.forward(x, copy=False)
 
 

@@ -444,6 +444,76 @@ def test_eval_conv_reuses_packed_weights_only_while_unchanged():
         assert (conv._ws.writers["apack"].snaps is not None) == (not seq.training)
 
 
+@pytest.mark.parametrize("name", ["lenet5", "bnnet", "lenet5-1998"])
+def test_frozen_model_gives_the_same_outputs_and_refuses_changes(name):
+    """freeze(): eval mode, every parameter and buffer read-only, outputs bitwise those of the
+    unfrozen model (the derived weights are reused by identity, not by a byte comparison);
+    training, loading and an optimiser's step are refused; unfreeze() lets the weights
+    change again, and the next forward follows them."""
+    from fastcnn.models import get_model
+    from fastcnn.models.zoo import get_spec
+
+    rng = np.random.default_rng(5)
+    model = get_model(name, seed=1)
+    x = rng.random((3, *get_spec(name)["input_shape"])).astype(np.float32)
+    model.train()
+    model.forward(x)  # moves the batch-norm statistics away from their initial values
+    reference = get_model(name, seed=1)
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    want = reference.forward(x)
+    assert model.freeze() is model and model.frozen and not model.training
+    assert all(not a.flags.writeable for _, a in model.named_buffers())
+    assert all(not p.data.flags.writeable for p in model.parameters())
+    for _ in range(3):  # the first call derives, the others reuse
+        assert model.forward(x).tobytes() == want.tobytes()
+    assert model.forward(x[:1]).tobytes() == want[:1].tobytes()
+    with pytest.raises(RuntimeError, match="frozen"):
+        model.train()
+    with pytest.raises(RuntimeError, match="frozen"):
+        model.load_state_dict(reference.state_dict())
+    with pytest.raises(ValueError, match="read-only"):
+        model.parameters()[0].data[...] = 0
+    model.forward(x)
+    model.backward(np.ones_like(want))  # gradients in eval mode stay possible
+    with pytest.raises(ValueError, match="read-only"):
+        fastcnn.SGD(model.parameters(), lr=0.1).step()
+    model.unfreeze()
+    assert not model.frozen and not model.training
+    weight = model.parameters()[0].data
+    weight *= 0.5  # in place: the derived weights must follow
+    reference.parameters()[0].data[...] *= 0.5
+    assert model.forward(x).tobytes() == reference.forward(x).tobytes()
+    model.train()  # allowed again
+
+
+def test_snapshot_keeps_a_reference_to_a_frozen_array_and_a_copy_of_any_other():
+    """functional._snapshot: a read-only array (and base) is not copied; the snapshot stays
+    valid while it is the same object and read-only, and falls back to copying when it is made
+    writeable; a writeable array is compared by its bytes."""
+    from fastcnn.functional._snapshot import _Snapshot
+
+    base = np.arange(12, dtype=np.float32)
+    view = base[2:8].reshape(2, 3)
+    view.flags.writeable = False  # but its base is writeable: not frozen, so copied
+    snap = _Snapshot(view)
+    assert snap.copy is not None and snap.same(view) and snap.same(view.copy())
+    base[3] = -1.0
+    assert not snap.same(view)
+    base.flags.writeable = False
+    snap.update(view)
+    assert snap.copy is None and snap.source is view and snap.same(view)
+    assert not snap.same(view.copy())  # equal bytes, another array: not known to be frozen
+    base.flags.writeable = True
+    assert not snap.same(view)
+    snap.update(view)  # writeable again: a copy, compared by bytes
+    assert snap.copy is not None and snap.same(view) and snap.same(view.copy())
+    base[4] = 7.0
+    assert not snap.same(view)
+    frozen_bytes = np.frombuffer(b"\0" * 16, dtype=np.float32)
+    assert _Snapshot(frozen_bytes).copy is None
+
+
 def test_linear_compute_input_grad_false_returns_none():
     layer, x, rng = _linear_layer((4, 7, 5, True), F64)
     full, _, _ = _linear_layer((4, 7, 5, True), F64)

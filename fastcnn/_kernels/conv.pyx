@@ -49,6 +49,8 @@ from cython.parallel cimport prange
 from cython cimport floating
 from libc.string cimport memcmp, memcpy, memset, strcmp
 
+from numpy import ndarray as ndarray_type
+
 include "_pad_plane.pxi"
 include "_bound.pxi"
 include "_threads.pxi"
@@ -1295,36 +1297,58 @@ def all_finite(const floating[::1] a):
 
 
 cdef class Snapshot:
-    """A C-contiguous copy of an array, to tell cheaply whether the array still holds the same
-    bytes, so that work derived from it (a transposed, packed or folded weight) can be reused:
-    ``same(a)`` is true when ``a`` is C-contiguous with the copy's shape and element format
-    and one memcmp finds the same bytes (NaN equals itself, -0.0 differs from 0.0: what
-    matters is that a result computed from it is the same). Done in C with no allocation:
-    about 0.1 us plus the memcmp, where the same checks through NumPy attributes cost 1.5 us,
-    several times per layer call at batch 1 (memcmp itself runs at 3x the speed of
-    ``np.not_equal`` plus a reduction)."""
+    """What an array held, to tell cheaply whether it still holds the same bytes, so that work
+    derived from it (a transposed, packed or folded weight) can be reused.
 
-    cdef readonly object copy
+    A read-only array (``frozen``: not writeable, nor is any array it is a view of; see
+    ``Module.freeze``) cannot change without first being made writeable again, so its
+    snapshot keeps a reference, not a copy: ``same(a)`` is true when ``a`` is that very array
+    and still frozen (an identity test and a few flag reads, whatever its size). Any other
+    array is copied (C-contiguous), and ``same(a)`` is true when ``a`` is C-contiguous with the
+    copy's shape and element format and one memcmp finds the same bytes (NaN equals itself,
+    -0.0 differs from 0.0: what matters is that a result computed from it is the same). Done in
+    C with no allocation: about 0.1 us plus the memcmp, where the same checks through NumPy
+    attributes cost 1.5 us, several times per layer call at batch 1 (memcmp itself runs at 3x
+    the speed of ``np.not_equal`` plus a reduction)."""
+
+    cdef readonly object copy  # the bytes (None in reference mode)
+    cdef readonly object source  # the frozen array itself (None in copy mode)
+    cdef object _shape, _dtype
     cdef Py_buffer _view  # of copy, held for the snapshot's life
     cdef bint _held
 
     def __cinit__(self, a):
+        self._take(a)
+
+    def __dealloc__(self):
+        self._release()
+
+    cdef _release(self):
+        if self._held:
+            PyBuffer_Release(&self._view)
+            self._held = False
+
+    cdef _take(self, a):
         import numpy
+        self._release()
+        self._shape, self._dtype = a.shape, a.dtype
+        if frozen(a):
+            self.source, self.copy = a, None
+            return
+        self.source = None
         self.copy = numpy.array(a, order="C", copy=True)
         PyObject_GetBuffer(self.copy, &self._view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
         self._held = True
 
-    def __dealloc__(self):
-        if self._held:
-            PyBuffer_Release(&self._view)
-
     def same(self, a):
-        """True when `a` holds the copy's bytes in the copy's shape and format."""
+        """True when `a` holds the snapshot's bytes in its shape and format."""
         cdef Py_buffer ba
         cdef bint equal
         cdef int k
         if a is None:
             return False
+        if not self._held:  # reference mode
+            return a is self.source and frozen(a)
         try:
             PyObject_GetBuffer(a, &ba, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
         except (BufferError, TypeError, ValueError):  # not contiguous, or not an array
@@ -1343,17 +1367,36 @@ cdef class Snapshot:
         return equal
 
     def update(self, a):
-        """Take a new copy of `a`, of the snapshot's shape and format (else ValueError)."""
+        """Take a new snapshot of `a`, of the snapshot's shape and dtype (else ValueError)."""
         if not self.same_layout(a):
-            raise ValueError(f"a snapshot of shape {self.copy.shape} and dtype "
-                             f"{self.copy.dtype} cannot take an array of shape "
-                             f"{getattr(a, 'shape', None)} and dtype {getattr(a, 'dtype', None)}")
-        import numpy
-        numpy.copyto(self.copy, a)
+            raise ValueError(f"a snapshot of shape {self._shape} and dtype {self._dtype} "
+                             f"cannot take an array of shape {getattr(a, 'shape', None)} and "
+                             f"dtype {getattr(a, 'dtype', None)}")
+        if self._held and not frozen(a):
+            import numpy
+            numpy.copyto(self.copy, a)
+        else:
+            self._take(a)
 
     def same_layout(self, a):
-        """True when `a` has the copy's shape and dtype (whatever its bytes)."""
-        return a is not None and a.shape == self.copy.shape and a.dtype == self.copy.dtype
+        """True when `a` has the snapshot's shape and dtype (whatever its bytes)."""
+        return a is not None and a.shape == self._shape and a.dtype == self._dtype
+
+
+def frozen(a):
+    """True when the NumPy array `a` cannot be written without first being made writeable
+    again: neither it nor any array it is a view of is writeable, and the memory's owner is an
+    array or an immutable ``bytes`` object (NumPy refuses to make a view of read-only memory
+    writeable)."""
+    cdef object o = a
+    while True:
+        if not isinstance(o, ndarray_type):
+            return isinstance(o, bytes) and o is not a
+        if o.flags.writeable:
+            return False
+        if o.base is None:
+            return True
+        o = o.base
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,9 @@ Less Python per step (issue 9). At batch 1 a step is mostly Python between the k
 * in eval mode, the transposed weight that a matrix product needs (Linear, a convolution whose
   kernel covers its input), a convolution's packed weights and the Conv-BN fold are reused
   while the arrays they were made from hold the same bytes (checked by a memcmp with a
-  snapshot at every call, so an in-place change, however it was made, is seen).
+  snapshot at every call, so an in-place change, however it was made, is seen; read-only
+  arrays, such as a frozen model's (``Module.freeze``) and the folded weights themselves, by
+  their identity: ``_kernels.conv.Snapshot``).
 
 Threads: a model keeps per-call state (what backward needs, reused output buffers, work arrays,
 convolution workspaces, the snapshots above), so one model must not run forward / backward (in
@@ -174,13 +176,15 @@ class _ConvBN(_Step):
         scale = gamma * invstd
         weight = conv.params["weight"]
         bias = conv.params.get("bias")
-        if self._w is None or self._w.shape != weight.shape or self._w.dtype != weight.dtype:
-            self._w = np.empty_like(weight)
-            self._b = np.empty(conv.out_channels, dtype=weight.dtype)
-        w, b = self._w, self._b
+        # New arrays at every fold, read-only once made: what the convolution derives from them
+        # (its packed weights) is then checked by identity, not byte by byte (_Snapshot).
+        w = np.empty_like(weight)
+        b = np.empty(conv.out_channels, dtype=weight.dtype)
         np.multiply(weight, scale.reshape((-1,) + (1,) * (weight.ndim - 1)), out=w,
                     casting="unsafe")
         b[...] = ((0.0 if bias is None else bias.astype(np.float64)) - mean) * scale + beta
+        w.flags.writeable = b.flags.writeable = False
+        self._w, self._b = w, b
         self._sources = (bn.eps, tuple(None if a is None else _Snapshot(a) for a in sources))
         return w, b
 
