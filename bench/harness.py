@@ -344,7 +344,8 @@ def batch_data(input_shape, n, num_classes=10, seed=0):
 
 def kernel_call_timer(fastcnn):
     """Wrap every function of fastcnn's loaded compiled kernel modules with a timer (and the
-    calls of every bound kernel call, ``Bound*``, made while the timers are in).
+    calls of every bound kernel call, ``Bound*``, and of every compiled chain of them,
+    ``Chain``, made while the timers are in).
 
     Returns ``(totals, restore, cost)``: ``totals`` is a two-element list [seconds inside the
     kernels, calls] that grows with every kernel call; ``restore()`` puts the original functions
@@ -378,6 +379,9 @@ def kernel_call_timer(fastcnn):
         def __getitem__(self, key):  # a fused-type kernel's specialisation, timed too
             return Timed(self.fn[key])
 
+        def link(self, *args):  # a bound call's chain link: the chain's calls are timed
+            return self.fn.link(*args)
+
     def timed_class(cls):  # a bound kernel call (``Bound*``): its calls are timed
         return lambda *args, **kwargs: Timed(cls(*args, **kwargs))
 
@@ -388,7 +392,7 @@ def kernel_call_timer(fastcnn):
             fn = getattr(mod, attr)
             if attr.startswith("_") or not callable(fn):
                 continue
-            if isinstance(fn, type) and not attr.startswith("Bound"):
+            if isinstance(fn, type) and not (attr.startswith("Bound") or attr == "Chain"):
                 continue
             saved.append((mod, attr, fn))
             setattr(mod, attr, timed_class(fn) if isinstance(fn, type) else Timed(fn))

@@ -80,9 +80,11 @@ def test_quick_report_writes_markdown(tmp_path):
             assert len(infer) == 2 + len(impls) + len(impls) - 1, infer
         calls = {r[2]: r for r in _rows(text, net)}  # the Python overhead table
         assert set(calls) == {"train step", "inference"}
-        for cells in calls.values():
+        for call, cells in calls.items():
             step, kernels = _number(cells[3]), _number(cells[4])
-            assert step > 0 and kernels > 0 and _number(cells[7]) >= 4, cells
+            # the frozen model's inference is one compiled chain: a single kernel call
+            assert step > 0 and kernels > 0 and _number(cells[7]) >= (
+                4 if call == "train step" else 1), cells
     (epoch,) = _rows(text, "fastcnn")[:1]  # the epoch table comes before the memory table
     assert _number(epoch[1]) > 0, epoch
     assert "SYNTHETIC" in text and "## Memory" in text

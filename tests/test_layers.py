@@ -487,6 +487,84 @@ def test_frozen_model_gives_the_same_outputs_and_refuses_changes(name):
     model.train()  # allowed again
 
 
+def _vgg_like(seed, slope):
+    return fastcnn.Sequential(
+        fastcnn.Conv2d(1, 4, 3, padding=1, seed=seed), fastcnn.ReLU(), fastcnn.MaxPool2d(2),
+        fastcnn.Conv2d(4, 6, 3, padding=1, seed=seed + 1), fastcnn.LeakyReLU(slope),
+        fastcnn.Conv2d(6, 5, 1, seed=seed + 2), fastcnn.Flatten(), fastcnn.Dropout(0.3),
+        fastcnn.Linear(5 * 7 * 7, 3, seed=seed + 3), fastcnn.Tanh())
+
+
+@pytest.mark.parametrize("name", ["vgg-like", "lenet5", "bnnet"])
+def test_frozen_forward_runs_as_one_chain_bitwise_and_follows_every_change(name, set_threads):
+    """A frozen Sequential runs its eval forward as one compiled chain of the bound kernel
+    calls (Sequential._chain): bitwise the checked path, on 1 and 2 threads; it follows a
+    parameter replaced by another read-only array, an array made writeable by hand and
+    edited, an activation's parameter, the batch-norm buffers of a fold; and a backward pass
+    after a chained forward gives the gradients of the unfrozen model."""
+    from fastcnn.models import get_model
+    from fastcnn.models.zoo import get_spec
+
+    def build():
+        return _vgg_like(3, 0.2) if name == "vgg-like" else get_model(name, seed=2)
+
+    rng = np.random.default_rng(11)
+    shape = (1, 14, 14) if name == "vgg-like" else tuple(get_spec(name)["input_shape"])
+    x = rng.random((2, *shape)).astype(np.float32)
+    model, reference = build(), build()
+    model.train()
+    model.forward(x)  # batch-norm statistics away from their initial values
+    reference.load_state_dict(model.state_dict())
+    model.freeze()
+    reference.eval()
+    for threads in (1, 2):
+        set_threads(threads)
+        for _ in range(3):
+            assert model.forward(x).tobytes() == reference.forward(x).tobytes(), threads
+        assert model._bound[2], "the frozen forward did not run as a chain"
+    set_threads(1)
+    model.forward(x)
+    model.forward(x)
+    assert model._bound[2]  # the changes below meet a chain made for them
+
+    def same():
+        assert model.forward(x).tobytes() == reference.forward(x).tobytes()
+        assert model.forward(x).tobytes() == reference.forward(x).tobytes()
+
+    convs = [m for m in model.layers if isinstance(m, fastcnn.Conv2d)]
+    ref_convs = [m for m in reference.layers if isinstance(m, fastcnn.Conv2d)]
+    # a parameter replaced by another read-only array
+    new = convs[-1].params["weight"] * 0.5
+    new.flags.writeable = False
+    convs[-1].params["weight"] = new
+    ref_convs[-1].params["weight"][...] = new
+    same()
+    assert model._bound[2]  # made again
+    # an array made writeable by hand and edited, without unfreeze()
+    w = convs[0].params["weight"]
+    w.base.flags.writeable = True
+    w.flags.writeable = True
+    w.flat[0] += 1.0
+    ref_convs[0].params["weight"].flat[0] += 1.0
+    same()
+    if name == "vgg-like":
+        model[4].negative_slope = reference[4].negative_slope = 0.05
+        same()
+    if name == "bnnet":
+        bn = model[1]
+        mean = bn.buffers["running_mean"] + 0.25
+        mean.flags.writeable = False
+        bn.buffers["running_mean"] = mean
+        reference[1].buffers["running_mean"][...] = mean
+        same()
+    model.forward(x)  # chained again
+    g = rng.standard_normal(reference.forward(x).shape).astype(np.float32)
+    got, want = model.backward(g), reference.backward(g)  # (None: no input gradient asked)
+    assert (got is None and want is None) or got.tobytes() == want.tobytes()
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert p.grad.tobytes() == q.grad.tobytes(), p.name
+
+
 def test_snapshot_keeps_a_reference_to_a_frozen_array_and_a_copy_of_any_other():
     """functional._snapshot: a read-only array (and base) is not copied; the snapshot stays
     valid while it is the same object and read-only, and falls back to copying when it is made

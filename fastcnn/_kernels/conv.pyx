@@ -47,6 +47,7 @@ take 2-30 us.
 
 from cython.parallel cimport prange
 from cython cimport floating
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from libc.string cimport memcmp, memcpy, memset, strcmp
 
 from numpy import ndarray as ndarray_type
@@ -1332,7 +1333,7 @@ cdef class Snapshot:
         import numpy
         self._release()
         self._shape, self._dtype = a.shape, a.dtype
-        if frozen(a):
+        if _frozen(a):
             self.source, self.copy = a, None
             return
         self.source = None
@@ -1348,7 +1349,7 @@ cdef class Snapshot:
         if a is None:
             return False
         if not self._held:  # reference mode
-            return a is self.source and frozen(a)
+            return a is self.source and _frozen(a)
         try:
             PyObject_GetBuffer(a, &ba, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT)
         except (BufferError, TypeError, ValueError):  # not contiguous, or not an array
@@ -1372,7 +1373,7 @@ cdef class Snapshot:
             raise ValueError(f"a snapshot of shape {self._shape} and dtype {self._dtype} "
                              f"cannot take an array of shape {getattr(a, 'shape', None)} and "
                              f"dtype {getattr(a, 'dtype', None)}")
-        if self._held and not frozen(a):
+        if self._held and not _frozen(a):
             import numpy
             numpy.copyto(self.copy, a)
         else:
@@ -1388,6 +1389,10 @@ def frozen(a):
     again: neither it nor any array it is a view of is writeable, and the memory's owner is an
     array or an immutable ``bytes`` object (NumPy refuses to make a view of read-only memory
     writeable)."""
+    return _frozen(a)
+
+
+cdef bint _frozen(object a) except -1:
     cdef object o = a
     while True:
         if not isinstance(o, ndarray_type):
@@ -1578,6 +1583,20 @@ cdef void _bound_forward(const floating* x, const floating* b, const _FwdArgs* a
                  a.OW, a.C, a.sh, a.sw, a.HPh, a.WPh, a.G, a.MR, a.NR, a.relu, a.n_threads)
 
 
+cdef struct _FwdLink:
+    const _FwdArgs* a
+    const char* bp
+    bint dbl
+
+
+cdef void _link_forward(void* state, const char* x) noexcept nogil:
+    cdef _FwdLink* s = <_FwdLink*> state
+    if s.dbl:
+        _bound_forward(<const double*> x, <const double*> s.bp, s.a)
+    else:
+        _bound_forward(<const float*> x, <const float*> s.bp, s.a)
+
+
 cdef class BoundForward:
     """``forward_lanes`` (``lanes``) or ``forward``, after ``pad_split`` into ``xs`` when xs is
     given (else the input is read as the phase planes), with every argument but the input and
@@ -1589,6 +1608,9 @@ cdef class BoundForward:
     cdef object keep  # the arrays the pointers point into
     cdef Py_ssize_t x_bytes, b_bytes
     cdef bint dbl
+    cdef _FwdLink fl
+    cdef _Link link_
+    cdef object link_bias
 
     def __init__(self, bint lanes, x_shape, xs, wpk, bpk, const Py_ssize_t[::1] off, y,
                  Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t HPh, Py_ssize_t WPh, Py_ssize_t G,
@@ -1613,6 +1635,17 @@ cdef class BoundForward:
         self.a.y = _bound_data(y, y.nbytes, self.dbl, True)
         self.x_bytes = self.a.N * self.a.C * self.a.H * self.a.W * item
         self.b_bytes = self.a.F * item
+
+    def link(self, b):
+        """This call with the bias fixed as a chain link (a capsule; see ``Chain``)."""
+        self.link_bias = b
+        self.fl.a, self.fl.dbl = &self.a, self.dbl
+        self.fl.bp = NULL if self.a.lanes else _bound_data(b, self.b_bytes, self.dbl, False)
+        self.link_.fn, self.link_.state = _link_forward, &self.fl
+        self.link_.x_bytes, self.link_.out = self.x_bytes, self.a.y
+        self.link_.out_bytes = self.a.N * self.a.F * self.a.OH * self.a.OW * (8 if self.dbl
+                                                                              else 4)
+        return _link_capsule(&self.link_)
 
     def __call__(self, x, b):
         cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
@@ -1685,6 +1718,25 @@ cdef void _bound_linear(const floating* x, const floating* w, const floating* bi
             y[m * N + j] = v
 
 
+cdef struct _LinLink:
+    const char* w
+    const char* bias
+    char* y
+    Py_ssize_t M, K, N
+    bint relu, dbl
+    int n_threads
+
+
+cdef void _link_linear(void* state, const char* x) noexcept nogil:
+    cdef _LinLink* s = <_LinLink*> state
+    if s.dbl:
+        _bound_linear(<const double*> x, <const double*> s.w, <const double*> s.bias,
+                      <double*> s.y, s.M, s.K, s.N, s.relu, s.n_threads)
+    else:
+        _bound_linear(<const float*> x, <const float*> s.w, <const float*> s.bias,
+                      <float*> s.y, s.M, s.K, s.N, s.relu, s.n_threads)
+
+
 cdef class BoundLinear:
     """y = x @ w.T (+ bias) (then max(., 0), NaN kept, if relu): ``gemm_nt`` with every argument
     but the input fixed: ``bound(x)`` for x (M, K) C-contiguous (any shape of that size), w
@@ -1698,6 +1750,8 @@ cdef class BoundLinear:
     cdef Py_ssize_t M, K, N, x_bytes
     cdef bint relu, dbl
     cdef int n_threads
+    cdef _LinLink ll
+    cdef _Link link_
 
     def __init__(self, w, bias, y, bint relu, int n_threads):
         cdef Py_ssize_t item = y.dtype.itemsize
@@ -1714,6 +1768,16 @@ cdef class BoundLinear:
         self.relu, self.n_threads = relu, n_threads
         self.x_bytes = self.M * self.K * item
 
+    def link(self):
+        """This call as a chain link (a capsule; see ``Chain``)."""
+        self.ll.w, self.ll.bias, self.ll.y = self.w, self.bias, self.y
+        self.ll.M, self.ll.K, self.ll.N = self.M, self.K, self.N
+        self.ll.relu, self.ll.dbl, self.ll.n_threads = self.relu, self.dbl, self.n_threads
+        self.link_.fn, self.link_.state = _link_linear, &self.ll
+        self.link_.x_bytes, self.link_.out = self.x_bytes, self.y
+        self.link_.out_bytes = self.M * self.N * (8 if self.dbl else 4)
+        return _link_capsule(&self.link_)
+
     def __call__(self, x):
         cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
         with nogil:
@@ -1725,3 +1789,56 @@ cdef class BoundLinear:
                 _bound_linear(<const float*> xp, <const float*> self.w,
                               <const float*> self.bias, <float*> self.y, self.M, self.K,
                               self.N, self.relu, self.n_threads)
+
+
+cdef class Chain:
+    """Bound calls run one after another in C, each on the previous one's output: a frozen
+    model's eval forward in one call (``nn.container``). ``chain(x)`` runs the links on x (a
+    C-contiguous array of the first link's input size and the chain's dtype) when every array
+    of ``readonly`` is still read-only, and returns whether it ran (False: nothing done; the
+    caller takes its checked path). The links must come from bound calls that ``owners`` keep
+    alive, each reading as many bytes as the one before writes (else ValueError)."""
+
+    cdef _Link** links
+    cdef Py_ssize_t n, x_bytes
+    cdef bint dbl
+    cdef object owners, readonly
+
+    def __cinit__(self):
+        self.links = NULL
+
+    def __init__(self, capsules, owners, readonly, bint dbl):
+        cdef Py_ssize_t i
+        capsules = tuple(capsules)
+        if not capsules:
+            raise ValueError("a chain needs at least one link")
+        self.links = <_Link**> PyMem_Malloc(len(capsules) * sizeof(_Link*))
+        if self.links == NULL:
+            raise MemoryError()
+        for i, cap in enumerate(capsules):
+            self.links[i] = <_Link*> PyCapsule_GetPointer(cap, b"fastcnn._kernels.chain_link")
+            if i and self.links[i].x_bytes != self.links[i - 1].out_bytes:
+                raise ValueError(f"chain link {i} reads {self.links[i].x_bytes} bytes, link "
+                                 f"{i - 1} writes {self.links[i - 1].out_bytes}")
+        self.n, self.dbl = len(capsules), dbl
+        self.x_bytes = self.links[0].x_bytes
+        self.owners, self.readonly = (tuple(owners), capsules), tuple(readonly)
+
+    def __dealloc__(self):
+        PyMem_Free(self.links)
+
+    def __call__(self, x):
+        cdef const char* cur = _bound_data(x, self.x_bytes, self.dbl, False)
+        cdef Py_buffer v
+        cdef Py_ssize_t i
+        for a in self.readonly:
+            PyObject_GetBuffer(a, &v, PyBUF_STRIDES)
+            i = v.readonly
+            PyBuffer_Release(&v)
+            if not i:
+                return False
+        with nogil:
+            for i in range(self.n):
+                self.links[i].fn(self.links[i].state, cur)
+                cur = self.links[i].out
+        return True

@@ -102,8 +102,36 @@ cdef class _BoundElementwise:
         self.nbytes = out.nbytes
 
 
+cdef struct _UnaryLink:
+    char* out
+    Py_ssize_t size
+    double a
+    int op, n_threads
+    bint dbl
+
+
+cdef void _link_unary(void* state, const char* x) noexcept nogil:
+    cdef _UnaryLink* s = <_UnaryLink*> state
+    if s.dbl:
+        _unary(s.op, <const double*> x, <double*> s.out, s.size, s.a, s.n_threads)
+    else:
+        _unary(s.op, <const float*> x, <float*> s.out, s.size, s.a, s.n_threads)
+
+
 cdef class BoundUnary(_BoundElementwise):
     """``unary`` bound to its output y: ``bound(x, a)``."""
+
+    cdef _UnaryLink ul
+    cdef _Link link_
+
+    def link(self, double a):
+        """This call with the op's parameter fixed as a chain link (see ``conv.Chain``)."""
+        self.ul.out, self.ul.size, self.ul.a = self.out, self.size, a
+        self.ul.op, self.ul.n_threads, self.ul.dbl = self.op, self.n_threads, self.dbl
+        self.link_.fn, self.link_.state = _link_unary, &self.ul
+        self.link_.x_bytes = self.link_.out_bytes = self.nbytes
+        self.link_.out = self.out
+        return _link_capsule(&self.link_)
 
     def __call__(self, x, double a):
         cdef const char* xp = _bound_data(x, self.nbytes, self.dbl, False)

@@ -1103,6 +1103,23 @@ def adaptive_avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, O
                              H, W, OH, OW)
 
 
+cdef struct _Max2Link:
+    char* y
+    Py_ssize_t P, H, W, OH, OW
+    bint dbl
+    int n_threads
+
+
+cdef void _link_max2(void* state, const char* x) noexcept nogil:
+    cdef _Max2Link* s = <_Max2Link*> state
+    if s.dbl:
+        _max2_groups(<const double*> x, <double*> s.y, NULL, s.P, s.H, s.W, s.OH, s.OW,
+                     s.n_threads)
+    else:
+        _max2_groups(<const float*> x, <float*> s.y, NULL, s.P, s.H, s.W, s.OH, s.OW,
+                     s.n_threads)
+
+
 cdef class BoundMaxPool2Values:
     """``maxpool2_values`` with y fixed: ``bound(x)`` for x (N, C, H, W) C-contiguous of y's
     dtype (_bound.pxi). Made only for shapes that ``maxpool2_values`` takes (else ValueError)."""
@@ -1112,6 +1129,8 @@ cdef class BoundMaxPool2Values:
     cdef Py_ssize_t P, H, W, OH, OW, x_bytes
     cdef bint dbl
     cdef int n_threads
+    cdef _Max2Link ml
+    cdef _Link link_
 
     def __init__(self, x_shape, y, int n_threads):
         N, C, self.H, self.W = x_shape
@@ -1123,6 +1142,16 @@ cdef class BoundMaxPool2Values:
         self.keep, self.n_threads = y, n_threads
         self.y = _bound_data(y, y.nbytes, self.dbl, True)
         self.x_bytes = self.P * self.H * self.W * y.dtype.itemsize
+
+    def link(self):
+        """This call as a chain link (a capsule; see ``conv.Chain``)."""
+        self.ml.y, self.ml.P, self.ml.H, self.ml.W = self.y, self.P, self.H, self.W
+        self.ml.OH, self.ml.OW, self.ml.dbl = self.OH, self.OW, self.dbl
+        self.ml.n_threads = self.n_threads
+        self.link_.fn, self.link_.state = _link_max2, &self.ml
+        self.link_.x_bytes, self.link_.out = self.x_bytes, self.y
+        self.link_.out_bytes = self.P * self.OH * self.OW * (8 if self.dbl else 4)
+        return _link_capsule(&self.link_)
 
     def __call__(self, x):
         cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)

@@ -9,3 +9,9 @@ from .. import _kernels
 def _Snapshot(a):  # noqa: N802 (a class in all but name: the kernels' build picks it)
     """A snapshot of `a`: ``same(a)``, ``update(a)``, ``copy`` (see ``_kernels.conv.Snapshot``)."""
     return _kernels.conv.Snapshot(a)
+
+
+def _frozen(a):
+    """Whether `a` cannot be written without first being made writeable again (see
+    ``_kernels.conv.frozen``)."""
+    return _kernels.conv.frozen(a)

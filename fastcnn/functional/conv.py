@@ -458,6 +458,12 @@ def _build_forward(algo, g, dtype, ws, n_threads):
                 if bound[0] is not w or bound[1] is not b:
                     bound[:] = w, b, _bind_linear(w.reshape(F, -1), b, y.reshape(N, F), relu)
                 bound[2](x)
+
+            def link(w, b):
+                if bound[0] is not w or bound[1] is not b:
+                    bound[:] = w, b, _bind_linear(w.reshape(F, -1), b, y.reshape(N, F), relu)
+                return bound[2].link(), bound[2], []
+            f.link = link
             return f
         run.bind = bind
         return run
@@ -494,6 +500,13 @@ def _build_forward(algo, g, dtype, ws, n_threads):
                     pack(w, b, wpk, bpk, G, NF, False)
                     packed.packed(True, (w, b))
                 call(x, b)
+
+            def link(w, b):
+                if not packed.valid(True, (w, b)):
+                    pack(w, b, wpk, bpk, G, NF, False)
+                    packed.packed(True, (w, b))
+                return call.link(b), call, [lambda: ws.writers.get("apack") is packed]
+            f.link = link
             return f
     else:
         MR, NR = K.gtile_shape(Fg, dtype == np.float64)
@@ -520,6 +533,13 @@ def _build_forward(algo, g, dtype, ws, n_threads):
                     pack(w, apack, G, MR)
                     packed.packed(True, (w,))
                 call(x, b)
+
+            def link(w, b):
+                if not packed.valid(True, (w,)):
+                    pack(w, apack, G, MR)
+                    packed.packed(True, (w,))
+                return call.link(b), call, [lambda: ws.writers.get("apack") is packed]
+            f.link = link
             return f
     K.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
     run.bind = bind

@@ -67,6 +67,12 @@ class _Elementwise(Module):
                 unary(op, x, y, self._a())
             self._cache = x if keep_x else y
             return y
+
+        def links():  # chain links (see Sequential._chain), the op's parameter fixed
+            a = self._a()
+            return [bound.link(a)], [bound], [lambda: self._a() == a], []
+        if bound is not None:
+            f.links = links
         return f
 
     def _backward(self, grad_y, reuse):

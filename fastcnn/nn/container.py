@@ -45,9 +45,10 @@ from operator import attrgetter
 
 import numpy as np
 
+from .. import _kernels
 from .._threads import get_num_threads
 from ..functional import conv as _fconv
-from ..functional._snapshot import _Snapshot
+from ..functional._snapshot import _frozen, _Snapshot
 from .activation import ReLU
 from .conv import Conv2d
 from .module import Module, _Unbound
@@ -105,6 +106,7 @@ class _ConvReLU(_Step):
             y = run(x)
             relu._cache = y
             return y
+        f.links = run.links
         return f, conv.output_shape(shape)
 
 
@@ -128,7 +130,11 @@ class _ConvReLUMaxPool(_Step):
         pool = self.layers[2]._bind(shape)
         if conv_relu is None or pool is None:
             return None, self.layers[2].output_shape(shape)
-        return (lambda x: pool(conv_relu(x))), self.layers[2].output_shape(shape)
+
+        def f(x):
+            return pool(conv_relu(x))
+        f.links = _joined_links(conv_relu, pool)
+        return f, self.layers[2].output_shape(shape)
 
 
 class _ConvBN(_Step):
@@ -160,10 +166,15 @@ class _ConvBN(_Step):
         conv, bn = self.layers[:2]
         return (not bn._uses_batch_stats()) and bn.num_features == conv.out_channels
 
+    def _fold_sources(self):
+        """The arrays the fold is made from."""
+        conv, bn = self.layers[:2]
+        return (conv.params["weight"], conv.params.get("bias"), bn.buffers["running_mean"],
+                bn.buffers["running_var"]) + tuple(bn._gamma_beta())
+
     def _folded_params(self):
         conv, bn = self.layers[:2]
-        sources = (conv.params["weight"], conv.params.get("bias"), bn.buffers["running_mean"],
-                   bn.buffers["running_var"]) + tuple(bn._gamma_beta())
+        sources = self._fold_sources()
         known = self._sources
         if known is not None and known[0] == bn.eps and len(known[1]) == len(sources) and all(
                 (a is None and snap is None) or (a is not None and snap is not None and
@@ -222,6 +233,18 @@ class _ConvBN(_Step):
                 raise _Unbound
             self.folded, self._x = True, x
             return run(x)
+
+        def links():  # the convolution's, valid while the fold is made from the same arrays
+            got = run.links() if self._foldable() else None
+            if got is None:
+                return None
+            caps, owners, checks, arrays = got
+            conv, bn = self.layers[:2]
+            eps, sources = bn.eps, self._fold_sources()
+            checks.append(lambda: bn.eps == eps and self._foldable() and all(
+                a is b for a, b in zip(self._fold_sources(), sources)))
+            return caps, owners, checks, arrays + [a for a in sources if a is not None]
+        f.links = links
         return f, out
 
     def backward(self, grad):
@@ -243,6 +266,16 @@ class _ConvBNReLU(_ConvBN):
     """Conv2d, BatchNorm2d, ReLU; folded in eval mode into the fused Conv-ReLU step."""
 
     relu = True
+
+
+def _joined_links(*fns):
+    """links() of bound functions run one after the other: each one's links in turn."""
+    def links():
+        parts = [f.links() if hasattr(f, "links") else None for f in fns]
+        if any(p is None for p in parts):
+            return None
+        return tuple(sum((list(p[k]) for p in parts), []) for k in range(4))
+    return links
 
 
 def _plan(layers):
@@ -285,7 +318,8 @@ class Sequential(Module):
         super().__init__(dtype=dtypes.pop() if dtypes else np.float32)
         self.layers = list(layers)
         self._steps = _plan(self.layers)
-        self._bound = None  # (key, [(step, bound function or None)]): see _forward_bound
+        self._bound = None  # [key, [(step, bound f or None, shape)], chain]: _forward_bound
+        self._chained = None  # the input of a compiled forward (no caches made): see _chain
         self._pack_parameters()
 
     def children(self):
@@ -313,6 +347,7 @@ class Sequential(Module):
         """Run every layer. ``copy=False`` returns the last layer's reused buffer instead of a
         fresh array (the trainer does this; the array is overwritten by the next forward)."""
         out = None
+        self._chained = None
         if not self.training and type(x) is np.ndarray:
             out = self._forward_bound(x)
         if out is None:
@@ -333,10 +368,17 @@ class Sequential(Module):
                _fconv._generation, tuple(map(_training, self.layers)))
         bound = self._bound
         if bound is None or bound[0] != key:
-            bound = self._bound = (key, self._bind_steps(x))
+            bound = self._bound = [key, self._bind_steps(x), None]
         fns = bound[1]
         if fns is None:
             return None
+        chain = bound[2]
+        if chain:
+            run, checks, result = chain
+            if self.frozen and all(check() for check in checks) and run(x):
+                self._chained = x
+                return result
+            bound[2] = None  # something changed: the checked path, then a new chain
         out, dtype = x, self.dtype
         for i, (step, f, shape) in enumerate(fns):
             if f is not None:
@@ -351,9 +393,36 @@ class Sequential(Module):
                     not out.flags.c_contiguous:
                 # An output the binding did not foresee (a user's layer whose output_shape is
                 # not what it returns): the rest, and later calls like this one, run plain.
-                self._bound = (key, None)
+                self._bound = [key, None, None]
                 return self._forward_plain(out, i + 1)
+        if chain is None and self.frozen:
+            bound[2] = self._chain(fns, out)
         return out
+
+    def _chain(self, fns, out):
+        """(run, checks, out) for a frozen model's next eval forwards of this input shape, or
+        False: every step's bound call as a link of one compiled chain (``_kernels.conv.Chain``,
+        a loop in C over the kernels), run after cheap checks instead of the steps' own
+        (``checks``: the layers still hold the same arrays and settings; ``run`` checks that
+        those arrays are still read-only). Made after a checked forward of the shape, so that
+        every packed weight it reads is current. A step without links (a user's layer, a
+        kernel without a bound form) leaves the model on the checked path."""
+        caps, owners, checks, arrays = [], [], [], []
+        for _, f, _ in fns:
+            got = f.links() if f is not None and hasattr(f, "links") else None
+            if got is None:
+                return False
+            caps += got[0]
+            owners += got[1]
+            checks += got[2]
+            arrays += got[3]
+        readonly = []
+        for a in arrays:
+            readonly += [a] + ([a.base] if isinstance(a.base, np.ndarray) else [])
+        if not caps or not all(map(_frozen, arrays)):
+            return False
+        run = _kernels.conv.Chain(caps, owners, readonly, self.dtype == np.float64)
+        return run, checks, out
 
     def _forward_plain(self, x, start=0):
         """The steps from ``start`` on, each validating its input."""
@@ -380,6 +449,9 @@ class Sequential(Module):
         """Backpropagate through every layer; returns the input gradient (None if skipped)."""
         if self._cache is None:
             raise RuntimeError("Sequential.backward called before forward")
+        if self._chained is not None:  # a compiled forward keeps no caches: make them now
+            x, self._chained = self._chained, None
+            self._forward_plain(x)
         grad = grad_y
         for step in reversed(self._steps):
             grad = step.backward(grad)

@@ -95,6 +95,7 @@ class Conv2d(Module):
         self.compute_input_grad = True
         _init_params(self, (self.out_channels, self.in_channels // self.groups), bias, seed)
         self._zero_bias = np.zeros(self.out_channels, dtype=self.dtype)
+        self._zero_bias.flags.writeable = False  # a constant
         self._ws = _Workspace()
         self._geom = None  # (input shape, geometry): validated once per shape
         self._fast = None  # (input shape, output buffer, geometry): see _prepare
@@ -197,6 +198,22 @@ class Conv2d(Module):
                 plan.run(w)(x, w, b, y, relu, True)
             self._cache = (x, x)
             return y
+
+        def links():  # this call as chain links (see Sequential._chain), or None
+            if bound is None or self.padding_mode != "zeros":
+                return None
+            w, b = (params["weight"], params.get("bias", zero)) if weights is None \
+                else weights()
+            if w.shape != wshape or w.dtype != dtype or not w.flags.c_contiguous or \
+                    type(b) is not np.ndarray or b.shape != (self.out_channels,) or \
+                    b.dtype != dtype or not b.flags.c_contiguous:
+                return None
+            cap, owner, checks = bound.link(w, b)
+            if weights is None:  # (else the caller checks what the weights came from)
+                checks.append(lambda: params.get("weight") is w and
+                              params.get("bias", zero) is b)
+            return [cap], [owner], checks, [w, b]
+        f.links = links
         return f
 
     def _backward(self, grad_y, reuse):

@@ -29,7 +29,7 @@ from ..functional.dropout import (
     _check_sample_size,
     _dropout_into,
 )
-from .module import Module
+from .module import Module, _Unbound
 
 __all__ = ["Dropout", "Dropout2d", "seed_dropout"]
 
@@ -83,6 +83,20 @@ class _DropoutBase(Module):
             y = None
         return x, y, (seed, step, offset)
 
+    def _bind(self, shape):
+        """Eval mode (Sequential's bound forward): the identity, with the cache the backward
+        pass reads; no link of its own in a chain. Training mode: None (the plain path)."""
+        if self.training or len(shape) < self._min_ndim:
+            return None
+
+        def f(x):
+            if self.training:
+                raise _Unbound
+            self._cache = (x.shape, None)
+            return x
+        f.links = lambda: ([], [], [lambda: not self.training], [])
+        return f
+
     def _backward_common(self, grad_y, reuse, apply):
         if self._cache is None:
             raise RuntimeError(f"{type(self).__name__}.backward called before forward")
@@ -122,6 +136,8 @@ class Dropout(_DropoutBase):
     sample (row-major).
     """
 
+    _min_ndim = 1
+
     def _forward(self, x, reuse):
         x, y, (seed, step, offset) = self._prepare(x, 1, reuse)
         if not self.training:
@@ -151,6 +167,8 @@ class Dropout2d(_DropoutBase):
     PyTorch's unbatched ``(C, H, W)`` reading of 3-D input is not supported: 3-D input is read as
     ``(N, C, L)``.
     """
+
+    _min_ndim = 2
 
     def _forward(self, x, reuse):
         x, y, (seed, step, offset) = self._prepare(x, 2, reuse)

@@ -113,6 +113,15 @@ class Linear(Module):
             bound[2](x)  # bitwise _linear_into, then the bias added
             self._cache = x
             return y
+
+        def links():  # chain links (see Sequential._chain), after a call of f
+            w, bias = bound[0], bound[1]
+            if w is None:
+                return None
+            return [bound[2].link()], [bound[2]], [
+                lambda: params.get("weight") is w and params.get("bias") is bias], \
+                [a for a in (w, bias) if a is not None]
+        f.links = links
         return f
 
     def _backward(self, grad_y, reuse):
@@ -204,6 +213,8 @@ class Flatten(Module):
                 raise _Unbound
             self._cache = shape
             return x.reshape(out)
+        # in a chain, a view of the previous output: no link of its own
+        f.links = lambda: ([], [], [lambda: (self.start_dim, self.end_dim) == dims], [])
         return f
 
     def _backward(self, grad_y, reuse):

@@ -47,6 +47,7 @@ class _BatchNorm(Module):
             self.buffers["num_batches_tracked"] = np.array(0, dtype=np.int64)
         self._ones = np.ones(C, dtype=self.dtype)
         self._zeros = np.zeros(C, dtype=self.dtype)
+        self._ones.flags.writeable = self._zeros.flags.writeable = False  # constants
         self._dweight = np.empty(C, dtype=self.dtype)  # gradients when not affine
         self._dbias = np.empty(C, dtype=self.dtype)
         # Synchronised batch norm (data-parallel training, fastcnn.distributed): an object

@@ -155,6 +155,8 @@ class MaxPool2d(_Pool):
                 _max_pool2d_into(x, y, argmax, kernel, stride, padding, dilation, self._scratch)
                 self._cache = (x.shape, argmax, None)
             return y
+        if values is not None:  # chain links (see Sequential._chain)
+            f.links = lambda: ([values.link()], [values], [], [])
         return f
 
     def _backward(self, grad_y, reuse):
