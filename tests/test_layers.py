@@ -565,6 +565,33 @@ def test_frozen_forward_runs_as_one_chain_bitwise_and_follows_every_change(name,
         assert p.grad.tobytes() == q.grad.tobytes(), p.name
 
 
+@pytest.mark.parametrize("threads, batch", [(1, 48), (2, 48), (1, 47)])
+def test_frozen_forward_over_batch_slices_is_bitwise_the_whole_batch(threads, batch,
+                                                                      set_threads):
+    """When a batch's feature maps outgrow the cache, a frozen model's chain runs its
+    convolution part slice by slice (Sequential._chain_split; a prime batch: slices of one
+    sample) and the dense part on the whole batch: the same bytes as the unfrozen model, and
+    the slicing really happened."""
+    from fastcnn import _kernels
+    from fastcnn.models import get_model
+
+    set_threads(threads)
+    rng = np.random.default_rng(3)
+    model, reference = get_model("bnnet", seed=4), get_model("bnnet", seed=4)
+    x = rng.random((batch, 1, 28, 28)).astype(np.float32)
+    model.train()
+    model.forward(x[:8])
+    reference.load_state_dict(model.state_dict())
+    model.freeze()
+    reference.eval()
+    want = reference.forward(x)
+    for _ in range(3):
+        assert model.forward(x).tobytes() == want.tobytes()
+    run = model._bound[2][0]
+    assert not isinstance(run, _kernels.conv.Chain), "the batch was not sliced"
+    assert model.forward(x[:3]).tobytes() == want[:3].tobytes()  # small: one chain
+
+
 def test_snapshot_keeps_a_reference_to_a_frozen_array_and_a_copy_of_any_other():
     """functional._snapshot: a read-only array (and base) is not copied; the snapshot stays
     valid while it is the same object and read-only, and falls back to copying when it is made

@@ -1794,24 +1794,31 @@ cdef class BoundLinear:
 cdef class Chain:
     """Bound calls run one after another in C, each on the previous one's output: a frozen
     model's eval forward in one call (``nn.container``). ``chain(x)`` runs the links on x (a
-    C-contiguous array of the first link's input size and the chain's dtype) when every array
-    of ``readonly`` is still read-only, and returns whether it ran (False: nothing done; the
-    caller takes its checked path). The links must come from bound calls that ``owners`` keep
-    alive, each reading as many bytes as the one before writes (else ValueError)."""
+    C-contiguous array of the chain's dtype) when every array of ``readonly`` is still
+    read-only, and returns whether it ran (False: nothing done; the caller takes its checked
+    path). The links must come from bound calls that ``owners`` keep alive, each reading as
+    many bytes as the one before writes (else ValueError).
+
+    With ``chunks`` > 1 the links are bound for a slice of the batch: x holds ``chunks`` such
+    slices one after another, the links run on each in turn, and each slice's result is copied
+    to its place in ``out`` (a C-contiguous array of ``chunks`` results): the intermediate
+    arrays of one slice stay in cache from one link to the next."""
 
     cdef _Link** links
-    cdef Py_ssize_t n, x_bytes
+    cdef Py_ssize_t n, x_bytes, chunks, out_bytes
+    cdef char* out
     cdef bint dbl
     cdef object owners, readonly
 
     def __cinit__(self):
         self.links = NULL
 
-    def __init__(self, capsules, owners, readonly, bint dbl):
+    def __init__(self, capsules, owners, readonly, bint dbl, Py_ssize_t chunks=1, out=None):
         cdef Py_ssize_t i
         capsules = tuple(capsules)
-        if not capsules:
-            raise ValueError("a chain needs at least one link")
+        if not capsules or chunks < 1:
+            raise ValueError(f"a chain needs at least one link and one chunk, got "
+                             f"{len(capsules)} and {chunks}")
         self.links = <_Link**> PyMem_Malloc(len(capsules) * sizeof(_Link*))
         if self.links == NULL:
             raise MemoryError()
@@ -1820,17 +1827,22 @@ cdef class Chain:
             if i and self.links[i].x_bytes != self.links[i - 1].out_bytes:
                 raise ValueError(f"chain link {i} reads {self.links[i].x_bytes} bytes, link "
                                  f"{i - 1} writes {self.links[i - 1].out_bytes}")
-        self.n, self.dbl = len(capsules), dbl
+        self.n, self.dbl, self.chunks = len(capsules), dbl, chunks
         self.x_bytes = self.links[0].x_bytes
-        self.owners, self.readonly = (tuple(owners), capsules), tuple(readonly)
+        self.out_bytes = self.links[self.n - 1].out_bytes
+        self.out = NULL
+        if chunks > 1:
+            self.out = _bound_data(out, chunks * self.out_bytes, dbl, True)
+        self.owners, self.readonly = (tuple(owners), capsules, out), tuple(readonly)
 
     def __dealloc__(self):
         PyMem_Free(self.links)
 
     def __call__(self, x):
-        cdef const char* cur = _bound_data(x, self.x_bytes, self.dbl, False)
+        cdef const char* xp = _bound_data(x, self.chunks * self.x_bytes, self.dbl, False)
+        cdef const char* cur
         cdef Py_buffer v
-        cdef Py_ssize_t i
+        cdef Py_ssize_t i, c
         for a in self.readonly:
             PyObject_GetBuffer(a, &v, PyBUF_STRIDES)
             i = v.readonly
@@ -1838,7 +1850,11 @@ cdef class Chain:
             if not i:
                 return False
         with nogil:
-            for i in range(self.n):
-                self.links[i].fn(self.links[i].state, cur)
-                cur = self.links[i].out
+            for c in range(self.chunks):
+                cur = xp + c * self.x_bytes
+                for i in range(self.n):
+                    self.links[i].fn(self.links[i].state, cur)
+                    cur = self.links[i].out
+                if self.chunks > 1:
+                    memcpy(self.out + c * self.out_bytes, cur, self.out_bytes)
         return True
