@@ -21,6 +21,9 @@ Less Python per step (issue 9). At batch 1 a step is mostly Python between the k
   layer's ``_bind``): a function per step with the validation, plan and buffers worked out
   once, so that an inference call runs little more than the kernels and their caches' checks
   (layers without a binding, and a user's layer, run their plain forward in between);
+* a frozen model (``Module.freeze``) runs that bound forward as one compiled chain of its
+  kernels, after identity checks of what the steps would check (``_chain``), and slices the
+  batch through the convolution part when its feature maps outgrow the cache;
 * ``Sequential`` packs the parameters of its built-in layers into one flat buffer and their
   gradients into another (``Module._pack_parameters``), so that an optimiser updates a whole
   parameter group with a few NumPy calls instead of a loop over parameters (bitwise the same
