@@ -1385,10 +1385,11 @@ cdef class Snapshot:
 
 
 def frozen(a):
-    """True when the NumPy array `a` cannot be written without first being made writeable
-    again: neither it nor any array it is a view of is writeable, and the memory's owner is an
-    array or an immutable ``bytes`` object (NumPy refuses to make a view of read-only memory
-    writeable)."""
+    """True when the NumPy array `a` cannot be written through itself or the arrays it is a
+    view of without first making one writeable again: none of them is writeable, and the
+    memory's owner is an array or an immutable ``bytes`` object (NumPy refuses to make a view
+    of read-only memory writeable). A view taken while the memory was writeable keeps its own
+    flag: writes through it are not excluded (see ``Module.freeze``)."""
     return _frozen(a)
 
 

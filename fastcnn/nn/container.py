@@ -465,7 +465,7 @@ class Sequential(Module):
         if k == 0 or N < 2:
             return None
         per_sample, shape = 0, x.shape
-        for step, _, out_shape in fns[:k]:
+        for step, _, _ in fns[:k]:
             for layer in step.layers:
                 shape = layer.output_shape(shape)
                 per_sample = max(per_sample, int(np.prod(shape[1:])) * self.dtype.itemsize)
@@ -474,9 +474,12 @@ class Sequential(Module):
             return None
         nc = max([d for d in range(1, N) if N % d == 0 and d * per_sample <= budget] or [1])
         shape, part = (nc,) + x.shape[1:], []
-        for step, _, _ in fns[:k]:
-            f, shape = step.bind(shape)
-            part.append((step, f, tuple(shape)))
+        try:  # (as in _bind_steps: a user's output_shape may raise anything)
+            for step, _, _ in fns[:k]:
+                f, shape = step.bind(shape)
+                part.append((step, f, tuple(shape)))
+        except Exception:  # noqa: BLE001
+            return None
         head, tail = _gather_links(part), _gather_links(fns[k:])
         if head is None or tail is None or not head[0] or \
                 not all(map(_frozen, head[3] + tail[3])):

@@ -193,12 +193,15 @@ class Module:
         comparing them byte by byte with a copy kept for that (a memcmp per layer and call,
         5-10% of a batch-1 inference, and a third copy of every convolution weight in memory).
 
-        A frozen module refuses ``train()`` and ``load_state_dict`` (``RuntimeError``), and
-        writing into its arrays raises NumPy's ``ValueError`` (an optimiser's step included);
-        ``unfreeze()`` makes them writeable again, and the next forward re-derives what it
-        reuses. Making an array writeable by hand (``a.flags.writeable = True``), writing into
-        it and making it read-only again between two calls is not detected: use
-        ``unfreeze()``. Returns the module."""
+        A frozen ``Sequential`` also runs its eval forward as one compiled chain of its
+        kernels (``nn.container``). A frozen module refuses ``train()`` and
+        ``load_state_dict`` (``RuntimeError``), and writing into its arrays raises NumPy's
+        ``ValueError`` (an optimiser's step included); ``unfreeze()`` makes them writeable
+        again, and the next forward re-derives what it reuses. Not detected: an array made
+        writeable by hand (``a.flags.writeable = True``), written and made read-only again
+        between two calls, and writes through a view of an array taken before ``freeze()``
+        (NumPy leaves an existing view's flag as it was; ``torch.from_numpy`` gives such a
+        view): use ``unfreeze()`` to edit weights. Returns the module."""
         self.eval()
         for module in self._modules():
             module.__dict__["_frozen"] = True
