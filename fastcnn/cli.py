@@ -1027,6 +1027,7 @@ def _cmd_evaluate(args):
     from .train import evaluate
 
     model, header = load_model(args.model, return_header=True)
+    model.freeze()  # inference only: weights fixed (Module.freeze)
     _set_threads(args)
     data_path = args.data if args.data is not None else _recorded_data_path(header)
     raw = _raw_shape(model)
@@ -1082,6 +1083,7 @@ def _cmd_predict(args):
 
     _require_pillow()
     model, header = load_model(args.model, return_header=True)
+    model.freeze()  # inference only: weights fixed (Module.freeze)
     _set_threads(args)
     channels, h, w = _raw_shape(model)
     if channels not in (1, 3):

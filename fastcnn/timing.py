@@ -42,7 +42,9 @@ def _check_int(value, name, minimum):
 
 def time_model(model, input_shape, batch_size=64, iterations=20, *, warmup=3, layers=False,
                lr=0.01, momentum=0.9, seed=0):
-    """Time a training step (forward, cross-entropy, backward, SGD step) and inference.
+    """Time a training step (forward, cross-entropy, backward, SGD step) and inference (the
+    model frozen as deployed, ``Module.freeze``). The model's weights, mode and frozen state
+    are restored afterwards.
 
     Parameters
     ----------
@@ -108,16 +110,22 @@ def time_model(model, input_shape, batch_size=64, iterations=20, *, warmup=3, la
         model.forward(x, **fused)
 
     result = {"batch_size": batch_size, "input_shape": shape, "iterations": iterations}
+    was_frozen = model.frozen
+    model.unfreeze()
     try:
         model.train()
         result["train"] = _stats(_time(train_step, iterations, warmup), batch_size)
         if layers and isinstance(model, Sequential):
             result["layers"] = _time_layers(model, x, y, loss_fn, iterations, warmup)
-        model.eval()
+        model.freeze()  # inference as deployed: the weights fixed (Module.freeze)
         result["inference"] = _stats(_time(infer, iterations, warmup), batch_size)
     finally:
-        model.train(was_training)
+        model.unfreeze()
         model.load_state_dict(saved)
+        if was_frozen:
+            model.freeze()
+        else:
+            model.train(was_training)
     return result
 
 

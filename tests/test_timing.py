@@ -36,6 +36,16 @@ def test_time_model_reports_and_restores_the_model():
     assert "training step" in text and "inference" in text and "Conv2d(1, 4" in text
 
 
+def test_time_model_of_a_frozen_model_leaves_it_frozen():
+    model = _small_net().freeze()
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    result = time_model(model, (1, 8, 8), batch_size=2, iterations=1, warmup=0)
+    assert result["train"]["calls"] == result["inference"]["calls"] == 1
+    assert model.frozen and not model.training
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, before[k])
+
+
 def test_time_model_lenet5_batch_1_float64():
     model = fastcnn.LeNet5(dtype=np.float64)
     result = time_model(model, (1, 32, 32), batch_size=1, iterations=1, warmup=0)
