@@ -589,6 +589,11 @@ def test_frozen_forward_over_batch_slices_is_bitwise_the_whole_batch(threads, ba
         assert model.forward(x).tobytes() == want.tobytes()
     run = model._bound[2][0]
     assert not isinstance(run, _kernels.conv.Chain), "the batch was not sliced"
+    g = rng.standard_normal(want.shape).astype(np.float32)
+    model.backward(g)  # after a sliced forward: the layers' caches are made first
+    reference.backward(g)
+    for p, q in zip(model.parameters(), reference.parameters()):
+        assert p.grad.tobytes() == q.grad.tobytes(), p.name
     assert model.forward(x[:3]).tobytes() == want[:3].tobytes()  # small: one chain
 
 
