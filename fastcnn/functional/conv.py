@@ -454,15 +454,17 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         def bind(y, relu):
             bound = [None, None, None]  # (w, b, the bound product made for them)
 
-            def f(x, w, b):
+            def product(w, b):
                 if bound[0] is not w or bound[1] is not b:
                     bound[:] = w, b, _bind_linear(w.reshape(F, -1), b, y.reshape(N, F), relu)
-                bound[2](x)
+                return bound[2]
 
-            def link(w, b):
-                if bound[0] is not w or bound[1] is not b:
-                    bound[:] = w, b, _bind_linear(w.reshape(F, -1), b, y.reshape(N, F), relu)
-                return bound[2].link(), bound[2], []
+            def f(x, w, b):
+                product(w, b)(x)
+
+            def link(w, b):  # (chain link, its owner, checks): see nn.container
+                call = product(w, b)
+                return call.link(), call, []
             f.link = link
             return f
         run.bind = bind
@@ -482,32 +484,22 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         pack, fwd = _spec(K.pack_forward_lanes, dtype), _spec(K.forward_lanes, dtype)
         packed = _PackCache(ws, "apack")
 
-        def run(x, w, b, y, relu, keep):
-            if xs is not None:
-                split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
+        def ensure_packed(keep, w, b):
             if not packed.valid(keep, (w, b)):
                 pack(w, b, wpk, bpk, G, NF, False)
                 packed.packed(keep, (w, b))
+
+        def run(x, w, b, y, relu, keep):
+            if xs is not None:
+                split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
+            ensure_packed(keep, w, b)
             fwd(x.reshape(-1) if xs is None else xs, wpk, bpk, off, y, C, sh, sw, HPh, WPh,
                 G, NF, relu, n_threads)
 
         def bind(y, relu):
             call = K.BoundForward(True, (N, C, g.H, g.W), xs, wpk, bpk, off, y, sh, sw, HPh,
                                   WPh, G, 0, 0, NF, pt, pl, relu, n_threads)
-
-            def f(x, w, b):
-                if not packed.valid(True, (w, b)):
-                    pack(w, b, wpk, bpk, G, NF, False)
-                    packed.packed(True, (w, b))
-                call(x, b)
-
-            def link(w, b):
-                if not packed.valid(True, (w, b)):
-                    pack(w, b, wpk, bpk, G, NF, False)
-                    packed.packed(True, (w, b))
-                return call.link(b), call, [lambda: ws.writers.get("apack") is packed]
-            f.link = link
-            return f
+            return _bound_forward(call, ensure_packed, ws, packed)
     else:
         MR, NR = K.gtile_shape(Fg, dtype == np.float64)
         xs, HPh, WPh = _phase_plan(g, dtype, ws, NR)
@@ -515,35 +507,40 @@ def _build_forward(algo, g, dtype, ws, n_threads):
         pack, fwd = _spec(K.pack_forward, dtype), _spec(K.forward, dtype)
         packed = _PackCache(ws, "apack")
 
-        def run(x, w, b, y, relu, keep):
-            if xs is not None:
-                split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
+        def ensure_packed(keep, w, b):  # (the tiles read the bias unpacked)
             if not packed.valid(keep, (w,)):
                 pack(w, apack, G, MR)
                 packed.packed(keep, (w,))
+
+        def run(x, w, b, y, relu, keep):
+            if xs is not None:
+                split(x, xs, pt, pl, sh, sw, HPh, WPh, n_threads)
+            ensure_packed(keep, w, b)
             fwd(x.reshape(-1) if xs is None else xs, apack, off, b, y, C, sh, sw, HPh, WPh, G,
                 MR, NR, relu, n_threads)
 
         def bind(y, relu):
             call = K.BoundForward(False, (N, C, g.H, g.W), xs, apack, None, off, y, sh, sw,
                                   HPh, WPh, G, MR, NR, 0, pt, pl, relu, n_threads)
-
-            def f(x, w, b):
-                if not packed.valid(True, (w,)):
-                    pack(w, apack, G, MR)
-                    packed.packed(True, (w,))
-                call(x, b)
-
-            def link(w, b):
-                if not packed.valid(True, (w,)):
-                    pack(w, apack, G, MR)
-                    packed.packed(True, (w,))
-                return call.link(b), call, [lambda: ws.writers.get("apack") is packed]
-            f.link = link
-            return f
+            return _bound_forward(call, ensure_packed, ws, packed)
     K.forward_offsets(Cg, g.KH, g.KW, sh, sw, dh, dw, HPh, WPh, off)
     run.bind = bind
     return run
+
+
+def _bound_forward(call, ensure_packed, ws, packed):
+    """f(x, w, b) of a tiled forward's bound call: the weights packed when they changed, then
+    the call; ``f.link(w, b)``: the same call as a chain link (nn.container's frozen forward),
+    its owner and the check that the packed buffer still holds these weights."""
+    def f(x, w, b):
+        ensure_packed(True, w, b)
+        call(x, b)
+
+    def link(w, b):
+        ensure_packed(True, w, b)
+        return call.link(b), call, [lambda: ws.writers.get(packed.name) is packed]
+    f.link = link
+    return f
 
 
 def _build_input(algo, g, dtype, ws, n_threads):
