@@ -495,7 +495,7 @@ def _vgg_like(seed, slope):
         fastcnn.Linear(5 * 7 * 7, 3, seed=seed + 3), fastcnn.Tanh())
 
 
-@pytest.mark.parametrize("name", ["vgg-like", "lenet5", "bnnet"])
+@pytest.mark.parametrize("name", ["vgg-like", "lenet5", "bnnet", "lenet5-1998"])
 def test_frozen_forward_runs_as_one_chain_bitwise_and_follows_every_change(name, set_threads):
     """A frozen Sequential runs its eval forward as one compiled chain of the bound kernel
     calls (Sequential._chain): bitwise the checked path, on 1 and 2 threads; it follows a
@@ -595,6 +595,30 @@ def test_frozen_forward_over_batch_slices_is_bitwise_the_whole_batch(threads, ba
     for p, q in zip(model.parameters(), reference.parameters()):
         assert p.grad.tobytes() == q.grad.tobytes(), p.name
     assert model.forward(x[:3]).tobytes() == want[:3].tobytes()  # small: one chain
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_frozen_average_pool_chain_is_bitwise_the_layer(dtype):
+    """AvgPool2d's bound call (and chain link), on windows of every kind: padded, ceil mode,
+    padding left out of the divisor, a divisor override, the grouped 2x2 path."""
+    rng = np.random.default_rng(9)
+    for kwargs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1},
+                   {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
+                    "count_include_pad": False},
+                   {"kernel_size": (2, 3), "stride": 1, "divisor_override": 5}):
+        layers = [fastcnn.Conv2d(2, 3, 3, padding=1, seed=1, dtype=dtype),
+                  fastcnn.Tanh(dtype=dtype), fastcnn.AvgPool2d(**kwargs, dtype=dtype)]
+        model = fastcnn.Sequential(*layers).freeze()
+        x = rng.standard_normal((3, 2, 9, 8)).astype(dtype)
+        want = fastcnn.functional.avg_pool2d(np.tanh(fastcnn.functional.conv2d(
+            x, layers[0].params["weight"], layers[0].params["bias"], padding=1)), **kwargs)
+        for _ in range(3):
+            got = model.forward(x)
+            np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == np.float32 else 1e-12,
+                                       atol=1e-6 if dtype == np.float32 else 1e-13)
+        assert model._bound[2], kwargs
+        assert model.forward(x).tobytes() == layers[2].forward(layers[1].forward(
+            layers[0].forward(x))).tobytes(), kwargs
 
 
 def test_snapshot_keeps_a_reference_to_a_frozen_array_and_a_copy_of_any_other():

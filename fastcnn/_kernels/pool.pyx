@@ -758,30 +758,93 @@ def avgpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
 
     Parallel over (n, c) planes: each task owns y[n, c].
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
+    if x.shape[0] * x.shape[1] and y.shape[2] * y.shape[3]:
+        with nogil:
+            _avgpool_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], x.shape[0] * x.shape[1],
+                             x.shape[2], x.shape[3], y.shape[2], y.shape[3], kh, kw, sh, sw,
+                             ph, pw, count_include_pad, divisor_override, n_threads)
+
+
+cdef void _avgpool_forward(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t H,
+                           Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW, Py_ssize_t kh,
+                           Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw, Py_ssize_t ph,
+                           Py_ssize_t pw, bint count_include_pad, Py_ssize_t divisor_override,
+                           int n_threads) noexcept nogil:
+    """avgpool2d_forward over P consecutive planes (P, OH, OW > 0)."""
     cdef Py_ssize_t plane, G, grp, p0
     cdef floating div = divisor_override if divisor_override > 0 else 4
     if (kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0 and 2 * OH <= H
-            and 2 * OW <= W and 0 < OH and 0 < OW and H * W <= SMALL_PLANE
-            and 2 * OW <= FCP_CAP_):
+            and 2 * OW <= W and H * W <= SMALL_PLANE and 2 * OW <= FCP_CAP_):
         # Small planes, whole 2x2 windows: groups of G planes (G fixed by the shape) per task.
         G = max(1, GROUP_VALUES // (H * W))
         # Race-free: group grp writes only planes [grp*G, grp*G + G) of y.
-        for grp in prange((N * C + G - 1) // G, nogil=True, schedule='static',
-                          num_threads=n_threads):
+        for grp in prange((P + G - 1) // G, schedule='static', num_threads=n_threads):
             p0 = grp * G
             if floating is float:
-                fpg_avg2_f(&x[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W,
-                           &y[p0 // C, p0 % C, 0, 0], OH, OW, div)
+                fpg_avg2_f(x + p0 * H * W, min(G, P - p0), H, W, y + p0 * OH * OW, OH, OW, div)
             else:
-                fpg_avg2_d(&x[p0 // C, p0 % C, 0, 0], min(G, N * C - p0), H, W,
-                           &y[p0 // C, p0 % C, 0, 0], OH, OW, div)
+                fpg_avg2_d(x + p0 * H * W, min(G, P - p0), H, W, y + p0 * OH * OW, OH, OW, div)
         return
-    # Race-free: plane (n, c) writes only y[n, c].
-    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        _avg_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0], H, W,
-                   OH, OW, kh, kw, sh, sw, ph, pw, count_include_pad, divisor_override)
+    # Race-free: plane p writes only its plane of y.
+    for plane in prange(P, schedule='static', num_threads=n_threads):
+        _avg_plane(x + plane * H * W, y + plane * OH * OW, H, W, OH, OW, kh, kw, sh, sw, ph,
+                   pw, count_include_pad, divisor_override)
+
+
+cdef struct _AvgLink:
+    char* y
+    Py_ssize_t P, H, W, OH, OW, kh, kw, sh, sw, ph, pw, divisor_override
+    bint count_include_pad, dbl
+    int n_threads
+
+
+cdef void _link_avg(void* state, const char* x) noexcept nogil:
+    cdef _AvgLink* s = <_AvgLink*> state
+    if s.dbl:
+        _avgpool_forward(<const double*> x, <double*> s.y, s.P, s.H, s.W, s.OH, s.OW, s.kh,
+                         s.kw, s.sh, s.sw, s.ph, s.pw, s.count_include_pad, s.divisor_override,
+                         s.n_threads)
+    else:
+        _avgpool_forward(<const float*> x, <float*> s.y, s.P, s.H, s.W, s.OH, s.OW, s.kh,
+                         s.kw, s.sh, s.sw, s.ph, s.pw, s.count_include_pad, s.divisor_override,
+                         s.n_threads)
+
+
+cdef class BoundAvgPool:
+    """``avgpool2d_forward`` with y and the window fixed: ``bound(x)`` for x (N, C, H, W)
+    C-contiguous of y's dtype (_bound.pxi), and its chain ``link()``."""
+
+    cdef object keep
+    cdef _AvgLink s
+    cdef Py_ssize_t x_bytes
+    cdef _Link link_
+
+    def __init__(self, x_shape, y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
+                 Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad,
+                 Py_ssize_t divisor_override, int n_threads):
+        N, C, self.s.H, self.s.W = x_shape
+        self.s.P, self.s.OH, self.s.OW = N * C, y.shape[2], y.shape[3]
+        if tuple(y.shape[:2]) != (N, C) or min(self.s.P, self.s.OH, self.s.OW) < 1:
+            raise ValueError(f"a bound average pool needs non-empty x {tuple(x_shape)} and y "
+                             f"{y.shape} of one batch and channel count")
+        self.s.kh, self.s.kw, self.s.sh, self.s.sw, self.s.ph, self.s.pw = kh, kw, sh, sw, ph, pw
+        self.s.count_include_pad, self.s.divisor_override = count_include_pad, divisor_override
+        self.s.dbl, self.s.n_threads = y.dtype.itemsize == 8, n_threads
+        self.keep = y
+        self.s.y = _bound_data(y, y.nbytes, self.s.dbl, True)
+        self.x_bytes = self.s.P * self.s.H * self.s.W * y.dtype.itemsize
+
+    def link(self):
+        """This call as a chain link (a capsule; see ``conv.Chain``)."""
+        self.link_.fn, self.link_.state = _link_avg, &self.s
+        self.link_.x_bytes, self.link_.out = self.x_bytes, self.s.y
+        self.link_.out_bytes = self.s.P * self.s.OH * self.s.OW * (8 if self.s.dbl else 4)
+        return _link_capsule(&self.link_)
+
+    def __call__(self, x):
+        cdef const char* xp = _bound_data(x, self.x_bytes, self.s.dbl, False)
+        with nogil:
+            _link_avg(&self.s, xp)
 
 
 cdef inline void _avg_back_plane(const floating* g, floating* dx, floating* gs, Py_ssize_t H,

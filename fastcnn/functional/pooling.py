@@ -303,6 +303,15 @@ def _avg_pool2d_into(x, y, plan):
     return y
 
 
+def _bind_avg_pool2d(x_shape, y, plan):
+    """f(x): ``_avg_pool2d_into(x, y, plan)`` with y fixed, for a layer's repeated calls on
+    inputs of shape ``x_shape`` (a bound kernel call, ``_kernels/_bound.pxi``)."""
+    _, kernel, stride, padding, include, divisor = plan
+    return _kernels.pool.BoundAvgPool(tuple(x_shape), y, kernel[0], kernel[1], stride[0],
+                                      stride[1], padding[0], padding[1], include, divisor,
+                                      _threads_for(int(np.prod(x_shape))))
+
+
 def _avg_pool2d_backward_into(grad_y, grad_x, plan, scratch=None):
     """Kernel call; ``scratch(n)`` gives a work array as for ``_max_pool2d_into``."""
     _, kernel, stride, padding, include, divisor = plan

@@ -13,6 +13,7 @@ from ..functional.pooling import (
     _avg_args,
     _avg_pool2d_backward_into,
     _avg_pool2d_into,
+    _bind_avg_pool2d,
     _bind_max_pool2d_values,
     _bool,
     _max_pool2d_backward_into,
@@ -215,6 +216,22 @@ class AvgPool2d(_Pool):
         _avg_pool2d_into(x, y, plan)
         self._cache = (x.shape, plan)
         return y
+
+    def _bind(self, shape):
+        if len(shape) != 4 or min(shape) < 1:
+            return None
+        plan = self._plan(shape)
+        y = np.empty(tuple(shape[:2]) + tuple(plan[0]), dtype=self.dtype)
+        if y.size == 0:
+            return None
+        bound = _bind_avg_pool2d(shape, y, plan)
+
+        def f(x):  # (eval mode: as _forward)
+            bound(x)
+            self._cache = (x.shape, plan)
+            return y
+        f.links = lambda: ([bound.link()], [bound], [], [])  # chain links (Sequential._chain)
+        return f
 
     def _backward(self, grad_y, reuse):
         x_shape, plan = self._cache if self._cache is not None else (None, None)
