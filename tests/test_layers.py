@@ -599,8 +599,9 @@ def test_frozen_forward_over_batch_slices_is_bitwise_the_whole_batch(threads, ba
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_frozen_average_pool_chain_is_bitwise_the_layer(dtype):
-    """AvgPool2d's bound call (and chain link), on windows of every kind: padded, ceil mode,
-    padding left out of the divisor, a divisor override, the grouped 2x2 path."""
+    """AvgPool2d's and AdaptiveAvgPool2d's bound calls (and chain links), on windows of every
+    kind: padded, ceil mode, padding left out of the divisor, a divisor override, the grouped
+    2x2 path; global, uneven and overlapping adaptive windows."""
     rng = np.random.default_rng(9)
     for kwargs in ({"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1},
                    {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True,
@@ -619,6 +620,18 @@ def test_frozen_average_pool_chain_is_bitwise_the_layer(dtype):
         assert model._bound[2], kwargs
         assert model.forward(x).tobytes() == layers[2].forward(layers[1].forward(
             layers[0].forward(x))).tobytes(), kwargs
+    for size in (1, (2, 3), (4, 4)):  # adaptive: global, uneven and overlapping windows
+        layers = [fastcnn.Conv2d(2, 3, 3, padding=1, seed=2, dtype=dtype),
+                  fastcnn.AdaptiveAvgPool2d(size, dtype=dtype), fastcnn.Flatten(dtype=dtype)]
+        model = fastcnn.Sequential(*layers).freeze()
+        x = rng.standard_normal((3, 2, 9, 7)).astype(dtype)
+        want = layers[2].forward(layers[1].forward(layers[0].forward(x)))
+        np.testing.assert_allclose(want, fastcnn.functional.adaptive_avg_pool2d(
+            fastcnn.functional.conv2d(x, layers[0].params["weight"], layers[0].params["bias"],
+                                      padding=1), size).reshape(3, -1), rtol=1e-6, atol=1e-6)
+        for _ in range(3):
+            assert model.forward(x).tobytes() == want.tobytes(), size
+        assert model._bound[2], size
 
 
 def test_snapshot_keeps_a_reference_to_a_frozen_array_and_a_copy_of_any_other():

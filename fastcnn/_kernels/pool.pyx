@@ -1097,22 +1097,80 @@ def adaptive_avgpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, 
 
     Parallel over (n, c) planes: each task owns y[n, c].
     """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
-    cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    cdef Py_ssize_t plane, grp, P = N * C, p0
+    if x.shape[0] * x.shape[1] and x.shape[2] * x.shape[3] and y.shape[2] * y.shape[3]:
+        with nogil:
+            _adaptive_forward(&x[0, 0, 0, 0], &y[0, 0, 0, 0], x.shape[0] * x.shape[1],
+                              x.shape[2], x.shape[3], y.shape[2], y.shape[3], n_threads)
+
+
+cdef void _adaptive_forward(const floating* x, floating* y, Py_ssize_t P, Py_ssize_t H,
+                            Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
+                            int n_threads) noexcept nogil:
+    """adaptive_avgpool2d_forward over P consecutive planes (P, H*W, OH*OW > 0)."""
+    cdef Py_ssize_t plane, grp, p0
     if floating is float:
-        if OH == 1 and OW == 1 and P > 0 and H * W > 0:
+        if OH == 1 and OW == 1:
             # Race-free: group grp writes only y's planes [grp*GAP_GROUP, +GAP_GROUP).
-            for grp in prange((P + GAP_GROUP - 1) // GAP_GROUP, nogil=True, schedule='static',
+            for grp in prange((P + GAP_GROUP - 1) // GAP_GROUP, schedule='static',
                               num_threads=n_threads):
                 p0 = grp * GAP_GROUP
-                gp_gap_f(&x[0, 0, 0, 0] + p0 * H * W, &y[0, 0, 0, 0] + p0,
-                         min(<Py_ssize_t> GAP_GROUP, P - p0), H * W, <float> H, <float> W)
+                gp_gap_f(x + p0 * H * W, y + p0, min(<Py_ssize_t> GAP_GROUP, P - p0), H * W,
+                         <float> H, <float> W)
             return
-    # Race-free: plane (n, c) writes only y[n, c].
-    for plane in prange(N * C, nogil=True, schedule='static', num_threads=n_threads):
-        _adaptive_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
-                        H, W, OH, OW)
+    # Race-free: plane p writes only its plane of y.
+    for plane in prange(P, schedule='static', num_threads=n_threads):
+        _adaptive_plane(x + plane * H * W, y + plane * OH * OW, H, W, OH, OW)
+
+
+cdef struct _AdaptiveLink:
+    char* y
+    Py_ssize_t P, H, W, OH, OW
+    bint dbl
+    int n_threads
+
+
+cdef void _link_adaptive(void* state, const char* x) noexcept nogil:
+    cdef _AdaptiveLink* s = <_AdaptiveLink*> state
+    if s.dbl:
+        _adaptive_forward(<const double*> x, <double*> s.y, s.P, s.H, s.W, s.OH, s.OW,
+                          s.n_threads)
+    else:
+        _adaptive_forward(<const float*> x, <float*> s.y, s.P, s.H, s.W, s.OH, s.OW,
+                          s.n_threads)
+
+
+cdef class BoundAdaptiveAvgPool:
+    """``adaptive_avgpool2d_forward`` with y fixed: ``bound(x)`` for x (N, C, H, W)
+    C-contiguous of y's dtype (_bound.pxi), and its chain ``link()``."""
+
+    cdef object keep
+    cdef _AdaptiveLink s
+    cdef Py_ssize_t x_bytes
+    cdef _Link link_
+
+    def __init__(self, x_shape, y, int n_threads):
+        N, C, self.s.H, self.s.W = x_shape
+        self.s.P, self.s.OH, self.s.OW = N * C, y.shape[2], y.shape[3]
+        if tuple(y.shape[:2]) != (N, C) or min(self.s.P, self.s.H, self.s.W, self.s.OH,
+                                               self.s.OW) < 1:
+            raise ValueError(f"a bound adaptive average pool needs non-empty x "
+                             f"{tuple(x_shape)} and y {y.shape} of one batch and channel count")
+        self.s.dbl, self.s.n_threads = y.dtype.itemsize == 8, n_threads
+        self.keep = y
+        self.s.y = _bound_data(y, y.nbytes, self.s.dbl, True)
+        self.x_bytes = self.s.P * self.s.H * self.s.W * y.dtype.itemsize
+
+    def link(self):
+        """This call as a chain link (a capsule; see ``conv.Chain``)."""
+        self.link_.fn, self.link_.state = _link_adaptive, &self.s
+        self.link_.x_bytes, self.link_.out = self.x_bytes, self.s.y
+        self.link_.out_bytes = self.s.P * self.s.OH * self.s.OW * (8 if self.s.dbl else 4)
+        return _link_capsule(&self.link_)
+
+    def __call__(self, x):
+        cdef const char* xp = _bound_data(x, self.x_bytes, self.s.dbl, False)
+        with nogil:
+            _link_adaptive(&self.s, xp)
 
 
 cdef inline void _adaptive_back_plane(const floating* g, floating* dx, Py_ssize_t H,

@@ -419,6 +419,12 @@ def _adaptive_avg_pool2d_into(x, y):
     return y
 
 
+def _bind_adaptive_avg_pool2d(x_shape, y):
+    """f(x): ``_adaptive_avg_pool2d_into(x, y)`` with y fixed (a bound kernel call)."""
+    return _kernels.pool.BoundAdaptiveAvgPool(tuple(x_shape), y,
+                                              _threads_for(int(np.prod(x_shape))))
+
+
 def _adaptive_avg_pool2d_backward_into(grad_y, grad_x):
     _kernels.pool.adaptive_avgpool2d_backward(grad_y, grad_x, _threads_for(grad_x.size))
     return grad_x

@@ -13,6 +13,7 @@ from ..functional.pooling import (
     _avg_args,
     _avg_pool2d_backward_into,
     _avg_pool2d_into,
+    _bind_adaptive_avg_pool2d,
     _bind_avg_pool2d,
     _bind_max_pool2d_values,
     _bool,
@@ -278,6 +279,21 @@ class AdaptiveAvgPool2d(_Pool):
         _adaptive_avg_pool2d_into(x, y)
         self._cache = x.shape
         return y
+
+    def _bind(self, shape):
+        if len(shape) != 4 or min(shape) < 1:
+            return None
+        y = np.empty(tuple(shape[:2]) + tuple(self._plan(shape)[0]), dtype=self.dtype)
+        if y.size == 0:
+            return None
+        bound = _bind_adaptive_avg_pool2d(shape, y)
+
+        def f(x):  # (eval mode: as _forward)
+            bound(x)
+            self._cache = x.shape
+            return y
+        f.links = lambda: ([bound.link()], [bound], [], [])  # chain links (Sequential._chain)
+        return f
 
     def _backward(self, grad_y, reuse):
         x_shape = self._cache
