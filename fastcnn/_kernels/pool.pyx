@@ -810,14 +810,30 @@ cdef void _link_avg(void* state, const char* x) noexcept nogil:
                          s.n_threads)
 
 
-cdef class BoundAvgPool:
-    """``avgpool2d_forward`` with y and the window fixed: ``bound(x)`` for x (N, C, H, W)
-    C-contiguous of y's dtype (_bound.pxi), and its chain ``link()``."""
+cdef class _BoundPoolCall:
+    """A pooling kernel with its output and window fixed: ``bound(x)`` for x (N, C, H, W)
+    C-contiguous of the output's dtype (_bound.pxi), and the same call as a chain ``link()``
+    (see ``conv.Chain``). A subclass fills ``link_``: the kernel's link function, its state (a
+    struct inside the subclass), the bytes it reads and the output it writes."""
 
     cdef object keep
-    cdef _AvgLink s
-    cdef Py_ssize_t x_bytes
     cdef _Link link_
+    cdef bint dbl
+
+    def link(self):
+        """This call as a chain link (a capsule)."""
+        return _link_capsule(&self.link_)
+
+    def __call__(self, x):
+        cdef const char* xp = _bound_data(x, self.link_.x_bytes, self.dbl, False)
+        with nogil:
+            self.link_.fn(self.link_.state, xp)
+
+
+cdef class BoundAvgPool(_BoundPoolCall):
+    """``avgpool2d_forward`` with y and the window fixed."""
+
+    cdef _AvgLink s
 
     def __init__(self, x_shape, y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                  Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad,
@@ -829,22 +845,12 @@ cdef class BoundAvgPool:
                              f"{y.shape} of one batch and channel count")
         self.s.kh, self.s.kw, self.s.sh, self.s.sw, self.s.ph, self.s.pw = kh, kw, sh, sw, ph, pw
         self.s.count_include_pad, self.s.divisor_override = count_include_pad, divisor_override
-        self.s.dbl, self.s.n_threads = y.dtype.itemsize == 8, n_threads
-        self.keep = y
-        self.s.y = _bound_data(y, y.nbytes, self.s.dbl, True)
-        self.x_bytes = self.s.P * self.s.H * self.s.W * y.dtype.itemsize
-
-    def link(self):
-        """This call as a chain link (a capsule; see ``conv.Chain``)."""
-        self.link_.fn, self.link_.state = _link_avg, &self.s
-        self.link_.x_bytes, self.link_.out = self.x_bytes, self.s.y
-        self.link_.out_bytes = self.s.P * self.s.OH * self.s.OW * (8 if self.s.dbl else 4)
-        return _link_capsule(&self.link_)
-
-    def __call__(self, x):
-        cdef const char* xp = _bound_data(x, self.x_bytes, self.s.dbl, False)
-        with nogil:
-            _link_avg(&self.s, xp)
+        self.dbl = self.s.dbl = y.dtype.itemsize == 8
+        self.s.n_threads, self.keep = n_threads, y
+        self.s.y = _bound_data(y, y.nbytes, self.dbl, True)
+        self.link_.fn, self.link_.state, self.link_.out = _link_avg, &self.s, self.s.y
+        self.link_.x_bytes = self.s.P * self.s.H * self.s.W * y.dtype.itemsize
+        self.link_.out_bytes = y.nbytes
 
 
 cdef inline void _avg_back_plane(const floating* g, floating* dx, floating* gs, Py_ssize_t H,
@@ -1122,7 +1128,7 @@ cdef void _adaptive_forward(const floating* x, floating* y, Py_ssize_t P, Py_ssi
         _adaptive_plane(x + plane * H * W, y + plane * OH * OW, H, W, OH, OW)
 
 
-cdef struct _AdaptiveLink:
+cdef struct _PlanesLink:  # a kernel over P planes H x W -> OH x OW (chain link state)
     char* y
     Py_ssize_t P, H, W, OH, OW
     bint dbl
@@ -1130,7 +1136,7 @@ cdef struct _AdaptiveLink:
 
 
 cdef void _link_adaptive(void* state, const char* x) noexcept nogil:
-    cdef _AdaptiveLink* s = <_AdaptiveLink*> state
+    cdef _PlanesLink* s = <_PlanesLink*> state
     if s.dbl:
         _adaptive_forward(<const double*> x, <double*> s.y, s.P, s.H, s.W, s.OH, s.OW,
                           s.n_threads)
@@ -1139,14 +1145,10 @@ cdef void _link_adaptive(void* state, const char* x) noexcept nogil:
                           s.n_threads)
 
 
-cdef class BoundAdaptiveAvgPool:
-    """``adaptive_avgpool2d_forward`` with y fixed: ``bound(x)`` for x (N, C, H, W)
-    C-contiguous of y's dtype (_bound.pxi), and its chain ``link()``."""
+cdef class BoundAdaptiveAvgPool(_BoundPoolCall):
+    """``adaptive_avgpool2d_forward`` with y fixed."""
 
-    cdef object keep
-    cdef _AdaptiveLink s
-    cdef Py_ssize_t x_bytes
-    cdef _Link link_
+    cdef _PlanesLink s
 
     def __init__(self, x_shape, y, int n_threads):
         N, C, self.s.H, self.s.W = x_shape
@@ -1155,22 +1157,12 @@ cdef class BoundAdaptiveAvgPool:
                                                self.s.OW) < 1:
             raise ValueError(f"a bound adaptive average pool needs non-empty x "
                              f"{tuple(x_shape)} and y {y.shape} of one batch and channel count")
-        self.s.dbl, self.s.n_threads = y.dtype.itemsize == 8, n_threads
-        self.keep = y
-        self.s.y = _bound_data(y, y.nbytes, self.s.dbl, True)
-        self.x_bytes = self.s.P * self.s.H * self.s.W * y.dtype.itemsize
-
-    def link(self):
-        """This call as a chain link (a capsule; see ``conv.Chain``)."""
-        self.link_.fn, self.link_.state = _link_adaptive, &self.s
-        self.link_.x_bytes, self.link_.out = self.x_bytes, self.s.y
-        self.link_.out_bytes = self.s.P * self.s.OH * self.s.OW * (8 if self.s.dbl else 4)
-        return _link_capsule(&self.link_)
-
-    def __call__(self, x):
-        cdef const char* xp = _bound_data(x, self.x_bytes, self.s.dbl, False)
-        with nogil:
-            _link_adaptive(&self.s, xp)
+        self.dbl = self.s.dbl = y.dtype.itemsize == 8
+        self.s.n_threads, self.keep = n_threads, y
+        self.s.y = _bound_data(y, y.nbytes, self.dbl, True)
+        self.link_.fn, self.link_.state, self.link_.out = _link_adaptive, &self.s, self.s.y
+        self.link_.x_bytes = self.s.P * self.s.H * self.s.W * y.dtype.itemsize
+        self.link_.out_bytes = y.nbytes
 
 
 cdef inline void _adaptive_back_plane(const floating* g, floating* dx, Py_ssize_t H,
@@ -1224,15 +1216,8 @@ def adaptive_avgpool2d_backward(const floating[:, :, :, ::1] dy,  # IN  (N, C, O
                              H, W, OH, OW)
 
 
-cdef struct _Max2Link:
-    char* y
-    Py_ssize_t P, H, W, OH, OW
-    bint dbl
-    int n_threads
-
-
 cdef void _link_max2(void* state, const char* x) noexcept nogil:
-    cdef _Max2Link* s = <_Max2Link*> state
+    cdef _PlanesLink* s = <_PlanesLink*> state
     if s.dbl:
         _max2_groups(<const double*> x, <double*> s.y, NULL, s.P, s.H, s.W, s.OH, s.OW,
                      s.n_threads)
@@ -1250,7 +1235,7 @@ cdef class BoundMaxPool2Values:
     cdef Py_ssize_t P, H, W, OH, OW, x_bytes
     cdef bint dbl
     cdef int n_threads
-    cdef _Max2Link ml
+    cdef _PlanesLink ml
     cdef _Link link_
 
     def __init__(self, x_shape, y, int n_threads):
