@@ -820,6 +820,14 @@ cdef class _BoundPoolCall:
     cdef _Link link_
     cdef bint dbl
 
+    cdef char* _fix(self, _link_fn fn, void* state, x_shape, y) except NULL:
+        """Fix the output y (kept alive) and the link: fn on state, reading x (x_shape)."""
+        self.dbl, self.keep = y.dtype.itemsize == 8, y
+        self.link_.out = _bound_data(y, y.nbytes, self.dbl, True)
+        self.link_.fn, self.link_.state, self.link_.out_bytes = fn, state, y.nbytes
+        self.link_.x_bytes = x_shape[0] * x_shape[1] * x_shape[2] * x_shape[3] * y.dtype.itemsize
+        return self.link_.out
+
     def link(self):
         """This call as a chain link (a capsule)."""
         return _link_capsule(&self.link_)
@@ -845,12 +853,8 @@ cdef class BoundAvgPool(_BoundPoolCall):
                              f"{y.shape} of one batch and channel count")
         self.s.kh, self.s.kw, self.s.sh, self.s.sw, self.s.ph, self.s.pw = kh, kw, sh, sw, ph, pw
         self.s.count_include_pad, self.s.divisor_override = count_include_pad, divisor_override
-        self.dbl = self.s.dbl = y.dtype.itemsize == 8
-        self.s.n_threads, self.keep = n_threads, y
-        self.s.y = _bound_data(y, y.nbytes, self.dbl, True)
-        self.link_.fn, self.link_.state, self.link_.out = _link_avg, &self.s, self.s.y
-        self.link_.x_bytes = self.s.P * self.s.H * self.s.W * y.dtype.itemsize
-        self.link_.out_bytes = y.nbytes
+        self.s.y = self._fix(_link_avg, &self.s, x_shape, y)
+        self.s.dbl, self.s.n_threads = self.dbl, n_threads
 
 
 cdef inline void _avg_back_plane(const floating* g, floating* dx, floating* gs, Py_ssize_t H,
@@ -1135,6 +1139,19 @@ cdef struct _PlanesLink:  # a kernel over P planes H x W -> OH x OW (chain link 
     int n_threads
 
 
+cdef int _planes(_BoundPoolCall call, _PlanesLink* s, _link_fn fn, x_shape, y,
+                 int n_threads, what) except -1:
+    """Fill a plane kernel's bound call: x (N, C, H, W) to y (N, C, OH, OW), all non-empty
+    (else ValueError naming `what`)."""
+    N, C, s.H, s.W = x_shape
+    s.P, s.OH, s.OW = N * C, y.shape[2], y.shape[3]
+    if tuple(y.shape[:2]) != (N, C) or min(s.P, s.H, s.W, s.OH, s.OW) < 1:
+        raise ValueError(f"{what} does not take x {tuple(x_shape)} to y {y.shape}")
+    s.y = call._fix(fn, s, x_shape, y)
+    s.dbl, s.n_threads = call.dbl, n_threads
+    return 0
+
+
 cdef void _link_adaptive(void* state, const char* x) noexcept nogil:
     cdef _PlanesLink* s = <_PlanesLink*> state
     if s.dbl:
@@ -1151,18 +1168,8 @@ cdef class BoundAdaptiveAvgPool(_BoundPoolCall):
     cdef _PlanesLink s
 
     def __init__(self, x_shape, y, int n_threads):
-        N, C, self.s.H, self.s.W = x_shape
-        self.s.P, self.s.OH, self.s.OW = N * C, y.shape[2], y.shape[3]
-        if tuple(y.shape[:2]) != (N, C) or min(self.s.P, self.s.H, self.s.W, self.s.OH,
-                                               self.s.OW) < 1:
-            raise ValueError(f"a bound adaptive average pool needs non-empty x "
-                             f"{tuple(x_shape)} and y {y.shape} of one batch and channel count")
-        self.dbl = self.s.dbl = y.dtype.itemsize == 8
-        self.s.n_threads, self.keep = n_threads, y
-        self.s.y = _bound_data(y, y.nbytes, self.dbl, True)
-        self.link_.fn, self.link_.state, self.link_.out = _link_adaptive, &self.s, self.s.y
-        self.link_.x_bytes = self.s.P * self.s.H * self.s.W * y.dtype.itemsize
-        self.link_.out_bytes = y.nbytes
+        _planes(self, &self.s, _link_adaptive, x_shape, y, n_threads,
+                "a bound adaptive average pool")
 
 
 cdef inline void _adaptive_back_plane(const floating* g, floating* dx, Py_ssize_t H,
@@ -1226,45 +1233,13 @@ cdef void _link_max2(void* state, const char* x) noexcept nogil:
                      s.n_threads)
 
 
-cdef class BoundMaxPool2Values:
-    """``maxpool2_values`` with y fixed: ``bound(x)`` for x (N, C, H, W) C-contiguous of y's
-    dtype (_bound.pxi). Made only for shapes that ``maxpool2_values`` takes (else ValueError)."""
+cdef class BoundMaxPool2Values(_BoundPoolCall):
+    """``maxpool2_values`` with y fixed. Made only for shapes that ``maxpool2_values`` takes
+    (else ValueError)."""
 
-    cdef object keep
-    cdef char* y
-    cdef Py_ssize_t P, H, W, OH, OW, x_bytes
-    cdef bint dbl
-    cdef int n_threads
-    cdef _PlanesLink ml
-    cdef _Link link_
+    cdef _PlanesLink s
 
     def __init__(self, x_shape, y, int n_threads):
-        N, C, self.H, self.W = x_shape
-        self.P, self.OH, self.OW = N * C, y.shape[2], y.shape[3]
-        if tuple(y.shape[:2]) != (N, C) or min(self.P, self.OH, self.OW) < 1 or \
-                2 * self.OH > self.H or 2 * self.OW > self.W or 2 * self.OW > FPP_CAP:
+        _planes(self, &self.s, _link_max2, x_shape, y, n_threads, "maxpool2_values")
+        if 2 * self.s.OH > self.s.H or 2 * self.s.OW > self.s.W or 2 * self.s.OW > FPP_CAP:
             raise ValueError(f"maxpool2_values does not take x {tuple(x_shape)} to y {y.shape}")
-        self.dbl = y.dtype.itemsize == 8
-        self.keep, self.n_threads = y, n_threads
-        self.y = _bound_data(y, y.nbytes, self.dbl, True)
-        self.x_bytes = self.P * self.H * self.W * y.dtype.itemsize
-
-    def link(self):
-        """This call as a chain link (a capsule; see ``conv.Chain``)."""
-        self.ml.y, self.ml.P, self.ml.H, self.ml.W = self.y, self.P, self.H, self.W
-        self.ml.OH, self.ml.OW, self.ml.dbl = self.OH, self.OW, self.dbl
-        self.ml.n_threads = self.n_threads
-        self.link_.fn, self.link_.state = _link_max2, &self.ml
-        self.link_.x_bytes, self.link_.out = self.x_bytes, self.y
-        self.link_.out_bytes = self.P * self.OH * self.OW * (8 if self.dbl else 4)
-        return _link_capsule(&self.link_)
-
-    def __call__(self, x):
-        cdef const char* xp = _bound_data(x, self.x_bytes, self.dbl, False)
-        with nogil:
-            if self.dbl:
-                _max2_groups(<const double*> xp, <double*> self.y, NULL, self.P, self.H, self.W,
-                             self.OH, self.OW, self.n_threads)
-            else:
-                _max2_groups(<const float*> xp, <float*> self.y, NULL, self.P, self.H, self.W,
-                             self.OH, self.OW, self.n_threads)

@@ -242,7 +242,7 @@ class _ConvBN(_Step):
             if got is None:
                 return None
             caps, owners, checks, arrays = got
-            conv, bn = self.layers[:2]
+            bn = self.layers[1]
             eps, sources = bn.eps, self._fold_sources()
             checks.append(lambda: bn.eps == eps and self._foldable() and all(
                 a is b for a, b in zip(self._fold_sources(), sources)))
