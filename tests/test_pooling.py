@@ -624,6 +624,36 @@ def test_max_pool2x2_fast_path_is_bitwise_the_window_scan(shape, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2x2_vector_path_keeps_the_scan_order_without_nan(dtype, set_threads):
+    """Without NaN the 2x2 window is folded by max instructions over even and odd columns:
+    with ties, signed zeros and infinities (where a wrong grouping or lane order would pick
+    another -0 / +0 or another index) the values, the argmax and the values-only kernel are
+    bitwise the window scan's, on widths that end a row mid-vector (the over-reading last
+    step of a group, the stores that run into the next row) and groups that mix NaN-free
+    planes with a plane holding a NaN (redone exactly)."""
+    from fastcnn import _kernels
+    rng = np.random.default_rng(63)
+    shapes = [(1, 1, 2, 2), (2, 3, 7, 7), (1, 2, 14, 14), (3, 5, 28, 28), (1, 1, 3, 1031),
+              (2, 45, 6, 5), (1, 300, 3, 3), (1, 2, 33, 70), (2, 1, 64, 64)]
+    shapes += [(int(rng.integers(1, 4)), int(rng.integers(1, 30)), int(rng.integers(2, 40)),
+                int(rng.integers(2, 40))) for _ in range(10)]
+    for k, shape in enumerate(shapes):
+        x = _hostile(shape, dtype, k)
+        x[np.isnan(x)] = -0.0
+        if k % 3 == 2:  # one NaN: its group takes the exact passes, the others stay vectors
+            x.reshape(-1)[int(rng.integers(0, x.size))] = np.nan
+        set_threads(1 + k % 2)
+        y, argmax = F.max_pool2d(x, 2)
+        ref_y, ref_argmax = ref.max_pool2d_loops(x, 2)
+        np.testing.assert_array_equal(argmax, ref_argmax, err_msg=str(shape))
+        assert y.tobytes() == np.ascontiguousarray(ref_y, dtype).tobytes(), shape
+        if 2 * (shape[3] // 2) <= 512:
+            values = np.full_like(y, 7.0)
+            assert _kernels.pool.maxpool2_values(x, values, 1 + k % 2)
+            assert values.tobytes() == y.tobytes(), shape
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 14, 14), (1, 1, 5, 1031), (3, 37, 7, 7),
                                    (2, 45, 6, 5)])
 @pytest.mark.parametrize("div", [None, 3])

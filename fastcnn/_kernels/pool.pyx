@@ -298,11 +298,87 @@ cdef extern from *:
     }
     FPG_DEFINE(float, f)
     FPG_DEFINE(double, d)
+    /* The 2x2 / stride 2 window over G consecutive planes (whole windows), across output
+       columns in vectors of NL lanes: a step loads 2*NL columns of both rows of a row pair and
+       splits each row into its even and odd columns (one shuffle each), then folds the window
+       in scan order, (a + b) + (c + d) with u + v = (v > u ? v : u), a max instruction. For
+       numbers + is associative and keeps the first of equal values (-0 and +0 included), so
+       this is the row-major scan's maximum and, with the winners' offsets (0, 1, W, W + 1),
+       its argmax, bitwise. A NaN breaks that: the function then returns 0, and the caller
+       redoes the group by the exact passes (fpg_max2 / fpv_max2), which overwrite everything.
+       The split leaves the lanes in a fixed order (pairs from the first and the second vector
+       interleaved), put back by one permutation before the stores. A step's loads that would
+       run past the group read a zero-padded copy; its stores run whole vectors into the
+       outputs of the following row pairs (rewritten when those come), except at the group's
+       end. am may be NULL (values only). */
+    #define FPF_DEFINE(T, SUF, IT, NL, EVEN, ODD, BACK)                                        \
+    static inline int fpf_max2_##SUF(const T *restrict x, ptrdiff_t G, ptrdiff_t H,           \
+                                     ptrdiff_t W, T *restrict y, int64_t *restrict am,         \
+                                     ptrdiff_t OH, ptrdiff_t OW) {                             \
+        typedef T VT __attribute__((vector_size(NL * sizeof(T))));                             \
+        typedef IT VI __attribute__((vector_size(NL * sizeof(T))));                            \
+        const VI ev = EVEN, od = ODD, back = BACK;                                             \
+        const T *end = x + G * H * W;                                                          \
+        VI bad = {0};                                                                          \
+        ptrdiff_t R = G * OH, rp, b = 0, i = 0, j, l;                                          \
+        for (rp = 0; rp < R; rp++) {                                                           \
+            const T *r0 = x + (b * H + 2 * i) * W, *r1 = r0 + W;                               \
+            int64_t base = 2 * i * W;                                                          \
+            for (j = 0; j < OW; j += NL) {                                                     \
+                VT a0, a1, b0, b1;                                                             \
+                if (r1 + 2 * j + 2 * NL <= end) {                                              \
+                    memcpy(&a0, r0 + 2 * j, sizeof a0);                                        \
+                    memcpy(&a1, r0 + 2 * j + NL, sizeof a1);                                   \
+                    memcpy(&b0, r1 + 2 * j, sizeof b0);                                        \
+                    memcpy(&b1, r1 + 2 * j + NL, sizeof b1);                                   \
+                } else {                                                                       \
+                    T ta[2 * NL] = {0}, tb[2 * NL] = {0};                                      \
+                    ptrdiff_t n2 = 2 * (OW - j < NL ? OW - j : NL);                            \
+                    memcpy(ta, r0 + 2 * j, n2 * sizeof(T));                                   \
+                    memcpy(tb, r1 + 2 * j, n2 * sizeof(T));                                   \
+                    memcpy(&a0, ta, sizeof a0); memcpy(&a1, ta + NL, sizeof a1);               \
+                    memcpy(&b0, tb, sizeof b0); memcpy(&b1, tb + NL, sizeof b1);               \
+                }                                                                              \
+                VT ea = __builtin_shuffle(a0, a1, ev), oa = __builtin_shuffle(a0, a1, od);     \
+                VT eb = __builtin_shuffle(b0, b1, ev), ob = __builtin_shuffle(b0, b1, od);     \
+                bad |= (VI)(ea != ea) | (VI)(oa != oa) | (VI)(eb != eb) | (VI)(ob != ob);      \
+                VI ga = (VI)(oa > ea), gb = (VI)(ob > eb);                                     \
+                VT ha = (VT)((ga & (VI)oa) | (~ga & (VI)ea));                                  \
+                VT hb = (VT)((gb & (VI)ob) | (~gb & (VI)eb));                                  \
+                VI gv = (VI)(hb > ha);                                                         \
+                VT m = __builtin_shuffle((VT)((gv & (VI)hb) | (~gv & (VI)ha)), back);          \
+                /* whole vectors unless they would pass the group's last output */            \
+                ptrdiff_t k = rp * OW + j, n = k + NL <= R * OW ? NL : OW - j;                 \
+                if (n == NL) memcpy(y + k, &m, sizeof m);                                      \
+                else for (l = 0; l < n; l++) y[k + l] = m[l];                                  \
+                if (am) {                                                                      \
+                    VI t = (gv & ((IT)W + (gb & 1))) | (~gv & (ga & 1));                       \
+                    t = __builtin_shuffle(t, back);                                            \
+                    for (l = 0; l < n; l++) am[k + l] = base + 2 * (j + l) + (int64_t)t[l];    \
+                }                                                                              \
+            }                                                                                  \
+            if (++i == OH) { i = 0; b++; }                                                     \
+        }                                                                                      \
+        for (l = 0; l < NL; l++) if (bad[l]) return 0;                                         \
+        return 1;                                                                              \
+    }
+    #define FPF_E8 {0, 2, 8, 10, 4, 6, 12, 14}
+    #define FPF_O8 {1, 3, 9, 11, 5, 7, 13, 15}
+    #define FPF_B8 {0, 1, 4, 5, 2, 3, 6, 7}
+    FPF_DEFINE(float, f, int32_t, 8, FPF_E8, FPF_O8, FPF_B8)
+    #define FPF_E4 {0, 4, 2, 6}
+    #define FPF_O4 {1, 5, 3, 7}
+    #define FPF_B4 {0, 2, 1, 3}
+    FPF_DEFINE(double, d, int64_t, 4, FPF_E4, FPF_O4, FPF_B4)
     """
     enum: FCP_CAP_ "FCP_CAP"
     int fpg_max2_f(const float* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, float* y,
                    int64_t* am, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
     int fpg_max2_d(const double* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, double* y,
+                   int64_t* am, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
+    int fpf_max2_f(const float* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, float* y,
+                   int64_t* am, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
+    int fpf_max2_d(const double* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, double* y,
                    int64_t* am, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
     int fpg_avg2_f(const float* x, Py_ssize_t G, Py_ssize_t H, Py_ssize_t W, float* y,
                    Py_ssize_t OH, Py_ssize_t OW, float div) noexcept nogil
@@ -446,9 +522,9 @@ cdef void _max2_groups(const floating* x, floating* y, int64_t* am, Py_ssize_t P
                        Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
                        int n_threads) noexcept nogil:
     """2x2/2 max-pool of P consecutive planes (whole windows) in groups of G planes (G fixed by
-    the shape) per task: with the argmax by fpg_max2 (else plane by plane), or with ``am`` NULL
-    the values only by fpv_max2 (a copy of fpg_max2's passes without the index arithmetic:
-    folding the two into one function cost the argmax path 2-8% and the values 10-16%;
+    the shape) per task, by fpf_max2's vectors (with the argmax, or with ``am`` NULL the values
+    only); a group holding a NaN is redone exactly: with the argmax by fpg_max2 (else plane by
+    plane), the values by fpv_max2 (a copy of fpg_max2's passes without the index arithmetic;
     the caller has checked that fpv_max2 takes the shape)."""
     cdef Py_ssize_t G = max(1, GROUP_VALUES // (H * W)), grp
     n_threads = _threads_for(P * H * W * MOVE, n_threads)
@@ -466,6 +542,14 @@ cdef void _max2_group(const floating* x, floating* y, int64_t* am, Py_ssize_t p0
     """Planes p0 .. p0 + g - 1 of _max2_groups."""
     cdef Py_ssize_t b
     cdef int done
+    if floating is float:
+        done = fpf_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW,
+                          NULL if am == NULL else am + p0 * OH * OW, OH, OW)
+    else:
+        done = fpf_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW,
+                          NULL if am == NULL else am + p0 * OH * OW, OH, OW)
+    if done:
+        return
     if am == NULL:
         if floating is float:
             fpv_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
@@ -533,9 +617,9 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     positions only); argmax[n,c,i,j] = u*W + v of that maximum in x[n,c].
 
     Ties go to the first element in row-major order; a NaN is the maximum (the first NaN wins).
-    OH, OW come from y (floor or ceil mode). The plain 2x2/2 window takes _pool_plane's
-    branch-free path when every window is whole, other windows without dilation the separable
-    fms_max path, dilated ones _max_plane. Parallel over (n, c) planes.
+    OH, OW come from y (floor or ceil mode). The plain 2x2/2 window takes _max2_groups'
+    vectorised path when every window is whole, other windows without dilation the separable
+    fms_max path, dilated ones _max_plane. Parallel over (n, c) planes or groups of them.
     """
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
@@ -548,8 +632,8 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     cdef Py_ssize_t per = _max_scratch(H, W, OH, OW, kh, kw, sh, sw, dh, dw, floating is double)
     if N * C == 0:
         return
-    if pool2 and H * W <= SMALL_PLANE and OH > 0 and OW > 0:
-        # Small planes: groups of planes per task and per call.
+    if pool2 and OH > 0 and OW > 0:
+        # Groups of planes per task and per call (one plane a group from 4096 values up).
         with nogil:
             _max2_groups(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], N * C, H, W, OH,
                          OW, n_threads)
