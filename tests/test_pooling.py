@@ -677,9 +677,12 @@ def test_avg_pool2x2_fast_path_sums_in_row_major_order(shape, dtype, div):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("args", [((3, 3), 2, 1, False), ((3, 3), 2, 1, True),
                                   ((2, 3), 1, 0, False), ((3, 2), (2, 3), (1, 1), True),
-                                  ((4, 4), 3, 2, False), ((1, 1), 2, 0, False)],
-                         ids=["3s2p1", "3s2p1-ceil", "2x3s1", "3x2-s2x3-p1-ceil", "4s3p2", "1s2"])
-@pytest.mark.parametrize("shape", [(2, 5, 7, 7), (1, 3, 14, 13), (1, 1, 5, 29), (9, 21, 7, 7)])
+                                  ((4, 4), 3, 2, False), ((1, 1), 2, 0, False),
+                                  ((3, 3), 1, 1, False), ((5, 4), (1, 2), (2, 2), True)],
+                         ids=["3s2p1", "3s2p1-ceil", "2x3s1", "3x2-s2x3-p1-ceil", "4s3p2", "1s2",
+                              "3s1p1", "5x4-s1x2-p2-ceil"])
+@pytest.mark.parametrize("shape", [(2, 5, 7, 7), (1, 3, 14, 13), (1, 1, 5, 29), (9, 21, 7, 7),
+                                   (1, 2, 9, 70)])
 def test_max_pool_separable_path_is_bitwise_the_window_scan(shape, args, dtype, set_threads,
                                                             monkeypatch):
     # ties, -inf next to the -inf padding, NaNs with payloads: the separable path (horizontal

@@ -630,9 +630,12 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
     cdef floating* buf
     cdef size_t nbuf = 0
     cdef Py_ssize_t per = _max_scratch(H, W, OH, OW, kh, kw, sh, sw, dh, dw, floating is double)
-    if N * C == 0:
+    if 2 * ph > kh or 2 * pw > kw:
+        raise ValueError(f"maxpool2d_forward: padding ({ph}, {pw}) is more than half the kernel "
+                         f"({kh}, {kw})")
+    if N * C == 0 or OH == 0 or OW == 0:
         return
-    if pool2 and OH > 0 and OW > 0:
+    if pool2:
         # Groups of planes per task and per call (one plane a group from 4096 values up).
         with nogil:
             _max2_groups(&x[0, 0, 0, 0], &y[0, 0, 0, 0], &argmax[0, 0, 0, 0], N * C, H, W, OH,
@@ -640,7 +643,7 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
         return
     # The separable branch-free path: no dilation, and planes small enough that its scratch
     # (about two planes) stays in cache and its int32 offsets cannot overflow.
-    if not pool2 and dh == 1 and dw == 1 and OH > 0 and OW > 0 and H * W <= (1 << 20):
+    if dh == 1 and dw == 1 and H * W <= (1 << 20):
         if floating is float:
             nbuf = fms_scratch_f(OH, OW, kh, kw, sh, sw)
         else:
@@ -653,11 +656,7 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
         tr = <int32_t*> (buf + nbuf)
         # Race-free: plane (n, c) writes only y[n, c] and argmax[n, c]; tr, buf are per thread.
         for plane in prange(N * C, schedule='static'):
-            if pool2:
-                _pool_plane(&x[plane // C, plane % C, 0, 0], &y[plane // C, plane % C, 0, 0],
-                            &argmax[plane // C, plane % C, 0, 0], H, W, OH, OW, kh, kw, sh, sw,
-                            ph, pw)
-            elif nbuf > 0:
+            if nbuf > 0:
                 if floating is float:
                     fms_max_f(&x[plane // C, plane % C, 0, 0], H, W,
                               &y[plane // C, plane % C, 0, 0],
