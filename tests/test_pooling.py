@@ -551,8 +551,8 @@ def test_layer_rebuilds_from_init_args(name):
 FUSION = [
     pytest.param(lambda: MaxPool2d(2), True, id="max2-fused"),
     pytest.param(lambda: MaxPool2d(3, 2, 1), True, id="max3s2p1-fused"),
-    pytest.param(lambda: MaxPool2d(2, dilation=2), False, id="dilated-unfused"),
-    pytest.param(lambda: MaxPool2d(2, ceil_mode=True), False, id="ceil-unfused"),
+    pytest.param(lambda: MaxPool2d(2, dilation=2), True, id="dilated-fused"),
+    pytest.param(lambda: MaxPool2d(2, ceil_mode=True), True, id="ceil-fused"),
     pytest.param(lambda: AvgPool2d(2), False, id="avg-unfused"),
 ]
 
@@ -576,6 +576,39 @@ def test_sequential_fuses_only_the_pools_the_fused_kernel_supports(make_pool, fu
     for layer in reversed(layers):
         g = layer.backward(g)
     np.testing.assert_array_equal(dx, g)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pool_args", [(2,), (3, 2, 1), (2, 2, 0, 2), (3, 2, 1, 1, False, True)],
+                         ids=["2x2", "3s2p1", "2x2-dilated", "3s2p1-ceil"])
+def test_conv_relu_maxpool_step_gradient_is_bitwise_the_layers(dtype, pool_args, set_threads):
+    """The Conv-ReLU-MaxPool step's one-pass backward (the pool's scatter masked by the ReLU's
+    output at each winner) against the pool's and the ReLU's backward passes one after the
+    other, bitwise: ReLU zeros (ties among +0, windows with no positive value), NaN, signed
+    zero gradients, 1 and 2 threads."""
+    rng = np.random.default_rng(66)
+    for k in range(6):
+        shape = (int(rng.integers(1, 4)), 1, int(rng.integers(6, 20)), int(rng.integers(6, 20)))
+        x = _hostile(shape, dtype, 300 + k)
+        set_threads(1 + k % 2)
+        conv = Conv2d(1, 3, 1, bias=False, dtype=dtype)
+        conv.params["weight"][...] = np.array([1.0, -1.0, 0.5], dtype).reshape(3, 1, 1, 1)
+        model = Sequential(conv, ReLU(dtype=dtype), MaxPool2d(*pool_args, dtype=dtype))
+        assert model.fusion_plan()[0][1] == 3
+        layers = [Conv2d(1, 3, 1, bias=False, dtype=dtype), ReLU(dtype=dtype),
+                  MaxPool2d(*pool_args, dtype=dtype)]
+        layers[0].params["weight"][...] = conv.params["weight"]
+        out, want = model.forward(x), x
+        for layer in layers:
+            want = layer.forward(want)
+        assert out.tobytes() == want.tobytes()
+        g = rng.standard_normal(out.shape).astype(dtype)
+        g[rng.random(g.shape) < 0.2] = -0.0
+        dx = model.backward(g)
+        for layer in reversed(layers):
+            g = layer.backward(g)
+        assert dx.tobytes() == g.tobytes(), shape
+        assert model[0].grads["weight"].tobytes() == layers[0].grads["weight"].tobytes()
 
 
 def test_layers_in_a_sequential_reuse_buffers_and_give_fresh_outputs():

@@ -673,31 +673,34 @@ def maxpool2d_forward(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                            sw, ph, pw, dh, dw)
 
 
-cdef void _scatter_planes(const floating* g, const int64_t* a, const floating* y, floating* d,
+cdef void _scatter_planes(const floating* g, const int64_t* a, const floating* x, floating* d,
                           Py_ssize_t p0, Py_ssize_t np_, Py_ssize_t in_size,
                           Py_ssize_t out_size) noexcept nogil:
-    """Planes p0 .. p0 + np_ - 1 (in_size values of d, out_size of g, a, y each): d = 0, then
-    d[a[k]] += g[k] for k in row-major order, where y[k] > 0 when a pooled output y is given
-    (NULL: no ReLU mask). One memset for the group (a 7x7 plane alone is 196 bytes)."""
+    """Planes p0 .. p0 + np_ - 1 (in_size values of d and x, out_size of g and a each): d = 0,
+    then d[a[k]] += g[k] for k in row-major order, where x[a[k]] > 0 when the pool's input x is
+    given (a ReLU's output: NULL, no mask). One memset for the group (a 7x7 plane alone is 196
+    bytes)."""
     cdef Py_ssize_t p, k
     cdef const floating* gp
     cdef const int64_t* ap
+    cdef const floating* xp
     cdef floating* dp
     memset(d + p0 * in_size, 0, np_ * in_size * sizeof(floating))
     for p in range(p0, p0 + np_):
         gp = g + p * out_size
         ap = a + p * out_size
         dp = d + p * in_size
-        if y == NULL:
+        if x == NULL:
             for k in range(out_size):
                 dp[ap[k]] = dp[ap[k]] + gp[k]
         else:
+            xp = x + p * in_size
             for k in range(out_size):
-                if y[p * out_size + k] > 0:
+                if xp[ap[k]] > 0:
                     dp[ap[k]] = dp[ap[k]] + gp[k]
 
 
-cdef void _max_scatter(const floating* g, const int64_t* a, const floating* y, floating* d,
+cdef void _max_scatter(const floating* g, const int64_t* a, const floating* x, floating* d,
                        Py_ssize_t P, Py_ssize_t in_size, Py_ssize_t out_size,
                        int n_threads) noexcept nogil:
     """_scatter_planes over P planes in groups of about GROUP_VALUES input values."""
@@ -706,10 +709,10 @@ cdef void _max_scatter(const floating* g, const int64_t* a, const floating* y, f
     # Race-free: group grp writes only its planes of d.
     if n_threads == 1:  # serial: libgomp's team of one costs system calls (_threads.pxi)
         for grp in range((P + G - 1) // G):
-            _scatter_planes(g, a, y, d, grp * G, min(G, P - grp * G), in_size, out_size)
+            _scatter_planes(g, a, x, d, grp * G, min(G, P - grp * G), in_size, out_size)
         return
     for grp in prange((P + G - 1) // G, schedule='static', num_threads=n_threads):
-        _scatter_planes(g, a, y, d, grp * G, min(G, P - grp * G), in_size, out_size)
+        _scatter_planes(g, a, x, d, grp * G, min(G, P - grp * G), in_size, out_size)
 
 
 def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
@@ -732,23 +735,28 @@ def maxpool2d_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
 
 def maxpool2d_relu_backward(const floating[:, :, :, ::1] dy,    # IN  (N, C, OH, OW)
                             const int64_t[:, :, :, ::1] argmax,  # IN  (N, C, OH, OW)
-                            const floating[:, :, :, ::1] y,     # IN  (N, C, OH, OW) pooled output
+                            const floating[:, :, :, ::1] x,     # IN  (N, C, H, W) pool input
                             floating[:, :, :, ::1] dx,          # OUT (N, C, H, W)
                             int n_threads):
-    """Gradient through ReLU then max-pool: dx[n,c].flat[argmax] += dy * (y > 0).
+    """Gradient through ReLU then max-pool: dx[n,c].flat[argmax] += dy * (x.flat[argmax] > 0).
 
-    y is the pooled output of ReLU'd values, so y > 0 exactly where the ReLU passed the maximum
-    on; the ReLU's own mask is never needed. Parallel over groups of (n, c) planes, as
-    maxpool2d_backward.
+    x is the pool's input, the ReLU's output: the ReLU passed the gradient on exactly where
+    x > 0, and everywhere else the pool's gradient is 0 already, so the ReLU's own backward
+    pass is not needed. Bitwise that pass after ``maxpool2d_backward``. Parallel over groups of
+    (n, c) planes, as maxpool2d_backward.
     """
     cdef Py_ssize_t N = dx.shape[0], C = dx.shape[1], H = dx.shape[2], W = dx.shape[3]
     cdef bint empty = dy.shape[2] * dy.shape[3] == 0
+    if x.shape[0] != N or x.shape[1] != C or x.shape[2] != H or x.shape[3] != W:
+        raise ValueError(f"maxpool2d_relu_backward: x has shape "
+                         f"{(x.shape[0], x.shape[1], x.shape[2], x.shape[3])}, dx "
+                         f"{(N, C, H, W)}")
     if N * C == 0 or H * W == 0:
         return
     with nogil:
         _max_scatter(NULL if empty else &dy[0, 0, 0, 0], NULL if empty else &argmax[0, 0, 0, 0],
-                     NULL if empty else &y[0, 0, 0, 0], &dx[0, 0, 0, 0], N * C, H * W,
-                     dy.shape[2] * dy.shape[3], n_threads)
+                     &x[0, 0, 0, 0], &dx[0, 0, 0, 0], N * C, H * W, dy.shape[2] * dy.shape[3],
+                     n_threads)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -232,9 +232,10 @@ def _check_argmax(argmax, shape, plane_size):
     return np.ascontiguousarray(argmax, dtype=np.int64)
 
 
-def _max_pool2d_relu_backward_into(grad_y, argmax, y, grad_x):
-    """Gradient through ReLU then max-pool, given the pooled output y (mask y > 0)."""
-    _kernels.pool.maxpool2d_relu_backward(grad_y, argmax, y, grad_x,
+def _max_pool2d_relu_backward_into(grad_y, argmax, x, grad_x):
+    """Gradient through ReLU then max-pool, given the pool's input x, the ReLU's output (mask
+    x.flat[argmax] > 0): bitwise ``relu_backward`` after ``_max_pool2d_backward_into``."""
+    _kernels.pool.maxpool2d_relu_backward(grad_y, argmax, x, grad_x,
                                           _threads_for(grad_x.size))
     return grad_x
 

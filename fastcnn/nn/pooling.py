@@ -19,6 +19,7 @@ from ..functional.pooling import (
     _bool,
     _max_pool2d_backward_into,
     _max_pool2d_into,
+    _max_pool2d_relu_backward_into,
     _max_pool2d_values_into,
     _plan_avg_pool2d,
     _plan_max_pool2d,
@@ -161,11 +162,16 @@ class MaxPool2d(_Pool):
             f.links = lambda: ([values.link()], [values], [], [])
         return f
 
-    def _backward(self, grad_y, reuse):
+    def _backward(self, grad_y, reuse, relu_output=None):
+        """The gradient of the input; with ``relu_output``, the pool's input as a ReLU's output,
+        the gradient of the ReLU's input (Sequential's Conv-ReLU-MaxPool step: one pass
+        instead of the pool's and the ReLU's, bitwise the same)."""
         x_shape, argmax = (self._cache[0], self._argmax(reuse)) if self._cache is not None \
             else (None, None)
         grad_y = self._grad_input(grad_y, None if argmax is None else argmax.shape)
         grad_x = self._buffer("dx", x_shape, reuse)
+        if relu_output is not None:
+            return _max_pool2d_relu_backward_into(grad_y, argmax, relu_output, grad_x)
         return _max_pool2d_backward_into(grad_y, argmax, grad_x)
 
     def extra_repr(self):
