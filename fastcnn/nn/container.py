@@ -81,6 +81,14 @@ class _Step:
     def backward(self, grad):
         return self.layers[0]._backward(grad, reuse=True)
 
+    def relu_layer(self):
+        """The ReLU whose output is this step's output, or None (see _ReLUMaxPool)."""
+        return self.layers[0] if type(self.layers[0]) is ReLU else None
+
+    def backward_below_relu(self, grad):
+        """backward() from the gradient of that ReLU's input (its own pass left out)."""
+        return grad
+
 
 class _ConvReLU(_Step):
     """Conv2d then ReLU: the ReLU is applied in the convolution's output loop."""
@@ -99,6 +107,12 @@ class _ConvReLU(_Step):
         conv, relu = self.layers
         return conv._backward(relu._backward(grad, reuse=True), reuse=True)
 
+    def relu_layer(self):
+        return self.layers[1]
+
+    def backward_below_relu(self, grad):
+        return self.layers[0]._backward(grad, reuse=True)
+
     def bind(self, shape):
         conv, relu = self.layers
         run = conv._bind(shape, relu=True)
@@ -113,33 +127,36 @@ class _ConvReLU(_Step):
         return f, conv.output_shape(shape)
 
 
-class _ConvReLUMaxPool(_Step):
-    """Conv2d, ReLU and MaxPool2d: the ReLU applied in the convolution's output loop, the pool
-    run on the convolution's own (reused) output buffer; backward, the pool's scatter masked
-    by that buffer (``x > 0`` at each window's winner) gives the ReLU's input gradient in one
-    pass, then the convolution's. Bitwise equal to the three layers (tested)."""
+class _ReLUMaxPool(_Step):
+    """A step ending in a ReLU (Conv-ReLU, Conv-BN-ReLU, a ReLU alone), then a MaxPool2d: the
+    pool runs on the step's own (reused) output buffer; backward, the pool's scatter masked by
+    that buffer (``x > 0`` at each window's winner) gives the ReLU's input gradient in one
+    pass, and the step continues below its ReLU. Bitwise equal to the layers (tested)."""
 
-    def __init__(self, conv, relu, pool):
-        self.layers = (conv, relu, pool)
-        self._conv_relu = _ConvReLU(conv, relu)
+    def __init__(self, step, pool):
+        self.step, self.layers = step, step.layers + (pool,)
+        self.name = ("ReLU" if type(step) is _Step else type(step).__name__.lstrip("_")) \
+            + "MaxPool"
 
     def forward(self, x):
-        return self.layers[2]._forward(self._conv_relu.forward(x), True)
+        return self.layers[-1]._forward(self.step.forward(x), True)
 
     def backward(self, grad):
-        conv, relu, pool = self.layers
-        return conv._backward(pool._backward(grad, True, relu_output=relu._cache), reuse=True)
+        pool, relu = self.layers[-1], self.step.relu_layer()
+        if getattr(self.step, "folded", False):  # eval: the step reruns its layers first
+            return self.step.backward(pool._backward(grad, True))
+        return self.step.backward_below_relu(pool._backward(grad, True, relu_output=relu._cache))
 
     def bind(self, shape):
-        conv_relu, shape = self._conv_relu.bind(shape)
-        pool = self.layers[2]._bind(shape)
-        if conv_relu is None or pool is None:
-            return None, self.layers[2].output_shape(shape)
+        run, shape = self.step.bind(shape)
+        pool = self.layers[-1]._bind(shape)
+        if run is None or pool is None:
+            return None, self.layers[-1].output_shape(shape)
 
         def f(x):
-            return pool(conv_relu(x))
-        f.links = _joined_links(conv_relu, pool)
-        return f, self.layers[2].output_shape(shape)
+            return pool(run(x))
+        f.links = _joined_links(run, pool)
+        return f, self.layers[-1].output_shape(shape)
 
 
 class _ConvBN(_Step):
@@ -252,7 +269,7 @@ class _ConvBN(_Step):
         f.links = links
         return f, out
 
-    def backward(self, grad):
+    def backward(self, grad, below_relu=False):
         if self.folded:
             # Rare (gradients in eval mode): rerun the unfolded forward to give every layer
             # the cache its own backward expects, then backpropagate layer by layer.
@@ -260,7 +277,7 @@ class _ConvBN(_Step):
             for layer in self.layers:
                 out = layer._forward(out, reuse=True)
             self.folded = False
-        for layer in reversed(self.layers):
+        for layer in reversed(self.layers[:2] if below_relu else self.layers):
             grad = layer._backward(grad, reuse=True)
             if grad is None:
                 return None
@@ -271,6 +288,12 @@ class _ConvBNReLU(_ConvBN):
     """Conv2d, BatchNorm2d, ReLU; folded in eval mode into the fused Conv-ReLU step."""
 
     relu = True
+
+    def relu_layer(self):
+        return self.layers[2]
+
+    def backward_below_relu(self, grad):
+        return self.backward(grad, below_relu=True)
 
 
 # Sequential._chain: a batch slice's largest feature map per thread (an L2 of this machine's
@@ -322,13 +345,15 @@ def _plan(layers):
             steps.append(_ConvBNReLU(*layers[i:i + 3]))
         elif kinds[:2] == [Conv2d, BatchNorm2d]:
             steps.append(_ConvBN(*layers[i:i + 2]))
-        elif kinds == [Conv2d, ReLU, MaxPool2d]:
-            steps.append(_ConvReLUMaxPool(*layers[i:i + 3]))
         elif kinds[:2] == [Conv2d, ReLU]:
             steps.append(_ConvReLU(*layers[i:i + 2]))
         else:
             steps.append(_Step(layers[i]))
         i += len(steps[-1].layers)
+        # A MaxPool2d after a step ending in a ReLU takes that ReLU's backward pass in its own
+        if i < len(layers) and type(layers[i]) is MaxPool2d and steps[-1].relu_layer() is not None:
+            steps[-1] = _ReLUMaxPool(steps[-1], layers[i])
+            i += 1
     return steps
 
 
@@ -362,7 +387,8 @@ class Sequential(Module):
         with the name of the step that runs them."""
         plan, i = [], 0
         for step in self._steps:
-            plan.append((i, len(step.layers), type(step).__name__.lstrip("_")))
+            plan.append((i, len(step.layers),
+                         getattr(step, "name", type(step).__name__.lstrip("_"))))
             i += len(step.layers)
         return plan
 
