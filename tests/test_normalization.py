@@ -476,3 +476,35 @@ def test_eval_statistics_follow_in_place_buffer_changes():
     want = F.batch_norm(x, bn.buffers["running_mean"], bn.buffers["running_var"],
                         bn.params["weight"], bn.params["bias"], training=False, eps=1e-3)
     np.testing.assert_array_equal(bn(x), want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_relu_in_the_output_pass_is_bitwise_a_relu_after(dtype, set_threads):
+    """Batch norm's output pass with the ReLU applied (Sequential's Conv-BN-ReLU step) against
+    the ReLU kernel after the plain pass, bitwise, training and eval kernels, both of their
+    loop orders (channels, and rows in memory order past SPLIT_BYTES): a -0 output kept (a
+    constant channel times a negative gamma, plus beta = -0), a NaN channel, 1 and 2 threads."""
+    from fastcnn.functional.activation import relu
+    from fastcnn.functional.normalization import _batch_norm_eval_into, _batch_norm_train_into
+    rng = np.random.default_rng(71)
+    for k, shape in enumerate([(3, 4, 5, 5), (64, 3, 14, 14), (2, 5, 1, 1), (7, 2, 33, 9)]):
+        set_threads(1 + k % 2)
+        C = shape[1]
+        x = rng.standard_normal(shape).astype(dtype)
+        x[:, 0] = 1.5  # constant channel: (x - mean) * a is -0 for a < 0
+        if C > 2:
+            x[0, 2, 0, 0] = np.nan
+        gamma = rng.standard_normal(C).astype(dtype)
+        gamma[0] = -1.0
+        beta = rng.standard_normal(C).astype(dtype)
+        beta[0] = -0.0
+        outs = {}
+        for fused in (False, True):
+            y, mean, invstd = np.empty_like(x), np.empty(C), np.empty(C)
+            _batch_norm_train_into(x, gamma, beta, y, mean, invstd, 1e-5, relu=fused)
+            ye = np.empty_like(x)
+            _batch_norm_eval_into(x, mean, invstd, gamma, beta, ye, relu=fused)
+            outs[fused] = (y, ye)
+        assert outs[True][0].tobytes() == relu(outs[False][0]).tobytes(), shape
+        assert outs[True][1].tobytes() == relu(outs[False][1]).tobytes(), shape
+        assert np.signbit(outs[True][0][:, 0]).all()  # the kept -0

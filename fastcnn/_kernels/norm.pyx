@@ -281,9 +281,16 @@ cdef inline void _rows_grad_sums(const floating* g, const floating* p, Py_ssize_
 
 
 cdef inline void _scale_shift(const floating* x, floating* y, Py_ssize_t n, floating mu,
-                              floating a, floating b) noexcept nogil:
-    """y = (x - mu) * a + b (subtracting first keeps float32 accurate when |mean| >> std)."""
+                              floating a, floating b, bint relu) noexcept nogil:
+    """y = (x - mu) * a + b (subtracting first keeps float32 accurate when |mean| >> std); with
+    ``relu``, then y < 0 ? 0 : y (ReLU's rule: NaN and -0 kept), bitwise a ReLU pass after."""
     cdef Py_ssize_t k
+    cdef floating t
+    if relu:
+        for k in range(n):
+            t = (x[k] - mu) * a + b
+            y[k] = 0 if t < 0 else t
+        return
     for k in range(n):
         y[k] = (x[k] - mu) * a + b
 
@@ -362,9 +369,11 @@ def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
                      double[::1] invstd,            # OUT (C,) 1 / sqrt(biased var + eps)
                      floating[::1] running_mean,    # IN/OUT (C,) updated when `update`
                      floating[::1] running_var,     # IN/OUT (C,) updated when `update`
-                     double eps, double factor, bint update, int n_threads):
+                     double eps, double factor, bint update, int n_threads,
+                     bint relu=False):
     """Training forward: per channel mu = mean(x), var = mean((x - mu)^2),
-    y = (x - mu) * gamma / sqrt(var + eps) + beta; with `update`,
+    y = (x - mu) * gamma / sqrt(var + eps) + beta (then max(y, 0) as ReLU with `relu`); with
+    `update`,
     running_mean = factor*mu + (1-factor)*running_mean and
     running_var = factor*var*m/(m-1) + (1-factor)*running_var (m = N*S, unbiased variance).
 
@@ -394,9 +403,9 @@ def bn_forward_train(const floating[:, :, ::1] x,   # IN  (N, C, S), N*S >= 1
         b = bias[c]
         # Rows in reverse: the last rows read by the statistics pass are the likeliest cached.
         for n in range(N - 1, -1, -1):
-            _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
+            _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b, relu)
     if split:
-        _normalise_rows(x, mean, invstd, weight, bias, y, n_threads)
+        _normalise_rows(x, mean, invstd, weight, bias, y, n_threads, relu)
 
 
 def bn_forward_eval(const floating[:, :, ::1] x,   # IN  (N, C, S)
@@ -405,17 +414,18 @@ def bn_forward_eval(const floating[:, :, ::1] x,   # IN  (N, C, S)
                     const floating[::1] weight,    # IN  (C,) gamma
                     const floating[::1] bias,      # IN  (C,) beta
                     floating[:, :, ::1] y,         # OUT (N, C, S)
-                    int n_threads):
-    """Forward with given statistics: y = (x - mean) * gamma * invstd + beta. One pass."""
+                    int n_threads, bint relu=False):
+    """Forward with given statistics: y = (x - mean) * gamma * invstd + beta (then ReLU with
+    `relu`). One pass."""
     if x.shape[0] * x.shape[2] == 0 or x.shape[1] == 0:
         return
-    _normalise_rows(x, mean, invstd, weight, bias, y, n_threads)
+    _normalise_rows(x, mean, invstd, weight, bias, y, n_threads, relu)
 
 
 cdef void _normalise_rows(const floating[:, :, ::1] x, const double[::1] mean,
                           const double[::1] invstd, const floating[::1] weight,
                           const floating[::1] bias, floating[:, :, ::1] y,
-                          int n_threads) noexcept nogil:
+                          int n_threads, bint relu) noexcept nogil:
     """y[n, c] = (x[n, c] - mean[c]) * (gamma[c] * invstd[c]) + beta[c] (in x's type), rows
     in memory order (parallel over n): long streams the prefetchers follow, where a channel's
     rows, C*S values apart, each start a new stream (and often a new page). Over channels when
@@ -429,7 +439,7 @@ cdef void _normalise_rows(const floating[:, :, ::1] x, const double[::1] mean,
                 mu = <floating> mean[c]
                 a = <floating> (weight[c] * invstd[c])
                 b = bias[c]
-                _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
+                _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b, relu)
     else:
         # Race-free: iteration c writes only y[:, c, :].
         for c in prange(C, schedule='static', num_threads=n_threads):
@@ -437,7 +447,7 @@ cdef void _normalise_rows(const floating[:, :, ::1] x, const double[::1] mean,
             a = <floating> (weight[c] * invstd[c])
             b = bias[c]
             for n in range(N):
-                _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b)
+                _scale_shift(&x[n, c, 0], &y[n, c, 0], S, mu, a, b, relu)
 
 
 def bn_backward(const floating[:, :, ::1] x,     # IN  (N, C, S) forward input

@@ -61,23 +61,25 @@ def _check_training_size(shape):
 
 
 def _batch_norm_train_into(x, weight, bias, y, mean, invstd, eps, running_mean=None,
-                           running_var=None, factor=0.0):
+                           running_var=None, factor=0.0, relu=False):
     """Training forward into ``y``; batch mean and ``1/sqrt(var + eps)`` (float64) into
     mean/invstd; the running buffers (x's dtype, C-contiguous) updated with ``factor`` when
-    given. Arguments already validated; ``x.size // C >= 1``."""
+    given; with ``relu``, y is the ReLU of that (bitwise a ReLU pass after). Arguments already
+    validated; ``x.size // C >= 1``."""
     update = running_mean is not None
     if not update:
         running_mean = running_var = weight  # not touched
     _kernels.norm.bn_forward_train(_view3(x), weight, bias, _view3(y), mean, invstd,
                                    running_mean, running_var, eps, factor, update,
-                                   _threads_for(x.size))
+                                   _threads_for(x.size), relu)
     return y
 
 
-def _batch_norm_eval_into(x, mean, invstd, weight, bias, y):
-    """y = (x - mean) * weight * invstd + bias per channel; arguments already validated."""
+def _batch_norm_eval_into(x, mean, invstd, weight, bias, y, relu=False):
+    """y = (x - mean) * weight * invstd + bias per channel (then its ReLU with ``relu``);
+    arguments already validated."""
     _kernels.norm.bn_forward_eval(_view3(x), mean, invstd, weight, bias, _view3(y),
-                                  _threads_for(x.size))
+                                  _threads_for(x.size), relu)
     return y
 
 

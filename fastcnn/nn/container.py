@@ -238,9 +238,10 @@ class _ConvBN(_Step):
         if self.folded:
             self._x = x
             return self._run_folded(x)
-        out = x
-        for layer in self.layers:
-            out = layer._forward(out, reuse=True)
+        conv, bn = self.layers[:2]
+        out = bn._forward(conv._forward(x, reuse=True), True, relu=self.relu)
+        if self.relu:  # the ReLU applied in batch norm's output pass
+            self.layers[2]._cache = out  # (ReLU's backward needs only its output)
         return out
 
     def bind(self, shape):
@@ -285,7 +286,8 @@ class _ConvBN(_Step):
 
 
 class _ConvBNReLU(_ConvBN):
-    """Conv2d, BatchNorm2d, ReLU; folded in eval mode into the fused Conv-ReLU step."""
+    """Conv2d, BatchNorm2d, ReLU; folded in eval mode into the fused Conv-ReLU step; otherwise
+    the ReLU is applied in batch norm's output pass (bitwise a ReLU pass after it)."""
 
     relu = True
 

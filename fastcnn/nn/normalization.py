@@ -100,7 +100,9 @@ class _BatchNorm(Module):
 
     # -- forward / backward -------------------------------------------------------------------
 
-    def _forward(self, x, reuse):
+    def _forward(self, x, reuse, relu=False):
+        """The forward pass; with ``relu``, the ReLU of the output (Sequential's Conv-BN-ReLU
+        step: one pass instead of this layer's and the ReLU's, bitwise the same)."""
         x = self._check(x)
         y = self._buffer("y", x.shape, reuse)
         gamma, beta = self._gamma_beta()
@@ -109,7 +111,7 @@ class _BatchNorm(Module):
         if self.training and self.stats_reducer is not None:
             if self.track_running_stats:
                 self._count_batch()
-            return self._forward_synced(x, y, gamma, beta)
+            return self._forward_synced(x, y, gamma, beta, relu)
         if batch:
             _check_training_size(x.shape)
         if self.training and self.track_running_stats:
@@ -122,16 +124,16 @@ class _BatchNorm(Module):
             if self.training and self.track_running_stats:
                 _batch_norm_train_into(x, gamma, beta, y, mean, invstd, self.eps,
                                        self.buffers["running_mean"], self.buffers["running_var"],
-                                       self._factor())
+                                       self._factor(), relu=relu)
             else:
-                _batch_norm_train_into(x, gamma, beta, y, mean, invstd, self.eps)
+                _batch_norm_train_into(x, gamma, beta, y, mean, invstd, self.eps, relu=relu)
         else:
             mean, invstd = self._running_stats()
-            _batch_norm_eval_into(x, mean, invstd, gamma, beta, y)
+            _batch_norm_eval_into(x, mean, invstd, gamma, beta, y, relu)
         self._cache = (x, mean, invstd, batch)
         return y
 
-    def _forward_synced(self, x, y, gamma, beta):
+    def _forward_synced(self, x, y, gamma, beta, relu=False):
         """Training forward with the statistics of the global batch (all ranks' shards): each
         rank's count, mean and sum of squared deviations (float64, two passes) are gathered
         and merged in rank order with Chan et al.'s pairwise update, so every rank normalises
@@ -159,7 +161,7 @@ class _BatchNorm(Module):
                              f"{int(m)} in the global batch")
         invstd = 1.0 / np.sqrt(m2 / m + self.eps)
         if x.size:
-            _batch_norm_eval_into(x, mean, invstd, gamma, beta, y)
+            _batch_norm_eval_into(x, mean, invstd, gamma, beta, y, relu)
         if self.track_running_stats:
             f = self._factor()
             for key, batch_value in (("running_mean", mean), ("running_var", m2 / (m - 1))):
