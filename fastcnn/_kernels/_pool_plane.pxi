@@ -1,5 +1,5 @@
-# Max-pooling of one plane, shared by pool.pyx and by the fused conv + ReLU + pool forward in
-# conv.pyx (included textually by both; it needs `floating` and `int64_t` cimported).
+# Max-pooling of one plane, the exact 2x2 passes and the window scan (included textually by
+# pool.pyx; it needs `floating` and `int64_t` cimported).
 
 cdef extern from *:
     """

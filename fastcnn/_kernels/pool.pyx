@@ -26,7 +26,7 @@ include "_bound.pxi"
 include "_threads.pxi"
 
 cdef enum:
-    SMALL_PLANE = 1024   # planes of at most this many values are pooled in groups ...
+    SMALL_PLANE = 1024   # average pooling: planes of at most this many values go in groups ...
     GROUP_VALUES = 4096  # ... of about this many input values (whole planes)
     GAP_GROUP = 64       # planes per task of float32 global average pooling
 
