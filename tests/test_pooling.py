@@ -619,7 +619,8 @@ def test_relu_maxpool_step_gradient_is_bitwise_the_layers(dtype, producer, pool_
         out, want = model.forward(x), x
         for layer in layers:
             want = layer.forward(want)
-        assert out.tobytes() == want.tobytes() or k >= 4  # (the fold rounds otherwise)
+        # (in eval mode the Conv-BN fold rounds otherwise: within float tolerance there)
+        assert out.tobytes() == want.tobytes() or (k >= 4 and producer == "ConvBNReLU")
         g = rng.standard_normal(out.shape).astype(dtype)
         g[rng.random(g.shape) < 0.2] = -0.0
         dx = model.backward(g)
