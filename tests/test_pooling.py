@@ -828,11 +828,10 @@ def _values_kernel_is_the_argmax_kernel(x, threads):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_values_only_max_pool_fast_and_exact_blocks(dtype, set_threads):
-    """The values-only 2x2 max-pool takes plain maxima over blocks of row pairs without NaN
-    or -0 and the exact tie and NaN rules elsewhere: with ReLU-like data (many +0 ties) and a
-    few windows where plain maxima would pick another -0 / +0 or NaN payload than the
-    row-major scan, both kinds of block occur in one call, and every value is bitwise the
-    argmax kernel's."""
+    """The values-only 2x2 max-pool folds windows with max instructions over groups of planes
+    without NaN and takes the exact passes for a group holding one: with ReLU-like data (many
+    +0 ties) and a few windows with signed zeros or NaN payloads, both kinds of group occur in
+    one call, and every value is bitwise the argmax kernel's."""
     rng = np.random.default_rng(62)
     for trial in range(12):
         n, c = int(rng.integers(1, 5)), int(rng.integers(1, 40))

@@ -77,24 +77,16 @@ cdef extern from *:
     FPP_DEFINE_MAX2(float, f)
     FPP_DEFINE_MAX2(double, d)
     /* 2x2 / stride 2 max-pooling of P consecutive (H, W) planes without the argmax (eval mode:
-       no backward pass needs it), over blocks of row pairs of all P planes:
-       - first plain maxima (b > a ? b : a, vectorised as max instructions), with a check that
-         the block holds no NaN and no -0. Without those, a tie is between bitwise equal values
-         (+0 and +0 included), so whichever wins is the same value: the result is bitwise the
-         scan's. ReLU outputs (zeros are +0) almost always take this path: 3-4x fewer
-         instructions than the exact passes;
-       - else the block again by fpp_max2's two exact passes, with each vertical winner's row (0
-         or 1) kept instead of its flat index. The horizontal tie-break "comes first in
-         row-major order" between the left winner (column 2j) and the right one (2j + 1) is "the
-         right one is from row 0 and the left one from row 1", so every value is bitwise
-         fpp_max2's, without its int64 index stores.
-       Returns 0 (nothing done) when a row pair does not fit the scratch. */
-    #define FPV_NL(T) ((ptrdiff_t)(32 / sizeof(T)))  /* lanes of the fast pass's vectors */
-    #define FPV_DEFINE_MAX2(T, SUF, UT, NEG0)                                                   \
+       no backward pass needs it), over blocks of row pairs of all P planes, by fpp_max2's two
+       exact passes with each vertical winner's row (0 or 1) kept instead of its flat index. The
+       horizontal tie-break "comes first in row-major order" between the left winner (column 2j)
+       and the right one (2j + 1) is "the right one is from row 0 and the left one from row 1",
+       so every value is bitwise fpp_max2's, without its int64 index stores. The exact fallback
+       of pool.pyx's vector path (fpf_max2) for blocks holding a NaN. Returns 0 (nothing done)
+       when a row pair does not fit the scratch. */
+    #define FPV_DEFINE_MAX2(T, SUF)                                                             \
     static inline int fpv_max2_##SUF(const T *restrict x, ptrdiff_t P, ptrdiff_t H,           \
                                      ptrdiff_t W, T *restrict y, ptrdiff_t OH, ptrdiff_t OW) { \
-        typedef T VT __attribute__((vector_size(32)));                                         \
-        typedef UT VU __attribute__((vector_size(32)));                                        \
         T v[FPP_CAP + 8]; int32_t t[FPP_CAP + 8];                                              \
         ptrdiff_t L = 2 * OW, Lv = (2 * OW + 7) & ~(ptrdiff_t)7, rows, p0, r, c, m, n;         \
         ptrdiff_t R = P * OH;                                                                  \
@@ -103,43 +95,7 @@ cdef extern from *:
         for (p0 = 0; p0 < R; p0 += rows) {                                                     \
             ptrdiff_t nr = R - p0 < rows ? R - p0 : rows;                                      \
             T *restrict yo = y + p0 * OW;                                                      \
-            VU bad = {0};                                                                      \
-            UT tail = 0;                                                                       \
-            ptrdiff_t bi = p0 / OH, i = p0 - bi * OH;                                          \
             n = nr * OW;                                                                       \
-            for (r = 0; r < nr; r++) {                                                         \
-                const T *restrict r0 = x + (bi * H + 2 * i) * W;                               \
-                const T *restrict r1 = r0 + W;                                                 \
-                T *restrict vr = v + r * L;                                                    \
-                /* whole vectors unless this is the plane's last row pair (see fpp_max2) */    \
-                ptrdiff_t len = i < OH - 1 ? Lv : L - L % FPV_NL(T);                           \
-                for (c = 0; c < len; c += FPV_NL(T)) {                                         \
-                    VT a, bb;                                                                  \
-                    memcpy(&a, r0 + c, sizeof a);                                              \
-                    memcpy(&bb, r1 + c, sizeof bb);                                            \
-                    VU ua = (VU)a, ub = (VU)bb, gt = (VU)(bb > a);                             \
-                    bad |= (VU)(a != a) | (VU)(bb != bb) | (VU)(ua == NEG0) | (VU)(ub == NEG0); \
-                    VU m = (gt & ub) | (~gt & ua);                                             \
-                    memcpy(vr + c, &m, sizeof m);                                              \
-                }                                                                              \
-                for (; c < L; c++) {                                                           \
-                    T a = r0[c], bb = r1[c];                                                   \
-                    UT ua, ub;                                                                 \
-                    memcpy(&ua, &a, sizeof ua);                                                \
-                    memcpy(&ub, &bb, sizeof ub);                                               \
-                    tail |= (UT)(a != a) | (UT)(bb != bb) | (UT)(ua == NEG0) | (UT)(ub == NEG0); \
-                    vr[c] = bb > a ? bb : a;                                                   \
-                }                                                                              \
-                if (++i == OH) { i = 0; bi++; }                                                \
-            }                                                                                  \
-            for (c = 0; c < FPV_NL(T); c++) tail |= bad[c];                                    \
-            if (!tail) {                                                                       \
-                for (m = 0; m < n; m++) {                                                      \
-                    T l = v[2 * m], rr = v[2 * m + 1];                                         \
-                    yo[m] = rr > l ? rr : l;                                                   \
-                }                                                                              \
-                continue;                                                                      \
-            }                                                                                  \
             for (r = 0; r < nr; r++) {                                                         \
                 ptrdiff_t b = (p0 + r) / OH, i = (p0 + r) % OH;                                \
                 const T *restrict r0 = x + (b * H + 2 * i) * W;                                \
@@ -164,8 +120,8 @@ cdef extern from *:
         }                                                                                      \
         return 1;                                                                              \
     }
-    FPV_DEFINE_MAX2(float, f, uint32_t, 0x80000000u)
-    FPV_DEFINE_MAX2(double, d, uint64_t, 0x8000000000000000ull)
+    FPV_DEFINE_MAX2(float, f)
+    FPV_DEFINE_MAX2(double, d)
     """
     const int FPP_CAP  # longest row pair (2*OW values) of the 2x2 kernels' scratch
     int fpv_max2_f(const float* x, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W, float* y,

@@ -882,23 +882,29 @@ cdef void _avgpool_forward(const floating* x, floating* y, Py_ssize_t P, Py_ssiz
                    pw, count_include_pad, divisor_override)
 
 
-cdef struct _AvgLink:
+cdef struct _PlanesLink:  # a kernel over P planes H x W -> OH x OW (chain link state)
     char* y
-    Py_ssize_t P, H, W, OH, OW, kh, kw, sh, sw, ph, pw, divisor_override
-    bint count_include_pad, dbl
+    Py_ssize_t P, H, W, OH, OW
+    bint dbl
     int n_threads
+
+
+cdef struct _AvgLink:
+    _PlanesLink p  # first: the state _planes fills, at the struct's own address
+    Py_ssize_t kh, kw, sh, sw, ph, pw, divisor_override
+    bint count_include_pad
 
 
 cdef void _link_avg(void* state, const char* x) noexcept nogil:
     cdef _AvgLink* s = <_AvgLink*> state
-    if s.dbl:
-        _avgpool_forward(<const double*> x, <double*> s.y, s.P, s.H, s.W, s.OH, s.OW, s.kh,
-                         s.kw, s.sh, s.sw, s.ph, s.pw, s.count_include_pad, s.divisor_override,
-                         s.n_threads)
+    if s.p.dbl:
+        _avgpool_forward(<const double*> x, <double*> s.p.y, s.p.P, s.p.H, s.p.W, s.p.OH,
+                         s.p.OW, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.count_include_pad,
+                         s.divisor_override, s.p.n_threads)
     else:
-        _avgpool_forward(<const float*> x, <float*> s.y, s.P, s.H, s.W, s.OH, s.OW, s.kh,
-                         s.kw, s.sh, s.sw, s.ph, s.pw, s.count_include_pad, s.divisor_override,
-                         s.n_threads)
+        _avgpool_forward(<const float*> x, <float*> s.p.y, s.p.P, s.p.H, s.p.W, s.p.OH,
+                         s.p.OW, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw, s.count_include_pad,
+                         s.divisor_override, s.p.n_threads)
 
 
 cdef class _BoundPoolCall:
@@ -929,6 +935,19 @@ cdef class _BoundPoolCall:
             self.link_.fn(self.link_.state, xp)
 
 
+cdef int _planes(_BoundPoolCall call, _PlanesLink* s, _link_fn fn, x_shape, y,
+                 int n_threads, what) except -1:
+    """Fill a plane kernel's bound call: x (N, C, H, W) to y (N, C, OH, OW), all non-empty
+    (else ValueError naming `what`)."""
+    N, C, s.H, s.W = x_shape
+    s.P, s.OH, s.OW = N * C, y.shape[2], y.shape[3]
+    if tuple(y.shape[:2]) != (N, C) or min(s.P, s.H, s.W, s.OH, s.OW) < 1:
+        raise ValueError(f"{what} does not take x {tuple(x_shape)} to y {y.shape}")
+    s.y = call._fix(fn, s, x_shape, y)
+    s.dbl, s.n_threads = call.dbl, n_threads
+    return 0
+
+
 cdef class BoundAvgPool(_BoundPoolCall):
     """``avgpool2d_forward`` with y and the window fixed."""
 
@@ -937,15 +956,9 @@ cdef class BoundAvgPool(_BoundPoolCall):
     def __init__(self, x_shape, y, Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                  Py_ssize_t ph, Py_ssize_t pw, bint count_include_pad,
                  Py_ssize_t divisor_override, int n_threads):
-        N, C, self.s.H, self.s.W = x_shape
-        self.s.P, self.s.OH, self.s.OW = N * C, y.shape[2], y.shape[3]
-        if tuple(y.shape[:2]) != (N, C) or min(self.s.P, self.s.OH, self.s.OW) < 1:
-            raise ValueError(f"a bound average pool needs non-empty x {tuple(x_shape)} and y "
-                             f"{y.shape} of one batch and channel count")
         self.s.kh, self.s.kw, self.s.sh, self.s.sw, self.s.ph, self.s.pw = kh, kw, sh, sw, ph, pw
         self.s.count_include_pad, self.s.divisor_override = count_include_pad, divisor_override
-        self.s.y = self._fix(_link_avg, &self.s, x_shape, y)
-        self.s.dbl, self.s.n_threads = self.dbl, n_threads
+        _planes(self, &self.s.p, _link_avg, x_shape, y, n_threads, "a bound average pool")
 
 
 cdef inline void _avg_back_plane(const floating* g, floating* dx, floating* gs, Py_ssize_t H,
@@ -1221,26 +1234,6 @@ cdef void _adaptive_forward(const floating* x, floating* y, Py_ssize_t P, Py_ssi
     # Race-free: plane p writes only its plane of y.
     for plane in prange(P, schedule='static', num_threads=n_threads):
         _adaptive_plane(x + plane * H * W, y + plane * OH * OW, H, W, OH, OW)
-
-
-cdef struct _PlanesLink:  # a kernel over P planes H x W -> OH x OW (chain link state)
-    char* y
-    Py_ssize_t P, H, W, OH, OW
-    bint dbl
-    int n_threads
-
-
-cdef int _planes(_BoundPoolCall call, _PlanesLink* s, _link_fn fn, x_shape, y,
-                 int n_threads, what) except -1:
-    """Fill a plane kernel's bound call: x (N, C, H, W) to y (N, C, OH, OW), all non-empty
-    (else ValueError naming `what`)."""
-    N, C, s.H, s.W = x_shape
-    s.P, s.OH, s.OW = N * C, y.shape[2], y.shape[3]
-    if tuple(y.shape[:2]) != (N, C) or min(s.P, s.H, s.W, s.OH, s.OW) < 1:
-        raise ValueError(f"{what} does not take x {tuple(x_shape)} to y {y.shape}")
-    s.y = call._fix(fn, s, x_shape, y)
-    s.dbl, s.n_threads = call.dbl, n_threads
-    return 0
 
 
 cdef void _link_adaptive(void* state, const char* x) noexcept nogil:
