@@ -1,24 +1,23 @@
-# Max-pooling of one plane, the exact 2x2 passes and the window scan (included textually by
-# pool.pyx; it needs `floating` and `int64_t` cimported).
+# The exact 2x2 max-pool passes' helpers, the values-only exact passes and the window scan
+# (included textually by pool.pyx; it needs `floating` and `int64_t` cimported).
 
 cdef extern from *:
     """
     #include <stddef.h>
     #include <stdint.h>
-    /* 2x2 / stride 2 max-pooling of one plane (OH <= H/2, OW <= W/2), NaN-aware and branch
-       free, in two vectorisable passes over a block of output rows:
+    /* The exact 2x2 / stride 2 max-pool passes (fpg_max2 in pool.pyx, with the argmax;
+       fpv_max2 below, values only), NaN-aware and branch free, over a block of output rows:
        1. vertical: for each pair of input rows and each of the 2*OW used columns, the winner of
           the upper tap a and the lower tap c (c wins when larger or the first NaN), kept with
-          its flat index in the plane (int32);
+          its flat index in the plane (int32) or its row;
        2. horizontal, one flat loop over the block's outputs (no per-row tails): the right
           winner R (from b, d) replaces the left L (from a, c) when it ranks higher (larger, or
           NaN against a number) or ranks the same (equal, or both NaN) and comes first in
           row-major order (only b before c can happen).
        This is exactly the row-major scan of the window (ties keep the first element, the first
        NaN wins), so results are bitwise those of the scalar loop. Pass 1 runs whole vectors
-       on every row pair but the plane's last, so short rows have no scalar tails. Returns 0
-       (and does nothing)
-       when a row pair does not fit the scratch or the plane is too large for int32 indices. */
+       on every row pair but the plane's last, so short rows have no scalar tails. They return 0
+       (and do nothing) when a row pair does not fit the scratch (2*OW > FPP_CAP). */
     #include <string.h>
     /* w ? b : a on the bits, so that gcc cannot turn the select into a (mispredicted) branch in
        the scalar tails of short rows. */
@@ -34,54 +33,12 @@ cdef extern from *:
     }
     #define FPP_CAP 512
     #define FPP_WINS(v, b) (((v) > (b)) | (((v) != (v)) & ((b) == (b))))
-    #define FPP_DEFINE_MAX2(T, SUF)                                                             \
-    static inline int fpp_max2_##SUF(const T *restrict x, ptrdiff_t H, ptrdiff_t W,           \
-                                     T *restrict y, int64_t *restrict am, ptrdiff_t OH,        \
-                                     ptrdiff_t OW) {                                           \
-        T v[FPP_CAP + 8]; int32_t t[FPP_CAP + 8];                                              \
-        ptrdiff_t L = 2 * OW, Lv = (2 * OW + 7) & ~(ptrdiff_t)7, rows, i0, r, c, m, n;         \
-        if (L > FPP_CAP || 2 * OH > H || L > W || H * W >= 2147483647) return 0;               \
-        rows = FPP_CAP / L;                                                                    \
-        for (i0 = 0; i0 < OH; i0 += rows) {                                                    \
-            ptrdiff_t nr = OH - i0 < rows ? OH - i0 : rows;                                    \
-            for (r = 0; r < nr; r++) {                                                         \
-                const T *restrict r0 = x + 2 * (i0 + r) * W;                                   \
-                const T *restrict r1 = r0 + W;                                                 \
-                T *restrict vr = v + r * L;                                                    \
-                int32_t *restrict tr = t + r * L;                                              \
-                int32_t base = (int32_t)(2 * (i0 + r) * W), below = (int32_t)W;                \
-                /* Whole vectors: the extra columns (still inside the plane, as a row pair   \
-                   follows) land in the next row's scratch and are overwritten by it. */      \
-                ptrdiff_t len = i0 + r < OH - 1 ? Lv : L;                                      \
-                for (c = 0; c < len; c++) {                                                    \
-                    T a = r0[c], b = r1[c];                                                    \
-                    int w = FPP_WINS(b, a);                                                    \
-                    vr[c] = fpp_sel_##SUF(w, b, a);                                            \
-                    tr[c] = base + (int32_t)c + (below & -(int32_t)w);                         \
-                }                                                                              \
-            }                                                                                  \
-            n = nr * OW;                                                                       \
-            T *restrict yo = y + i0 * OW;                                                      \
-            int64_t *restrict ao = am + i0 * OW;                                               \
-            for (m = 0; m < n; m++) {                                                          \
-                T l = v[2 * m], rr = v[2 * m + 1];                                             \
-                int32_t tl = t[2 * m], tq = t[2 * m + 1];                                      \
-                int same = (rr == l) | ((rr != rr) & (l != l));                                \
-                int w = FPP_WINS(rr, l) | (same & (tq < tl));                                  \
-                yo[m] = fpp_sel_##SUF(w, rr, l);                                               \
-                ao[m] = (int64_t)(tl + ((tq - tl) & -(int32_t)w));                             \
-            }                                                                                  \
-        }                                                                                      \
-        return 1;                                                                              \
-    }
-    FPP_DEFINE_MAX2(float, f)
-    FPP_DEFINE_MAX2(double, d)
     /* 2x2 / stride 2 max-pooling of P consecutive (H, W) planes without the argmax (eval mode:
-       no backward pass needs it), over blocks of row pairs of all P planes, by fpp_max2's two
-       exact passes with each vertical winner's row (0 or 1) kept instead of its flat index. The
+       no backward pass needs it), over blocks of row pairs of all P planes, by the two exact
+       passes above with each vertical winner's row (0 or 1) kept instead of its flat index. The
        horizontal tie-break "comes first in row-major order" between the left winner (column 2j)
        and the right one (2j + 1) is "the right one is from row 0 and the left one from row 1",
-       so every value is bitwise fpp_max2's, without its int64 index stores. The exact fallback
+       so every value is bitwise fpg_max2's, without its int64 index stores. The exact fallback
        of pool.pyx's vector path (fpf_max2) for blocks holding a NaN. Returns 0 (nothing done)
        when a row pair does not fit the scratch. */
     #define FPV_DEFINE_MAX2(T, SUF)                                                             \
@@ -102,7 +59,7 @@ cdef extern from *:
                 const T *restrict r1 = r0 + W;                                                 \
                 T *restrict vr = v + r * L;                                                    \
                 int32_t *restrict tr = t + r * L;                                              \
-                /* whole vectors unless this is the plane's last row pair (see fpp_max2) */    \
+                /* whole vectors unless this is the plane's last row pair (see above) */       \
                 ptrdiff_t len = i < OH - 1 ? Lv : L;                                           \
                 for (c = 0; c < len; c++) {                                                    \
                     T a = r0[c], bb = r1[c];                                                   \
@@ -128,10 +85,6 @@ cdef extern from *:
                    Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
     int fpv_max2_d(const double* x, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W, double* y,
                    Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
-    int fpp_max2_f(const float* x, Py_ssize_t H, Py_ssize_t W, float* y, int64_t* am,
-                   Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
-    int fpp_max2_d(const double* x, Py_ssize_t H, Py_ssize_t W, double* y, int64_t* am,
-                   Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
 
 
 cdef inline bint _wins(floating val, floating best) noexcept nogil:
@@ -143,18 +96,11 @@ cdef inline void _pool_plane(const floating* x, floating* y, int64_t* am,
                              Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW,
                              Py_ssize_t kh, Py_ssize_t kw, Py_ssize_t sh, Py_ssize_t sw,
                              Py_ssize_t ph, Py_ssize_t pw) noexcept nogil:
-    """Max-pool one (H, W) plane into (OH, OW), with the flat index of each maximum."""
+    """Max-pool one (H, W) plane into (OH, OW), with the flat index of each maximum: the
+    row-major scan of every window (the 2x2 path's fallback for rows the exact passes' scratch
+    does not hold)."""
     cdef Py_ssize_t i, j, u, v, u0, u1, v0, v1, best_k
     cdef floating best, val
-    cdef int done = 0
-    if kh == 2 and kw == 2 and sh == 2 and sw == 2 and ph == 0 and pw == 0:
-        # The common LeNet window: two branch-free vectorised passes (NaN rules included).
-        if floating is float:
-            done = fpp_max2_f(x, H, W, y, am, OH, OW)
-        else:
-            done = fpp_max2_d(x, H, W, y, am, OH, OW)
-        if done:
-            return
     for i in range(OH):
         u0 = max(i * sh - ph, 0)
         u1 = min(i * sh - ph + kh, H)

@@ -228,9 +228,10 @@ cdef extern from *:
     /* The 2x2 / stride 2 kernels over G consecutive planes at once (small planes: one call,
        and flat loops that run over the row pairs of all G planes, instead of a few short loops
        per plane). Row pair pp = b*OH + i of the group is rows 2i, 2i+1 of plane b; every plane's
-       outputs follow its predecessor's, so the flat passes are those of fpp_max2 / fcp_avg2
-       with the row pairs of the next plane appended: the same operations, in the same order,
-       for every output. Return 0 (nothing done) when a row pair does not fit the scratch. */
+       outputs follow its predecessor's, so the flat passes (_pool_plane.pxi's exact passes,
+       fcp_avg2's sums) run over the row pairs of all G planes: the same operations, in the same
+       order, for every output. Return 0 (nothing done) when a row pair does not fit the
+       scratch. */
     #define FPG_DEFINE(T, SUF)                                                                 \
     static inline int fpg_max2_##SUF(const T *restrict x, ptrdiff_t G, ptrdiff_t H,           \
                                      ptrdiff_t W, T *restrict y, int64_t *restrict am,         \
@@ -249,7 +250,7 @@ cdef extern from *:
                 T *restrict vr = v + r * L;                                                    \
                 int32_t *restrict tr = t + r * L;                                              \
                 int32_t base = (int32_t)(2 * i * W), below = (int32_t)W;                       \
-                /* whole vectors unless this is the plane's last row pair (see fpp_max2) */    \
+                /* whole vectors unless this is the plane's last row pair (_pool_plane.pxi) */ \
                 ptrdiff_t len = i < OH - 1 ? Lv : L;                                           \
                 for (c = 0; c < len; c++) {                                                    \
                     T a = r0[c], bb = r1[c];                                                   \
