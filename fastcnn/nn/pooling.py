@@ -62,6 +62,25 @@ class _Pool(Module):
         """0: pooling has no multiply-adds."""
         return 0
 
+    def _bind_kernel(self, shape, bind, cache):
+        """The eval forward bound to inputs of ``shape`` (see Sequential): ``bind(y, plan)``
+        makes the kernel call writing y, ``cache(x, plan)`` what ``_forward`` would keep; None
+        for an empty input or output."""
+        if len(shape) != 4 or min(shape) < 1:
+            return None
+        plan = self._plan(shape)
+        y = np.empty(tuple(shape[:2]) + tuple(plan[0]), dtype=self.dtype)
+        if y.size == 0:
+            return None
+        bound = bind(y, plan)
+
+        def f(x):  # (eval mode: as _forward)
+            bound(x)
+            self._cache = cache(x, plan)
+            return y
+        f.links = lambda: ([bound.link()], [bound], [], [])  # chain links (Sequential._chain)
+        return f
+
 
 class MaxPool2d(_Pool):
     """2-D max-pooling (PyTorch's ``nn.MaxPool2d``); the forward pass caches the argmax that the
@@ -164,8 +183,8 @@ class MaxPool2d(_Pool):
 
     def _backward(self, grad_y, reuse, relu_output=None):
         """The gradient of the input; with ``relu_output``, the pool's input as a ReLU's output,
-        the gradient of the ReLU's input (Sequential's Conv-ReLU-MaxPool step: one pass
-        instead of the pool's and the ReLU's, bitwise the same)."""
+        the gradient of the ReLU's input (Sequential's ReLU-MaxPool steps: one pass instead of
+        the pool's and the ReLU's, bitwise the same)."""
         x_shape, argmax = (self._cache[0], self._argmax(reuse)) if self._cache is not None \
             else (None, None)
         grad_y = self._grad_input(grad_y, None if argmax is None else argmax.shape)
@@ -225,20 +244,8 @@ class AvgPool2d(_Pool):
         return y
 
     def _bind(self, shape):
-        if len(shape) != 4 or min(shape) < 1:
-            return None
-        plan = self._plan(shape)
-        y = np.empty(tuple(shape[:2]) + tuple(plan[0]), dtype=self.dtype)
-        if y.size == 0:
-            return None
-        bound = _bind_avg_pool2d(shape, y, plan)
-
-        def f(x):  # (eval mode: as _forward)
-            bound(x)
-            self._cache = (x.shape, plan)
-            return y
-        f.links = lambda: ([bound.link()], [bound], [], [])  # chain links (Sequential._chain)
-        return f
+        return self._bind_kernel(shape, lambda y, plan: _bind_avg_pool2d(shape, y, plan),
+                                 lambda x, plan: (x.shape, plan))
 
     def _backward(self, grad_y, reuse):
         x_shape, plan = self._cache if self._cache is not None else (None, None)
@@ -287,19 +294,8 @@ class AdaptiveAvgPool2d(_Pool):
         return y
 
     def _bind(self, shape):
-        if len(shape) != 4 or min(shape) < 1:
-            return None
-        y = np.empty(tuple(shape[:2]) + tuple(self._plan(shape)[0]), dtype=self.dtype)
-        if y.size == 0:
-            return None
-        bound = _bind_adaptive_avg_pool2d(shape, y)
-
-        def f(x):  # (eval mode: as _forward)
-            bound(x)
-            self._cache = x.shape
-            return y
-        f.links = lambda: ([bound.link()], [bound], [], [])  # chain links (Sequential._chain)
-        return f
+        return self._bind_kernel(shape, lambda y, plan: _bind_adaptive_avg_pool2d(shape, y),
+                                 lambda x, plan: x.shape)
 
     def _backward(self, grad_y, reuse):
         x_shape = self._cache
