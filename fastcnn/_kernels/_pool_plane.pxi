@@ -1,23 +1,22 @@
-# The exact 2x2 max-pool passes' helpers, the values-only exact passes and the window scan
-# (included textually by pool.pyx; it needs `floating` and `int64_t` cimported).
+# The exact 2x2 max-pool passes' helpers and the window scan (included textually by pool.pyx;
+# it needs `floating` and `int64_t` cimported).
 
 cdef extern from *:
     """
     #include <stddef.h>
     #include <stdint.h>
-    /* The exact 2x2 / stride 2 max-pool passes (fpg_max2 in pool.pyx, with the argmax;
-       fpv_max2 below, values only), NaN-aware and branch free, over a block of output rows:
+    /* The exact 2x2 / stride 2 max-pool passes (fpg_max2 in pool.pyx, with or without the
+       argmax), NaN-aware and branch free, over a block of output rows:
        1. vertical: for each pair of input rows and each of the 2*OW used columns, the winner of
           the upper tap a and the lower tap c (c wins when larger or the first NaN), kept with
-          its flat index in the plane (int32) or its row;
+          its flat index in the plane (int32);
        2. horizontal, one flat loop over the block's outputs (no per-row tails): the right
           winner R (from b, d) replaces the left L (from a, c) when it ranks higher (larger, or
           NaN against a number) or ranks the same (equal, or both NaN) and comes first in
           row-major order (only b before c can happen).
        This is exactly the row-major scan of the window (ties keep the first element, the first
        NaN wins), so results are bitwise those of the scalar loop. Pass 1 runs whole vectors
-       on every row pair but the plane's last, so short rows have no scalar tails. They return 0
-       (and do nothing) when a row pair does not fit the scratch (2*OW > FPP_CAP). */
+       on every row pair but the plane's last, so short rows have no scalar tails. */
     #include <string.h>
     /* w ? b : a on the bits, so that gcc cannot turn the select into a (mispredicted) branch in
        the scalar tails of short rows. */
@@ -33,58 +32,8 @@ cdef extern from *:
     }
     #define FPP_CAP 512
     #define FPP_WINS(v, b) (((v) > (b)) | (((v) != (v)) & ((b) == (b))))
-    /* 2x2 / stride 2 max-pooling of P consecutive (H, W) planes without the argmax (eval mode:
-       no backward pass needs it), over blocks of row pairs of all P planes, by the two exact
-       passes above with each vertical winner's row (0 or 1) kept instead of its flat index. The
-       horizontal tie-break "comes first in row-major order" between the left winner (column 2j)
-       and the right one (2j + 1) is "the right one is from row 0 and the left one from row 1",
-       so every value is bitwise fpg_max2's, without its int64 index stores. The exact fallback
-       of pool.pyx's vector path (fpf_max2) for blocks holding a NaN. Returns 0 (nothing done)
-       when a row pair does not fit the scratch. */
-    #define FPV_DEFINE_MAX2(T, SUF)                                                             \
-    static inline int fpv_max2_##SUF(const T *restrict x, ptrdiff_t P, ptrdiff_t H,           \
-                                     ptrdiff_t W, T *restrict y, ptrdiff_t OH, ptrdiff_t OW) { \
-        T v[FPP_CAP + 8]; int32_t t[FPP_CAP + 8];                                              \
-        ptrdiff_t L = 2 * OW, Lv = (2 * OW + 7) & ~(ptrdiff_t)7, rows, p0, r, c, m, n;         \
-        ptrdiff_t R = P * OH;                                                                  \
-        if (L > FPP_CAP || 2 * OH > H || L > W) return 0;                                      \
-        rows = FPP_CAP / L;                                                                    \
-        for (p0 = 0; p0 < R; p0 += rows) {                                                     \
-            ptrdiff_t nr = R - p0 < rows ? R - p0 : rows;                                      \
-            T *restrict yo = y + p0 * OW;                                                      \
-            n = nr * OW;                                                                       \
-            for (r = 0; r < nr; r++) {                                                         \
-                ptrdiff_t b = (p0 + r) / OH, i = (p0 + r) % OH;                                \
-                const T *restrict r0 = x + (b * H + 2 * i) * W;                                \
-                const T *restrict r1 = r0 + W;                                                 \
-                T *restrict vr = v + r * L;                                                    \
-                int32_t *restrict tr = t + r * L;                                              \
-                /* whole vectors unless this is the plane's last row pair (see above) */       \
-                ptrdiff_t len = i < OH - 1 ? Lv : L;                                           \
-                for (c = 0; c < len; c++) {                                                    \
-                    T a = r0[c], bb = r1[c];                                                   \
-                    int w = FPP_WINS(bb, a);                                                   \
-                    vr[c] = fpp_sel_##SUF(w, bb, a);                                           \
-                    tr[c] = w;                                                                 \
-                }                                                                              \
-            }                                                                                  \
-            for (m = 0; m < n; m++) {                                                          \
-                T l = v[2 * m], rr = v[2 * m + 1];                                             \
-                int same = (rr == l) | ((rr != rr) & (l != l));                                \
-                int w = FPP_WINS(rr, l) | (same & (t[2 * m + 1] < t[2 * m]));                  \
-                yo[m] = fpp_sel_##SUF(w, rr, l);                                               \
-            }                                                                                  \
-        }                                                                                      \
-        return 1;                                                                              \
-    }
-    FPV_DEFINE_MAX2(float, f)
-    FPV_DEFINE_MAX2(double, d)
     """
     const int FPP_CAP  # longest row pair (2*OW values) of the 2x2 kernels' scratch
-    int fpv_max2_f(const float* x, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W, float* y,
-                   Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
-    int fpv_max2_d(const double* x, Py_ssize_t P, Py_ssize_t H, Py_ssize_t W, double* y,
-                   Py_ssize_t OH, Py_ssize_t OW) noexcept nogil
 
 
 cdef inline bint _wins(floating val, floating best) noexcept nogil:

@@ -230,8 +230,8 @@ cdef extern from *:
        per plane). Row pair pp = b*OH + i of the group is rows 2i, 2i+1 of plane b; every plane's
        outputs follow its predecessor's, so the flat passes (_pool_plane.pxi's exact passes,
        fcp_avg2's sums) run over the row pairs of all G planes: the same operations, in the same
-       order, for every output. Return 0 (nothing done) when a row pair does not fit the
-       scratch. */
+       order, for every output (fpg_max2 with am NULL: the values only). Return 0 (nothing
+       done) when a row pair does not fit the scratch or a plane outgrows int32 indices. */
     #define FPG_DEFINE(T, SUF)                                                                 \
     static inline int fpg_max2_##SUF(const T *restrict x, ptrdiff_t G, ptrdiff_t H,           \
                                      ptrdiff_t W, T *restrict y, int64_t *restrict am,         \
@@ -261,14 +261,14 @@ cdef extern from *:
             }                                                                                  \
             n = nr * OW;                                                                       \
             T *restrict yo = y + p0 * OW;                                                      \
-            int64_t *restrict ao = am + p0 * OW;                                               \
+            int64_t *restrict ao = am ? am + p0 * OW : NULL;  /* NULL: values only */         \
             for (m = 0; m < n; m++) {                                                          \
                 T l = v[2 * m], rr = v[2 * m + 1];                                             \
                 int32_t tl = t[2 * m], tq = t[2 * m + 1];                                      \
                 int same = (rr == l) | ((rr != rr) & (l != l));                                \
                 int w = FPP_WINS(rr, l) | (same & (tq < tl));                                  \
                 yo[m] = fpp_sel_##SUF(w, rr, l);                                               \
-                ao[m] = (int64_t)(tl + ((tq - tl) & -(int32_t)w));                             \
+                if (ao) ao[m] = (int64_t)(tl + ((tq - tl) & -(int32_t)w));                     \
             }                                                                                  \
         }                                                                                      \
         return 1;                                                                              \
@@ -306,7 +306,7 @@ cdef extern from *:
        numbers + is associative and keeps the first of equal values (-0 and +0 included), so
        this is the row-major scan's maximum and, with the winners' offsets (0, 1, W, W + 1),
        its argmax, bitwise. A NaN breaks that: the function then returns 0, and the caller
-       redoes the group by the exact passes (fpg_max2 / fpv_max2), which overwrite everything.
+       redoes the group by the exact passes (fpg_max2), which overwrite everything.
        The split leaves the lanes in a fixed order (pairs from the first and the second vector
        interleaved), put back by one permutation before the stores. A step's loads that would
        run past the group read a zero-padded copy; its stores run whole vectors into the
@@ -524,9 +524,9 @@ cdef void _max2_groups(const floating* x, floating* y, int64_t* am, Py_ssize_t P
                        int n_threads) noexcept nogil:
     """2x2/2 max-pool of P consecutive planes (whole windows) in groups of G planes (G fixed by
     the shape) per task, by fpf_max2's vectors (with the argmax, or with ``am`` NULL the values
-    only); a group holding a NaN is redone exactly: with the argmax by fpg_max2 (else plane by
-    plane), the values by fpv_max2 (a copy of fpg_max2's passes without the index arithmetic;
-    the caller has checked that fpv_max2 takes the shape)."""
+    only); a group holding a NaN is redone exactly by fpg_max2 (with the argmax, else plane by
+    plane by the window scan; values-only callers have checked that fpg_max2 takes the
+    shape)."""
     cdef Py_ssize_t G = max(1, GROUP_VALUES // (H * W)), grp
     n_threads = _threads_for(P * H * W * MOVE, n_threads)
     # Race-free: group grp writes only planes [grp*G, grp*G + G) of y and am.
@@ -551,17 +551,13 @@ cdef void _max2_group(const floating* x, floating* y, int64_t* am, Py_ssize_t p0
                           NULL if am == NULL else am + p0 * OH * OW, OH, OW)
     if done:
         return
-    if am == NULL:
-        if floating is float:
-            fpv_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
-        else:
-            fpv_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW, OH, OW)
-        return
     if floating is float:
-        done = fpg_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW, am + p0 * OH * OW, OH, OW)
+        done = fpg_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW,
+                          NULL if am == NULL else am + p0 * OH * OW, OH, OW)
     else:
-        done = fpg_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW, am + p0 * OH * OW, OH, OW)
-    if not done:
+        done = fpg_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW,
+                          NULL if am == NULL else am + p0 * OH * OW, OH, OW)
+    if not done:  # (never with am NULL: the values-only callers check the shape first)
         for b in range(p0, p0 + g):
             _pool_plane(x + b * H * W, y + b * OH * OW, am + b * OH * OW, H, W, OH, OW,
                         2, 2, 2, 2, 0, 0)
@@ -572,11 +568,13 @@ def maxpool2_values(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
                     int n_threads):
     """y = 2x2 / stride 2 max-pooling of x without the argmax (eval mode): bitwise the values
     of ``maxpool2d_forward``. Parallel over groups of planes (about 4096 input values a task).
-    Returns False (nothing written) where fpv_max2 does not take the shape (a partial window,
-    or a row pair longer than its scratch, 2*OW > 512): use ``maxpool2d_forward`` then."""
+    Returns False (nothing written) where fpg_max2 does not take the shape (a partial window,
+    a row pair longer than its scratch, 2*OW > 512, or a plane of 2**31 values): use
+    ``maxpool2d_forward`` then."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], H = x.shape[2], W = x.shape[3]
     cdef Py_ssize_t OH = y.shape[2], OW = y.shape[3]
-    if y.shape[0] != N or y.shape[1] != C or 2 * OH > H or 2 * OW > W or 2 * OW > FPP_CAP:
+    if (y.shape[0] != N or y.shape[1] != C or 2 * OH > H or 2 * OW > W or 2 * OW > FPP_CAP
+            or H * W >= 2147483647):
         return False
     if N * C and OH and OW:
         with nogil:
@@ -1326,5 +1324,6 @@ cdef class BoundMaxPool2Values(_BoundPoolCall):
 
     def __init__(self, x_shape, y, int n_threads):
         _planes(self, &self.s, _link_max2, x_shape, y, n_threads, "maxpool2_values")
-        if 2 * self.s.OH > self.s.H or 2 * self.s.OW > self.s.W or 2 * self.s.OW > FPP_CAP:
+        if (2 * self.s.OH > self.s.H or 2 * self.s.OW > self.s.W or 2 * self.s.OW > FPP_CAP
+                or self.s.H * self.s.W >= 2147483647):
             raise ValueError(f"maxpool2_values does not take x {tuple(x_shape)} to y {y.shape}")
