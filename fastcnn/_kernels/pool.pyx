@@ -540,27 +540,22 @@ cdef void _max2_groups(const floating* x, floating* y, int64_t* am, Py_ssize_t P
 
 cdef void _max2_group(const floating* x, floating* y, int64_t* am, Py_ssize_t p0, Py_ssize_t g,
                       Py_ssize_t H, Py_ssize_t W, Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
-    """Planes p0 .. p0 + g - 1 of _max2_groups."""
+    """Planes p0 .. p0 + g - 1 of _max2_groups: the vector path, else the exact passes, else
+    (rows over the exact passes' scratch, with the argmax) the window scan."""
     cdef Py_ssize_t b
-    cdef int done
+    cdef const floating* xg = x + p0 * H * W
+    cdef floating* yg = y + p0 * OH * OW
+    cdef int64_t* ag = NULL if am == NULL else am + p0 * OH * OW
     if floating is float:
-        done = fpf_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW,
-                          NULL if am == NULL else am + p0 * OH * OW, OH, OW)
+        if fpf_max2_f(xg, g, H, W, yg, ag, OH, OW) or fpg_max2_f(xg, g, H, W, yg, ag, OH, OW):
+            return
     else:
-        done = fpf_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW,
-                          NULL if am == NULL else am + p0 * OH * OW, OH, OW)
-    if done:
-        return
-    if floating is float:
-        done = fpg_max2_f(x + p0 * H * W, g, H, W, y + p0 * OH * OW,
-                          NULL if am == NULL else am + p0 * OH * OW, OH, OW)
-    else:
-        done = fpg_max2_d(x + p0 * H * W, g, H, W, y + p0 * OH * OW,
-                          NULL if am == NULL else am + p0 * OH * OW, OH, OW)
-    if not done:  # (never with am NULL: the values-only callers check the shape first)
-        for b in range(p0, p0 + g):
-            _pool_plane(x + b * H * W, y + b * OH * OW, am + b * OH * OW, H, W, OH, OW,
-                        2, 2, 2, 2, 0, 0)
+        if fpf_max2_d(xg, g, H, W, yg, ag, OH, OW) or fpg_max2_d(xg, g, H, W, yg, ag, OH, OW):
+            return
+    # (never with am NULL: the values-only callers check the shape first)
+    for b in range(g):
+        _pool_plane(xg + b * H * W, yg + b * OH * OW, ag + b * OH * OW, H, W, OH, OW,
+                    2, 2, 2, 2, 0, 0)
 
 
 def maxpool2_values(const floating[:, :, :, ::1] x,  # IN  (N, C, H, W)
