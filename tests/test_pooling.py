@@ -706,6 +706,46 @@ def test_max_pool2x2_vector_path_keeps_the_scan_order_without_nan(dtype, set_thr
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2x2_backward_by_blocks_is_bitwise_the_scatter(dtype, set_threads):
+    """Where every argmax lies in its output's 2x2 block, the backward pass (plain, and through
+    a ReLU) writes whole blocks in vectors; it must be bitwise the zeroed-then-scattered
+    gradient (0 + g: -0 becomes +0, NaN kept; the ReLU mask x > 0 false for NaN and -0) on rows
+    that end mid-run (the last run overlaps), odd heights and widths (a row or column no block
+    covers), groups of small planes, and any thread count; an index outside its block (another
+    pool's, or a user's) must fall back to the scatter, duplicates adding up."""
+    from fastcnn import _kernels
+    rng = np.random.default_rng(64)
+    shapes = [(2, 3, 8, 8), (1, 2, 14, 14), (3, 5, 28, 28), (2, 3, 9, 11), (1, 40, 10, 13),
+              (1, 1, 3, 1031), (2, 45, 6, 9), (1, 2, 33, 70), (4, 16, 7, 7)]
+    shapes += [(int(rng.integers(1, 4)), int(rng.integers(1, 30)), int(rng.integers(2, 40)),
+                int(rng.integers(2, 40))) for _ in range(10)]
+    for k, shape in enumerate(shapes):
+        x = _hostile(shape, dtype, 100 + k)
+        y, argmax = F.max_pool2d(x, 2)
+        g = rng.standard_normal(y.shape).astype(dtype)
+        g[rng.random(g.shape) < 0.1] = -0.0
+        g[rng.random(g.shape) < 0.05] = np.nan
+        if k % 4 == 3 and argmax.size > 1:  # an index outside its block: the scatter
+            argmax.reshape(-1)[-1] = argmax.reshape(-1)[0]
+        planes = argmax.reshape(-1, argmax.shape[2] * argmax.shape[3])
+        flat_g = g.reshape(planes.shape)
+        want = np.zeros((planes.shape[0], shape[2] * shape[3]), dtype)
+        want_relu = want.copy()
+        keep = np.take_along_axis(x.reshape(want.shape), planes, 1) > 0
+        for p in range(planes.shape[0]):
+            np.add.at(want[p], planes[p], flat_g[p])
+            np.add.at(want_relu[p], planes[p][keep[p]], flat_g[p][keep[p]])
+        for threads in (1, 2):
+            set_threads(threads)
+            got = np.full(shape, 7.0, dtype)
+            _kernels.pool.maxpool2d_backward(g, argmax, got, threads)
+            assert got.tobytes() == want.reshape(shape).tobytes(), (shape, threads)
+            got = np.full(shape, 7.0, dtype)
+            _kernels.pool.maxpool2d_relu_backward(g, argmax, x, got, threads)
+            assert got.tobytes() == want_relu.reshape(shape).tobytes(), (shape, threads)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(2, 3, 7, 7), (1, 2, 14, 14), (1, 1, 5, 1031), (3, 37, 7, 7),
                                    (2, 45, 6, 5)])
 @pytest.mark.parametrize("div", [None, 3])
