@@ -703,6 +703,22 @@ def test_weight_chunks_add_in_order(algo, monkeypatch):
            1e-12)
 
 
+def test_weight_chunks_are_even_in_number_and_size():
+    """Two threads take the chunks' tasks in static halves: several chunks come in an even
+    number of at most cap images, no two differing by more than the batch forces."""
+    assert F._even_chunks(64, 40) == 32  # was 40 + 24
+    assert F._even_chunks(64, 10) == 8  # 7 chunks -> 8
+    assert F._even_chunks(64, 64) == 64 and F._even_chunks(5, 8) == 5 and F._even_chunks(1, 1) == 1
+    for N in range(1, 257):
+        for cap in (1, 2, 3, 7, 8, 13, 40, 64, 500):
+            nb = F._even_chunks(N, cap)
+            n = -(-N // nb)
+            assert 1 <= nb <= cap and (n == 1) == (N <= cap), (N, cap)
+            assert n * nb - N < nb, (N, cap)  # only the last chunk is short
+            if N % 8 == 0 and n > 1:
+                assert n % 2 == 0, (N, cap)
+
+
 @pytest.mark.parametrize("groups", [1, 4], ids=["rows", "dw"])
 def test_weight_gradient_with_inf_or_nan_input_is_exact(groups):
     """The dw, rows and tiles kernels multiply padding / gap zeros with real values; when an inf
