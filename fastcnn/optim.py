@@ -18,12 +18,35 @@ import operator
 
 import numpy as np
 
+from . import _kernels
+from ._threads import get_num_threads
 from .nn import Parameter
 
 __all__ = ["SGD", "Adam", "AdamW", "Optimizer"]
 
 
 _DATA, _GRAD = operator.attrgetter("data"), operator.attrgetter("grad")
+
+# Whether updates run as one fused kernel pass (``_kernels/optim.pyx``) where the arrays allow;
+# tests set it False to run the NumPy sequence, the kernels' twin, on the same arrays.
+_FUSED = True
+
+
+def _fused_views(*arrays):
+    """1-D views of the arrays when one fused kernel pass can update them (all C-contiguous
+    float32 or all float64, of one size), else None: the NumPy sequence runs instead (a
+    parameter rebound to a strided or other-typed array)."""
+    if not _FUSED:
+        return None
+    first = arrays[0]
+    dtype, size = first.dtype, first.size
+    if dtype != np.float32 and dtype != np.float64:
+        return None
+    for a in arrays:
+        if not isinstance(a, np.ndarray) or a.dtype != dtype or a.size != size or \
+                not a.flags.c_contiguous:
+            return None
+    return [a.reshape(-1) for a in arrays]
 
 
 def _number(value, name, low=0.0, high=None, low_open=False, high_closed=False):
@@ -475,13 +498,26 @@ class SGD(Optimizer):
         if group["nesterov"] and (group["momentum"] == 0 or group["dampening"] != 0):
             raise ValueError("nesterov=True needs momentum > 0 and dampening = 0")
 
+    def _fused(self, t, lr, momentum, dampening, nesterov, weight_decay, first):
+        """The update of target t as one kernel pass, bitwise the NumPy sequence below;
+        False (nothing done) when the arrays do not allow it."""
+        views = _fused_views(t.data, t.grad, *((t.slot("momentum"),) if momentum else ()))
+        if views is None:
+            return False
+        w, g = views[0], views[1]
+        _kernels.optim.sgd(w, g, views[2] if momentum else w, lr, weight_decay, momentum,
+                           dampening, nesterov, first, get_num_threads())
+        return True
+
     def _update(self, group):
         lr, momentum, dampening = group["lr"], group["momentum"], group["dampening"]
         nesterov, weight_decay = group["nesterov"], group["weight_decay"]
         for t in self._targets(group):
+            first = momentum and not t.has("momentum")
+            if self._fused(t, lr, momentum, dampening, nesterov, weight_decay, first):
+                continue
             g = t.decayed_grad(weight_decay)
             if momentum:
-                first = not t.has("momentum")
                 v = t.slot("momentum")
                 if first:  # PyTorch: the buffer starts as the first gradient
                     np.copyto(v, g)
@@ -554,6 +590,15 @@ class Adam(Optimizer):
         step_size = lr / (1 - b1 ** t)
         root_c2 = math.sqrt(1 - b2 ** t)  # a Python float keeps float32 arrays in float32
         for t in self._targets(group):
+            slots = [t.slot("exp_avg"), t.slot("exp_avg_sq")]
+            if amsgrad:
+                slots.append(t.slot("max_exp_avg_sq"))
+            views = _fused_views(t.data, t.grad, *slots)
+            if views is not None:
+                _kernels.optim.adam(views[0], views[1], views[2], views[3], views[-1],
+                                    weight_decay, 1 - lr * weight_decay, b1, b2, root_c2, eps,
+                                    step_size, self._decoupled, amsgrad, get_num_threads())
+                continue
             if self._decoupled:
                 if weight_decay:
                     t.data *= 1 - lr * weight_decay

@@ -562,3 +562,59 @@ def test_state_dict_round_trip_with_whole_group_update():
     assert {type(t).__name__ for g in opt2.param_groups for t in opt2._targets(g)} == {"_Flat"}
     for key, value in model.state_dict().items():
         assert np.array_equal(model2.state_dict()[key], value), key
+
+
+# --- the fused kernel pass (_kernels/optim.pyx) is bitwise the NumPy sequence ------------------
+
+FUSED_CONFIGS = dict(FLAT_CONFIGS, **{
+    "sgd-decay": lambda ps: SGD(ps, lr=0.3, weight_decay=0.1),
+    "sgd-dampening-nesterov-off": lambda ps: SGD(ps, lr=0.07, momentum=0.6, dampening=1.0),
+    "adam": lambda ps: Adam(ps, lr=1e-2, betas=(0.7, 0.95), eps=1e-4),
+    "adamw-decay-amsgrad": lambda ps: AdamW(ps, lr=3e-2, weight_decay=0.3, amsgrad=True),
+})
+
+
+@pytest.mark.parametrize("config", list(FUSED_CONFIGS))
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_fused_update_is_bitwise_the_numpy_sequence(config, dtype, monkeypatch):
+    """Parameters of several sizes (one past the kernel's parallel block of 8192, so several
+    blocks on any thread count), gradients with signed zeros, ties and a NaN, over steps that
+    start the moments: the one-pass kernel and the NumPy operations (each rounded, no fused
+    multiply-add) leave the same bits in the parameters and every state slot, on 1, 2 and 3
+    threads; a strided parameter takes the NumPy sequence."""
+    import fastcnn
+    from fastcnn import optim
+
+    rng = np.random.default_rng(71)
+    shapes = [(3, 5), (8193,), (40, 50, 11), (1,), (7, 1)]
+    start = [rng.standard_normal(s).astype(dtype) for s in shapes]
+    grads = []
+    for _ in range(4):
+        step = []
+        for s in shapes:
+            g = (rng.integers(-3, 4, s) * 0.25 + rng.standard_normal(s) * (rng.random(s) < 0.5))
+            g = g.astype(dtype)
+            g[rng.random(s) < 0.1] = -0.0
+            step.append(g)
+        grads.append(step)
+    grads[2][1][5] = np.nan  # one NaN: it must travel the same way
+    results = []
+    previous = fastcnn.get_num_threads()
+    try:
+        for fused, threads in ((False, 1), (True, 1), (True, 2), (True, 3)):
+            monkeypatch.setattr(optim, "_FUSED", fused)
+            fastcnn.set_num_threads(threads)
+            params = [Parameter(f"p{i}", a.copy(), np.zeros_like(a)) for i, a in enumerate(start)]
+            params[0].data = np.asfortranarray(params[0].data)  # strided: NumPy either way
+            opt = FUSED_CONFIGS[config](params)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad[...] = g
+                opt.step()
+            state = opt.state_dict()[0]
+            results.append([p.data.tobytes() for p in params]
+                           + [np.asarray(state[k]).tobytes() for k in sorted(state)])
+    finally:
+        fastcnn.set_num_threads(previous)
+    for got in results[1:]:
+        assert got == results[0]
