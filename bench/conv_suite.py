@@ -1,6 +1,7 @@
 """The small-CNN convolution shape suite (issue 9), timed against PyTorch side by side.
 
-``SHAPES`` is the suite as data (importable). Run::
+``SHAPES`` is the suite as data (importable), to which the run adds the convolutions of every zoo
+model that it does not already hold (:func:`zoo_shapes`). Run::
 
     MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 \\
         python bench/conv_suite.py --threads 1,2 --rounds 5 --peak 96,187
@@ -44,6 +45,36 @@ SHAPES = [
 ]
 
 OPS = ("forward", "input", "weight")
+
+
+def _key(s):
+    return tuple(s[k] for k in ("C", "F", "H", "k", "stride", "padding", "dilation", "groups"))
+
+
+def zoo_shapes():
+    """The convolutions of every zoo model at its default input size that SHAPES does not
+    already hold, named ``<model>.<layer index>`` (square inputs, kernels, strides, paddings
+    and dilations: what the zoo builds)."""
+    import fastcnn
+    from fastcnn.models import get_model, list_models
+
+    seen, out = {_key(s) for s in SHAPES}, []
+    for model_name in list_models():
+        model = get_model(model_name)
+        shape = (1,) + tuple(model.input_shape)
+        for i, layer in enumerate(model):
+            if isinstance(layer, fastcnn.Conv2d) and shape[2] == shape[3] and all(
+                    len(set(v)) == 1 for v in (layer.kernel_size, layer.stride, layer.padding,
+                                               layer.dilation)):
+                s = dict(name=f"{model_name}.{i}", C=shape[1], F=layer.out_channels,
+                         H=shape[2], k=layer.kernel_size[0], stride=layer.stride[0],
+                         padding=layer.padding[0], dilation=layer.dilation[0],
+                         groups=layer.groups)
+                if _key(s) not in seen:
+                    seen.add(_key(s))
+                    out.append(s)
+            shape = layer.output_shape(shape)
+    return out
 
 
 def _macs(s, N):
@@ -120,10 +151,11 @@ def run(threads, rounds, peaks, batch, names=None, out=sys.stdout):
     import fastcnn
 
     rows = []
+    shapes = SHAPES + zoo_shapes()
     for nt in threads:
         fastcnn.set_num_threads(nt)
         torch.set_num_threads(nt)
-        for s in SHAPES:
+        for s in shapes:
             if names and s["name"] not in names:
                 continue
             cases = [(op, batch) for op in OPS] + [("forward", 1)]
