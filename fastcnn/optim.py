@@ -34,11 +34,14 @@ _FUSED = True
 
 def _fused_views(*arrays):
     """1-D views of the arrays when one fused kernel pass can update them (all C-contiguous
-    float32 or all float64, of one size), else None: the NumPy sequence runs instead (a
-    parameter rebound to a strided or other-typed array)."""
+    float32 or all float64, of one size, the first, the parameters, writeable), else None:
+    the NumPy sequence runs instead (a parameter rebound to a strided or other-typed array; a
+    frozen model's read-only parameters, which NumPy refuses to write with its usual error)."""
     if not _FUSED:
         return None
     first = arrays[0]
+    if not isinstance(first, np.ndarray) or not first.flags.writeable:
+        return None
     dtype, size = first.dtype, first.size
     if dtype != np.float32 and dtype != np.float64:
         return None

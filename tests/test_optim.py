@@ -618,3 +618,20 @@ def test_fused_update_is_bitwise_the_numpy_sequence(config, dtype, monkeypatch):
         fastcnn.set_num_threads(previous)
     for got in results[1:]:
         assert got == results[0]
+
+
+@pytest.mark.parametrize("make", [lambda ps: SGD(ps, lr=0.1, momentum=0.9),
+                                  lambda ps: Adam(ps, lr=1e-3)], ids=["sgd", "adam"])
+def test_step_on_a_frozen_model_raises_numpys_read_only_error(make):
+    """A frozen model's parameters are read-only: the step leaves the kernel to NumPy, whose
+    in-place operation refuses with its usual message, and changes nothing."""
+    from fastcnn.models import get_model
+
+    model = get_model("lenet5")
+    opt = make(model.parameters())
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    model.freeze()
+    with pytest.raises(ValueError, match="read-only"):
+        opt.step()
+    for key, value in model.state_dict().items():
+        assert np.array_equal(value, before[key]), key
