@@ -748,10 +748,10 @@ def _needs_exact_weight(g, algo, grad_w):
 def _even_chunks(N, cap):
     """Images per chunk for a batch of N cut into chunks of at most ``cap``: the fewest chunks,
     an even number of them when there are several (where a size down to half gives one), as
-    equal as N allows. Their tasks run in
-    chunk order, a static half to each of two threads, so equal chunks give both threads the
-    same work (LeNet's C3 at batch 64 was cut 40 + 24: its 2-thread weight gradient ran at
-    1.06x one thread's speed). By shape only, so results do not depend on the thread count."""
+    equal as N allows. Their tasks run in chunk order, a static half to each of two threads,
+    so equal chunks give both threads the same work (LeNet's C3 at batch 64 was cut 40 + 24:
+    its 2-thread weight gradient ran at 1.06x one thread's speed). By shape only, so results
+    do not depend on the thread count."""
     n = -(-N // max(1, cap))
     if n == 1:
         return N
@@ -763,17 +763,18 @@ def _even_chunks(N, cap):
 
 
 def _tiles_chunk(g, itemsize):
-    """Images per chunk of the filters-on-lanes weight gradient, by shape only: chunks of at
-    least 8, more while one chunk's transposed dy stays within 256 KiB, so that shapes with
-    small planes and many weights (3x3 64->128 @4) run fewer, longer tasks and add fewer
-    partial sums; evened out by :func:`_even_chunks`."""
+    """Images per chunk of the filters-on-lanes weight gradient, by shape only: the batch cut
+    evenly (:func:`_even_chunks`) under a cap of 8 images, raised while one chunk's transposed
+    dy stays within 256 KiB, so that shapes with small planes and many weights (3x3 64->128 @4)
+    run fewer, longer tasks and add fewer partial sums."""
     per_image = g.OH * g.OW * g.F * itemsize
     return _even_chunks(g.N, max(8, min(g.N, (256 << 10) // per_image)))
 
 
 def _rows_chunk(g, P, HPh, WPh, itemsize):
-    """Images per chunk of the positions-on-lanes weight gradient: as many as keep one chunk's
-    dy and x within about 256 KiB (L2), by shape only, evened out by :func:`_even_chunks`."""
+    """Images per chunk of the positions-on-lanes weight gradient, by shape only: the batch cut
+    evenly (:func:`_even_chunks`) under a cap of as many images as keep one chunk's dy and x
+    within about 256 KiB (L2)."""
     sh, sw = g.stride
     per_image = (g.F * P + g.C * sh * sw * HPh * WPh) * itemsize
     return _even_chunks(g.N, max(1, min(g.N, (256 << 10) // per_image)))
