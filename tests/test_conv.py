@@ -276,6 +276,32 @@ def test_an_image_outputs_do_not_depend_on_its_batch(algo, dtype):
         fastcnn.set_num_threads(None)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_filters_on_lanes_tile_is_one_vector_when_one_holds_every_filter(dtype):
+    """ftile_shape gives one vector of filters (fc_flanes6x1) for at most a vector's lanes of
+    filters, two (fc_flanes6x2) above; both widths compute the same bytes as the twin's order
+    (the parametrised cases above run both, with filter tails), and forward_lanes refuses any
+    other width instead of reading past the packed weights."""
+    K = fastcnn._kernels.conv
+    NL = fastcnn._kernels.conv.ftile_shape(dtype == np.float64, 1)[1]
+    assert NL == (64 if fastcnn._kernels.VARIANT == "avx512" else 32) // np.dtype(dtype).itemsize
+    assert K.ftile_shape(dtype == np.float64, NL) == (6, NL)
+    assert K.ftile_shape(dtype == np.float64, NL + 1) == (6, 2 * NL)
+    rng = np.random.default_rng(5)
+    for Fo in (1, NL - 1, NL, NL + 1):
+        x = rng.standard_normal((3, 2, 5, 6)).astype(dtype)
+        w = rng.standard_normal((Fo, 2, 3, 3)).astype(dtype)
+        b = rng.standard_normal(Fo).astype(dtype)
+        with F._force_algo("lanes"):
+            y = F.conv2d(x, w, b, 1, 1)
+        with F._force_algo("tiles"):
+            assert y.tobytes() == F.conv2d(x, w, b, 1, 1).tobytes()
+    y = np.empty((1, 2, 3, 3), dtype)
+    with pytest.raises(ValueError, match="NF must be"):
+        K.forward_lanes(np.zeros(64, dtype), np.zeros(64, dtype), np.zeros(8, dtype),
+                        np.zeros(1, np.intp), y, 1, 1, 1, 3, 3, 1, NL + 1, False, 1)
+
+
 @pytest.mark.parametrize("module", ["conv", "pool"])
 def test_small_loops_get_fewer_threads_and_the_same_bytes(module):
     """A parallel loop gets no more threads than it has work for (``_threads.pxi``: batch-1

@@ -287,7 +287,7 @@ def _lanes_cost(g, kind, dtype):
     filter vectors)."""
     M, P = (g.F, g.OH * g.OW) if kind == "forward" else (g.C, g.H * g.W)
     M //= g.groups
-    NP, NF = _kernels.conv.ftile_shape(dtype == np.float64)
+    NP, NF = _kernels.conv.ftile_shape(dtype == np.float64, M)
     return -(-P // NP) * NP * -(-M // NF) * NF
 
 
@@ -476,7 +476,7 @@ def _build_forward(algo, g, dtype, ws, n_threads):
     split = _spec(K.pad_split, dtype)
     off = np.empty(Kg, dtype=np.intp)  # the plan's own: filled once
     if algo == "lanes":
-        _, NF = K.ftile_shape(dtype == np.float64)
+        _, NF = K.ftile_shape(dtype == np.float64, Fg)
         xs, HPh, WPh = _phase_plan(g, dtype, ws, 0)  # reads real outputs' taps only
         nfb = -(-Fg // NF)
         wpk = ws.get("apack", G * nfb * NF * Kg, dtype)
@@ -563,7 +563,7 @@ def _build_input(algo, g, dtype, ws, n_threads):
         bd = _spec(K.backward_input_direct, dtype)
         return lambda gy, w, gx: bd(gy, w, gx, sh, sw, pt, pl, dh, dw, G, n_threads)
     if algo == "lanes":  # stride 1: full correlation of padded dy with the turned weight
-        _, NF = K.ftile_shape(dtype == np.float64)
+        _, NF = K.ftile_shape(dtype == np.float64, Cg)
         eh, ew = (g.KH - 1) * dh, (g.KW - 1) * dw
         HPh, WPh = g.H + eh, g.W + ew
         # top/left border eh - pt, ew - pl (< 0: rows/columns of dy no dx reaches)
