@@ -302,6 +302,20 @@ def test_filters_on_lanes_tile_is_one_vector_when_one_holds_every_filter(dtype):
                         np.zeros(1, np.intp), y, 1, 1, 1, 3, 3, 1, NL + 1, False, 1)
 
 
+def test_lanes_or_tiles_by_weighted_products():
+    """The filters-on-lanes tiles are chosen when their products, weighted by their speed,
+    are fewer: LeNet's C3 forward (16 filters) runs on them in every build; its C1 forward (6
+    filters) and C3 input gradient (6 channels) on the positions-on-lanes tiles, also where a
+    one-vector filter tile would hold them (32-byte vectors: no speed edge for it there)."""
+    def algo(kind, C, Fo, H, k):
+        g = F._geometry((64, C, H, H), (Fo, C, k, k), 1, 0, 1, 1)
+        return F._algo(g, kind, np.float32)
+    assert algo("forward", 6, 16, 14, 5) == "lanes"
+    assert algo("forward", 1, 6, 32, 5) == "tiles"
+    assert algo("input", 6, 16, 14, 5) == "tiles"
+    assert algo("forward", 32, 64, 9, 3) == "lanes"
+
+
 @pytest.mark.parametrize("module", ["conv", "pool"])
 def test_small_loops_get_fewer_threads_and_the_same_bytes(module):
     """A parallel loop gets no more threads than it has work for (``_threads.pxi``: batch-1

@@ -252,7 +252,7 @@ def _algo(g, kind, dtype=None, weight=None):
         return "direct"
     if kind != "weight" and _lanes_ok(g, kind):
         lanes, tiles = _lanes_cost(g, kind, dtype), _tiles_cost(g, kind, dtype)
-        return "lanes" if lanes < _LANES_EDGE * tiles else "tiles"
+        return "lanes" if lanes < tiles else "tiles"
     return "tiles"
 
 
@@ -265,7 +265,11 @@ def _lanes_ok(g, kind):
 # 1.5-3x faster than the positions-on-lanes tiles (scalar broadcasts of the input instead of
 # unaligned vector loads, only real output positions, the epilogue in C); the latter win only
 # when few filters (forward) or few channels (input gradient) leave most filter lanes empty,
-# e.g. LeNet's C1 (6 filters) and the input gradients of C1, C3 and 1->16 @28.
+# e.g. LeNet's C1 (6 filters) and the input gradients of C1, C3 and 1->16 @28. The
+# one-vector tile (fc_flanes6x1, for at most a vector's lanes of filters) has that edge with
+# 64-byte vectors only: with 32-byte vectors its 6 accumulators leave the FMA pipes waiting
+# (AVX2 build, batch 64: LeNet's C1 forward and C3 input gradient 1.8-2x the time of the
+# positions-on-lanes tiles with it, at 6 of 8 filter lanes used).
 _LANES_EDGE = 1.5
 
 
@@ -284,11 +288,13 @@ def _tiles_cost(g, kind, dtype):
 
 def _lanes_cost(g, kind, dtype):
     """Products the filters-on-lanes tiles compute (whole tiles of output positions, padded
-    filter vectors)."""
+    filter vectors), divided by their speed per product relative to the positions-on-lanes
+    tiles (``_LANES_EDGE``)."""
     M, P = (g.F, g.OH * g.OW) if kind == "forward" else (g.C, g.H * g.W)
     M //= g.groups
     NP, NF = _kernels.conv.ftile_shape(dtype == np.float64, M)
-    return -(-P // NP) * NP * -(-M // NF) * NF
+    edge = _LANES_EDGE if NF * np.dtype(dtype).itemsize >= 64 else 1.0  # 64 bytes of filters
+    return -(-P // NP) * NP * -(-M // NF) * NF / edge
 
 
 def _phase_sizes(g):
