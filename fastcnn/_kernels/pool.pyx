@@ -375,7 +375,9 @@ cdef extern from *:
        (i, j)'s argmax lies in the 2x2 block at rows 2i, 2i+1 and columns 2j, 2j+1 (what a
        2x2 / stride 2 pool without padding gives; the blocks do not overlap), the scatter's
        additions into the zeroed d write each block's elements at most once, so a run of NO
-       blocks can be written whole, in vectors, instead of element by element: their argmax's
+       blocks can be written whole, in vectors, instead of element by element (and without
+       zeroing d first: the runs write every element of rows < 2*OH, columns < 2*OW): their
+       argmax's
        offsets in their blocks (0, 1, W or W + 1) and their gradients are duplicated into the
        lanes of their 2*NO columns (one 32-byte vector per row), compared with each column's
        own offset and, when the pool's input x (a ReLU's output) is given, masked by x > 0. The
@@ -405,7 +407,13 @@ cdef extern from *:
         ptrdiff_t R = G * OH, rp, b = 0, i = 0, j, l;                                          \
         if (2 * OH > H || 2 * OW > W || H * W >= 2147483647) return 0;                         \
         if (OW < NO || 4 * OW < 3 * NO * ((OW + NO - 1) / NO)) return 0;  /* see above */      \
-        memset(d, 0, G * H * W * sizeof(T));                                                   \
+        /* zero what the runs do not write: a last row or column of odd H or W */             \
+        for (rp = 0; rp < G && (2 * OH < H || 2 * OW < W); rp++) {                              \
+            T *dp = d + rp * H * W;                                                            \
+            for (l = 0; l < 2 * OH && 2 * OW < W; l++)                                         \
+                memset(dp + l * W + 2 * OW, 0, (W - 2 * OW) * sizeof(T));                      \
+            memset(dp + 2 * OH * W, 0, (H - 2 * OH) * W * sizeof(T));                          \
+        }                                                                                      \
         for (rp = 0; rp < R; rp++) {                                                           \
             T *d0 = d + (b * H + 2 * i) * W, *d1 = d0 + W;                                     \
             const T *x0 = x ? x + (b * H + 2 * i) * W : NULL, *x1 = x ? x0 + W : NULL;         \
