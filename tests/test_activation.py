@@ -184,8 +184,10 @@ def _ulps(a, b):
 # where no float32 evaluation of Phi + x phi has a relative bound: for both GELU forms the
 # backward error is measured in ulps of the scale of its terms, |g| (|Phi| + |x phi|) (exact) or
 # |g| (s + |x v' s (1 - s)|) (tanh form), and in ulps of the result elsewhere.
-F32_ULPS = {  # name: (forward, backward); measured: the same except GELU's backward (3 and 5)
-    "relu": (0, 0), "leaky_relu": (1, 1), "elu": (1, 3), "gelu": (3, 4), "gelu_tanh": (3, 5),
+# The tanh form's backward reaches 6 on every 7th float32 (x = -3.7345645: -0.0016483867 for
+# -0.0016483873528, the slow test below), one more than on every 97th.
+F32_ULPS = {  # name: (forward, backward); measured: the same except the exact GELU backward (3)
+    "relu": (0, 0), "leaky_relu": (1, 1), "elu": (1, 3), "gelu": (3, 4), "gelu_tanh": (3, 6),
     "tanh": (1, 1), "sigmoid": (2, 2),
 }
 
