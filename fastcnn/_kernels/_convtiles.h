@@ -190,6 +190,10 @@ static inline int fc_tstore_d(int np, int nv, const fc_gvd *r, double *y, ptrdif
     return 0;
 }
 
+/* The starting sums of a tile of up to 6 x 2 vectors. */
+static const float fc_zeros_f[12 * FC_NL_F];
+static const double fc_zeros_d[12 * FC_NL_D];
+
 #define FC_DEFINE_FLANES(NP, NV, SUF, T, V, LOAD, STORE, NL, VI)                                \
 static inline void fc_flanes##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *pos,                \
                                                 const ptrdiff_t *off, ptrdiff_t K, const T *w,   \
@@ -204,9 +208,11 @@ static inline void fc_flanes##NP##x##NV##_##SUF(const T *x, const ptrdiff_t *pos
     for (int u = 0; u < NP; u++) xp[u] = x + pos[u];                                             \
     for (ptrdiff_t l = 0; last && pf_y && l < nf; l++)                                          \
         __builtin_prefetch(yl + l * plane + 128 / sizeof(T), 1);                                 \
+    /* (zeros loaded, not assigned: GCC turned the assignment into a rep stos into a stack  \
+     * copy of acc) */                                                                           \
+    const T *init = first ? fc_zeros_##SUF : part;                                               \
     for (int u = 0; u < NP; u++)                                                                 \
-        for (int v = 0; v < NV; v++)                                                             \
-            acc[u][v] = first ? (V){0} : LOAD(part + (u * NV + v) * NL);                         \
+        for (int v = 0; v < NV; v++) acc[u][v] = LOAD(init + (u * NV + v) * NL);                 \
     for (ptrdiff_t k = 0; k < K; k++) {                                                          \
         const ptrdiff_t o = off[k];                                                              \
         const T *wk = w + k * NV * NL;                                                           \
