@@ -752,27 +752,30 @@ cdef void _forward_lanes_task(const floating* xs, const floating* wpk, const flo
                 pt = &part[0]
                 if Kg > LANE_CHUNK:
                     pt = &part[(tile - t0) * FTILE_NP * NF]
-                if floating is float:
-                    if NF == FC_NL_F:
-                        fc_flanes6x1_f(base, pos, off + k0, kn, wb + k0 * NF,
-                                       bpk + (g * nfb + fb) * NF, relu, q0 - qs,
-                                       min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
-                                       k0 + kn == Kg, Kg >= PF_Y_TAPS)
-                    else:
-                        fc_flanes6x2_f(base, pos, off + k0, kn, wb + k0 * NF,
-                                       bpk + (g * nfb + fb) * NF, relu, q0 - qs,
-                                       min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
-                                       k0 + kn == Kg, Kg >= PF_Y_TAPS)
-                elif NF == FC_NL_D:
-                    fc_flanes6x1_d(base, pos, off + k0, kn, wb + k0 * NF,
-                                   bpk + (g * nfb + fb) * NF, relu, q0 - qs,
-                                   min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
-                                   k0 + kn == Kg, Kg >= PF_Y_TAPS)
-                else:
-                    fc_flanes6x2_d(base, pos, off + k0, kn, wb + k0 * NF,
-                                   bpk + (g * nfb + fb) * NF, relu, q0 - qs,
-                                   min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
-                                   k0 + kn == Kg, Kg >= PF_Y_TAPS)
+                _flanes(NF, base, pos, off + k0, kn, wb + k0 * NF, bpk + (g * nfb + fb) * NF,
+                        relu, q0 - qs, min(NF, Fg - fb * NF), ys, ypp, P, pt, k0 == 0,
+                        k0 + kn == Kg, Kg >= PF_Y_TAPS)
+
+
+cdef inline void _flanes(Py_ssize_t NF, const floating* x, const Py_ssize_t* pos,
+                         const Py_ssize_t* off, Py_ssize_t K, const floating* w,
+                         const floating* bias, int relu, Py_ssize_t u0, Py_ssize_t nf,
+                         floating* y, floating** yp, Py_ssize_t plane, floating* part, int first,
+                         int last, int pf_y) noexcept nogil:
+    """The filters-on-lanes tile of width NF (one vector of lanes, or two)."""
+    if floating is float:
+        if NF == FC_NL_F:
+            fc_flanes6x1_f(x, pos, off, K, w, bias, relu, u0, nf, y, yp, plane, part, first,
+                           last, pf_y)
+        else:
+            fc_flanes6x2_f(x, pos, off, K, w, bias, relu, u0, nf, y, yp, plane, part, first,
+                           last, pf_y)
+    elif NF == FC_NL_D:
+        fc_flanes6x1_d(x, pos, off, K, w, bias, relu, u0, nf, y, yp, plane, part, first, last,
+                       pf_y)
+    else:
+        fc_flanes6x2_d(x, pos, off, K, w, bias, relu, u0, nf, y, yp, plane, part, first, last,
+                       pf_y)
 
 
 # ---------------------------------------------------------------------------------------------
