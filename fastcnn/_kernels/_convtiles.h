@@ -161,8 +161,9 @@ fc_tstore6x8(__m256 a0, __m256 a1, __m256 a2, __m256 a3, __m256 a4, __m256 a5, f
 
 /* lanes 8e .. 8e+7 of r as one YMM register */
 #if FC_VB == 64
-#define FC_RUN8(r, e) ((e) ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)(r)), 1)) \
-                           : _mm512_castps512_ps256((__m512)(r)))
+#define FC_RUN8(r, e)                                                                         \
+    ((e) ? _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd((__m512)(r)), 1))           \
+         : _mm512_castps512_ps256((__m512)(r)))
 #else
 #define FC_RUN8(r, e) ((__m256)(r))
 #endif

@@ -372,23 +372,22 @@ cdef extern from *:
     #define FPF_B4 {0, 2, 1, 3}
     FPF_DEFINE(double, d, int64_t, 4, FPF_E4, FPF_O4, FPF_B4)
     /* The 2x2 max-pool's gradient over G consecutive planes, by blocks: when every output
-       (i, j)'s argmax lies in the 2x2 block at rows 2i, 2i+1 and columns 2j, 2j+1 (what a
-       2x2 / stride 2 pool without padding gives; the blocks do not overlap), the scatter's
-       additions into the zeroed d write each block's elements at most once, so a run of NO
-       blocks can be written whole, in vectors, instead of element by element (and without
-       zeroing d first: the runs write every element of rows < 2*OH, columns < 2*OW): their
-       argmax's
-       offsets in their blocks (0, 1, W or W + 1) and their gradients are duplicated into the
-       lanes of their 2*NO columns (one 32-byte vector per row), compared with each column's
-       own offset and, when the pool's input x (a ReLU's output) is given, masked by x > 0. The
-       last run of a row pair ends at its last output, overlapping the one before (its blocks
-       are written again with the same values). The value is 0 + g, what the scatter adds to
-       its zeroed d (-0 becomes +0): d is bitwise the scatter's. Return 0 (the caller zeroes
-       and scatters, which overwrites everything written here) when the runs would cover the
-       row's outputs less than 3/4 efficiently (OW < NO, or OW = 5 with NO = 4: the scatter
-       measured 10-15% faster there on real ReLU outputs) and when an argmax lies outside its
-       block (another pool's indices; checked once per row pair). Indices are those the
-       kernels take, in [0, H*W); H*W < 2**31, so their offsets fit IT. */
+       (i, j)'s argmax lies in the 2x2 block at rows 2i, 2i+1 and columns 2j, 2j+1 (what a 2x2 /
+       stride 2 pool without padding gives; the blocks do not overlap), the scatter's additions
+       into the zeroed d write each block's elements at most once, so a run of NO blocks can be
+       written whole, in vectors, instead of element by element (and without zeroing d first:
+       the runs write every element of rows < 2*OH, columns < 2*OW): their argmax's offsets in
+       their blocks (0, 1, W or W + 1) and their gradients are duplicated into the lanes of
+       their 2*NO columns (one 32-byte vector per row), compared with each column's own offset
+       and, when the pool's input x (a ReLU's output) is given, masked by x > 0. The last run of
+       a row pair ends at its last output, overlapping the one before (its blocks are written
+       again with the same values). The value is 0 + g, what the scatter adds to its zeroed d
+       (-0 becomes +0): d is bitwise the scatter's. Return 0 (the caller zeroes and scatters,
+       which overwrites everything written here) when the runs would cover the row's outputs
+       less than 3/4 efficiently (OW < NO, or OW = 5 with NO = 4: the scatter measured 10-15%
+       faster there on real ReLU outputs) and when an argmax lies outside its block (another
+       pool's indices; checked once per row pair). Indices are those the kernels take, in
+       [0, H*W); H*W < 2**31, so their offsets fit IT. */
     #if defined(__has_builtin)
     #if __has_builtin(__builtin_shufflevector)
     #define FPB_VECTORS 1
